@@ -1,0 +1,283 @@
+//! The two codecs and subprotocol negotiation. MessagePack (binary frames) is the default; JSON
+//! (text frames) exists so a developer can read the traffic in the browser's devtools.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{ClientMessage, ServerMessage};
+
+/// Maximum container nesting accepted when decoding MessagePack (v1 messages need 3).
+const MAX_NESTING: usize = 128;
+
+/// A wire codec, chosen per connection by WebSocket subprotocol negotiation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// `tickrelay.v1.msgpack`: MessagePack maps with named fields, in binary frames.
+    MessagePack,
+    /// `tickrelay.v1.json`: JSON objects in text frames, payloads as base64 strings.
+    Json,
+}
+
+/// Encoding failed; only possible for values serde cannot represent (a bug, not bad input).
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("msgpack encode: {0}")]
+    MessagePack(#[from] rmp_serde::encode::Error),
+    #[error("json encode: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Why bytes received from a peer are not a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Well-formed, but its `t` names a message type this version does not know.
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    /// Not a valid message: bad encoding, missing or mistyped field, truncated input.
+    #[error("malformed {codec} message: {detail}")]
+    Malformed { codec: &'static str, detail: String },
+}
+
+/// The client offered subprotocols, none of which this server speaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unsupported websocket subprotocol {offered:?}: this server speaks tickrelay.v1.msgpack and tickrelay.v1.json"
+)]
+pub struct NegotiationError {
+    pub offered: String,
+}
+
+impl Codec {
+    pub const ALL: [Self; 2] = [Self::MessagePack, Self::Json];
+
+    /// The `Sec-WebSocket-Protocol` token for this codec.
+    pub const fn subprotocol(self) -> &'static str {
+        match self {
+            Self::MessagePack => "tickrelay.v1.msgpack",
+            Self::Json => "tickrelay.v1.json",
+        }
+    }
+
+    /// Short name used in logs, metrics labels and command lines.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::MessagePack => "msgpack",
+            Self::Json => "json",
+        }
+    }
+
+    /// Whether messages travel in text frames (JSON) rather than binary frames.
+    pub const fn is_text(self) -> bool {
+        matches!(self, Self::Json)
+    }
+
+    /// Small dense index (0 or 1) for per-codec arrays.
+    pub const fn index(self) -> usize {
+        match self {
+            Self::MessagePack => 0,
+            Self::Json => 1,
+        }
+    }
+
+    /// Picks the codec from a `Sec-WebSocket-Protocol` request header value (a comma-separated
+    /// list in the client's order of preference). No header means MessagePack.
+    pub fn negotiate(offered: Option<&str>) -> Result<Self, NegotiationError> {
+        let Some(offered) = offered else {
+            return Ok(Self::MessagePack);
+        };
+        offered
+            .split(',')
+            .map(str::trim)
+            .find_map(|token| Self::ALL.into_iter().find(|c| c.subprotocol() == token))
+            .ok_or_else(|| NegotiationError {
+                offered: offered.to_owned(),
+            })
+    }
+
+    /// Encodes any protocol value (normally a [`ServerMessage`] or [`ClientMessage`]).
+    pub fn encode<T: Serialize>(self, message: &T) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::with_capacity(64);
+        self.encode_into(message, &mut out)?;
+        Ok(out)
+    }
+
+    /// Encodes into `out` (appending), so hot paths can reuse a buffer.
+    pub fn encode_into<T: Serialize>(
+        self,
+        message: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        match self {
+            // `with_struct_map`: structs as maps with field names, never positional arrays.
+            Self::MessagePack => {
+                message.serialize(&mut rmp_serde::Serializer::new(&mut *out).with_struct_map())?
+            }
+            Self::Json => serde_json::to_writer(&mut *out, message)?,
+        }
+        Ok(())
+    }
+
+    /// Decodes a message a client sent.
+    pub fn decode_client(self, bytes: &[u8]) -> Result<ClientMessage, DecodeError> {
+        self.decode_tagged(bytes, ClientMessage::TYPES)
+    }
+
+    /// Decodes a message the server sent (for clients: the load generator, tests).
+    pub fn decode_server(self, bytes: &[u8]) -> Result<ServerMessage, DecodeError> {
+        self.decode_tagged(
+            bytes,
+            &[
+                "welcome",
+                "snapshot",
+                "event",
+                "member_joined",
+                "member_left",
+                "pong",
+                "error",
+            ],
+        )
+    }
+
+    fn decode_tagged<T: DeserializeOwned>(
+        self,
+        bytes: &[u8],
+        known_types: &[&str],
+    ) -> Result<T, DecodeError> {
+        let err = match self.decode_raw::<T>(bytes) {
+            Ok(message) => return Ok(message),
+            Err(err) => err,
+        };
+        // Only on the error path: tell "valid message of an unknown type" (forward compatible,
+        // ignorable) from garbage (the peer is broken).
+        #[derive(Deserialize)]
+        struct TagOnly {
+            t: String,
+        }
+        match self.decode_raw::<TagOnly>(bytes) {
+            Ok(TagOnly { t }) if !known_types.contains(&t.as_str()) => {
+                Err(DecodeError::UnknownType(t))
+            }
+            _ => Err(err),
+        }
+    }
+
+    fn decode_raw<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, DecodeError> {
+        match self {
+            Self::MessagePack => {
+                let malformed = |detail: String| DecodeError::Malformed {
+                    codec: "msgpack",
+                    detail,
+                };
+                // A cursor, not `from_slice`, so trailing bytes can be rejected as JSON does.
+                let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+                // rmp's default limit (1024 levels) lets a ~1 KiB message overflow a 2 MiB
+                // thread stack (at ~500 levels in a debug build); cap it like serde_json's
+                // fixed recursion limit of 128.
+                de.set_max_depth(MAX_NESTING);
+                let message = T::deserialize(&mut de).map_err(|err| malformed(err.to_string()))?;
+                match bytes.len() as u64 - de.position() {
+                    0 => Ok(message),
+                    n => Err(malformed(format!("{n} trailing bytes after the message"))),
+                }
+            }
+            Self::Json => serde_json::from_slice(bytes).map_err(|err| DecodeError::Malformed {
+                codec: "json",
+                detail: err.to_string(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ErrorCode, Payload, PlayerState, Snapshot};
+
+    #[test]
+    fn negotiation_defaults_to_msgpack_and_honours_preference_order() {
+        assert_eq!(Codec::negotiate(None), Ok(Codec::MessagePack));
+        assert_eq!(
+            Codec::negotiate(Some("foo, tickrelay.v1.json, tickrelay.v1.msgpack")),
+            Ok(Codec::Json)
+        );
+        assert_eq!(
+            Codec::negotiate(Some("tickrelay.v1.msgpack")),
+            Ok(Codec::MessagePack)
+        );
+        assert!(Codec::negotiate(Some("chat, superchat")).is_err());
+    }
+
+    #[test]
+    fn payload_is_msgpack_bin_and_json_base64() {
+        let msg = ClientMessage::State {
+            seq: 7,
+            data: Payload::from(&b"\x01\x02\x03"[..]),
+        };
+        let json = String::from_utf8(Codec::Json.encode(&msg).unwrap()).unwrap();
+        assert_eq!(json, r#"{"t":"state","seq":7,"data":"AQID"}"#);
+        let packed = Codec::MessagePack.encode(&msg).unwrap();
+        // bin8 marker 0xc4, length 3, then the raw bytes: not an array of integers.
+        assert!(packed.windows(5).any(|w| w == [0xc4, 3, 1, 2, 3]));
+    }
+
+    #[test]
+    fn snapshot_encodes_as_tagged_map_in_both_codecs() {
+        let msg = ServerMessage::Snapshot(Snapshot {
+            tick: 3,
+            server_time_us: 1_700_000_000_000_000,
+            keyframe: true,
+            players: vec![PlayerState {
+                id: 1,
+                seq: 9,
+                data: Payload::from(&b"hi"[..]),
+            }],
+            removed: vec![2],
+        });
+        let json = String::from_utf8(Codec::Json.encode(&msg).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"t":"snapshot","tick":3,"server_time_us":1700000000000000,"keyframe":true,"players":[{"id":1,"seq":9,"data":"aGk="}],"removed":[2]}"#
+        );
+        let packed = Codec::MessagePack.encode(&msg).unwrap();
+        assert_eq!(packed[0], 0x86, "fixmap of 6 entries: t + 5 fields");
+        assert_eq!(Codec::MessagePack.decode_server(&packed).unwrap(), msg);
+    }
+
+    #[test]
+    fn unknown_type_is_told_apart_from_garbage() {
+        let unknown = br#"{"t":"teleport","x":1}"#;
+        assert_eq!(
+            Codec::Json.decode_client(unknown),
+            Err(DecodeError::UnknownType("teleport".into()))
+        );
+        assert!(matches!(
+            Codec::Json.decode_client(br#"{"t":"state","seq":"x"}"#),
+            Err(DecodeError::Malformed { .. })
+        ));
+        assert!(matches!(
+            Codec::MessagePack.decode_client(&[0xc1]),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn error_codes_serialize_snake_case_and_tolerate_new_ones() {
+        let msg = ServerMessage::Error {
+            code: ErrorCode::LobbyFull,
+            message: "full".into(),
+        };
+        let json = String::from_utf8(Codec::Json.encode(&msg).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"t":"error","code":"lobby_full","message":"full"}"#
+        );
+        let newer = br#"{"t":"error","code":"banned","message":"x"}"#;
+        assert_eq!(
+            Codec::Json.decode_server(newer).unwrap(),
+            ServerMessage::Error {
+                code: ErrorCode::Unknown,
+                message: "x".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! tickrelay wire protocol v1: the message types clients and server exchange, and the two
+//! codecs (MessagePack in binary frames, JSON in text frames) that put them on the wire.
+//!
+//! This crate does no I/O, knows no clock and no async runtime. It is the only place that calls
+//! `rmp_serde` or `serde_json` for wire messages; see `PROTOCOL.md` for the byte-level contract.
+
+pub mod close;
+mod codec;
+mod messages;
+mod payload;
+
+pub use codec::{Codec, DecodeError, EncodeError, NegotiationError};
+pub use messages::{
+    ClientMessage, ErrorCode, Member, PlayerId, PlayerState, ServerMessage, Snapshot,
+};
+pub use payload::Payload;

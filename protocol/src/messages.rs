@@ -1,0 +1,144 @@
+//! The messages of protocol v1. Every message is a map whose `t` field names its type in
+//! snake_case; field names here are the wire names and must not be renamed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Payload;
+
+/// A player's id, assigned by the server, unique within its lobby for the lobby's lifetime.
+pub type PlayerId = u32;
+
+/// Messages a client sends to the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Join (and create if needed) a lobby. Must be the first message on a connection.
+    Join {
+        lobby: String,
+        name: String,
+        /// Reserved for signed join tickets; accepted and ignored in v1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    /// This player's latest state; supersedes the previous one. `seq` is chosen by the client
+    /// (normally increasing) and echoed in snapshots so it can measure input-to-visible time.
+    State { seq: u64, data: Payload },
+    /// Broadcast reliably and immediately to every member of the lobby, the sender included.
+    Event { data: Payload },
+    /// Leave the lobby; the server then closes the connection with 1000.
+    Leave,
+    /// Clock probe; echoed back in a `pong` with the server's time.
+    Ping { client_time: f64 },
+}
+
+/// Messages the server sends to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Reply to `join`: who you are and who is already there.
+    Welcome {
+        player_id: PlayerId,
+        lobby: String,
+        tick_hz: u32,
+        members: Vec<Member>,
+    },
+    /// One lobby tick. See [`Snapshot`].
+    Snapshot(Snapshot),
+    /// An `event` sent by lobby member `from`.
+    Event {
+        from: PlayerId,
+        data: Payload,
+    },
+    MemberJoined {
+        id: PlayerId,
+        name: String,
+    },
+    MemberLeft {
+        id: PlayerId,
+    },
+    Pong {
+        client_time: f64,
+        server_time_us: u64,
+    },
+    /// A request was refused; the connection stays open unless a close frame follows.
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// One lobby tick as seen by one member.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Lobby tick counter; increases by one per tick, so a gap means missed snapshots.
+    pub tick: u64,
+    /// Microseconds since the Unix epoch when the tick was sent.
+    pub server_time_us: u64,
+    /// True when `players` holds every player (replace your view); false for a delta.
+    pub keyframe: bool,
+    /// Players whose state changed since the last snapshot delivered to this member, or every
+    /// player with a state on a keyframe.
+    pub players: Vec<PlayerState>,
+    /// Players that left since the last snapshot (always empty on a keyframe).
+    pub removed: Vec<PlayerId>,
+}
+
+/// A player's latest state inside a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlayerState {
+    pub id: PlayerId,
+    /// The `seq` of the `state` message this data came from.
+    pub seq: u64,
+    pub data: Payload,
+}
+
+/// A lobby member as listed in `welcome`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: PlayerId,
+    pub name: String,
+}
+
+/// Stable machine-readable reason carried by an `error` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A message could not be decoded; the connection is closed right after (close 1007).
+    BadMessage,
+    /// A well-formed message of a type this server does not know; it was ignored.
+    UnknownMessage,
+    /// `state`, `event` or `leave` before `join`.
+    NotJoined,
+    /// A second `join` on the same connection.
+    AlreadyJoined,
+    /// The lobby already has the maximum number of members.
+    LobbyFull,
+    /// The server already runs the maximum number of lobbies.
+    TooManyLobbies,
+    /// Lobby or player name empty, too long or with control characters.
+    InvalidJoin,
+    /// Any code added by a newer server; clients should treat it as a generic error.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The wire name, e.g. `lobby_full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadMessage => "bad_message",
+            Self::UnknownMessage => "unknown_message",
+            Self::NotJoined => "not_joined",
+            Self::AlreadyJoined => "already_joined",
+            Self::LobbyFull => "lobby_full",
+            Self::TooManyLobbies => "too_many_lobbies",
+            Self::InvalidJoin => "invalid_join",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl ClientMessage {
+    /// Every `t` value this version understands, used to tell unknown types from malformed ones.
+    pub const TYPES: &'static [&'static str] = &["join", "state", "event", "leave", "ping"];
+}

@@ -1,0 +1,9 @@
+//! Lobbies: the sans-I/O state (`state`), the task that owns one lobby and ticks it (`actor`),
+//! and the directory that maps lobby names to running lobbies (`directory`).
+
+mod actor;
+mod directory;
+mod state;
+
+pub(crate) use actor::{Command, LobbyHandle, encode, unix_micros};
+pub(crate) use directory::{Directory, JoinAccepted, JoinRequest};

@@ -1,0 +1,241 @@
+//! The lobby's game state, sans I/O: membership, each player's latest state, and what the next
+//! snapshot must carry. Time is an argument and nothing here touches a socket or a channel, so
+//! ticks, deltas and keyframes are tested deterministically. The actor in `actor.rs` owns one.
+
+use slab::Slab;
+use tickrelay_protocol::{Member, Payload, PlayerId, PlayerState, Snapshot};
+
+/// A member's handle inside its lobby (a slab key). Only valid until that member leaves.
+pub(crate) type MemberKey = usize;
+
+/// One lobby. `C` is whatever the owner attaches to each member (its connection's outbox);
+/// the state stores it but never uses it.
+pub(crate) struct LobbyState<C> {
+    max_members: usize,
+    next_player_id: PlayerId,
+    tick: u64,
+    members: Slab<MemberState<C>>,
+    /// Players that left since the last tick; the next delta lists them in `removed`.
+    removed_since_tick: Vec<PlayerId>,
+}
+
+pub(crate) struct MemberState<C> {
+    pub(crate) id: PlayerId,
+    pub(crate) name: String,
+    pub(crate) conn: C,
+    /// Latest state and its `seq`, if the player has sent one.
+    latest: Option<PlayerState>,
+    /// Whether `latest` changed since the last tick.
+    dirty: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JoinRefused {
+    LobbyFull,
+}
+
+impl<C> LobbyState<C> {
+    pub(crate) fn new(max_members: usize) -> Self {
+        Self {
+            max_members,
+            next_player_id: 1,
+            tick: 0,
+            members: Slab::new(),
+            removed_since_tick: Vec::new(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The tick number of the last snapshot built (0 before the first tick).
+    pub(crate) fn tick_number(&self) -> u64 {
+        self.tick
+    }
+
+    /// Adds a member and assigns its player id.
+    pub(crate) fn join(
+        &mut self,
+        name: String,
+        conn: C,
+    ) -> Result<(MemberKey, PlayerId), JoinRefused> {
+        if self.members.len() >= self.max_members {
+            return Err(JoinRefused::LobbyFull);
+        }
+        let id = self.next_player_id;
+        self.next_player_id = self.next_player_id.wrapping_add(1).max(1);
+        let key = self.members.insert(MemberState {
+            id,
+            name,
+            conn,
+            latest: None,
+            dirty: false,
+        });
+        Ok((key, id))
+    }
+
+    /// Removes a member; its id goes into the next delta's `removed`. Returns the member, or
+    /// `None` when `key` does not hold player `id` (a stale handle).
+    pub(crate) fn leave(&mut self, key: MemberKey, id: PlayerId) -> Option<MemberState<C>> {
+        self.member(key, id)?;
+        let member = self.members.remove(key);
+        if member.latest.is_some() {
+            self.removed_since_tick.push(member.id);
+        }
+        Some(member)
+    }
+
+    /// Records a player's latest state, superseding the previous one. Returns false for a stale
+    /// handle. Only the connection that joined as `id` holds `key`, so a client can only set its
+    /// own player's state.
+    pub(crate) fn set_state(
+        &mut self,
+        key: MemberKey,
+        id: PlayerId,
+        seq: u64,
+        data: Payload,
+    ) -> bool {
+        let Some(member) = self.members.get_mut(key).filter(|m| m.id == id) else {
+            return false;
+        };
+        member.latest = Some(PlayerState { id, seq, data });
+        member.dirty = true;
+        true
+    }
+
+    /// Advances the tick and returns its delta: the players whose state changed since the
+    /// previous tick and the players that left. `now_us` is the send time (Unix microseconds).
+    pub(crate) fn tick(&mut self, now_us: u64) -> Snapshot {
+        self.tick += 1;
+        let players = self
+            .members
+            .iter_mut()
+            .filter(|(_, m)| m.dirty)
+            .filter_map(|(_, m)| {
+                m.dirty = false;
+                m.latest.clone()
+            })
+            .collect();
+        Snapshot {
+            tick: self.tick,
+            server_time_us: now_us,
+            keyframe: false,
+            players,
+            removed: std::mem::take(&mut self.removed_since_tick),
+        }
+    }
+
+    /// The keyframe matching a delta returned by [`tick`](Self::tick): same tick and time,
+    /// every player that has a state, nothing removed.
+    pub(crate) fn keyframe(&self, delta: &Snapshot) -> Snapshot {
+        Snapshot {
+            tick: delta.tick,
+            server_time_us: delta.server_time_us,
+            keyframe: true,
+            players: self
+                .members
+                .iter()
+                .filter_map(|(_, m)| m.latest.clone())
+                .collect(),
+            removed: Vec::new(),
+        }
+    }
+
+    pub(crate) fn member(&self, key: MemberKey, id: PlayerId) -> Option<&MemberState<C>> {
+        self.members.get(key).filter(|m| m.id == id)
+    }
+
+    pub(crate) fn members(&self) -> impl Iterator<Item = (MemberKey, &MemberState<C>)> {
+        self.members.iter()
+    }
+
+    pub(crate) fn members_mut(&mut self) -> impl Iterator<Item = (MemberKey, &mut MemberState<C>)> {
+        self.members.iter_mut()
+    }
+
+    /// Everyone in the lobby as listed in `welcome` and `/lobbies`.
+    pub(crate) fn roster(&self) -> Vec<Member> {
+        self.members
+            .iter()
+            .map(|(_, m)| Member {
+                id: m.id,
+                name: m.name.clone(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(bytes: &'static [u8]) -> Payload {
+        Payload::from(bytes)
+    }
+
+    fn ids(snapshot: &Snapshot) -> Vec<(PlayerId, u64)> {
+        snapshot.players.iter().map(|p| (p.id, p.seq)).collect()
+    }
+
+    #[test]
+    fn delta_carries_only_changes_and_keyframe_carries_everyone() {
+        let mut lobby = LobbyState::new(8);
+        let (a, id_a) = lobby.join("a".into(), ()).unwrap();
+        let (b, id_b) = lobby.join("b".into(), ()).unwrap();
+        assert_ne!(id_a, id_b);
+
+        assert!(lobby.set_state(a, id_a, 1, data(b"a1")));
+        assert!(lobby.set_state(b, id_b, 1, data(b"b1")));
+        assert!(lobby.set_state(a, id_a, 2, data(b"a2")));
+        let first = lobby.tick(100);
+        assert_eq!((first.tick, first.server_time_us), (1, 100));
+        assert_eq!(ids(&first), vec![(id_a, 2), (id_b, 1)], "latest state wins");
+
+        lobby.set_state(b, id_b, 2, data(b"b2"));
+        let second = lobby.tick(200);
+        assert_eq!(ids(&second), vec![(id_b, 2)]);
+        assert!(!second.keyframe);
+
+        let key = lobby.keyframe(&second);
+        assert!(key.keyframe);
+        assert_eq!(key.tick, 2);
+        assert_eq!(ids(&key), vec![(id_a, 2), (id_b, 2)]);
+
+        let idle = lobby.tick(300);
+        assert!(idle.players.is_empty() && idle.removed.is_empty());
+        assert_eq!(idle.tick, 3);
+    }
+
+    #[test]
+    fn leaving_player_is_listed_once_in_removed() {
+        let mut lobby = LobbyState::new(8);
+        let (a, id_a) = lobby.join("a".into(), ()).unwrap();
+        lobby.set_state(a, id_a, 1, data(b"x"));
+        lobby.tick(1);
+        assert!(lobby.leave(a, id_a).is_some());
+        assert!(lobby.leave(a, id_a).is_none(), "second leave is stale");
+        assert_eq!(lobby.tick(2).removed, vec![id_a]);
+        assert!(lobby.tick(3).removed.is_empty());
+        assert!(lobby.is_empty());
+    }
+
+    #[test]
+    fn stale_handle_cannot_set_another_players_state() {
+        let mut lobby = LobbyState::new(8);
+        let (a, id_a) = lobby.join("a".into(), ()).unwrap();
+        lobby.leave(a, id_a);
+        let (b, id_b) = lobby.join("b".into(), ()).unwrap();
+        assert_eq!(a, b, "slab reuses the key");
+        assert!(!lobby.set_state(b, id_a, 1, data(b"evil")));
+        assert!(lobby.tick(1).players.is_empty());
+        assert!(lobby.set_state(b, id_b, 1, data(b"ok")));
+    }
+
+    #[test]
+    fn full_lobby_refuses_joins() {
+        let mut lobby = LobbyState::new(1);
+        lobby.join("a".into(), ()).unwrap();
+        assert_eq!(lobby.join("b".into(), ()), Err(JoinRefused::LobbyFull));
+    }
+}

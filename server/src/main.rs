@@ -1,0 +1,62 @@
+//! `tickrelay-server`: parses the command line, sets up logging and the runtime, and runs
+//! the server until SIGINT or SIGTERM.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use tickrelay_server::Config;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+fn main() {
+    if let Err(err) = real_main() {
+        eprintln!("tickrelay-server: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match tickrelay_server::raise_open_file_limit() {
+        Ok(limit) => info!(limit, "open-file limit"),
+        Err(err) => warn!(%err, "could not raise the open-file limit"),
+    }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let listener = tickrelay_server::bind(config.listen)
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tickrelay_server::run(listener, config, shutdown)
+            .await
+            .context("server failed")
+    })
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop the server with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => info!("SIGTERM received"),
+        _ = interrupt.recv() => info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

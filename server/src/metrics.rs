@@ -1,0 +1,170 @@
+//! Server metrics: the counters every part of the server updates, and their Prometheus text
+//! rendering for `GET /metrics`. Hot paths add per batch or per tick, not per byte.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A label set of one `reason`/`code` label with a static value.
+pub(crate) type Labels = [(&'static str, &'static str); 1];
+
+pub struct Metrics {
+    registry: Registry,
+    pub(crate) connections: Gauge,
+    pub(crate) connections_opened: Counter,
+    pub(crate) lobbies: Gauge,
+    pub(crate) messages_in: Counter,
+    pub(crate) bytes_in: Counter,
+    pub(crate) messages_out: Counter,
+    pub(crate) bytes_out: Counter,
+    pub(crate) ticks: Counter,
+    pub(crate) ticks_missed: Counter,
+    pub(crate) tick_duration: Histogram,
+    pub(crate) tick_lateness: Histogram,
+    pub(crate) snapshots_queued: Counter,
+    pub(crate) snapshots_coalesced: Counter,
+    pub(crate) keyframes_queued: Counter,
+    pub(crate) disconnects: Family<Labels, Counter>,
+    pub(crate) errors_sent: Family<Labels, Counter>,
+    pub(crate) upgrades_refused: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tickrelay");
+        // 10 µs .. ~330 ms in factor-2 steps: tick work is micro- to milliseconds.
+        let seconds_buckets = || exponential_buckets(0.000_01, 2.0, 16);
+        let metrics = Self {
+            connections: Gauge::default(),
+            connections_opened: Counter::default(),
+            lobbies: Gauge::default(),
+            messages_in: Counter::default(),
+            bytes_in: Counter::default(),
+            messages_out: Counter::default(),
+            bytes_out: Counter::default(),
+            ticks: Counter::default(),
+            ticks_missed: Counter::default(),
+            tick_duration: Histogram::new(seconds_buckets()),
+            tick_lateness: Histogram::new(seconds_buckets()),
+            snapshots_queued: Counter::default(),
+            snapshots_coalesced: Counter::default(),
+            keyframes_queued: Counter::default(),
+            disconnects: Family::default(),
+            errors_sent: Family::default(),
+            upgrades_refused: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "connections_opened",
+            "WebSocket connections accepted",
+            metrics.connections_opened.clone(),
+        );
+        registry.register("lobbies", "Lobbies running", metrics.lobbies.clone());
+        registry.register(
+            "messages_in",
+            "WebSocket messages received",
+            metrics.messages_in.clone(),
+        );
+        registry.register(
+            "bytes_in",
+            "Payload bytes of messages received",
+            metrics.bytes_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "WebSocket messages written to sockets",
+            metrics.messages_out.clone(),
+        );
+        registry.register(
+            "bytes_out",
+            "Payload bytes of messages written to sockets",
+            metrics.bytes_out.clone(),
+        );
+        registry.register("ticks", "Lobby ticks run", metrics.ticks.clone());
+        registry.register(
+            "ticks_missed",
+            "Lobby ticks skipped because the lobby ran a full period late",
+            metrics.ticks_missed.clone(),
+        );
+        registry.register(
+            "tick_duration_seconds",
+            "Wall time to build, encode and hand out one lobby tick",
+            metrics.tick_duration.clone(),
+        );
+        registry.register(
+            "tick_lateness_seconds",
+            "How long after its scheduled instant a tick started",
+            metrics.tick_lateness.clone(),
+        );
+        registry.register(
+            "snapshots_queued",
+            "Snapshots handed to connection outboxes",
+            metrics.snapshots_queued.clone(),
+        );
+        registry.register(
+            "snapshots_coalesced",
+            "Unsent snapshots replaced by a newer one (slow readers)",
+            metrics.snapshots_coalesced.clone(),
+        );
+        registry.register(
+            "keyframes_queued",
+            "Keyframe snapshots handed to outboxes (joins and catch-ups)",
+            metrics.keyframes_queued.clone(),
+        );
+        registry.register(
+            "disconnects",
+            "Closed WebSocket connections by reason",
+            metrics.disconnects.clone(),
+        );
+        registry.register(
+            "errors_sent",
+            "error messages sent to clients by code",
+            metrics.errors_sent.clone(),
+        );
+        registry.register(
+            "upgrades_refused",
+            "WebSocket upgrade requests refused by reason",
+            metrics.upgrades_refused.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    pub(crate) fn disconnect(&self, reason: &'static str) {
+        self.disconnects.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    pub(crate) fn error_sent(&self, code: &'static str) {
+        self.errors_sent.get_or_create(&[("code", code)]).inc();
+    }
+
+    pub(crate) fn upgrade_refused(&self, reason: &'static str) {
+        self.upgrades_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,447 @@
+//! One WebSocket connection after the upgrade: reads frames, reassembles and decodes
+//! messages, enforces the per-connection limits, and turns messages into lobby commands. It
+//! never mutates lobby state itself and never writes to the socket (the writer task does).
+
+use std::convert::Infallible;
+use std::future::ready;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
+use tickrelay_protocol::{ClientMessage, Codec, DecodeError, ErrorCode, ServerMessage, close};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::{info, warn};
+
+use super::rate::RateLimit;
+use super::writer::{Writer, WriterEnd};
+use crate::ServerContext;
+use crate::config::Config;
+use crate::lobby::{Command, JoinAccepted, JoinRequest};
+use crate::outbox::Outbox;
+
+/// How long, after the server decided to close, the reader waits for the client's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Why a connection ended, as logged and counted in `tickrelay_disconnects{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndReason {
+    /// The client sent a close frame.
+    PeerClosed,
+    /// The socket ended without a close frame (crash, network loss).
+    PeerVanished,
+    /// The server closed with this code.
+    ServerClosed(u16),
+    /// The client stopped reading and a write stalled.
+    WriteStalled,
+}
+
+impl EndReason {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::PeerClosed => "peer_closed",
+            Self::PeerVanished => "peer_vanished",
+            Self::WriteStalled => "write_stalled",
+            Self::ServerClosed(code) => match code {
+                close::NORMAL => "leave",
+                close::GOING_AWAY => "shutdown",
+                close::PROTOCOL_ERROR => "protocol_error",
+                close::UNSUPPORTED_DATA => "unsupported_data",
+                close::INVALID_PAYLOAD => "bad_message",
+                close::MESSAGE_TOO_BIG => "message_too_big",
+                close::TRY_AGAIN_LATER => "server_full",
+                close::RATE_LIMITED => "rate_limited",
+                close::SLOW_CONSUMER => "slow_consumer",
+                close::IDLE_TIMEOUT => "idle_timeout",
+                close::JOIN_TIMEOUT => "join_timeout",
+                _ => "internal_error",
+            },
+        }
+    }
+}
+
+/// A ping flood detected inside fastwebsockets' read loop (which answers pings itself).
+#[derive(Debug, thiserror::Error)]
+#[error("ping rate limit exceeded")]
+struct PingFlood;
+
+/// Serves one upgraded connection to its end. `read`/`write` are the two halves of the
+/// stream (plain TCP today, TLS later). With `refuse`, the connection is closed at once with
+/// that code.
+pub(crate) async fn serve<R, W>(
+    ctx: Arc<ServerContext>,
+    read: R,
+    write: W,
+    codec: Codec,
+    peer: String,
+    refuse: Option<u16>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &ctx.config;
+    let outbox = Arc::new(Outbox::new(config.max_queued_messages));
+    let writer = ctx.tracker.spawn(
+        Writer {
+            socket: write,
+            outbox: outbox.clone(),
+            codec,
+            metrics: ctx.metrics.clone(),
+            shutdown: ctx.shutdown.clone(),
+            ping_interval: config.ping_interval,
+            write_timeout: config.idle_timeout,
+        }
+        .run(),
+    );
+
+    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    // fastwebsockets refuses frames whose length is >= this; whole messages are checked below.
+    ws.set_max_message_size(config.max_message_size + 1);
+
+    if let Some(code) = refuse {
+        outbox.close(code);
+    }
+    let mut session = Session::new(&ctx, outbox.clone(), codec);
+    let mut end = session.read_loop(&mut ws).await;
+    if let Some(joined) = session.joined.take() {
+        let _ = joined
+            .lobby
+            .send(Command::Leave {
+                key: joined.key,
+                id: joined.player_id,
+            })
+            .await;
+    }
+    if matches!(end, EndReason::ServerClosed(_)) {
+        // Keep reading (and discarding) until the client answers our close, so the kernel
+        // does not reset the connection with our close frame still unread by the client.
+        let _ = timeout(CLOSE_LINGER, async {
+            let mut ignore = |_: Frame<'_>| ready(Ok::<(), Infallible>(()));
+            while let Ok(frame) = ws.read_frame(&mut ignore).await {
+                if frame.opcode == OpCode::Close {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    // The writer ends once its close frame is out (or the socket failed).
+    outbox.close(close::NORMAL);
+    if let Ok(Ok(WriterEnd::Stalled)) = timeout(CLOSE_LINGER, writer).await {
+        end = EndReason::WriteStalled;
+    }
+    ctx.metrics.connections.dec();
+    ctx.metrics.disconnect(end.label());
+    info!(
+        peer,
+        player = session.player_id,
+        reason = end.label(),
+        messages_in = session.messages_in,
+        "connection closed"
+    );
+}
+
+struct Joined {
+    lobby: crate::lobby::LobbyHandle,
+    key: usize,
+    player_id: u32,
+}
+
+struct Session<'a> {
+    ctx: &'a Arc<ServerContext>,
+    config: &'a Config,
+    outbox: Arc<Outbox>,
+    codec: Codec,
+    joined: Option<Joined>,
+    player_id: Option<u32>,
+    state_limit: RateLimit,
+    event_limit: RateLimit,
+    /// A fragmented message being reassembled: its opcode and the bytes so far.
+    fragments: Option<(OpCode, BytesMut)>,
+    messages_in: u64,
+}
+
+/// What to do after one message.
+enum Flow {
+    Continue,
+    End(EndReason),
+}
+
+impl<'a> Session<'a> {
+    fn new(ctx: &'a Arc<ServerContext>, outbox: Arc<Outbox>, codec: Codec) -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            ctx,
+            config: &ctx.config,
+            outbox,
+            codec,
+            joined: None,
+            player_id: None,
+            state_limit: RateLimit::new(ctx.config.max_state_rate, now),
+            event_limit: RateLimit::new(ctx.config.max_event_rate, now),
+            fragments: None,
+            messages_in: 0,
+        }
+    }
+
+    fn close(&self, code: u16) -> Flow {
+        self.outbox.close(code);
+        Flow::End(EndReason::ServerClosed(code))
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &mut self,
+        ws: &mut fastwebsockets::WebSocketRead<R>,
+    ) -> EndReason {
+        let join_deadline = Instant::now() + self.config.handshake_timeout;
+        let outbox = self.outbox.clone();
+        loop {
+            let (deadline, timeout_code) = if self.joined.is_some() {
+                (
+                    Instant::now() + self.config.idle_timeout,
+                    close::IDLE_TIMEOUT,
+                )
+            } else {
+                (join_deadline, close::JOIN_TIMEOUT)
+            };
+            let event_limit = &mut self.event_limit;
+            // Pings are answered inside read_frame; this callback routes the pong (or the
+            // close echo) to the writer and enforces the ping rate.
+            let mut send = |frame: Frame<'_>| {
+                let payload = Bytes::copy_from_slice(&frame.payload);
+                let result = match frame.opcode {
+                    OpCode::Pong if !event_limit.allow(std::time::Instant::now()) => Err(PingFlood),
+                    OpCode::Pong => {
+                        outbox.push_pong(payload);
+                        Ok(())
+                    }
+                    _ => {
+                        let code = payload
+                            .get(..2)
+                            .map_or(close::NORMAL, |c| u16::from_be_bytes([c[0], c[1]]));
+                        outbox.close_with_payload(code, payload);
+                        Ok(())
+                    }
+                };
+                ready(result)
+            };
+            // read_frame is not cancel-safe, but every branch that cancels it ends the read
+            // loop: a half-read frame is never resumed.
+            let read = tokio::select! {
+                biased;
+                () = outbox.closing().cancelled() => {
+                    return EndReason::ServerClosed(outbox.close_code().unwrap_or(close::NORMAL));
+                }
+                read = timeout_at(deadline, ws.read_frame(&mut send)) => read,
+            };
+            let frame = match read {
+                Err(_elapsed) => {
+                    self.close(timeout_code);
+                    return EndReason::ServerClosed(timeout_code);
+                }
+                Ok(Err(err)) => return self.on_read_error(err),
+                Ok(Ok(frame)) => frame,
+            };
+            let flow = match frame.opcode {
+                OpCode::Close => Flow::End(EndReason::PeerClosed),
+                OpCode::Pong | OpCode::Ping => Flow::Continue,
+                OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                    match self.reassemble(frame.opcode, frame.fin, &frame.payload) {
+                        Ok(Some(message)) => self.on_message(&message).await,
+                        Ok(None) => Flow::Continue,
+                        Err(code) => self.close(code),
+                    }
+                }
+            };
+            if let Flow::End(reason) = flow {
+                return reason;
+            }
+        }
+    }
+
+    fn on_read_error(&self, err: WebSocketError) -> EndReason {
+        let code = match err {
+            WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => {
+                return EndReason::PeerVanished;
+            }
+            WebSocketError::SendError(_) => close::RATE_LIMITED,
+            WebSocketError::FrameTooLarge => close::MESSAGE_TOO_BIG,
+            _ => close::PROTOCOL_ERROR,
+        };
+        // An invalid close code was already answered with 1002 through the send callback.
+        self.outbox.close(code);
+        EndReason::ServerClosed(self.outbox.close_code().unwrap_or(code))
+    }
+
+    /// Collects a message's frames. Returns the whole message when its last frame arrives, or
+    /// the close code for a protocol violation or an oversized message.
+    fn reassemble(
+        &mut self,
+        opcode: OpCode,
+        fin: bool,
+        payload: &[u8],
+    ) -> Result<Option<Bytes>, u16> {
+        let expected = if self.codec.is_text() {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
+        match (opcode, self.fragments.as_mut()) {
+            (OpCode::Continuation, None) => Err(close::PROTOCOL_ERROR),
+            (OpCode::Continuation, Some((_, buffer))) => {
+                if buffer.len() + payload.len() > self.config.max_message_size {
+                    return Err(close::MESSAGE_TOO_BIG);
+                }
+                buffer.extend_from_slice(payload);
+                if !fin {
+                    return Ok(None);
+                }
+                let Some((opcode, buffer)) = self.fragments.take() else {
+                    return Err(close::PROTOCOL_ERROR);
+                };
+                if opcode != expected {
+                    return Err(close::UNSUPPORTED_DATA);
+                }
+                Ok(Some(buffer.freeze()))
+            }
+            (_, Some(_)) => Err(close::PROTOCOL_ERROR),
+            (opcode, None) if fin => {
+                if opcode != expected {
+                    return Err(close::UNSUPPORTED_DATA);
+                }
+                Ok(Some(Bytes::copy_from_slice(payload)))
+            }
+            (opcode, None) => {
+                self.fragments = Some((opcode, BytesMut::from(payload)));
+                Ok(None)
+            }
+        }
+    }
+
+    async fn on_message(&mut self, message: &[u8]) -> Flow {
+        self.messages_in += 1;
+        self.ctx.metrics.messages_in.inc();
+        self.ctx.metrics.bytes_in.inc_by(message.len() as u64);
+        let message = match self.codec.decode_client(message) {
+            Ok(message) => message,
+            Err(DecodeError::UnknownType(t)) => {
+                self.send_error(
+                    ErrorCode::UnknownMessage,
+                    format!("unknown message type {t:?}, ignored"),
+                );
+                return Flow::Continue;
+            }
+            Err(err @ DecodeError::Malformed { .. }) => {
+                self.send_error(ErrorCode::BadMessage, err.to_string());
+                return self.close(close::INVALID_PAYLOAD);
+            }
+        };
+        let now = std::time::Instant::now();
+        match message {
+            ClientMessage::Join { lobby, name, .. } => self.on_join(lobby, name).await,
+            ClientMessage::State { seq, data } => {
+                if !self.state_limit.allow(now) {
+                    return self.close(close::RATE_LIMITED);
+                }
+                self.forward_to_lobby(|key, id| Command::State { key, id, seq, data })
+                    .await
+            }
+            ClientMessage::Event { data } => {
+                if !self.event_limit.allow(now) {
+                    return self.close(close::RATE_LIMITED);
+                }
+                self.forward_to_lobby(|key, id| Command::Event { key, id, data })
+                    .await
+            }
+            ClientMessage::Ping { client_time } => {
+                if !self.event_limit.allow(now) {
+                    return self.close(close::RATE_LIMITED);
+                }
+                let pong = ServerMessage::Pong {
+                    client_time,
+                    server_time_us: crate::lobby::unix_micros(),
+                };
+                self.send(&pong);
+                Flow::Continue
+            }
+            ClientMessage::Leave => self.close(close::NORMAL),
+        }
+    }
+
+    async fn on_join(&mut self, lobby: String, name: String) -> Flow {
+        if self.joined.is_some() {
+            self.send_error(
+                ErrorCode::AlreadyJoined,
+                "this connection already joined a lobby".into(),
+            );
+            return Flow::Continue;
+        }
+        if let Err(problem) = validate_name("lobby", &lobby, Config::MAX_LOBBY_NAME)
+            .and_then(|()| validate_name("name", &name, Config::MAX_PLAYER_NAME))
+        {
+            self.send_error(ErrorCode::InvalidJoin, problem);
+            return Flow::Continue;
+        }
+        let request = JoinRequest {
+            lobby,
+            name,
+            codec: self.codec,
+            outbox: self.outbox.clone(),
+        };
+        match self.ctx.directory.join(self.ctx, request).await {
+            Ok(JoinAccepted {
+                lobby,
+                key,
+                player_id,
+            }) => {
+                self.player_id = Some(player_id);
+                self.joined = Some(Joined {
+                    lobby,
+                    key,
+                    player_id,
+                });
+            }
+            Err((code, message)) => self.send_error(code, message),
+        }
+        Flow::Continue
+    }
+
+    async fn forward_to_lobby(&mut self, command: impl FnOnce(usize, u32) -> Command) -> Flow {
+        let Some(joined) = &self.joined else {
+            self.send_error(ErrorCode::NotJoined, "send join first".into());
+            return Flow::Continue;
+        };
+        if joined
+            .lobby
+            .send(command(joined.key, joined.player_id))
+            .await
+            .is_err()
+        {
+            return self.close(close::INTERNAL_ERROR);
+        }
+        Flow::Continue
+    }
+
+    fn send(&self, message: &ServerMessage) {
+        if let Some(frame) = crate::lobby::encode(self.codec, message) {
+            let _ = self.outbox.push_reliable(frame);
+        }
+    }
+
+    fn send_error(&self, code: ErrorCode, message: String) {
+        warn!(player = self.player_id, code = code.as_str(), %message, "refused client request");
+        self.ctx.metrics.error_sent(code.as_str());
+        self.send(&ServerMessage::Error { code, message });
+    }
+}
+
+fn validate_name(what: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.is_empty() || value.len() > max {
+        return Err(format!("{what} must be 1 to {max} bytes long"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{what} must not contain control characters"));
+    }
+    Ok(())
+}

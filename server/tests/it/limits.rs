@@ -1,0 +1,299 @@
+//! Every configurable limit triggers its documented error or close code, and only for the
+//! connection that exceeded it.
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use tickrelay_protocol::{ClientMessage, Codec, ErrorCode, ServerMessage, close};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{Client, payload, spawn_server, test_config};
+
+async fn expect_error(client: &mut Client) -> ErrorCode {
+    client
+        .recv_until(|m| match m {
+            ServerMessage::Error { code, .. } => Some(code),
+            _ => None,
+        })
+        .await
+}
+
+#[tokio::test]
+async fn oversized_message_closes_with_1009() {
+    let mut config = test_config();
+    config.max_message_size = 1024;
+    let server = spawn_server(config).await;
+    let (mut big, _, _) = Client::join(&server, Codec::MessagePack, "arena", "big").await;
+    let (mut ok, _, _) = Client::join(&server, Codec::MessagePack, "arena", "ok").await;
+    big.send_state(1, &[7u8; 2000]).await;
+    assert_eq!(big.expect_close_code().await, close::MESSAGE_TOO_BIG);
+    // The other member is unaffected and keeps getting snapshots.
+    ok.next_snapshot().await;
+    ok.next_snapshot().await;
+}
+
+#[tokio::test]
+async fn oversized_fragmented_message_closes_with_1009() {
+    let mut config = test_config();
+    config.max_message_size = 1024;
+    let server = spawn_server(config).await;
+    let (mut client, _, _) = Client::join(&server, Codec::MessagePack, "arena", "frag").await;
+    // Each fragment is small; together they exceed the limit.
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let fragment = |opcode, fin| {
+        let mut frame = Frame::message(vec![1u8; 600], opcode, fin);
+        frame.header_mut().is_final = fin;
+        Message::Frame(frame)
+    };
+    client
+        .ws
+        .send(fragment(OpCode::Data(Data::Binary), false))
+        .await
+        .unwrap();
+    client
+        .ws
+        .send(fragment(OpCode::Data(Data::Continue), true))
+        .await
+        .unwrap();
+    assert_eq!(client.expect_close_code().await, close::MESSAGE_TOO_BIG);
+}
+
+#[tokio::test]
+async fn full_lobby_refuses_with_lobby_full_and_keeps_the_connection() {
+    let mut config = test_config();
+    config.max_lobby_size = 2;
+    let server = spawn_server(config).await;
+    let _a = Client::join(&server, Codec::MessagePack, "small", "a").await;
+    let _b = Client::join(&server, Codec::MessagePack, "small", "b").await;
+    let mut c = Client::connect(&server, Codec::MessagePack).await;
+    let join = |lobby: &str| ClientMessage::Join {
+        lobby: lobby.into(),
+        name: "c".into(),
+        token: None,
+    };
+    c.send(&join("small")).await;
+    assert_eq!(expect_error(&mut c).await, ErrorCode::LobbyFull);
+    // Still connected: it can join another lobby.
+    c.send(&join("other")).await;
+    assert!(matches!(c.recv().await, ServerMessage::Welcome { .. }));
+}
+
+#[tokio::test]
+async fn too_many_lobbies_is_refused() {
+    let mut config = test_config();
+    config.max_lobbies = 2;
+    let server = spawn_server(config).await;
+    let _a = Client::join(&server, Codec::MessagePack, "one", "a").await;
+    let _b = Client::join(&server, Codec::MessagePack, "two", "b").await;
+    let mut c = Client::connect(&server, Codec::MessagePack).await;
+    c.send(&ClientMessage::Join {
+        lobby: "three".into(),
+        name: "c".into(),
+        token: None,
+    })
+    .await;
+    assert_eq!(expect_error(&mut c).await, ErrorCode::TooManyLobbies);
+    // Joining an existing lobby still works.
+    let _d = Client::join(&server, Codec::MessagePack, "one", "d").await;
+}
+
+#[tokio::test]
+async fn empty_lobbies_are_removed() {
+    let mut config = test_config();
+    config.max_lobbies = 1;
+    let server = spawn_server(config).await;
+    let (mut a, _, _) = Client::join(&server, Codec::MessagePack, "first", "a").await;
+    a.send(&ClientMessage::Leave).await;
+    a.expect_close_code().await;
+    // The slot of the emptied lobby is free again (removal is asynchronous: retry briefly).
+    let mut _member = None;
+    for attempt in 0.. {
+        let mut b = Client::connect(&server, Codec::MessagePack).await;
+        b.send(&ClientMessage::Join {
+            lobby: "second".into(),
+            name: "b".into(),
+            token: None,
+        })
+        .await;
+        match b.recv().await {
+            ServerMessage::Welcome { .. } => {
+                _member = Some(b);
+                break;
+            }
+            ServerMessage::Error {
+                code: ErrorCode::TooManyLobbies,
+                ..
+            } if attempt < 20 => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let (_, body) = server.http_get("/lobbies").await;
+    assert!(
+        body.contains("\"second\"") && !body.contains("\"first\""),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn connection_limit_closes_extra_connections_with_1013() {
+    let mut config = test_config();
+    config.max_connections = 2;
+    let server = spawn_server(config).await;
+    let (mut a, _, _) = Client::join(&server, Codec::MessagePack, "arena", "a").await;
+    let _b = Client::join(&server, Codec::MessagePack, "arena", "b").await;
+    let mut extra = Client::connect(&server, Codec::MessagePack).await;
+    assert_eq!(extra.expect_close_code().await, close::TRY_AGAIN_LATER);
+    a.next_snapshot().await;
+}
+
+#[tokio::test]
+async fn state_flood_closes_with_4001() {
+    let mut config = test_config();
+    config.max_state_rate = 50;
+    let server = spawn_server(config).await;
+    let (mut flooder, _, _) = Client::join(&server, Codec::MessagePack, "arena", "flood").await;
+    let (mut calm, _, _) = Client::join(&server, Codec::MessagePack, "arena", "calm").await;
+    // A steady 50/s is fine (burst of one second) ...
+    for seq in 0..40 {
+        calm.send_state(seq, b"ok").await;
+    }
+    // ... 200 at once is not.
+    for seq in 0..200 {
+        if flooder
+            .ws
+            .send(Message::Binary(
+                Codec::MessagePack
+                    .encode(&ClientMessage::State {
+                        seq,
+                        data: payload(b"x"),
+                    })
+                    .unwrap()
+                    .into(),
+            ))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(flooder.expect_close_code().await, close::RATE_LIMITED);
+    calm.next_snapshot().await;
+    server
+        .wait_metric("tickrelay_disconnects_total{reason=\"rate_limited\"}", 1.0)
+        .await;
+}
+
+#[tokio::test]
+async fn event_flood_closes_with_4001() {
+    let mut config = test_config();
+    config.max_event_rate = 20;
+    let server = spawn_server(config).await;
+    let (mut flooder, _, _) = Client::join(&server, Codec::Json, "arena", "flood").await;
+    for _ in 0..100 {
+        flooder
+            .send(&ClientMessage::Event {
+                data: payload(b"boom"),
+            })
+            .await;
+    }
+    assert_eq!(flooder.expect_close_code().await, close::RATE_LIMITED);
+}
+
+#[tokio::test]
+async fn websocket_ping_flood_closes_with_4001() {
+    let mut config = test_config();
+    config.max_event_rate = 20;
+    let server = spawn_server(config).await;
+    let (mut flooder, _, _) = Client::join(&server, Codec::MessagePack, "arena", "pinger").await;
+    for _ in 0..100 {
+        if flooder
+            .ws
+            .send(Message::Ping(vec![1, 2, 3].into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(flooder.expect_close_code().await, close::RATE_LIMITED);
+}
+
+#[tokio::test]
+async fn no_join_within_handshake_timeout_closes_with_4004() {
+    let mut config = test_config();
+    config.handshake_timeout = Duration::from_millis(300);
+    let server = spawn_server(config).await;
+    let mut lurker = Client::connect(&server, Codec::MessagePack).await;
+    assert_eq!(lurker.expect_close_code().await, close::JOIN_TIMEOUT);
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_after_idle_timeout_but_a_live_one_stays() {
+    let mut config = test_config();
+    config.idle_timeout = Duration::from_millis(600);
+    config.ping_interval = Duration::from_millis(100);
+    let server = spawn_server(config).await;
+    let (mut live, _, _) = Client::join(&server, Codec::MessagePack, "arena", "live").await;
+    let (mut silent, _, _) = Client::join(&server, Codec::MessagePack, "arena", "silent").await;
+    // `live` keeps reading, so tungstenite answers the server's pings; `silent` reads nothing
+    // for longer than the idle timeout, so it answers no ping.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < until {
+        live.next_snapshot().await;
+    }
+    assert_eq!(silent.expect_close_code().await, close::IDLE_TIMEOUT);
+    live.next_snapshot().await;
+}
+
+#[tokio::test]
+async fn protocol_misuse_gets_error_messages_and_keeps_the_connection() {
+    let server = spawn_server(test_config()).await;
+    let mut client = Client::connect(&server, Codec::Json).await;
+    client.send_state(1, b"too early").await;
+    assert_eq!(expect_error(&mut client).await, ErrorCode::NotJoined);
+    client
+        .ws
+        .send(Message::Text(r#"{"t":"teleport","to":"moon"}"#.into()))
+        .await
+        .unwrap();
+    assert_eq!(expect_error(&mut client).await, ErrorCode::UnknownMessage);
+    for (lobby, name) in [
+        ("", "x"),
+        ("ok", ""),
+        (&"l".repeat(65)[..], "x"),
+        ("ok", "bad\nname"),
+    ] {
+        client
+            .send(&ClientMessage::Join {
+                lobby: lobby.into(),
+                name: name.into(),
+                token: None,
+            })
+            .await;
+        assert_eq!(expect_error(&mut client).await, ErrorCode::InvalidJoin);
+    }
+    client
+        .send(&ClientMessage::Join {
+            lobby: "ok".into(),
+            name: "x".into(),
+            token: None,
+        })
+        .await;
+    assert!(matches!(client.recv().await, ServerMessage::Welcome { .. }));
+    client
+        .send(&ClientMessage::Join {
+            lobby: "again".into(),
+            name: "x".into(),
+            token: None,
+        })
+        .await;
+    assert_eq!(expect_error(&mut client).await, ErrorCode::AlreadyJoined);
+    let (_, metrics) = server.http_get("/metrics").await;
+    assert!(
+        metrics.contains("tickrelay_errors_sent_total{code=\"invalid_join\"} 4"),
+        "{metrics}"
+    );
+}

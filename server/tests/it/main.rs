@@ -1,0 +1,9 @@
+//! tickrelay server integration tests: a real server on loopback, real WebSocket clients.
+
+mod support;
+
+mod http;
+mod limits;
+mod lobby;
+mod robustness;
+mod slow_consumers;

@@ -1,0 +1,163 @@
+//! Broken and hostile input only ever affects the connection that sent it; shutdown is clean.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Payload};
+use futures_util::SinkExt;
+use http_body_util::Empty;
+use hyper::Request;
+use hyper::header::{CONNECTION, UPGRADE};
+use hyper_util::rt::TokioExecutor;
+use tickrelay_protocol::{ClientMessage, Codec, ErrorCode, ServerMessage, close};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{Client, Closed, RECV_TIMEOUT, spawn_server, test_config};
+
+async fn write_raw(client: &mut Client, bytes: &[u8]) {
+    match client.ws.get_mut() {
+        MaybeTlsStream::Plain(tcp) => tcp.write_all(bytes).await.unwrap(),
+        _ => unreachable!("tests use plain TCP"),
+    }
+}
+
+#[tokio::test]
+async fn malformed_frame_closes_only_that_connection_with_1002() {
+    let server = spawn_server(test_config()).await;
+    let (mut broken, _, _) = Client::join(&server, Codec::MessagePack, "arena", "broken").await;
+    let (mut fine, _, _) = Client::join(&server, Codec::MessagePack, "arena", "fine").await;
+    // FIN + all three reserved bits + opcode 0x3 (reserved), masked, empty.
+    write_raw(&mut broken, &[0xF3, 0x80, 1, 2, 3, 4]).await;
+    assert_eq!(broken.expect_close_code().await, close::PROTOCOL_ERROR);
+    for _ in 0..3 {
+        fine.next_snapshot().await;
+    }
+}
+
+#[tokio::test]
+async fn undecodable_message_gets_bad_message_then_close_1007() {
+    let server = spawn_server(test_config()).await;
+    let (mut client, _, _) = Client::join(&server, Codec::MessagePack, "arena", "garbage").await;
+    client
+        .ws
+        .send(Message::Binary(vec![0xc1, 0xff, 0x00].into()))
+        .await
+        .unwrap();
+    let code = client
+        .recv_until(|m| match m {
+            ServerMessage::Error { code, .. } => Some(code),
+            _ => None,
+        })
+        .await;
+    assert_eq!(code, ErrorCode::BadMessage);
+    assert_eq!(client.expect_close_code().await, close::INVALID_PAYLOAD);
+}
+
+#[tokio::test]
+async fn frame_type_must_match_the_negotiated_codec() {
+    let server = spawn_server(test_config()).await;
+    let mut client = Client::connect(&server, Codec::MessagePack).await;
+    client
+        .ws
+        .send(Message::Text(r#"{"t":"leave"}"#.into()))
+        .await
+        .unwrap();
+    assert_eq!(client.expect_close_code().await, close::UNSUPPORTED_DATA);
+}
+
+#[tokio::test]
+async fn client_close_is_answered_and_counted() {
+    let server = spawn_server(test_config()).await;
+    let (mut client, _, _) = Client::join(&server, Codec::MessagePack, "arena", "polite").await;
+    client.ws.close(None).await.unwrap();
+    assert!(matches!(
+        client.expect_close().await,
+        Closed::Frame(..) | Closed::WithoutFrame
+    ));
+    server
+        .wait_metric("tickrelay_disconnects_total{reason=\"peer_closed\"}", 1.0)
+        .await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_sends_1001_to_every_client_and_returns() {
+    let mut config = test_config();
+    config.shutdown_timeout = Duration::from_secs(3);
+    let server = spawn_server(config).await;
+    let (mut a, _, _) = Client::join(&server, Codec::MessagePack, "one", "a").await;
+    let (mut b, _, _) = Client::join(&server, Codec::Json, "two", "b").await;
+    let mut lurker = Client::connect(&server, Codec::MessagePack).await;
+    a.next_snapshot().await;
+    server.shutdown.cancel();
+    for client in [&mut a, &mut b, &mut lurker] {
+        assert_eq!(
+            client.expect_close().await,
+            Closed::Frame(close::GOING_AWAY, "server shutting down".into())
+        );
+    }
+    let finished = tokio::time::timeout(Duration::from_secs(5), server.task).await;
+    finished
+        .expect("server stops in bounded time")
+        .unwrap()
+        .unwrap();
+    assert!(
+        TcpStream::connect(server.addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+/// The server's own WebSocket library as the client, alongside the tungstenite-based tests.
+#[tokio::test]
+async fn fastwebsockets_client_joins_and_receives_snapshots() {
+    let server = spawn_server(test_config()).await;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let request = Request::builder()
+        .uri(server.ws_url())
+        .header("Host", server.addr.to_string())
+        .header(UPGRADE, "websocket")
+        .header(CONNECTION, "upgrade")
+        .header(
+            "Sec-WebSocket-Key",
+            fastwebsockets::handshake::generate_key(),
+        )
+        .header("Sec-WebSocket-Version", "13")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (mut ws, response) =
+        fastwebsockets::handshake::client(&TokioExecutor::new(), request, stream)
+            .await
+            .unwrap();
+    assert_eq!(response.status(), 101);
+    // No subprotocol offered: MessagePack, and no protocol header echoed.
+    assert!(response.headers().get("Sec-WebSocket-Protocol").is_none());
+    let join = Codec::MessagePack
+        .encode(&ClientMessage::Join {
+            lobby: "fast".into(),
+            name: "fws".into(),
+            token: None,
+        })
+        .unwrap();
+    ws.write_frame(Frame::binary(Payload::Owned(join)))
+        .await
+        .unwrap();
+    let mut saw = (false, false);
+    while saw != (true, true) {
+        let frame = tokio::time::timeout(RECV_TIMEOUT, ws.read_frame())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.opcode, OpCode::Binary);
+        match Codec::MessagePack.decode_server(&frame.payload).unwrap() {
+            ServerMessage::Welcome { .. } => saw.0 = true,
+            ServerMessage::Snapshot(s) => {
+                assert!(saw.0, "welcome comes first");
+                assert!(s.keyframe);
+                saw.1 = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Slow and stalled readers: they get coalesced snapshots and a keyframe when they catch up,
+//! or are closed when reliable messages overflow, and never delay anybody else.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tickrelay_protocol::{ClientMessage, Codec, ServerMessage, Snapshot, close};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::support::{Client, TestServer, payload, spawn_server, test_config};
+
+/// A client whose socket has a tiny receive buffer, so the server's writes to it block soon
+/// after it stops reading.
+async fn join_with_small_buffer(server: &TestServer, name: &str) -> Client {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let mut request = server.ws_url().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("tickrelay.v1.msgpack"),
+    );
+    let (ws, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    let mut client = Client {
+        ws,
+        codec: Codec::MessagePack,
+    };
+    client
+        .send(&ClientMessage::Join {
+            lobby: "arena".into(),
+            name: name.into(),
+            token: None,
+        })
+        .await;
+    assert!(matches!(client.recv().await, ServerMessage::Welcome { .. }));
+    client
+}
+
+fn age_ms(snapshot: &Snapshot) -> f64 {
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    now_us.saturating_sub(snapshot.server_time_us) as f64 / 1000.0
+}
+
+#[tokio::test]
+async fn stalled_reader_gets_keyframe_after_gap_and_never_delays_others() {
+    let mut config = test_config();
+    config.max_message_size = 128 * 1024;
+    let server = spawn_server(config).await;
+    let mut stalled = join_with_small_buffer(&server, "stalled").await;
+    let (mut mover, _, _) = Client::join(&server, Codec::MessagePack, "arena", "mover").await;
+    stalled.next_snapshot().await;
+
+    // The mover sends a large, ever-changing state every tick for 2.5 s while `stalled` reads
+    // nothing. Every delta is ~64 KiB, so the stalled socket's buffers fill within a few ticks.
+    let big = vec![0xAB; 64 * 1024];
+    let mut mover_ticks = Vec::new();
+    let mut worst_age_ms: f64 = 0.0;
+    let start = Instant::now();
+    let mut seq = 0;
+    while start.elapsed() < Duration::from_millis(2500) {
+        seq += 1;
+        mover.send_state(seq, &big).await;
+        let snapshot = mover.next_snapshot().await;
+        worst_age_ms = worst_age_ms.max(age_ms(&snapshot));
+        mover_ticks.push(snapshot.tick);
+    }
+    assert!(
+        mover_ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "mover missed ticks: {mover_ticks:?}"
+    );
+    assert!(
+        worst_age_ms < 500.0,
+        "mover's snapshots delayed up to {worst_age_ms} ms"
+    );
+    assert!(server.metric("tickrelay_snapshots_coalesced_total").await > 0.0);
+
+    // Now the stalled client reads again: a jump in tick numbers is always a keyframe.
+    let mut previous = stalled.next_snapshot().await;
+    let mut gaps = 0;
+    for _ in 0..60 {
+        let snapshot = stalled.next_snapshot().await;
+        if snapshot.tick > previous.tick + 1 {
+            gaps += 1;
+            assert!(
+                snapshot.keyframe,
+                "tick {} -> {} without keyframe",
+                previous.tick, snapshot.tick
+            );
+            assert_eq!(
+                snapshot.players.len(),
+                1,
+                "keyframe holds the mover's latest state"
+            );
+        }
+        assert!(snapshot.tick > previous.tick);
+        previous = snapshot;
+    }
+    assert!(gaps >= 1, "the stalled reader should have missed snapshots");
+}
+
+#[tokio::test]
+async fn reliable_queue_overflow_closes_the_slow_reader_with_4002() {
+    let mut config = test_config();
+    config.max_message_size = 64 * 1024;
+    config.max_queued_messages = 16;
+    config.max_event_rate = 10_000;
+    let server = spawn_server(config).await;
+    let mut slow = join_with_small_buffer(&server, "slow").await;
+    let (mut shouter, _, _) = Client::join(&server, Codec::MessagePack, "arena", "shouter").await;
+    // 300 events of 32 KiB: far more than the slow reader's buffers plus 16 queued messages.
+    let event = ClientMessage::Event {
+        data: payload(&[0x55; 32 * 1024]),
+    };
+    // The shouter reads its own echo of each event before sending the next, so it is never
+    // a slow reader itself.
+    for _ in 0..300 {
+        shouter.send(&event).await;
+        shouter
+            .recv_until(|m| matches!(m, ServerMessage::Event { .. }).then_some(()))
+            .await;
+    }
+    // The slow member was removed from the lobby (member_left came during the loop or after).
+    let (_, lobbies) = server.http_get("/lobbies").await;
+    assert!(!lobbies.contains("\"slow\""), "{lobbies}");
+    // Once it reads again, the slow client finds the documented close code after its backlog.
+    assert_eq!(slow.expect_close_code().await, close::SLOW_CONSUMER);
+    server
+        .wait_metric("tickrelay_disconnects_total{reason=\"slow_consumer\"}", 1.0)
+        .await;
+}

@@ -1,0 +1,278 @@
+//! Shared test helpers: a real server on an ephemeral loopback port and a real WebSocket
+//! client (tokio-tungstenite, an implementation independent of the server's fastwebsockets).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tickrelay_protocol::{
+    ClientMessage, Codec, Member, Payload, PlayerId, ServerMessage, Snapshot,
+};
+use tickrelay_server::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long any single expected message may take before the test fails.
+pub(crate) const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) struct TestServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) task: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    pub(crate) fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// GET `path` over a plain TCP connection; returns (status, body).
+    pub(crate) async fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path, &[]).await
+    }
+
+    /// Waits (up to `RECV_TIMEOUT`) until metric `name` reaches `at_least`: the server counts
+    /// a disconnect only once it has torn the connection down, after the close handshake.
+    pub(crate) async fn wait_metric(&self, name: &str, at_least: f64) {
+        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+        loop {
+            let value = self.metric(name).await;
+            if value >= at_least {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} = {value}, expected >= {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The value of an unlabelled metric, e.g. `tickrelay_snapshots_coalesced_total`.
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics").await;
+        body.lines()
+            .find_map(|line| {
+                let (key, value) = line.split_once(' ')?;
+                (key == name).then(|| value.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+/// Test defaults: the embedded defaults, with a fast tick so tests finish quickly.
+pub(crate) fn test_config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tick_hz: 50,
+        ..Config::default()
+    }
+}
+
+pub(crate) async fn spawn_server(config: Config) -> TestServer {
+    let listener = tickrelay_server::bind(config.listen).expect("bind loopback");
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(tickrelay_server::run(listener, config, shutdown.clone()));
+    TestServer {
+        addr,
+        shutdown,
+        task,
+    }
+}
+
+pub(crate) async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(RECV_TIMEOUT, stream.read_to_end(&mut response))
+        .await
+        .expect("http response in time")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub(crate) fn payload(bytes: &[u8]) -> Payload {
+    Payload::from(bytes.to_vec())
+}
+
+pub(crate) struct Client {
+    pub(crate) ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub(crate) codec: Codec,
+}
+
+/// What a client saw when its connection ended.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Closed {
+    Frame(u16, String),
+    WithoutFrame,
+}
+
+impl Client {
+    /// Opens a WebSocket asking for `codec`'s subprotocol.
+    pub(crate) async fn connect(server: &TestServer, codec: Codec) -> Self {
+        let mut request = server.ws_url().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(codec.subprotocol()),
+        );
+        let (ws, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connect");
+        assert_eq!(
+            response.headers().get("Sec-WebSocket-Protocol").unwrap(),
+            codec.subprotocol()
+        );
+        Self { ws, codec }
+    }
+
+    /// Connects and joins; returns the client, its player id and the welcome's member list.
+    pub(crate) async fn join(
+        server: &TestServer,
+        codec: Codec,
+        lobby: &str,
+        name: &str,
+    ) -> (Self, PlayerId, Vec<Member>) {
+        let mut client = Self::connect(server, codec).await;
+        client
+            .send(&ClientMessage::Join {
+                lobby: lobby.into(),
+                name: name.into(),
+                token: None,
+            })
+            .await;
+        match client.recv().await {
+            ServerMessage::Welcome {
+                player_id,
+                lobby: joined,
+                members,
+                ..
+            } => {
+                assert_eq!(joined, lobby);
+                (client, player_id, members)
+            }
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    pub(crate) async fn send(&mut self, message: &ClientMessage) {
+        let bytes = self.codec.encode(message).unwrap();
+        let frame = if self.codec.is_text() {
+            Message::Text(String::from_utf8(bytes).unwrap().into())
+        } else {
+            Message::Binary(bytes.into())
+        };
+        self.ws.send(frame).await.expect("send");
+    }
+
+    pub(crate) async fn send_state(&mut self, seq: u64, data: &[u8]) {
+        self.send(&ClientMessage::State {
+            seq,
+            data: payload(data),
+        })
+        .await;
+    }
+
+    /// The next protocol message (pings are answered by tungstenite). Panics on close/timeout.
+    pub(crate) async fn recv(&mut self) -> ServerMessage {
+        loop {
+            let next = tokio::time::timeout(RECV_TIMEOUT, self.ws.next())
+                .await
+                .expect("message within timeout")
+                .expect("connection open")
+                .expect("websocket ok");
+            match next {
+                Message::Binary(bytes) => {
+                    assert!(!self.codec.is_text(), "binary frame on a json connection");
+                    return self.codec.decode_server(&bytes).expect("decodable");
+                }
+                Message::Text(text) => {
+                    assert!(self.codec.is_text(), "text frame on a msgpack connection");
+                    return self
+                        .codec
+                        .decode_server(text.as_bytes())
+                        .expect("decodable");
+                }
+                Message::Close(frame) => panic!("unexpected close {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Skips messages until `pick` returns Some.
+    pub(crate) async fn recv_until<T>(
+        &mut self,
+        mut pick: impl FnMut(ServerMessage) -> Option<T>,
+    ) -> T {
+        loop {
+            if let Some(found) = pick(self.recv().await) {
+                return found;
+            }
+        }
+    }
+
+    pub(crate) async fn next_snapshot(&mut self) -> Snapshot {
+        self.recv_until(|m| match m {
+            ServerMessage::Snapshot(s) => Some(s),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Reads until the connection ends, skipping messages; returns how it ended.
+    pub(crate) async fn expect_close(&mut self) -> Closed {
+        loop {
+            let next = tokio::time::timeout(RECV_TIMEOUT, self.ws.next())
+                .await
+                .expect("close within timeout");
+            match next {
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    // Keep polling so tungstenite sends its close reply, as a real client would.
+                    let _ = tokio::time::timeout(RECV_TIMEOUT, async {
+                        while self.ws.next().await.is_some() {}
+                    })
+                    .await;
+                    return Closed::Frame(code.into(), reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                    return Closed::WithoutFrame;
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The close code the server sent (fails the test if it closed without one).
+    pub(crate) async fn expect_close_code(&mut self) -> u16 {
+        match self.expect_close().await {
+            Closed::Frame(code, _) => code,
+            Closed::WithoutFrame => panic!("connection ended without a close frame"),
+        }
+    }
+}
