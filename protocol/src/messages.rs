@@ -107,7 +107,7 @@ pub enum ErrorCode {
     BadMessage,
     /// A well-formed message of a type this server does not know; it was ignored.
     UnknownMessage,
-    /// `state`, `event` or `leave` before `join`.
+    /// `state` or `event` before `join` (a `leave` before `join` just closes with 1000).
     NotJoined,
     /// A second `join` on the same connection.
     AlreadyJoined,

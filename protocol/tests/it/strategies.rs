@@ -1,0 +1,229 @@
+//! proptest strategies for every protocol message, biased towards the values most likely to
+//! break a codec: empty and non-ASCII strings, empty payloads, payloads that cross the msgpack
+//! `bin 8`/`bin 16` boundary, integer extremes and awkward floats.
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+use tickrelay_protocol::{
+    ClientMessage, ErrorCode, Member, Payload, PlayerId, PlayerState, ServerMessage, Snapshot,
+};
+
+/// Any string: empty, ASCII, control characters, multi-byte and astral-plane characters.
+pub(crate) fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        any::<String>(),
+        vec(any::<char>(), 0..24).prop_map(String::from_iter),
+        Just("ünïcödé 🎮 игрок 玩家 \u{0} \"quoted\" \\ \n".to_owned()),
+    ]
+}
+
+pub(crate) fn payload() -> impl Strategy<Value = Payload> {
+    prop_oneof![
+        Just(Payload::default()),
+        vec(any::<u8>(), 0..16).prop_map(Payload::from),
+        // 255/256 bytes is where msgpack switches from bin 8 to bin 16.
+        vec(any::<u8>(), 250..300).prop_map(Payload::from),
+    ]
+}
+
+pub(crate) fn u64_value() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0),
+        Just(1),
+        Just(127),
+        Just(128),
+        Just(u64::from(u32::MAX)),
+        Just(u64::from(u32::MAX) + 1),
+        Just((1 << 53) - 1),
+        Just(u64::MAX - 1),
+        Just(u64::MAX),
+        any::<u64>(),
+    ]
+}
+
+pub(crate) fn u32_value() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        Just(0),
+        Just(1),
+        Just(127),
+        Just(128),
+        Just(u32::from(u16::MAX) + 1),
+        Just(u32::MAX),
+        any::<u32>(),
+    ]
+}
+
+/// Finite floats of every class and sign (JSON cannot carry NaN or infinities).
+pub(crate) fn finite_f64() -> impl Strategy<Value = f64> {
+    use proptest::num::f64 as f;
+    prop_oneof![
+        Just(0.0),
+        Just(-0.0),
+        Just(f64::MIN),
+        Just(f64::MAX),
+        Just(f64::MIN_POSITIVE),
+        Just(f64::EPSILON),
+        Just(123_456.789),
+        // Integral values: a JavaScript client's `performance.now()` may be one.
+        u64_value().prop_map(|v| v as f64),
+        f::POSITIVE | f::NEGATIVE | f::NORMAL | f::SUBNORMAL | f::ZERO,
+    ]
+}
+
+pub(crate) fn error_code() -> impl Strategy<Value = ErrorCode> {
+    prop_oneof![
+        Just(ErrorCode::BadMessage),
+        Just(ErrorCode::UnknownMessage),
+        Just(ErrorCode::NotJoined),
+        Just(ErrorCode::AlreadyJoined),
+        Just(ErrorCode::LobbyFull),
+        Just(ErrorCode::TooManyLobbies),
+        Just(ErrorCode::InvalidJoin),
+        Just(ErrorCode::Unknown),
+    ]
+}
+
+pub(crate) fn player_id() -> impl Strategy<Value = PlayerId> {
+    u32_value()
+}
+
+pub(crate) fn player_state() -> impl Strategy<Value = PlayerState> {
+    (player_id(), u64_value(), payload()).prop_map(|(id, seq, data)| PlayerState { id, seq, data })
+}
+
+pub(crate) fn snapshot() -> impl Strategy<Value = Snapshot> {
+    (
+        u64_value(),
+        u64_value(),
+        any::<bool>(),
+        vec(player_state(), 0..6),
+        vec(player_id(), 0..6),
+    )
+        .prop_map(
+            |(tick, server_time_us, keyframe, players, removed)| Snapshot {
+                tick,
+                server_time_us,
+                keyframe,
+                players,
+                removed,
+            },
+        )
+}
+
+pub(crate) fn client_message() -> impl Strategy<Value = ClientMessage> {
+    prop_oneof![
+        (text(), text(), proptest::option::of(text()))
+            .prop_map(|(lobby, name, token)| ClientMessage::Join { lobby, name, token }),
+        (u64_value(), payload()).prop_map(|(seq, data)| ClientMessage::State { seq, data }),
+        payload().prop_map(|data| ClientMessage::Event { data }),
+        Just(ClientMessage::Leave),
+        finite_f64().prop_map(|client_time| ClientMessage::Ping { client_time }),
+    ]
+}
+
+pub(crate) fn server_message() -> impl Strategy<Value = ServerMessage> {
+    prop_oneof![
+        (
+            player_id(),
+            text(),
+            u32_value(),
+            vec(
+                (player_id(), text()).prop_map(|(id, name)| Member { id, name }),
+                0..5
+            ),
+        )
+            .prop_map(
+                |(player_id, lobby, tick_hz, members)| ServerMessage::Welcome {
+                    player_id,
+                    lobby,
+                    tick_hz,
+                    members,
+                }
+            ),
+        snapshot().prop_map(ServerMessage::Snapshot),
+        (player_id(), payload()).prop_map(|(from, data)| ServerMessage::Event { from, data }),
+        (player_id(), text()).prop_map(|(id, name)| ServerMessage::MemberJoined { id, name }),
+        player_id().prop_map(|id| ServerMessage::MemberLeft { id }),
+        (finite_f64(), u64_value()).prop_map(|(client_time, server_time_us)| {
+            ServerMessage::Pong {
+                client_time,
+                server_time_us,
+            }
+        }),
+        (error_code(), text()).prop_map(|(code, message)| ServerMessage::Error { code, message }),
+    ]
+}
+
+/// One fixed example of every message type, with non-trivial field values.
+pub(crate) fn client_examples() -> Vec<ClientMessage> {
+    vec![
+        ClientMessage::Join {
+            lobby: "arena".into(),
+            name: "ann".into(),
+            token: None,
+        },
+        ClientMessage::Join {
+            lobby: "lobby 🎮".into(),
+            name: "игрок".into(),
+            token: Some("ticket".into()),
+        },
+        ClientMessage::State {
+            seq: u64::MAX,
+            data: Payload::from(vec![0xff; 300]),
+        },
+        ClientMessage::Event {
+            data: Payload::from(&b"boom"[..]),
+        },
+        ClientMessage::Event {
+            data: Payload::default(),
+        },
+        ClientMessage::Leave,
+        ClientMessage::Ping {
+            client_time: 1234.5678,
+        },
+    ]
+}
+
+pub(crate) fn server_examples() -> Vec<ServerMessage> {
+    vec![
+        ServerMessage::Welcome {
+            player_id: 7,
+            lobby: "arena".into(),
+            tick_hz: 30,
+            members: vec![Member {
+                id: 3,
+                name: "bob".into(),
+            }],
+        },
+        ServerMessage::Snapshot(Snapshot {
+            tick: 42,
+            server_time_us: 1_700_000_000_000_000,
+            keyframe: false,
+            players: vec![PlayerState {
+                id: 1,
+                seq: 7,
+                data: Payload::from(&b"\x01\x02\x03\x04"[..]),
+            }],
+            removed: vec![3],
+        }),
+        ServerMessage::Snapshot(Snapshot::default()),
+        ServerMessage::Event {
+            from: u32::MAX,
+            data: Payload::from(&b"boom"[..]),
+        },
+        ServerMessage::MemberJoined {
+            id: 9,
+            name: "zoë".into(),
+        },
+        ServerMessage::MemberLeft { id: 9 },
+        ServerMessage::Pong {
+            client_time: -0.5,
+            server_time_us: u64::MAX,
+        },
+        ServerMessage::Error {
+            code: ErrorCode::LobbyFull,
+            message: "lobby arena is full (16/16)".into(),
+        },
+    ]
+}
