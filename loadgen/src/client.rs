@@ -1,0 +1,531 @@
+//! One simulated player: connect, join, then send `state` on a fixed timeline (plus optional
+//! `event`s and `ping`s) while a reader task measures every snapshot. Reconnects with
+//! exponential backoff plus jitter when its connection is lost or dropped by a storm.
+//!
+//! Clients of one worker share its `Recorder` through an `Rc<RefCell<_>>`: they run on one
+//! thread, so recording a sample is a plain histogram increment.
+
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
+use std::future::ready;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Payload as WsPayload, WebSocketError};
+use tickrelay_protocol::{ClientMessage, Codec, Payload, PlayerId, ServerMessage};
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::ClockEstimator;
+use crate::net::{self, Reader, Writer};
+use crate::plan::{ClientSpec, Plan, Target, backoff_delay};
+use crate::stats::{Counters, Histograms, Metric};
+
+/// States remembered per client for input-to-visible latency (by `seq % SEQ_WINDOW`).
+const SEQ_WINDOW: usize = 64;
+/// A send this much after its scheduled instant counts as late (generator overloaded). Tokio
+/// timers have 1 ms resolution, so lateness up to about 1 ms is normal timer jitter.
+const LATE_AFTER: Duration = Duration::from_millis(5);
+/// How long a leaving client waits for the server's close.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a worker's clients record into.
+#[derive(Default)]
+pub struct Recorder {
+    pub histograms: Histograms,
+    pub counters: Counters,
+    pub clock: ClockEstimator,
+    pub tick_hz: Option<u32>,
+}
+
+/// Per-worker state shared by its clients.
+pub struct Shared {
+    pub plan: Rc<Plan>,
+    pub target: Target,
+    pub recorder: RefCell<Recorder>,
+    /// Clients currently joined.
+    pub joined: Cell<usize>,
+    /// Cancelled by a storm: every live connection drops at once. Replaced after each storm.
+    pub storm: RefCell<CancellationToken>,
+    state_data: Payload,
+    correct_clock: bool,
+}
+
+impl Shared {
+    pub fn new(plan: Rc<Plan>, target: Target) -> Self {
+        let correct_clock = match plan.clock_correction {
+            crate::cli::ClockCorrection::On => true,
+            crate::cli::ClockCorrection::Off => false,
+            crate::cli::ClockCorrection::Auto => !target.is_loopback(),
+        };
+        // Non-repeating filler so the payload looks like real state, not a run of zeros.
+        let state: Vec<u8> = (0..plan.state_size).map(|i| (i * 31 + 7) as u8).collect();
+        Self {
+            state_data: Payload::from(state),
+            plan,
+            target,
+            recorder: RefCell::default(),
+            joined: Cell::new(0),
+            storm: RefCell::new(CancellationToken::new()),
+            correct_clock,
+        }
+    }
+
+    fn record(&self, metric: Metric, micros: u64) {
+        self.recorder.borrow_mut().histograms.record(metric, micros);
+    }
+
+    fn count(&self, update: impl FnOnce(&mut Counters)) {
+        update(&mut self.recorder.borrow_mut().counters);
+    }
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// How a session ended.
+enum SessionEnd {
+    /// Asked to stop (run over, or churn): left the lobby.
+    Stopped,
+    /// A storm dropped the connection.
+    Dropped,
+    /// The connection failed or the server closed it.
+    Lost,
+}
+
+/// Runs one client until `stop` is cancelled.
+pub async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: CancellationToken) {
+    let plan = shared.plan.clone();
+    let source =
+        (!plan.source_ips.is_empty()).then(|| plan.source_ips[spec.index % plan.source_ips.len()]);
+    let mut attempt: u32 = 0;
+    let mut ever_joined = false;
+    // When the client lost its connection, for the reconnect-time metric.
+    let mut outage_since: Option<Instant> = None;
+    loop {
+        if attempt > 0 || outage_since.is_some() {
+            let delay = backoff_delay(
+                plan.backoff_base,
+                plan.backoff_max,
+                attempt.saturating_sub(1),
+            );
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = sleep(delay) => {}
+            }
+        }
+        if stop.is_cancelled() {
+            return;
+        }
+        let Some((reader, writer, player_id)) = connect_and_join(&spec, &shared, source).await
+        else {
+            attempt += 1;
+            outage_since.get_or_insert_with(Instant::now);
+            continue;
+        };
+        if ever_joined {
+            shared.count(|c| c.reconnects += 1);
+        }
+        ever_joined = true;
+        if let Some(since) = outage_since.take() {
+            shared.record(Metric::Reconnect, since.elapsed().as_micros() as u64);
+        }
+        shared.joined.set(shared.joined.get() + 1);
+        let end = session(&shared, reader, writer, player_id, &stop).await;
+        shared.joined.set(shared.joined.get() - 1);
+        match end {
+            SessionEnd::Stopped => return,
+            SessionEnd::Dropped | SessionEnd::Lost => {
+                outage_since = Some(Instant::now());
+                attempt = 1;
+            }
+        }
+    }
+}
+
+/// Connects and joins; counts and records everything, returns None on failure.
+async fn connect_and_join(
+    spec: &ClientSpec,
+    shared: &Shared,
+    source: Option<std::net::Ipv4Addr>,
+) -> Option<(Reader, Writer, PlayerId)> {
+    let plan = &shared.plan;
+    let started = Instant::now();
+    let connected = timeout(
+        plan.connect_timeout,
+        net::connect(&shared.target, source, plan.codec),
+    )
+    .await;
+    let (mut reader, mut writer) = match connected {
+        Ok(Ok(halves)) => halves,
+        Ok(Err(err)) => {
+            shared.count(|c| c.error(err.kind()));
+            return None;
+        }
+        Err(_) => {
+            shared.count(|c| c.error("connect_timeout"));
+            return None;
+        }
+    };
+    shared.record(Metric::Connect, started.elapsed().as_micros() as u64);
+    shared.count(|c| c.connects += 1);
+
+    let join = ClientMessage::Join {
+        lobby: spec.lobby.clone(),
+        name: spec.name.clone(),
+        token: None,
+    };
+    let mut buffer = Vec::with_capacity(64);
+    let join_sent = Instant::now();
+    if send(&mut writer, plan.codec, &join, &mut buffer, shared)
+        .await
+        .is_err()
+    {
+        shared.count(|c| c.error("join_send_failed"));
+        return None;
+    }
+    let welcome = timeout(plan.connect_timeout, async {
+        let mut ignore = |_: Frame<'_>| ready(Ok::<(), Infallible>(()));
+        loop {
+            let frame = reader.read_frame(&mut ignore).await.ok()?;
+            if !matches!(frame.opcode, OpCode::Binary | OpCode::Text) {
+                return None;
+            }
+            match plan.codec.decode_server(&frame.payload) {
+                Ok(ServerMessage::Welcome {
+                    player_id, tick_hz, ..
+                }) => return Some(Ok((player_id, tick_hz))),
+                Ok(ServerMessage::Error { code, .. }) => return Some(Err(code)),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    match welcome {
+        Ok(Some(Ok((player_id, tick_hz)))) => {
+            shared.record(Metric::Join, join_sent.elapsed().as_micros() as u64);
+            shared.recorder.borrow_mut().tick_hz = Some(tick_hz);
+            Some((reader, writer, player_id))
+        }
+        Ok(Some(Err(code))) => {
+            shared.count(|c| c.error(format!("join_refused:{}", code.as_str())));
+            None
+        }
+        Ok(None) => {
+            shared.count(|c| c.error("join_connection_lost"));
+            None
+        }
+        Err(_) => {
+            shared.count(|c| c.error("join_timeout"));
+            None
+        }
+    }
+}
+
+/// Encodes and sends one message, masking in place in a reused buffer.
+async fn send(
+    writer: &mut Writer,
+    codec: Codec,
+    message: &ClientMessage,
+    buffer: &mut Vec<u8>,
+    shared: &Shared,
+) -> Result<(), WebSocketError> {
+    buffer.clear();
+    // Client messages always encode (plain structs and strings).
+    let _ = codec.encode_into(message, buffer);
+    let len = buffer.len() as u64;
+    let payload = WsPayload::BorrowedMut(&mut buffer[..]);
+    let frame = if codec.is_text() {
+        Frame::text(payload)
+    } else {
+        Frame::binary(payload)
+    };
+    writer.write_frame(frame).await?;
+    shared.count(|c| c.bytes_out += len);
+    Ok(())
+}
+
+/// State shared by a session's writer (this task) and its reader task.
+struct SessionState {
+    player_id: PlayerId,
+    /// Intended send time (unix µs) of recent `state` seqs, indexed by `seq % SEQ_WINDOW`.
+    intended: RefCell<[(u64, u64); SEQ_WINDOW]>,
+    last_seen_seq: Cell<u64>,
+    last_tick: Cell<Option<u64>>,
+    /// A pong owed to a server ping, for the writer to send.
+    pong_owed: RefCell<Option<Bytes>>,
+    wake_writer: Notify,
+    /// Set once we sent `leave`: the close that follows is expected.
+    leaving: Cell<bool>,
+    clock: RefCell<ClockEstimator>,
+}
+
+async fn session(
+    shared: &Rc<Shared>,
+    reader: Reader,
+    mut writer: Writer,
+    player_id: PlayerId,
+    stop: &CancellationToken,
+) -> SessionEnd {
+    let plan = shared.plan.clone();
+    let state = Rc::new(SessionState {
+        player_id,
+        intended: RefCell::new([(0, 0); SEQ_WINDOW]),
+        last_seen_seq: Cell::new(0),
+        last_tick: Cell::new(None),
+        pong_owed: RefCell::new(None),
+        wake_writer: Notify::new(),
+        leaving: Cell::new(false),
+        clock: RefCell::default(),
+    });
+    let mut read_task = tokio::task::spawn_local(read_loop(shared.clone(), state.clone(), reader));
+    let storm = shared.storm.borrow().clone();
+    let mut buffer = Vec::with_capacity(64 + plan.state_size * 2);
+
+    let now = Instant::now();
+    let period = |rate: f64| (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
+    let state_period = period(plan.state_rate);
+    let event_period = period(plan.event_rate);
+    // Random phases: clients that join together do not send in lockstep.
+    let phase = |p: Option<Duration>| p.map(|p| now + p.mul_f64(fastrand::f64()));
+    let mut next_state = phase(state_period);
+    let mut next_event = phase(event_period);
+    let mut next_ping = now + plan.ping_interval.mul_f64(fastrand::f64());
+    let mut seq: u64 = 0;
+
+    loop {
+        let due = [next_state, next_event, Some(next_ping)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_ping);
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {
+                state.leaving.set(true);
+                let _ = send(&mut writer, plan.codec, &ClientMessage::Leave, &mut buffer, shared).await;
+                if timeout(LEAVE_TIMEOUT, &mut read_task).await.is_err() {
+                    read_task.abort();
+                }
+                return SessionEnd::Stopped;
+            }
+            () = storm.cancelled() => {
+                read_task.abort();
+                return SessionEnd::Dropped;
+            }
+            _ = &mut read_task => return SessionEnd::Lost,
+            () = state.wake_writer.notified() => {
+                let pong = state.pong_owed.borrow_mut().take();
+                if let Some(pong) = pong
+                    && writer.write_frame(Frame::pong(WsPayload::Borrowed(&pong))).await.is_err()
+                {
+                    return lost(shared, read_task, "write_failed");
+                }
+                continue;
+            }
+            () = sleep_until(due) => {}
+        }
+        let now = Instant::now();
+        if let (Some(at), Some(period)) = (next_state, state_period)
+            && at <= now
+        {
+            // Coordinated omission: the timeline is fixed. A late send is measured from its
+            // intended instant; more than a period behind, missed sends are skipped (counted).
+            let lag = now - at;
+            let skipped = (lag.as_nanos() / period.as_nanos()) as u32;
+            let intended_at = at + period * skipped;
+            let lag_from_intended = now - intended_at;
+            let intended_us = unix_micros().saturating_sub(lag_from_intended.as_micros() as u64);
+            seq += 1 + u64::from(skipped);
+            state.intended.borrow_mut()[(seq % SEQ_WINDOW as u64) as usize] = (seq, intended_us);
+            let message = ClientMessage::State {
+                seq,
+                data: shared.state_data.clone(),
+            };
+            if send(&mut writer, plan.codec, &message, &mut buffer, shared)
+                .await
+                .is_err()
+            {
+                return lost(shared, read_task, "write_failed");
+            }
+            shared.count(|c| {
+                c.states_sent += 1;
+                c.sends_skipped += u64::from(skipped);
+                c.sends_late += u64::from(lag_from_intended > LATE_AFTER);
+                c.max_send_lag_us = c.max_send_lag_us.max(lag.as_micros() as u64);
+            });
+            next_state = Some(intended_at + period);
+        }
+        if let (Some(at), Some(period)) = (next_event, event_period)
+            && at <= now
+        {
+            let mut data = vec![0u8; plan.event_size];
+            data[..8].copy_from_slice(&unix_micros().to_be_bytes());
+            let message = ClientMessage::Event {
+                data: Payload::from(data),
+            };
+            if send(&mut writer, plan.codec, &message, &mut buffer, shared)
+                .await
+                .is_err()
+            {
+                return lost(shared, read_task, "write_failed");
+            }
+            shared.count(|c| c.events_sent += 1);
+            let behind = ((now - at).as_nanos() / period.as_nanos()) as u32;
+            next_event = Some(at + period * (behind + 1));
+        }
+        if next_ping <= now {
+            let message = ClientMessage::Ping {
+                client_time: unix_micros() as f64,
+            };
+            if send(&mut writer, plan.codec, &message, &mut buffer, shared)
+                .await
+                .is_err()
+            {
+                return lost(shared, read_task, "write_failed");
+            }
+            shared.count(|c| c.pings_sent += 1);
+            next_ping = now + plan.ping_interval;
+        }
+    }
+}
+
+fn lost(shared: &Shared, read_task: tokio::task::JoinHandle<()>, kind: &str) -> SessionEnd {
+    read_task.abort();
+    shared.count(|c| c.error(kind));
+    SessionEnd::Lost
+}
+
+/// Reads until the connection ends, recording every message.
+async fn read_loop(shared: Rc<Shared>, state: Rc<SessionState>, mut reader: Reader) {
+    let codec = shared.plan.codec;
+    loop {
+        let owed = state.clone();
+        let mut obligations = move |frame: Frame<'_>| {
+            if frame.opcode == OpCode::Pong {
+                *owed.pong_owed.borrow_mut() = Some(Bytes::copy_from_slice(&frame.payload));
+                owed.wake_writer.notify_one();
+            }
+            ready(Ok::<(), Infallible>(()))
+        };
+        let frame = match reader.read_frame(&mut obligations).await {
+            Ok(frame) => frame,
+            Err(err) => {
+                if !state.leaving.get() {
+                    let kind = match err {
+                        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => {
+                            "connection_lost"
+                        }
+                        _ => "protocol_error",
+                    };
+                    shared.count(|c| c.error(kind));
+                }
+                return;
+            }
+        };
+        match frame.opcode {
+            OpCode::Close => {
+                let code = frame
+                    .payload
+                    .get(..2)
+                    .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
+                let leaving = state.leaving.get();
+                shared.count(|c| {
+                    *c.close_codes.entry(code).or_default() += 1;
+                    if !(leaving && code == tickrelay_protocol::close::NORMAL) {
+                        c.error(format!("closed:{code}"));
+                    }
+                });
+                return;
+            }
+            OpCode::Binary | OpCode::Text => {
+                let received_us = unix_micros();
+                shared.count(|c| c.bytes_in += frame.payload.len() as u64);
+                match codec.decode_server(&frame.payload) {
+                    Ok(message) => on_message(&shared, &state, message, received_us),
+                    Err(_) => shared.count(|c| c.error("undecodable_message")),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn on_message(shared: &Shared, state: &SessionState, message: ServerMessage, received_us: u64) {
+    match message {
+        ServerMessage::Snapshot(snapshot) => {
+            let offset = if shared.correct_clock {
+                state.clock.borrow().offset_us()
+            } else {
+                0.0
+            };
+            let sent_local_us = (snapshot.server_time_us as f64 - offset).max(0.0) as u64;
+            let mut recorder = shared.recorder.borrow_mut();
+            recorder
+                .histograms
+                .record(Metric::Broadcast, received_us.saturating_sub(sent_local_us));
+            let counters = &mut recorder.counters;
+            counters.snapshots_received += 1;
+            counters.keyframes += u64::from(snapshot.keyframe);
+            match state.last_tick.get() {
+                Some(previous) if snapshot.tick > previous => {
+                    counters.snapshots_expected += snapshot.tick - previous;
+                    counters.tick_gaps += snapshot.tick - previous - 1;
+                }
+                Some(_) => {}
+                None => counters.snapshots_expected += 1,
+            }
+            state.last_tick.set(Some(snapshot.tick));
+            if let Some(mine) = snapshot.players.iter().find(|p| p.id == state.player_id)
+                && mine.seq > state.last_seen_seq.get()
+            {
+                state.last_seen_seq.set(mine.seq);
+                let (slot_seq, intended_us) =
+                    state.intended.borrow()[(mine.seq % SEQ_WINDOW as u64) as usize];
+                if slot_seq == mine.seq {
+                    recorder.histograms.record(
+                        Metric::InputToVisible,
+                        received_us.saturating_sub(intended_us),
+                    );
+                }
+            }
+        }
+        ServerMessage::Event { data, .. } => {
+            let mut recorder = shared.recorder.borrow_mut();
+            recorder.counters.events_received += 1;
+            if let Some(sent) = data.0.get(..8) {
+                let sent_us = u64::from_be_bytes(sent.try_into().unwrap_or_default());
+                recorder
+                    .histograms
+                    .record(Metric::Event, received_us.saturating_sub(sent_us));
+            }
+        }
+        ServerMessage::Pong {
+            client_time,
+            server_time_us,
+        } => {
+            let rtt = received_us.saturating_sub(client_time as u64);
+            state.clock.borrow_mut().add_sample(
+                client_time,
+                server_time_us as f64,
+                received_us as f64,
+            );
+            let mut recorder = shared.recorder.borrow_mut();
+            recorder.histograms.record(Metric::Rtt, rtt);
+            recorder
+                .clock
+                .add_sample(client_time, server_time_us as f64, received_us as f64);
+        }
+        ServerMessage::Error { code, .. } => {
+            shared.count(|c| c.error(format!("server_error:{}", code.as_str())))
+        }
+        ServerMessage::Welcome { .. }
+        | ServerMessage::MemberJoined { .. }
+        | ServerMessage::MemberLeft { .. } => {}
+    }
+}

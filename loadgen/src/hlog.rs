@@ -1,0 +1,125 @@
+//! HdrHistogram interval logs (the standard V2 format with compressed histograms): one tagged
+//! histogram per metric per interval, so runs can be plotted with standard tooling and merged
+//! across load-generator machines.
+
+use std::fs::File;
+use std::io::{BufWriter, Write as _};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use hdrhistogram::serialization::interval_log::{
+    IntervalLogIterator, IntervalLogWriterBuilder, LogEntry, Tag,
+};
+use hdrhistogram::serialization::{Deserializer, V2DeflateSerializer};
+
+use crate::stats::{Histograms, Metric};
+
+pub struct HlogWriter {
+    file: BufWriter<File>,
+    serializer: V2DeflateSerializer,
+}
+
+impl HlogWriter {
+    pub fn create(path: &Path, base: SystemTime, comment: &str) -> anyhow::Result<Self> {
+        let mut file = BufWriter::new(
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        );
+        let mut serializer = V2DeflateSerializer::new();
+        IntervalLogWriterBuilder::new()
+            .add_comment(comment)
+            .with_start_time(base)
+            .with_base_time(base)
+            .begin_log_with(&mut file, &mut serializer)?;
+        Ok(Self { file, serializer })
+    }
+
+    /// Appends one interval: `start` is relative to the log's base time.
+    pub fn write(
+        &mut self,
+        histograms: &Histograms,
+        start: Duration,
+        length: Duration,
+    ) -> anyhow::Result<()> {
+        // A builder without headers writes nothing itself: it only wraps our file.
+        let mut writer =
+            IntervalLogWriterBuilder::new().begin_log_with(&mut self.file, &mut self.serializer)?;
+        for metric in Metric::ALL {
+            let histogram = histograms.get(metric);
+            if histogram.is_empty() {
+                continue;
+            }
+            let tag = Tag::new(metric.name());
+            writer
+                .write_histogram(histogram, start, length, tag)
+                .map_err(|err| anyhow::anyhow!("writing interval log: {err:?}"))?;
+        }
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
+/// What a set of interval logs adds up to.
+pub struct Merged {
+    pub histograms: Histograms,
+    pub intervals: usize,
+    /// Wall-clock span covered, from the earliest interval start to the latest end.
+    pub seconds: f64,
+}
+
+/// Adds up every tagged interval of every file, by tag. Untagged or unknown tags are skipped.
+pub fn merge(paths: &[impl AsRef<Path>]) -> anyhow::Result<Merged> {
+    let mut merged = Histograms::default();
+    let mut intervals = 0;
+    let (mut first, mut last) = (f64::MAX, f64::MIN);
+    let mut deserializer = Deserializer::new();
+    for path in paths {
+        let path = path.as_ref();
+        let text =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut base = 0.0;
+        for entry in IntervalLogIterator::new(&text) {
+            let entry = entry.map_err(|err| {
+                anyhow::anyhow!("{}: not an interval log ({err:?})", path.display())
+            })?;
+            let interval = match entry {
+                LogEntry::BaseTime(t) => {
+                    base = t.as_secs_f64();
+                    continue;
+                }
+                LogEntry::StartTime(_) => continue,
+                LogEntry::Interval(interval) => interval,
+            };
+            let Some(metric) = interval.tag().and_then(|t| Metric::from_name(t.as_str())) else {
+                continue;
+            };
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(interval.encoded_histogram())
+                .with_context(|| format!("{}: bad base64 histogram", path.display()))?;
+            let histogram: hdrhistogram::Histogram<u64> = deserializer
+                .deserialize(&mut &bytes[..])
+                .map_err(|err| anyhow::anyhow!("{}: bad histogram ({err:?})", path.display()))?;
+            merged.get_mut(metric).add(&histogram).map_err(|err| {
+                anyhow::anyhow!("{}: incompatible histogram ({err:?})", path.display())
+            })?;
+            let start = base + interval.start_timestamp().as_secs_f64();
+            first = first.min(start);
+            last = last.max(start + interval.duration().as_secs_f64());
+            intervals += 1;
+        }
+    }
+    if intervals == 0 {
+        bail!("no tagged intervals found in the given files");
+    }
+    Ok(Merged {
+        histograms: merged,
+        intervals,
+        seconds: (last - first).max(0.0),
+    })
+}
+
+pub fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

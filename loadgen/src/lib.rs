@@ -1,0 +1,111 @@
+//! tickrelay-loadgen: thousands of real WebSocket clients playing lobbies against a tickrelay
+//! server, measuring latency in HdrHistograms.
+//!
+//! Flow: `cli` → validated `plan::Plan` → `runner` (coordinator: pacing, scenario phases,
+//! per-second collection) → `worker` threads, each a single-threaded runtime running many
+//! `client`s that record into the worker's own histograms → `report` (table, JSON), `hlog`
+//! (interval logs, merge) and `slo` (exit code).
+
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod hlog;
+pub mod net;
+pub mod plan;
+pub mod report;
+pub mod runner;
+pub mod selfhost;
+pub mod slo;
+pub mod stats;
+pub mod worker;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::cli::{Cli, Command, MergeArgs, RunArgs};
+use crate::report::{Report, SloResult};
+
+/// Exit code when a `--slo` bound is broken (1 is any other failure).
+pub const EXIT_SLO_BROKEN: u8 = 2;
+
+/// Runs the parsed command line; what `main` calls.
+pub fn main_with(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Some(Command::Merge(args)) => merge(&args),
+        None => run(&cli.run),
+    }
+}
+
+fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let bounds = match &args.slo {
+        Some(spec) => Some(slo::parse(spec)?),
+        None => None,
+    };
+    let self_hosted = if args.self_host {
+        Some(selfhost::SelfHosted::start(args)?)
+    } else {
+        None
+    };
+    let url = match (&self_hosted, &args.url) {
+        (Some(server), _) => server.url.clone(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => anyhow::bail!("give --url ws://HOST:PORT/ws or --self-host"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the coordinator runtime")?;
+    let mut report = runtime.block_on(async {
+        let target = plan::resolve_target(&url).await?;
+        let plan = plan::Plan::new(args, Some(target.clone()))?;
+        if !args.quiet {
+            eprintln!(
+                "tickrelay-loadgen: {} clients ({} in this shard {}/{}) in lobbies of {} against {url}, scenario {:?}, {} worker threads",
+                plan.total_clients, plan.shard_clients, plan.shard_index, plan.shard_count, plan.lobby_size, plan.scenario, plan.threads
+            );
+        }
+        runner::run(plan, target, args.quiet, args.hlog.as_deref()).await
+    })?;
+    drop(self_hosted);
+    let mut code = ExitCode::SUCCESS;
+    if let (Some(bounds), Some(spec)) = (bounds, &args.slo) {
+        let violations = slo::check(&bounds, &report);
+        if !violations.is_empty() {
+            code = ExitCode::from(EXIT_SLO_BROKEN);
+        }
+        report.slo = Some(SloResult {
+            spec: spec.clone(),
+            passed: violations.is_empty(),
+            violations,
+        });
+    }
+    finish(&report, args.json.as_deref())?;
+    Ok(code)
+}
+
+fn merge(args: &MergeArgs) -> anyhow::Result<ExitCode> {
+    let merged = hlog::merge(&args.files)?;
+    let report = Report::new(
+        None,
+        &merged.histograms,
+        stats::Counters::default(),
+        merged.seconds,
+    );
+    println!(
+        "merged {} intervals from {} files",
+        merged.intervals,
+        args.files.len()
+    );
+    finish(&report, args.json.as_deref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn finish(report: &Report, json: Option<&std::path::Path>) -> anyhow::Result<()> {
+    print!("{}", report.render());
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}

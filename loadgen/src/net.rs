@@ -1,0 +1,149 @@
+//! Opening one client connection: TCP (optionally from a chosen loopback source address),
+//! the WebSocket handshake with the codec's subprotocol, and the split into read and write
+//! halves. Errors are classified so the report can count them by kind.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use bytes::Bytes;
+use fastwebsockets::{Role, WebSocketRead, WebSocketWrite};
+use http_body_util::Empty;
+use hyper::Request;
+use hyper::header::{CONNECTION, HOST, UPGRADE};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tickrelay_protocol::Codec;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::plan::Target;
+
+pub type Reader = WebSocketRead<tokio::io::Chain<io::Cursor<Bytes>, OwnedReadHalf>>;
+pub type Writer = WebSocketWrite<OwnedWriteHalf>;
+
+/// Why a connection attempt failed, as counted in the report (`connect_<kind>`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connection refused")]
+    Refused,
+    #[error("no free local port or address (EADDRNOTAVAIL): add --source-ips")]
+    AddressUnavailable,
+    #[error("out of file descriptors (EMFILE)")]
+    TooManyFiles,
+    #[error("timed out")]
+    Timeout,
+    #[error("websocket handshake failed: {0}")]
+    Handshake(String),
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+impl ConnectError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Refused => "connect_refused",
+            Self::AddressUnavailable => "connect_addr_unavailable",
+            Self::TooManyFiles => "connect_too_many_files",
+            Self::Timeout => "connect_timeout",
+            Self::Handshake(_) => "connect_handshake",
+            Self::Io(_) => "connect_io",
+        }
+    }
+}
+
+impl From<io::Error> for ConnectError {
+    fn from(err: io::Error) -> Self {
+        match err.raw_os_error() {
+            Some(libc::ECONNREFUSED) => Self::Refused,
+            Some(libc::EADDRNOTAVAIL) => Self::AddressUnavailable,
+            Some(libc::EMFILE | libc::ENFILE) => Self::TooManyFiles,
+            _ if err.kind() == io::ErrorKind::ConnectionRefused => Self::Refused,
+            _ => Self::Io(err),
+        }
+    }
+}
+
+/// Opens a TCP connection, from `source` if given. With a source address the kernel picks
+/// the port at connect time (IP_BIND_ADDRESS_NO_PORT), so ports are only unique per
+/// (source, destination) pair and each source address adds ~28k connections.
+async fn tcp_connect(
+    addr: SocketAddr,
+    source: Option<Ipv4Addr>,
+) -> Result<TcpStream, ConnectError> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(source) = source {
+        let enable: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket we own, with a correctly sized c_int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&raw const enable).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        socket.bind(SocketAddr::from((source, 0)))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Connects and completes the WebSocket handshake asking for `codec`'s subprotocol.
+pub async fn connect(
+    target: &Target,
+    source: Option<Ipv4Addr>,
+    codec: Codec,
+) -> Result<(Reader, Writer), ConnectError> {
+    let stream = tcp_connect(target.addr, source).await?;
+    let request = Request::builder()
+        .method("GET")
+        .uri(&target.path)
+        .header(HOST, &target.host)
+        .header(UPGRADE, "websocket")
+        .header(CONNECTION, "upgrade")
+        .header(
+            "Sec-WebSocket-Key",
+            fastwebsockets::handshake::generate_key(),
+        )
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Protocol", codec.subprotocol())
+        .body(Empty::<Bytes>::new())
+        .map_err(|err| ConnectError::Handshake(err.to_string()))?;
+    let (ws, response) = fastwebsockets::handshake::client(&TokioExecutor::new(), request, stream)
+        .await
+        .map_err(|err| match err {
+            fastwebsockets::WebSocketError::IoError(io) => ConnectError::from(io),
+            other => ConnectError::Handshake(other.to_string()),
+        })?;
+    let agreed = response
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|v| v.to_str().ok());
+    if agreed != Some(codec.subprotocol()) {
+        return Err(ConnectError::Handshake(format!(
+            "server did not agree to subprotocol {} (answered {agreed:?})",
+            codec.subprotocol()
+        )));
+    }
+    // Back to the plain TcpStream: lock-free owned halves for the reader and writer tasks.
+    let upgraded = ws.into_inner().into_inner();
+    let parts = upgraded
+        .downcast::<TokioIo<TcpStream>>()
+        .map_err(|_| ConnectError::Handshake("unexpected upgraded stream type".into()))?;
+    let (read, write) = parts.io.into_inner().into_split();
+    let read = tokio::io::AsyncReadExt::chain(io::Cursor::new(parts.read_buf), read);
+    Ok(fastwebsockets::after_handshake_split(
+        read,
+        write,
+        Role::Client,
+    ))
+}

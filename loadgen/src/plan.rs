@@ -1,0 +1,308 @@
+//! A run's plan: the command line validated and resolved into concrete values (target,
+//! shard slice, client list, pacing) before any connection is made.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use serde::Serialize;
+use tickrelay_protocol::Codec;
+
+use crate::cli::{ClockCorrection, CodecArg, RunArgs, Scenario};
+
+/// Ephemeral ports per source address on this kind of machine (32768–60999).
+pub const PORTS_PER_SOURCE: usize = 28_232;
+/// Open files a process keeps for itself beyond its sockets.
+const RESERVED_FILES: u64 = 64;
+
+/// Where the server is.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub url: String,
+    pub host: String,
+    pub path: String,
+    pub addr: SocketAddr,
+}
+
+impl Target {
+    pub fn is_loopback(&self) -> bool {
+        self.addr.ip().is_loopback()
+    }
+}
+
+/// One simulated player: its global index decides its lobby and name.
+#[derive(Debug, Clone)]
+pub struct ClientSpec {
+    pub index: usize,
+    pub lobby: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub target: Option<Target>,
+    pub self_host: bool,
+    pub tick_hz: u32,
+    pub scenario: Scenario,
+    /// Clients in all shards together.
+    pub total_clients: usize,
+    /// Clients this process runs.
+    pub shard_clients: usize,
+    pub lobby_size: usize,
+    pub shard_index: usize,
+    pub shard_count: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub connect_rate: f64,
+    pub state_rate: f64,
+    pub state_size: usize,
+    pub event_rate: f64,
+    pub event_size: usize,
+    pub ping_interval: Duration,
+    #[serde(serialize_with = "codec_name")]
+    pub codec: Codec,
+    pub ramp_step: usize,
+    pub ramp_interval: Duration,
+    pub ramp_bound: Duration,
+    pub churn_rate: f64,
+    pub storm_after: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub connect_timeout: Duration,
+    pub source_ips: Vec<Ipv4Addr>,
+    pub lobby_prefix: String,
+    pub threads: usize,
+    pub clock_correction: ClockCorrection,
+    #[serde(skip)]
+    pub clients: Vec<ClientSpec>,
+}
+
+fn codec_name<S: serde::Serializer>(codec: &Codec, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(codec.name())
+}
+
+impl Plan {
+    /// Validates `args`; `target` is the resolved server (None until self-host starts).
+    pub fn new(args: &RunArgs, target: Option<Target>) -> anyhow::Result<Self> {
+        ensure!(args.clients > 0, "--clients must be at least 1");
+        ensure!(args.lobby_size > 0, "--lobby-size must be at least 1");
+        ensure!(args.connect_rate > 0.0, "--connect-rate must be positive");
+        ensure!(
+            args.state_rate >= 0.0 && args.event_rate >= 0.0,
+            "rates cannot be negative"
+        );
+        ensure!(
+            args.event_rate == 0.0 || args.event_size >= 8,
+            "--event-size must be at least 8 bytes (the send time travels in the event)"
+        );
+        ensure!(
+            !args.ping_interval.is_zero(),
+            "--ping-interval must be positive"
+        );
+        ensure!(
+            args.scenario != Scenario::Ramp || args.ramp_step > 0,
+            "--ramp-step must be at least 1"
+        );
+        let (shard_index, shard_count) = parse_shard(&args.shard)?;
+        let source_ips = match &args.source_ips {
+            Some(spec) => parse_source_ips(spec)?,
+            None => Vec::new(),
+        };
+        let clients: Vec<ClientSpec> = (0..args.clients)
+            .filter(|index| (index / args.lobby_size) % shard_count == shard_index)
+            .map(|index| ClientSpec {
+                index,
+                lobby: format!("{}-{}", args.lobby_prefix, index / args.lobby_size),
+                name: format!("p{index}"),
+            })
+            .collect();
+        ensure!(
+            !clients.is_empty(),
+            "shard {shard_index}/{shard_count} gets no lobby: use fewer shards or more clients"
+        );
+        let plan = Self {
+            target,
+            self_host: args.self_host,
+            tick_hz: args.tick_hz,
+            scenario: args.scenario,
+            total_clients: args.clients,
+            shard_clients: clients.len(),
+            lobby_size: args.lobby_size,
+            shard_index,
+            shard_count,
+            duration: args.duration,
+            warmup: args.warmup,
+            connect_rate: args.connect_rate,
+            state_rate: args.state_rate,
+            state_size: args.state_size,
+            event_rate: args.event_rate,
+            event_size: args.event_size,
+            ping_interval: args.ping_interval,
+            codec: match args.codec {
+                CodecArg::Msgpack => Codec::MessagePack,
+                CodecArg::Json => Codec::Json,
+            },
+            ramp_step: args.ramp_step,
+            ramp_interval: args.ramp_interval,
+            ramp_bound: args.ramp_bound,
+            churn_rate: args.churn_rate,
+            storm_after: args.storm_after,
+            backoff_base: args.backoff_base,
+            backoff_max: args.backoff_max,
+            connect_timeout: args.connect_timeout,
+            source_ips,
+            lobby_prefix: args.lobby_prefix.clone(),
+            threads: if args.threads == 0 {
+                std::thread::available_parallelism().map_or(1, usize::from)
+            } else {
+                args.threads
+            },
+            clock_correction: args.clock_correction,
+            clients,
+        };
+        plan.check_machine_limits()?;
+        Ok(plan)
+    }
+
+    /// Fails early, with the way out, when this process cannot hold its share of sockets.
+    fn check_machine_limits(&self) -> anyhow::Result<()> {
+        // A self-hosted server holds the other end of every connection in this process.
+        let sockets = self.shard_clients as u64 * if self.self_host { 2 } else { 1 };
+        let limit = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
+        if sockets + RESERVED_FILES > limit {
+            bail!(
+                "{} clients need about {} open files{} but this process may open only {limit} \
+                 (RLIMIT_NOFILE hard limit). Run several load generators, each with \
+                 --shard i/n, or lower --clients",
+                self.shard_clients,
+                sockets + RESERVED_FILES,
+                if self.self_host {
+                    " (client and server ends, with --self-host)"
+                } else {
+                    ""
+                },
+            );
+        }
+        let sources = self.source_ips.len().max(1);
+        if self.shard_clients > sources * PORTS_PER_SOURCE {
+            bail!(
+                "{} connections from {sources} source address(es) exceed ~{PORTS_PER_SOURCE} \
+                 ephemeral ports each: add --source-ips (e.g. 127.0.0.1-127.0.0.16 on loopback)",
+                self.shard_clients
+            );
+        }
+        Ok(())
+    }
+
+    pub fn members_per_lobby(&self) -> usize {
+        self.lobby_size.min(self.total_clients)
+    }
+}
+
+/// Parses `ws://host:port/path` and resolves the host.
+pub async fn resolve_target(url: &str) -> anyhow::Result<Target> {
+    let uri: hyper::Uri = url
+        .parse()
+        .with_context(|| format!("invalid --url {url:?}"))?;
+    match uri.scheme_str() {
+        Some("ws") => {}
+        Some("wss") => bail!("wss:// (TLS) is not supported yet: use ws://"),
+        _ => bail!("--url must start with ws://, e.g. ws://127.0.0.1:8080/ws"),
+    }
+    let host = uri.host().context("--url has no host")?.to_owned();
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri
+        .path_and_query()
+        .map_or("/ws", |p| p.as_str())
+        .to_owned();
+    let addr = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    Ok(Target {
+        url: url.to_owned(),
+        host: format!("{host}:{port}"),
+        path,
+        addr,
+    })
+}
+
+/// `i/n` with i < n.
+pub fn parse_shard(text: &str) -> anyhow::Result<(usize, usize)> {
+    let parsed = text.split_once('/').and_then(|(i, n)| {
+        Some((
+            i.trim().parse::<usize>().ok()?,
+            n.trim().parse::<usize>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((index, count)) if count > 0 && index < count => Ok((index, count)),
+        _ => bail!("--shard must be i/n with 0 <= i < n, e.g. 0/2 (got {text:?})"),
+    }
+}
+
+/// `127.0.0.1-127.0.0.16` (inclusive range) or `a,b,c`.
+pub fn parse_source_ips(text: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
+    let parse = |s: &str| -> anyhow::Result<Ipv4Addr> {
+        match s.trim().parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => Ok(ip),
+            _ => bail!("--source-ips: {s:?} is not an IPv4 address"),
+        }
+    };
+    let ips: Vec<Ipv4Addr> = if let Some((first, last)) = text.split_once('-') {
+        let (first, last) = (u32::from(parse(first)?), u32::from(parse(last)?));
+        ensure!(first <= last, "--source-ips range {text:?} is reversed");
+        ensure!(
+            last - first < 65_536,
+            "--source-ips range {text:?} is too large"
+        );
+        (first..=last).map(Ipv4Addr::from).collect()
+    } else {
+        text.split(',').map(parse).collect::<anyhow::Result<_>>()?
+    };
+    ensure!(!ips.is_empty(), "--source-ips is empty");
+    Ok(ips)
+}
+
+/// Full-jitter exponential backoff: a random delay in [0, min(max, base * 2^attempt)].
+pub fn backoff_delay(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let ceiling = base.saturating_mul(1u32 << attempt.min(20)).min(max);
+    ceiling.mul_f64(fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_and_source_ip_parsing() {
+        assert_eq!(parse_shard("1/3").unwrap(), (1, 3));
+        assert!(parse_shard("3/3").is_err());
+        assert!(parse_shard("x").is_err());
+        let ips = parse_source_ips("127.0.0.1-127.0.0.4").unwrap();
+        assert_eq!(ips.len(), 4);
+        assert_eq!(ips[3], Ipv4Addr::new(127, 0, 0, 4));
+        assert_eq!(parse_source_ips("127.0.0.9,127.0.0.2").unwrap().len(), 2);
+        assert!(parse_source_ips("127.0.0.5-127.0.0.1").is_err());
+        assert!(parse_source_ips("::1").is_err());
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        for attempt in 0..30 {
+            let ceiling = base.saturating_mul(1 << attempt.min(20)).min(max);
+            let delay = backoff_delay(base, max, attempt);
+            assert!(
+                delay <= ceiling,
+                "attempt {attempt}: {delay:?} > {ceiling:?}"
+            );
+        }
+        let spread: std::collections::HashSet<_> = (0..20)
+            .map(|_| backoff_delay(base, max, 3).as_micros())
+            .collect();
+        assert!(spread.len() > 10, "jitter spreads reconnects");
+    }
+}

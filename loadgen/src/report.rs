@@ -1,0 +1,289 @@
+//! The result of a run (or of `merge`): latency summaries, counters, derived ratios, scenario
+//! results; rendered as a human-readable table and as versioned JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::clock::OffsetEstimate;
+use crate::plan::Plan;
+use crate::slo::Violation;
+use crate::stats::{Counters, Histograms, Metric, Summary};
+
+/// Bumped when a field changes meaning or disappears.
+pub const REPORT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RampStep {
+    pub clients: usize,
+    pub broadcast_p99_us: u64,
+    pub errors: u64,
+    pub tick_gaps: u64,
+    pub snapshots_expected: u64,
+    pub met: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RampResult {
+    pub bound_us: u64,
+    pub steps: Vec<RampStep>,
+    /// The largest client count whose step met the bound.
+    pub knee: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StormResult {
+    pub clients: usize,
+    pub clients_back: usize,
+    /// From dropping every connection until all were joined again (None: not all came back).
+    pub recovery_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SloResult {
+    pub spec: String,
+    pub passed: bool,
+    pub violations: Vec<Violation>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub version: u32,
+    pub tool: &'static str,
+    /// The run's parameters (absent for `merge`).
+    pub parameters: Option<Plan>,
+    pub started_unix_ms: u128,
+    /// Length of the measured window (after ramp-up and warm-up).
+    pub measured_seconds: f64,
+    pub tick_hz: Option<u32>,
+    pub clients_joined_at_end: usize,
+    /// Average clients joined during the measured window.
+    pub clients_joined_avg: f64,
+    /// Latency summaries in microseconds, by metric name; metrics without samples are absent.
+    pub latency: BTreeMap<String, Summary>,
+    /// Counters over the measured window.
+    pub counters: Counters,
+    /// Errors over the whole run, ramp-up included (what `--slo errors=...` checks).
+    pub errors_whole_run: BTreeMap<String, u64>,
+    /// Ticks × members in the window, from the tick rate and the clients joined.
+    pub snapshots_nominal: f64,
+    pub snapshots_per_second: f64,
+    pub clock_offset: Option<OffsetEstimate>,
+    pub clock_corrected: bool,
+    pub ramp: Option<RampResult>,
+    pub storm: Option<StormResult>,
+    pub slo: Option<SloResult>,
+}
+
+impl Report {
+    pub fn new(
+        parameters: Option<Plan>,
+        histograms: &Histograms,
+        counters: Counters,
+        measured_seconds: f64,
+    ) -> Self {
+        let latency = Metric::ALL
+            .iter()
+            .filter(|m| !histograms.get(**m).is_empty())
+            .map(|m| (m.name().to_owned(), Summary::of(histograms.get(*m))))
+            .collect();
+        Self {
+            version: REPORT_VERSION,
+            tool: "tickrelay-loadgen",
+            parameters,
+            started_unix_ms: 0,
+            measured_seconds,
+            tick_hz: None,
+            clients_joined_at_end: 0,
+            clients_joined_avg: 0.0,
+            latency,
+            snapshots_per_second: if measured_seconds > 0.0 {
+                counters.snapshots_received as f64 / measured_seconds
+            } else {
+                0.0
+            },
+            errors_whole_run: counters.errors.clone(),
+            counters,
+            snapshots_nominal: 0.0,
+            clock_offset: None,
+            clock_corrected: false,
+            ramp: None,
+            storm: None,
+            slo: None,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn empty_for_tests() -> Self {
+        Self::new(None, &Histograms::default(), Counters::default(), 1.0)
+    }
+
+    /// Received / expected snapshots (1.0 when nothing was expected).
+    pub fn delivery_ratio(&self) -> f64 {
+        match self.counters.snapshots_expected {
+            0 => 1.0,
+            expected => self.counters.snapshots_received as f64 / expected as f64,
+        }
+    }
+
+    /// Fraction of scheduled sends the generator made late or skipped.
+    pub fn late_fraction(&self) -> f64 {
+        let c = &self.counters;
+        let scheduled = c.states_sent + c.sends_skipped;
+        if scheduled == 0 {
+            0.0
+        } else {
+            (c.sends_late + c.sends_skipped) as f64 / scheduled as f64
+        }
+    }
+
+    pub fn total_errors(&self) -> u64 {
+        self.errors_whole_run.values().sum()
+    }
+
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let ms = |us: u64| format!("{:.3}", us as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "\nlatency (ms)      count       p50       p90       p99     p99.9       max"
+        );
+        for metric in Metric::ALL {
+            if let Some(s) = self.latency.get(metric.name()) {
+                let _ = writeln!(
+                    out,
+                    "{:<12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                    metric.name(),
+                    s.count,
+                    ms(s.p50),
+                    ms(s.p90),
+                    ms(s.p99),
+                    ms(s.p999),
+                    ms(s.max)
+                );
+            }
+        }
+        let c = &self.counters;
+        let _ = writeln!(out, "\nmeasured window      {:.1} s", self.measured_seconds);
+        if let Some(hz) = self.tick_hz {
+            let _ = writeln!(out, "server tick rate     {hz} Hz");
+        }
+        let _ = writeln!(
+            out,
+            "clients joined       {} at end, {:.0} on average",
+            self.clients_joined_at_end, self.clients_joined_avg
+        );
+        let _ = writeln!(
+            out,
+            "snapshots            {} received / {} expected by tick numbers ({:.3}%), {:.0} nominal (ticks x members), {:.0}/s",
+            c.snapshots_received,
+            c.snapshots_expected,
+            self.delivery_ratio() * 100.0,
+            self.snapshots_nominal,
+            self.snapshots_per_second
+        );
+        let _ = writeln!(out, "keyframes            {}", c.keyframes);
+        let _ = writeln!(out, "missed ticks (gaps)  {}", c.tick_gaps);
+        let _ = writeln!(
+            out,
+            "events               {} sent, {} received",
+            c.events_sent, c.events_received
+        );
+        let _ = writeln!(
+            out,
+            "states / pings sent  {} / {}",
+            c.states_sent, c.pings_sent
+        );
+        let _ = writeln!(out, "bytes in / out       {} / {}", c.bytes_in, c.bytes_out);
+        let _ = writeln!(
+            out,
+            "generator late       {:.3}% of sends ({} late, {} skipped, worst lag {:.1} ms)",
+            self.late_fraction() * 100.0,
+            c.sends_late,
+            c.sends_skipped,
+            c.max_send_lag_us as f64 / 1000.0
+        );
+        let _ = writeln!(
+            out,
+            "connects / reconnects {} / {}",
+            c.connects, c.reconnects
+        );
+        if !c.close_codes.is_empty() {
+            let _ = writeln!(out, "close codes          {:?}", c.close_codes);
+        }
+        let _ = writeln!(
+            out,
+            "errors (whole run)   {} {:?}",
+            self.total_errors(),
+            self.errors_whole_run
+        );
+        if let Some(clock) = &self.clock_offset {
+            let _ = writeln!(
+                out,
+                "clock offset         {:+.3} ms ± {:.3} ms ({} samples, {})",
+                clock.offset_us / 1000.0,
+                clock.uncertainty_us / 1000.0,
+                clock.samples,
+                if self.clock_corrected {
+                    "applied to broadcast latency"
+                } else {
+                    "not applied: loopback"
+                }
+            );
+        }
+        if let Some(ramp) = &self.ramp {
+            let _ = writeln!(
+                out,
+                "\nramp (bound: broadcast p99 <= {} ms)",
+                ms(ramp.bound_us)
+            );
+            for step in &ramp.steps {
+                let _ = writeln!(
+                    out,
+                    "  {:>7} clients  p99 {:>9} ms  errors {:>4}  gaps {:>6}  {}",
+                    step.clients,
+                    ms(step.broadcast_p99_us),
+                    step.errors,
+                    step.tick_gaps,
+                    if step.met { "ok" } else { "BROKEN" }
+                );
+            }
+            match ramp.knee {
+                Some(knee) => {
+                    let _ = writeln!(out, "knee: {knee} clients");
+                }
+                None => {
+                    let _ = writeln!(out, "knee: none (the first step already broke the bound)");
+                }
+            }
+        }
+        if let Some(storm) = &self.storm {
+            let _ = match storm.recovery_ms {
+                Some(ms) => writeln!(
+                    out,
+                    "\nstorm: all {} clients back after {:.0} ms",
+                    storm.clients, ms
+                ),
+                None => writeln!(
+                    out,
+                    "\nstorm: only {}/{} clients came back",
+                    storm.clients_back, storm.clients
+                ),
+            };
+        }
+        if let Some(slo) = &self.slo {
+            let _ = writeln!(
+                out,
+                "\nslo {:?}: {}",
+                slo.spec,
+                if slo.passed { "passed" } else { "FAILED" }
+            );
+            for violation in &slo.violations {
+                let _ = writeln!(out, "  broken: {violation}");
+            }
+        }
+        out
+    }
+}

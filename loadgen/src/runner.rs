@@ -1,0 +1,448 @@
+//! The coordinator: starts worker threads, paces connections, drives the scenario's phases,
+//! collects one interval of measurements per second (progress line, interval log), and
+//! builds the final report. Scenarios are compositions of the same few phases.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+use crate::cli::Scenario;
+use crate::clock::ClockEstimator;
+use crate::hlog::HlogWriter;
+use crate::plan::{Plan, Target};
+use crate::report::{RampResult, RampStep, Report, StormResult};
+use crate::stats::{Counters, Histograms, Metric, Summary};
+use crate::worker::{self, Command, IntervalStats, WorkerHandle};
+
+const COLLECT_EVERY: Duration = Duration::from_secs(1);
+const PACING_STEP: Duration = Duration::from_millis(10);
+/// A ramp step may lose this fraction of snapshots to tick gaps and still count as met.
+const RAMP_GAP_TOLERANCE: f64 = 0.001;
+
+/// Runs the plan against `target` and returns the report (SLOs not yet checked).
+pub async fn run(
+    plan: Plan,
+    target: Target,
+    quiet: bool,
+    hlog: Option<&Path>,
+) -> anyhow::Result<Report> {
+    let plan = Arc::new(plan);
+    let (reports_tx, reports) = mpsc::unbounded_channel();
+    let workers = (0..plan.threads)
+        .map(|id| worker::spawn(id, plan.clone(), target.clone(), reports_tx.clone()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("starting worker threads")?;
+    drop(reports_tx);
+    let base = SystemTime::now();
+    let hlog = match hlog {
+        Some(path) => Some(HlogWriter::create(
+            path,
+            base,
+            &format!("tickrelay-loadgen against {}", target.url),
+        )?),
+        None => None,
+    };
+    let mut coordinator = Coordinator {
+        quiet,
+        started: Instant::now(),
+        base,
+        workers,
+        reports,
+        hlog,
+        last_collect: Instant::now(),
+        cumulative: Counters::default(),
+        previous: Counters::default(),
+        clock: ClockEstimator::default(),
+        joined: 0,
+        tick_hz: None,
+        measuring: None,
+        measured: Histograms::default(),
+        window_start: Counters::default(),
+        measured_seconds: 0.0,
+        joined_samples: Vec::new(),
+        started_clients: 0,
+        plan: plan.clone(),
+    };
+    let outcome = coordinator.play().await;
+    coordinator.stop_all().await;
+    let (ramp, storm) = outcome?;
+    Ok(coordinator.report(ramp, storm))
+}
+
+struct Coordinator {
+    plan: Arc<Plan>,
+    quiet: bool,
+    started: Instant,
+    base: SystemTime,
+    workers: Vec<WorkerHandle>,
+    reports: mpsc::UnboundedReceiver<IntervalStats>,
+    hlog: Option<HlogWriter>,
+    last_collect: Instant,
+    /// Sum of the workers' cumulative counters at the last collection.
+    cumulative: Counters,
+    previous: Counters,
+    clock: ClockEstimator,
+    joined: usize,
+    tick_hz: Option<u32>,
+    /// When the measured window started, if it is open.
+    measuring: Option<Instant>,
+    measured: Histograms,
+    window_start: Counters,
+    measured_seconds: f64,
+    joined_samples: Vec<usize>,
+    started_clients: usize,
+}
+
+impl Coordinator {
+    async fn play(&mut self) -> anyhow::Result<(Option<RampResult>, Option<StormResult>)> {
+        let n = self.plan.shard_clients;
+        match self.plan.scenario {
+            Scenario::Steady | Scenario::Churn => {
+                self.ramp_to(n).await;
+                self.idle(self.plan.warmup).await;
+                self.open_window();
+                if self.plan.scenario == Scenario::Churn {
+                    self.churn(self.plan.duration).await;
+                } else {
+                    self.idle(self.plan.duration).await;
+                }
+                self.close_window();
+                Ok((None, None))
+            }
+            Scenario::Storm => {
+                self.ramp_to(n).await;
+                self.idle(self.plan.warmup).await;
+                self.open_window();
+                self.idle(self.plan.storm_after).await;
+                let storm = self.storm(n).await;
+                self.close_window();
+                Ok((None, Some(storm)))
+            }
+            Scenario::Ramp => {
+                self.open_window();
+                let ramp = self.ramp().await;
+                self.close_window();
+                Ok((Some(ramp), None))
+            }
+        }
+    }
+
+    fn send(&self, worker: usize, command: Command) {
+        // A worker only goes away at StopAll; a send failure then is harmless.
+        let _ = self.workers[worker].commands.send(command);
+    }
+
+    fn broadcast(&self, command: impl Fn() -> Command) {
+        for worker in 0..self.workers.len() {
+            self.send(worker, command());
+        }
+    }
+
+    /// Starts clients up to `target` at `connect_rate`, then waits (bounded) for all to join.
+    async fn ramp_to(&mut self, target: usize) {
+        let begin = Instant::now();
+        let from = self.started_clients;
+        while self.started_clients < target {
+            let due = from + (begin.elapsed().as_secs_f64() * self.plan.connect_rate) as usize + 1;
+            while self.started_clients < due.min(target) {
+                let spec = self.plan.clients[self.started_clients].clone();
+                self.send(spec.index % self.workers.len(), Command::Start(spec));
+                self.started_clients += 1;
+            }
+            self.tick().await;
+        }
+        let deadline = Instant::now() + self.plan.connect_timeout + Duration::from_secs(2);
+        while self.joined < target && Instant::now() < deadline {
+            self.tick().await;
+        }
+        if self.joined < target {
+            tracing::warn!(
+                joined = self.joined,
+                target,
+                "not every client joined; measuring anyway"
+            );
+        }
+    }
+
+    /// Waits `length`, collecting every second.
+    async fn idle(&mut self, length: Duration) {
+        let until = Instant::now() + length;
+        while Instant::now() < until {
+            self.tick().await;
+        }
+    }
+
+    async fn churn(&mut self, length: Duration) {
+        let until = Instant::now() + length;
+        let begin = Instant::now();
+        let mut rejoined = 0usize;
+        while Instant::now() < until {
+            let due = (begin.elapsed().as_secs_f64() * self.plan.churn_rate) as usize;
+            while rejoined < due {
+                let spec = &self.plan.clients[fastrand::usize(..self.started_clients.max(1))];
+                self.send(spec.index % self.workers.len(), Command::Rejoin(spec.index));
+                rejoined += 1;
+            }
+            self.tick().await;
+        }
+    }
+
+    async fn storm(&mut self, n: usize) -> StormResult {
+        self.broadcast(|| Command::Storm);
+        let dropped_at = Instant::now();
+        // Joined counts fall as sessions notice the drop; wait until they have.
+        let settle = Instant::now() + Duration::from_secs(2);
+        while self.joined >= n && Instant::now() < settle {
+            self.tick().await;
+        }
+        let deadline = dropped_at + self.plan.duration.max(Duration::from_secs(5));
+        let mut recovery_ms = None;
+        while Instant::now() < deadline {
+            self.tick().await;
+            if self.joined >= n {
+                recovery_ms = Some(dropped_at.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+        }
+        StormResult {
+            clients: n,
+            clients_back: self.joined,
+            recovery_ms,
+        }
+    }
+
+    async fn ramp(&mut self) -> RampResult {
+        let bound_us = self.plan.ramp_bound.as_micros() as u64;
+        let mut steps = Vec::new();
+        loop {
+            let target = (self.started_clients + self.plan.ramp_step).min(self.plan.shard_clients);
+            self.ramp_to(target).await;
+            let before = self.cumulative.clone();
+            let mut broadcast = crate::stats::new_histogram();
+            let until = Instant::now() + self.plan.ramp_interval;
+            while Instant::now() < until {
+                if let Some(interval) = self.tick().await {
+                    let _ = broadcast.add(interval.get(Metric::Broadcast));
+                }
+            }
+            let delta = self.cumulative.since(&before);
+            let p99 = Summary::of(&broadcast).p99;
+            let gap_ok =
+                delta.tick_gaps as f64 <= delta.snapshots_expected as f64 * RAMP_GAP_TOLERANCE;
+            let met =
+                p99 <= bound_us && delta.total_errors() == 0 && gap_ok && !broadcast.is_empty();
+            steps.push(RampStep {
+                clients: target,
+                broadcast_p99_us: p99,
+                errors: delta.total_errors(),
+                tick_gaps: delta.tick_gaps,
+                snapshots_expected: delta.snapshots_expected,
+                met,
+            });
+            if !met || target >= self.plan.shard_clients {
+                break;
+            }
+        }
+        RampResult {
+            bound_us,
+            knee: knee(&steps),
+            steps,
+        }
+    }
+
+    fn open_window(&mut self) {
+        self.measuring = Some(Instant::now());
+        self.window_start = self.cumulative.clone();
+        self.measured.reset();
+    }
+
+    fn close_window(&mut self) {
+        if let Some(opened) = self.measuring.take() {
+            self.measured_seconds = opened.elapsed().as_secs_f64();
+        }
+    }
+
+    /// Sleeps one pacing step; collects when a second has passed. Returns the interval's
+    /// histograms when it collected.
+    async fn tick(&mut self) -> Option<Histograms> {
+        tokio::time::sleep(PACING_STEP).await;
+        if self.last_collect.elapsed() < COLLECT_EVERY {
+            return None;
+        }
+        Some(self.collect().await)
+    }
+
+    async fn collect(&mut self) -> Histograms {
+        let interval_start = self.last_collect;
+        self.last_collect = Instant::now();
+        self.broadcast(|| Command::Collect);
+        let mut histograms = Histograms::default();
+        let mut counters = Counters::default();
+        let mut joined = 0;
+        for _ in 0..self.workers.len() {
+            let Ok(Some(stats)) =
+                tokio::time::timeout(Duration::from_secs(5), self.reports.recv()).await
+            else {
+                tracing::warn!("a worker did not report within 5 s");
+                break;
+            };
+            histograms.add(&stats.histograms);
+            counters.add(&stats.counters);
+            self.clock.merge(&stats.clock);
+            joined += stats.joined;
+            self.tick_hz = self.tick_hz.or(stats.tick_hz);
+        }
+        self.previous = std::mem::replace(&mut self.cumulative, counters);
+        self.joined = joined;
+        if self.measuring.is_some() {
+            self.measured.add(&histograms);
+            self.joined_samples.push(joined);
+        }
+        if let Some(hlog) = &mut self.hlog {
+            let start = interval_start.duration_since(self.started);
+            if let Err(err) = hlog.write(&histograms, start, self.last_collect - interval_start) {
+                tracing::error!(%err, "interval log write failed; continuing without it");
+                self.hlog = None;
+            }
+        }
+        if !self.quiet {
+            self.progress(&histograms, self.last_collect - interval_start);
+        }
+        histograms
+    }
+
+    fn progress(&self, interval: &Histograms, length: Duration) {
+        let delta = self.cumulative.since(&self.previous);
+        let broadcast = interval.get(Metric::Broadcast);
+        let (p50, p99) = if broadcast.is_empty() {
+            (0.0, 0.0)
+        } else {
+            (
+                broadcast.value_at_quantile(0.5) as f64 / 1000.0,
+                broadcast.value_at_quantile(0.99) as f64 / 1000.0,
+            )
+        };
+        let scheduled = delta.states_sent + delta.sends_skipped;
+        let late = if scheduled == 0 {
+            0.0
+        } else {
+            (delta.sends_late + delta.sends_skipped) as f64 * 100.0 / scheduled as f64
+        };
+        eprintln!(
+            "[{:>5.0}s] clients {}/{}  snapshots/s {:.0}  broadcast p50 {p50:.2} ms p99 {p99:.2} ms  errors {}  late {late:.1}%{}",
+            self.started.elapsed().as_secs_f64(),
+            self.joined,
+            self.plan.shard_clients,
+            delta.snapshots_received as f64 / length.as_secs_f64().max(1e-3),
+            self.cumulative.total_errors(),
+            if self.measuring.is_some() {
+                ""
+            } else {
+                "  (not measuring)"
+            },
+        );
+    }
+
+    async fn stop_all(&mut self) {
+        self.broadcast(|| Command::StopAll);
+        let mut last = Counters::default();
+        for _ in 0..self.workers.len() {
+            if let Ok(Some(stats)) =
+                tokio::time::timeout(Duration::from_secs(10), self.reports.recv()).await
+            {
+                last.add(&stats.counters);
+            }
+        }
+        // Errors seen while leaving (e.g. the server closing) still count for the whole run.
+        if last.total_errors() > self.cumulative.total_errors() {
+            self.cumulative.errors = last.errors;
+        }
+        for worker in self.workers.drain(..) {
+            let _ = worker.thread.join();
+        }
+    }
+
+    fn report(&self, ramp: Option<RampResult>, storm: Option<StormResult>) -> Report {
+        let counters = self.window_counters();
+        let mut report = Report::new(
+            Some((*self.plan).clone()),
+            &self.measured,
+            counters,
+            self.measured_seconds,
+        );
+        report.started_unix_ms = self
+            .base
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        report.tick_hz = self.tick_hz;
+        report.clients_joined_at_end = self.joined;
+        report.clients_joined_avg = if self.joined_samples.is_empty() {
+            0.0
+        } else {
+            self.joined_samples.iter().sum::<usize>() as f64 / self.joined_samples.len() as f64
+        };
+        report.snapshots_nominal = self.measured_seconds
+            * f64::from(self.tick_hz.unwrap_or(0))
+            * report.clients_joined_avg;
+        report.errors_whole_run = self.cumulative.errors.clone();
+        report.clock_offset = self.clock.estimate();
+        report.clock_corrected = match self.plan.clock_correction {
+            crate::cli::ClockCorrection::On => true,
+            crate::cli::ClockCorrection::Off => false,
+            crate::cli::ClockCorrection::Auto => {
+                !self.plan.target.as_ref().is_some_and(Target::is_loopback)
+            }
+        };
+        report.ramp = ramp;
+        report.storm = storm;
+        report
+    }
+
+    fn window_counters(&self) -> Counters {
+        self.cumulative.since(&self.window_start)
+    }
+}
+
+/// The knee of a ramp: the largest client count of a step that met the bound, provided every
+/// smaller step met it too (a noisy early failure ends the ramp, so there is none after it).
+pub fn knee(steps: &[RampStep]) -> Option<usize> {
+    steps
+        .iter()
+        .take_while(|step| step.met)
+        .map(|step| step.clients)
+        .last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(clients: usize, met: bool) -> RampStep {
+        RampStep {
+            clients,
+            broadcast_p99_us: 0,
+            errors: 0,
+            tick_gaps: 0,
+            snapshots_expected: 0,
+            met,
+        }
+    }
+
+    #[test]
+    fn knee_is_the_last_step_that_met_the_bound() {
+        assert_eq!(
+            knee(&[step(1000, true), step(2000, true), step(3000, false)]),
+            Some(2000)
+        );
+        assert_eq!(
+            knee(&[step(1000, true), step(2000, true)]),
+            Some(2000),
+            "ceiling reached"
+        );
+        assert_eq!(knee(&[step(1000, false)]), None);
+        assert_eq!(knee(&[]), None);
+    }
+}

@@ -1,0 +1,268 @@
+//! What the load generator measures: latency histograms (microseconds) and counters.
+//!
+//! Each worker thread owns one `Recorder` shared by its clients (no locks, no channel message per
+//! sample); once per interval it hands the coordinator its interval histograms and a copy of its
+//! cumulative counters, and the coordinator merges them with `add`.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Highest latency recorded: 60 s in microseconds (larger values saturate at this).
+const MAX_MICROS: u64 = 60_000_000;
+
+/// The latency metrics, in report order. Their names are the hlog tags and JSON keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Metric {
+    /// Client receive time minus the snapshot's `server_time_us`.
+    Broadcast,
+    /// From the intended send time of `state` seq s to first seeing seq s in a snapshot.
+    InputToVisible,
+    /// `ping` to `pong`.
+    Rtt,
+    /// TCP connect plus WebSocket handshake.
+    Connect,
+    /// `join` sent to `welcome` received.
+    Join,
+    /// Sender's send time (carried in the event payload) to receipt, for events.
+    Event,
+    /// Storm: from the connection drop to being joined again.
+    Reconnect,
+}
+
+impl Metric {
+    pub const ALL: [Self; 7] = [
+        Self::Broadcast,
+        Self::InputToVisible,
+        Self::Rtt,
+        Self::Connect,
+        Self::Join,
+        Self::Event,
+        Self::Reconnect,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Broadcast => "broadcast",
+            Self::InputToVisible => "input",
+            Self::Rtt => "rtt",
+            Self::Connect => "connect",
+            Self::Join => "join",
+            Self::Event => "event",
+            Self::Reconnect => "reconnect",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    // Bounds are constants known to be valid.
+    Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid histogram bounds")
+}
+
+/// One histogram per metric.
+#[derive(Clone)]
+pub struct Histograms {
+    by_metric: Vec<Histogram<u64>>,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Self {
+            by_metric: Metric::ALL.iter().map(|_| new_histogram()).collect(),
+        }
+    }
+}
+
+impl Histograms {
+    pub fn record(&mut self, metric: Metric, micros: u64) {
+        self.by_metric[metric as usize].saturating_record(micros.clamp(1, MAX_MICROS));
+    }
+
+    pub fn get(&self, metric: Metric) -> &Histogram<u64> {
+        &self.by_metric[metric as usize]
+    }
+
+    pub fn get_mut(&mut self, metric: Metric) -> &mut Histogram<u64> {
+        &mut self.by_metric[metric as usize]
+    }
+
+    pub fn add(&mut self, other: &Self) {
+        for (mine, theirs) in self.by_metric.iter_mut().zip(&other.by_metric) {
+            // Same bounds on both sides, so adding cannot fail.
+            let _ = mine.add(theirs);
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.by_metric.iter_mut().for_each(Histogram::reset);
+    }
+}
+
+/// Monotonic counters. Workers keep cumulative values; reports use differences.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Counters {
+    pub snapshots_received: u64,
+    /// Snapshots a client should have received judging by tick numbers (received + gaps).
+    pub snapshots_expected: u64,
+    pub keyframes: u64,
+    /// Ticks skipped between two consecutive snapshots of one client (coalesced or missed).
+    pub tick_gaps: u64,
+    pub events_received: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub states_sent: u64,
+    pub events_sent: u64,
+    pub pings_sent: u64,
+    /// Sends that happened more than 5 ms after their scheduled instant (generator overload).
+    pub sends_late: u64,
+    /// Scheduled sends skipped because the client was more than one period behind.
+    pub sends_skipped: u64,
+    /// Largest lateness of a scheduled send, in microseconds.
+    pub max_send_lag_us: u64,
+    pub connects: u64,
+    pub reconnects: u64,
+    /// Errors by kind (`connect_refused`, `join_refused:lobby_full`, `closed:4002`, ...).
+    pub errors: BTreeMap<String, u64>,
+    /// Close codes received from the server, by code.
+    pub close_codes: BTreeMap<u16, u64>,
+}
+
+impl Counters {
+    pub fn error(&mut self, kind: impl Into<String>) {
+        *self.errors.entry(kind.into()).or_default() += 1;
+    }
+
+    pub fn total_errors(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Adds `other` (another worker's counters) into `self`.
+    pub fn add(&mut self, other: &Self) {
+        self.apply(other, |a, b| a + b);
+        self.max_send_lag_us = self.max_send_lag_us.max(other.max_send_lag_us);
+    }
+
+    /// `self - earlier`: what happened since `earlier` was taken.
+    pub fn since(&self, earlier: &Self) -> Self {
+        let mut delta = self.clone();
+        delta.apply(earlier, u64::saturating_sub);
+        delta.errors.retain(|_, n| *n > 0);
+        delta.close_codes.retain(|_, n| *n > 0);
+        delta.max_send_lag_us = self.max_send_lag_us;
+        delta
+    }
+
+    fn apply(&mut self, other: &Self, op: impl Fn(u64, u64) -> u64) {
+        let pairs = [
+            (&mut self.snapshots_received, other.snapshots_received),
+            (&mut self.snapshots_expected, other.snapshots_expected),
+            (&mut self.keyframes, other.keyframes),
+            (&mut self.tick_gaps, other.tick_gaps),
+            (&mut self.events_received, other.events_received),
+            (&mut self.bytes_in, other.bytes_in),
+            (&mut self.bytes_out, other.bytes_out),
+            (&mut self.states_sent, other.states_sent),
+            (&mut self.events_sent, other.events_sent),
+            (&mut self.pings_sent, other.pings_sent),
+            (&mut self.sends_late, other.sends_late),
+            (&mut self.sends_skipped, other.sends_skipped),
+            (&mut self.connects, other.connects),
+            (&mut self.reconnects, other.reconnects),
+        ];
+        for (mine, theirs) in pairs {
+            *mine = op(*mine, theirs);
+        }
+        for (kind, n) in &other.errors {
+            let mine = self.errors.entry(kind.clone()).or_default();
+            *mine = op(*mine, *n);
+        }
+        for (code, n) in &other.close_codes {
+            let mine = self.close_codes.entry(*code).or_default();
+            *mine = op(*mine, *n);
+        }
+    }
+}
+
+/// Percentile summary of one histogram, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Summary {
+    pub count: u64,
+    pub min: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Summary {
+    pub fn of(histogram: &Histogram<u64>) -> Self {
+        Self {
+            count: histogram.len(),
+            min: histogram.min(),
+            mean: histogram.mean(),
+            p50: histogram.value_at_quantile(0.50),
+            p90: histogram.value_at_quantile(0.90),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+            max: histogram.max(),
+        }
+    }
+
+    /// A named statistic (`p50`, `p90`, `p99`, `p99.9`, `max`, `min`, `mean`), for SLOs.
+    pub fn stat(&self, name: &str) -> Option<f64> {
+        Some(match name {
+            "p50" => self.p50 as f64,
+            "p90" => self.p90 as f64,
+            "p99" => self.p99 as f64,
+            "p99.9" | "p999" => self.p999 as f64,
+            "max" => self.max as f64,
+            "min" => self.min as f64,
+            "mean" => self.mean,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_add_and_difference() {
+        let mut a = Counters::default();
+        a.snapshots_received = 10;
+        a.error("connect_refused");
+        let mut b = a.clone();
+        b.snapshots_received = 25;
+        b.error("connect_refused");
+        b.error("closed:4002");
+        let delta = b.since(&a);
+        assert_eq!(delta.snapshots_received, 15);
+        assert_eq!(delta.errors.get("connect_refused"), Some(&1));
+        assert_eq!(delta.total_errors(), 2);
+        let mut sum = a.clone();
+        sum.add(&b);
+        assert_eq!(sum.snapshots_received, 35);
+        assert_eq!(sum.errors["connect_refused"], 3);
+    }
+
+    #[test]
+    fn histograms_merge_and_saturate() {
+        let mut a = Histograms::default();
+        let mut b = Histograms::default();
+        a.record(Metric::Broadcast, 100);
+        b.record(Metric::Broadcast, 300);
+        b.record(Metric::Rtt, u64::MAX);
+        a.add(&b);
+        assert_eq!(a.get(Metric::Broadcast).len(), 2);
+        assert_eq!(Summary::of(a.get(Metric::Broadcast)).min, 100);
+        assert!(a.get(Metric::Rtt).max() >= 59_000_000);
+    }
+}
