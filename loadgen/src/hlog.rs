@@ -123,3 +123,57 @@ pub fn unix_seconds(time: SystemTime) -> f64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merging_two_logs_equals_one_histogram_of_all_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = SystemTime::now();
+        let mut combined = Histograms::default();
+        let mut paths = Vec::new();
+        for (file, seed) in [("a.hlog", 1u64), ("b.hlog", 7u64)] {
+            let path = dir.path().join(file);
+            let mut writer = HlogWriter::create(&path, base, "test").unwrap();
+            for second in 0..3u64 {
+                let mut interval = Histograms::default();
+                for i in 0..500u64 {
+                    // Different spreads per file and interval, across several magnitudes.
+                    let micros = (i * seed * 37 + second * 1000) % 250_000 + 1;
+                    interval.record(Metric::Broadcast, micros);
+                    interval.record(Metric::Rtt, micros / 3 + 1);
+                }
+                combined.add(&interval);
+                writer
+                    .write(
+                        &interval,
+                        Duration::from_secs(second),
+                        Duration::from_secs(1),
+                    )
+                    .unwrap();
+            }
+            paths.push(path);
+        }
+        let merged = merge(&paths).unwrap();
+        assert_eq!(merged.intervals, 2 * 3 * 2, "files x intervals x tags");
+        for metric in [Metric::Broadcast, Metric::Rtt] {
+            assert_eq!(
+                merged.histograms.get(metric),
+                combined.get(metric),
+                "{metric:?}"
+            );
+        }
+        assert!(merged.histograms.get(Metric::Join).is_empty());
+        assert!((merged.seconds - 3.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn merge_rejects_files_that_are_not_interval_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junk.hlog");
+        std::fs::write(&path, "hello, world\n").unwrap();
+        assert!(merge(&[path]).is_err());
+    }
+}

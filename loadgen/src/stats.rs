@@ -236,8 +236,10 @@ mod tests {
 
     #[test]
     fn counters_add_and_difference() {
-        let mut a = Counters::default();
-        a.snapshots_received = 10;
+        let mut a = Counters {
+            snapshots_received: 10,
+            ..Counters::default()
+        };
         a.error("connect_refused");
         let mut b = a.clone();
         b.snapshots_received = 25;

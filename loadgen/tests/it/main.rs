@@ -1,0 +1,5 @@
+//! tickrelay-loadgen integration tests: the real binary against a real server on loopback.
+
+mod support;
+
+mod runs;
