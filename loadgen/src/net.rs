@@ -147,3 +147,28 @@ pub async fn connect(
         Role::Client,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_come_from_the_chosen_source_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for source in [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 9)] {
+            let _client = tcp_connect(addr, Some(source)).await.unwrap();
+            let (_, peer) = listener.accept().await.unwrap();
+            assert_eq!(peer.ip(), source);
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_connections_are_classified() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let err = tcp_connect(addr, None).await.unwrap_err();
+        assert_eq!(err.kind(), "connect_refused");
+    }
+}

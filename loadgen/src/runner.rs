@@ -103,28 +103,28 @@ impl Coordinator {
             Scenario::Steady | Scenario::Churn => {
                 self.ramp_to(n).await;
                 self.idle(self.plan.warmup).await;
-                self.open_window();
+                self.open_window().await;
                 if self.plan.scenario == Scenario::Churn {
                     self.churn(self.plan.duration).await;
                 } else {
                     self.idle(self.plan.duration).await;
                 }
-                self.close_window();
+                self.close_window().await;
                 Ok((None, None))
             }
             Scenario::Storm => {
                 self.ramp_to(n).await;
                 self.idle(self.plan.warmup).await;
-                self.open_window();
+                self.open_window().await;
                 self.idle(self.plan.storm_after).await;
                 let storm = self.storm(n).await;
-                self.close_window();
+                self.close_window().await;
                 Ok((None, Some(storm)))
             }
             Scenario::Ramp => {
-                self.open_window();
+                self.open_window().await;
                 let ramp = self.ramp().await;
-                self.close_window();
+                self.close_window().await;
                 Ok((Some(ramp), None))
             }
         }
@@ -253,13 +253,18 @@ impl Coordinator {
         }
     }
 
-    fn open_window(&mut self) {
+    /// Opens the measured window on a collection boundary, so the window's counters and
+    /// histograms cover exactly its duration.
+    async fn open_window(&mut self) {
+        self.collect().await;
         self.measuring = Some(Instant::now());
         self.window_start = self.cumulative.clone();
         self.measured.reset();
+        self.joined_samples.clear();
     }
 
-    fn close_window(&mut self) {
+    async fn close_window(&mut self) {
+        self.collect().await;
         if let Some(opened) = self.measuring.take() {
             self.measured_seconds = opened.elapsed().as_secs_f64();
         }

@@ -308,3 +308,38 @@ async fn limits_fail_fast_with_a_clear_message() {
     let output = loadgen(&["--clients", "5"]).await;
     assert!(!output.status.success(), "needs --url or --self-host");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_codec_from_several_source_addresses() {
+    let server = spawn_server(30).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = temp_path(&dir, "json.json");
+    let output = loadgen(&[
+        "--url",
+        &server.url(),
+        "--clients",
+        "12",
+        "--codec",
+        "json",
+        "--source-ips",
+        "127.0.0.2-127.0.0.4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ])
+    .await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let report = read_json(&json);
+    assert_eq!(report["parameters"]["codec"], "json");
+    assert_eq!(
+        report["parameters"]["source_ips"].as_array().unwrap().len(),
+        3
+    );
+    assert_eq!(report["clients_joined_at_end"], 12);
+    assert_eq!(report["errors_whole_run"], serde_json::json!({}));
+    assert!(num(&report["counters"]["snapshots_received"]) > 0.0);
+}
