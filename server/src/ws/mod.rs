@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tickrelay_protocol::{Codec, close};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::ServerContext;
 use crate::http::text_response;
@@ -70,7 +70,7 @@ pub(crate) fn upgrade(
         let ctx = task_ctx;
         match upgraded.await {
             Ok(ws) => {
-                debug!(peer, codec = codec.name(), "connection opened");
+                info!(peer, codec = codec.name(), "connection opened");
                 let io = ws.into_inner().into_inner();
                 // Over the limit: the session closes at once with 1013 (try again later), which a
                 // browser can see, unlike an HTTP error status on the upgrade.

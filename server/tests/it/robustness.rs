@@ -161,3 +161,29 @@ async fn fastwebsockets_client_joins_and_receives_snapshots() {
         }
     }
 }
+
+#[tokio::test]
+async fn silent_tcp_connection_is_dropped_after_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let mut config = test_config();
+    config.handshake_timeout = Duration::from_millis(300);
+    let server = spawn_server(config).await;
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 512];
+    // hyper answers a timed-out request head with 408 or just closes; either way it ends.
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match silent.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "connection still open after 3 s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed too early"
+    );
+}
