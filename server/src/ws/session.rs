@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use tickrelay_protocol::{ClientMessage, Codec, DecodeError, ErrorCode, ServerMessage, close};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout};
 use tracing::{info, warn};
 
 use super::rate::RateLimit;
@@ -196,52 +196,71 @@ impl<'a> Session<'a> {
     ) -> EndReason {
         let join_deadline = Instant::now() + self.config.handshake_timeout;
         let outbox = self.outbox.clone();
+        // One timer and one cancellation future for the connection's whole life: creating
+        // them per frame costs a timer-wheel insert and removal and a waiter registration for
+        // every message. The timer is checked lazily: when it fires early it is re-armed.
+        let closing = outbox.closing().clone().cancelled_owned();
+        tokio::pin!(closing);
+        let deadline = tokio::time::sleep_until(join_deadline);
+        tokio::pin!(deadline);
+        let mut last_activity = Instant::now();
         loop {
-            let (deadline, timeout_code) = if self.joined.is_some() {
-                (
-                    Instant::now() + self.config.idle_timeout,
-                    close::IDLE_TIMEOUT,
-                )
-            } else {
-                (join_deadline, close::JOIN_TIMEOUT)
-            };
-            let event_limit = &mut self.event_limit;
-            // Pings are answered inside read_frame; this callback routes the pong (or the
-            // close echo) to the writer and enforces the ping rate.
-            let mut send = |frame: Frame<'_>| {
-                let payload = Bytes::copy_from_slice(&frame.payload);
-                let result = match frame.opcode {
-                    OpCode::Pong if !event_limit.allow(std::time::Instant::now()) => Err(PingFlood),
-                    OpCode::Pong => {
-                        outbox.push_pong(payload);
-                        Ok(())
-                    }
-                    _ => {
-                        let code = payload
-                            .get(..2)
-                            .map_or(close::NORMAL, |c| u16::from_be_bytes([c[0], c[1]]));
-                        outbox.close_with_payload(code, payload);
-                        Ok(())
-                    }
+            let joined = self.joined.is_some();
+            let idle_timeout = self.config.idle_timeout;
+            let read = {
+                let event_limit = &mut self.event_limit;
+                // Pings are answered inside read_frame; this callback routes the pong (or the
+                // close echo) to the writer and enforces the ping rate.
+                let mut send = |frame: Frame<'_>| {
+                    let payload = Bytes::copy_from_slice(&frame.payload);
+                    let result = match frame.opcode {
+                        OpCode::Pong if !event_limit.allow(std::time::Instant::now()) => {
+                            Err(PingFlood)
+                        }
+                        OpCode::Pong => {
+                            outbox.push_pong(payload);
+                            Ok(())
+                        }
+                        _ => {
+                            let code = payload
+                                .get(..2)
+                                .map_or(close::NORMAL, |c| u16::from_be_bytes([c[0], c[1]]));
+                            outbox.close_with_payload(code, payload);
+                            Ok(())
+                        }
+                    };
+                    ready(result)
                 };
-                ready(result)
-            };
-            // read_frame is not cancel-safe, but every branch that cancels it ends the read
-            // loop: a half-read frame is never resumed.
-            let read = tokio::select! {
-                biased;
-                () = outbox.closing().cancelled() => {
-                    return EndReason::ServerClosed(outbox.close_code().unwrap_or(close::NORMAL));
+                // read_frame is not cancel-safe: it stays alive across timer checks, and every
+                // branch that drops it ends the read loop, so a half-read frame is never resumed.
+                let read = ws.read_frame(&mut send);
+                tokio::pin!(read);
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = &mut closing => {
+                            return EndReason::ServerClosed(outbox.close_code().unwrap_or(close::NORMAL));
+                        }
+                        read = &mut read => break read,
+                        () = &mut deadline => {
+                            let (due, code) = if joined {
+                                (last_activity + idle_timeout, close::IDLE_TIMEOUT)
+                            } else {
+                                (join_deadline, close::JOIN_TIMEOUT)
+                            };
+                            if Instant::now() >= due {
+                                outbox.close(code);
+                                return EndReason::ServerClosed(code);
+                            }
+                            deadline.as_mut().reset(due);
+                        }
+                    }
                 }
-                read = timeout_at(deadline, ws.read_frame(&mut send)) => read,
             };
+            last_activity = Instant::now();
             let frame = match read {
-                Err(_elapsed) => {
-                    self.close(timeout_code);
-                    return EndReason::ServerClosed(timeout_code);
-                }
-                Ok(Err(err)) => return self.on_read_error(err),
-                Ok(Ok(frame)) => frame,
+                Err(err) => return self.on_read_error(err),
+                Ok(frame) => frame,
             };
             let flow = match frame.opcode {
                 OpCode::Close => Flow::End(EndReason::PeerClosed),
@@ -256,6 +275,11 @@ impl<'a> Session<'a> {
             };
             if let Flow::End(reason) = flow {
                 return reason;
+            }
+            if !joined && self.joined.is_some() {
+                deadline
+                    .as_mut()
+                    .reset(last_activity + self.config.idle_timeout);
             }
         }
     }
