@@ -1,4 +1,5 @@
-//! HTTP routing: `/ws` (upgrade), `/healthz`, `/lobbies` (JSON) and `/metrics` (Prometheus).
+//! HTTP routing: `/ws` (upgrade), `/healthz`, `/lobbies` and `/stats` (JSON), `/metrics`
+//! (Prometheus), and the embedded browser files (`/`, `/monitor`, `/tickrelay.js`).
 //! Everything that is not the WebSocket itself is small, read-only and cheap.
 
 use std::convert::Infallible;
@@ -7,12 +8,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, X_CONTENT_TYPE_OPTIONS};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
-use tickrelay_protocol::Member;
 
-use crate::ServerContext;
+use crate::{ServerContext, assets, stats};
 
 pub(crate) async fn route(
     ctx: Arc<ServerContext>,
@@ -28,7 +28,9 @@ pub(crate) async fn route(
     let response = match request.uri().path() {
         "/ws" => crate::ws::upgrade(&ctx, request, peer),
         "/healthz" => text_response(StatusCode::OK, "ok\n"),
-        "/lobbies" => json_response(&lobbies(&ctx)),
+        "/lobbies" => json_response(&stats::lobbies(&ctx), true),
+        // Polled every second by the monitor: compact.
+        "/stats" => json_response(&stats::stats(&ctx), false),
         "/metrics" => {
             let mut response = text_response(StatusCode::OK, &ctx.metrics.render());
             response.headers_mut().insert(
@@ -39,43 +41,16 @@ pub(crate) async fn route(
             );
             response
         }
-        _ => text_response(
-            StatusCode::NOT_FOUND,
-            "not found: this server serves /ws, /healthz, /lobbies and /metrics\n",
-        ),
+        path => match assets::find(path) {
+            Some(asset) => asset_response(&asset),
+            None => text_response(
+                StatusCode::NOT_FOUND,
+                "not found: this server serves /ws, /healthz, /lobbies, /stats, /metrics, \
+                 / (demo), /monitor and /tickrelay.js\n",
+            ),
+        },
     };
     Ok(response)
-}
-
-#[derive(Serialize)]
-struct LobbyView {
-    name: String,
-    members: Vec<Member>,
-    member_count: usize,
-    tick_hz: u32,
-    age_seconds: f64,
-    created_unix_ms: u128,
-}
-
-fn lobbies(ctx: &ServerContext) -> Vec<LobbyView> {
-    ctx.directory
-        .list()
-        .into_iter()
-        .map(|info| {
-            let members = info.roster();
-            LobbyView {
-                name: info.name.clone(),
-                member_count: members.len(),
-                members,
-                tick_hz: info.tick_hz,
-                age_seconds: info.created.elapsed().as_secs_f64(),
-                created_unix_ms: info
-                    .created_unix
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis()),
-            }
-        })
-        .collect()
 }
 
 pub(crate) fn text_response(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
@@ -88,15 +63,31 @@ pub(crate) fn text_response(status: StatusCode, body: &str) -> Response<Full<Byt
     response
 }
 
-fn json_response<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
-    match serde_json::to_vec_pretty(value) {
+fn json_response<T: Serialize>(value: &T, pretty: bool) -> Response<Full<Bytes>> {
+    let body = if pretty {
+        serde_json::to_vec_pretty(value)
+    } else {
+        serde_json::to_vec(value)
+    };
+    match body {
         Ok(body) => {
             let mut response = Response::new(Full::new(Bytes::from(body)));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            // Live data: a poller must never get a cached copy.
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
         Err(err) => text_response(StatusCode::INTERNAL_SERVER_ERROR, &format!("{err}\n")),
     }
+}
+
+fn asset_response(asset: &assets::Asset) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(asset.body)));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+    // Revalidate on every load, so a page never runs against a newer server with old code.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
 }

@@ -4,18 +4,20 @@
 //! `run` is the whole server; the binary, the tests, the benchmarks and the load generator's
 //! `--self-host` all call it with their own listener, config and shutdown token.
 
+mod assets;
 pub mod config;
 mod http;
 mod lobby;
 pub mod metrics;
 mod outbox;
+mod stats;
 mod ws;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -41,6 +43,8 @@ pub(crate) struct ServerContext {
     /// Every task the server spawns, so shutdown can wait for all of them.
     pub(crate) tracker: TaskTracker,
     pub(crate) ws_connections: AtomicUsize,
+    /// When `run` started, for `/stats`' uptime.
+    pub(crate) started: Instant,
 }
 
 /// Binds a listener with a deep accept backlog, for connection storms.
@@ -88,6 +92,7 @@ pub async fn run_with_metrics(
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
         ws_connections: AtomicUsize::new(0),
+        started: Instant::now(),
     });
     info!(addr = %listener.local_addr()?, tick_hz = ctx.config.tick_hz, "tickrelay listening");
     loop {

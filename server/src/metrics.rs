@@ -167,4 +167,97 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+
+    /// Every sample of the exposition, parsed back. prometheus-client exposes neither the
+    /// buckets of a histogram nor the members of a family, so readers other than Prometheus
+    /// (`GET /stats`) read the same text that `/metrics` serves: one source of truth.
+    pub(crate) fn samples(&self) -> Vec<Sample> {
+        parse_exposition(&self.render())
+    }
+}
+
+/// One sample line of the text exposition, e.g. `tickrelay_disconnects_total{reason="leave"} 3`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Sample {
+    pub(crate) name: String,
+    pub(crate) labels: Vec<(String, String)>,
+    pub(crate) value: f64,
+}
+
+impl Sample {
+    pub(crate) fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find_map(|(key, value)| (key == name).then_some(value.as_str()))
+    }
+}
+
+/// Parses the sample lines of a text exposition; comments and unparsable lines are skipped.
+/// Label values here are static identifiers and numbers, so escapes need no handling.
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                number => number.parse().ok()?,
+            };
+            let (name, labels) = match series.split_once('{') {
+                None => (series, Vec::new()),
+                Some((name, rest)) => {
+                    let labels = rest
+                        .strip_suffix('}')?
+                        .split(',')
+                        .filter(|pair| !pair.is_empty())
+                        .filter_map(|pair| {
+                            let (key, value) = pair.split_once('=')?;
+                            Some((key.to_owned(), value.trim_matches('"').to_owned()))
+                        })
+                        .collect();
+                    (name, labels)
+                }
+            };
+            Some(Sample {
+                name: name.to_owned(),
+                labels,
+                value,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_read_back_counters_families_and_histogram_buckets() {
+        let metrics = Metrics::new();
+        metrics.connections.set(3);
+        metrics.disconnect("leave");
+        metrics.disconnect("leave");
+        metrics.tick_duration.observe(0.000_015);
+        let samples = metrics.samples();
+        let find = |name: &str, label: Option<(&str, &str)>| {
+            samples
+                .iter()
+                .find(|s| s.name == name && label.is_none_or(|(k, v)| s.label(k) == Some(v)))
+                .map(|s| s.value)
+        };
+        assert_eq!(find("tickrelay_connections", None), Some(3.0));
+        assert_eq!(
+            find("tickrelay_disconnects_total", Some(("reason", "leave"))),
+            Some(2.0)
+        );
+        assert_eq!(
+            find("tickrelay_tick_duration_seconds_count", None),
+            Some(1.0)
+        );
+        let bucket = |le| find("tickrelay_tick_duration_seconds_bucket", Some(("le", le)));
+        assert_eq!(bucket("0.00001"), Some(0.0));
+        assert_eq!(bucket("0.00002"), Some(1.0));
+        assert_eq!(bucket("+Inf"), Some(1.0));
+    }
 }

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error};
 
-use super::directory::{Entry, JoinAccepted, JoinRequest};
+use super::directory::{Entry, JoinAccepted, JoinRequest, TrafficCounts};
 use super::state::{JoinRefused, LobbyState, MemberKey};
 use crate::ServerContext;
 use crate::outbox::{Outbox, PushError};
@@ -81,6 +81,7 @@ pub(super) fn spawn(
         ctx,
         entry,
         handle,
+        traffic: TrafficCounts::default(),
     };
     tracker.spawn(actor.run(inbox));
 }
@@ -90,6 +91,8 @@ struct Actor {
     entry: Arc<Entry>,
     handle: LobbyHandle,
     state: LobbyState<Connection>,
+    /// Traffic since the last tick, added to the lobby's shared counters once per tick.
+    traffic: TrafficCounts,
 }
 
 impl Actor {
@@ -159,7 +162,7 @@ impl Actor {
         let mut keyframe = any_needs_keyframe
             .then(|| PerCodec::new(ServerMessage::Snapshot(self.state.keyframe(&delta))));
         let mut delta = PerCodec::new(ServerMessage::Snapshot(delta));
-        let (mut queued, mut coalesced, mut keyframes) = (0, 0, 0);
+        let (mut queued, mut coalesced, mut keyframes, mut bytes) = (0, 0, 0, 0);
         for (_, member) in self.state.members_mut() {
             let conn = &mut member.conn;
             // An unsent snapshot is about to be replaced, so this member would miss that
@@ -169,9 +172,11 @@ impl Actor {
                 (Some(keyframe), true) => keyframe.get(conn.codec),
                 _ => delta.get(conn.codec),
             };
+            let len = frame.len() as u64;
             match conn.outbox.push_snapshot(frame) {
                 Ok(replaced) => {
                     queued += 1;
+                    bytes += len;
                     coalesced += u64::from(replaced);
                     keyframes += u64::from(want_keyframe);
                     conn.needs_keyframe = false;
@@ -184,6 +189,12 @@ impl Actor {
         metrics.snapshots_queued.inc_by(queued);
         metrics.snapshots_coalesced.inc_by(coalesced);
         metrics.keyframes_queued.inc_by(keyframes);
+        self.traffic.ticks += 1;
+        self.traffic.snapshots_out += queued;
+        self.traffic.messages_out += queued;
+        self.traffic.bytes_out += bytes;
+        let traffic = std::mem::take(&mut self.traffic);
+        self.entry.info.traffic.add(&traffic);
     }
 
     fn apply(&mut self, command: Command) {
@@ -195,10 +206,13 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Command::State { key, id, seq, data } => {
-                self.state.set_state(key, id, seq, data);
+                if self.state.set_state(key, id, seq, data) {
+                    self.traffic.states_in += 1;
+                }
             }
             Command::Event { key, id, data } => {
                 if self.state.member(key, id).is_some() {
+                    self.traffic.events_in += 1;
                     self.broadcast(None, ServerMessage::Event { from: id, data });
                 }
             }
@@ -243,7 +257,11 @@ impl Actor {
         };
         // Queued before any snapshot can be, so `welcome` is always the first message.
         if let Some(frame) = encode(codec, &welcome) {
-            let _ = outbox.push_reliable(frame);
+            let len = frame.len() as u64;
+            if outbox.push_reliable(frame).is_ok() {
+                self.traffic.messages_out += 1;
+                self.traffic.bytes_out += len;
+            }
         }
         self.broadcast(
             Some(key),
@@ -264,14 +282,19 @@ impl Actor {
     /// member whose queue overflows is closed by its outbox (4002) and leaves via its reader.
     fn broadcast(&mut self, skip: Option<MemberKey>, message: ServerMessage) {
         let mut frames = PerCodec::new(message);
+        let (mut sent, mut bytes) = (0, 0);
         for (key, member) in self.state.members() {
             if Some(key) != skip {
-                let _ = member
-                    .conn
-                    .outbox
-                    .push_reliable(frames.get(member.conn.codec));
+                let frame = frames.get(member.conn.codec);
+                let len = frame.len() as u64;
+                if member.conn.outbox.push_reliable(frame).is_ok() {
+                    sent += 1;
+                    bytes += len;
+                }
             }
         }
+        self.traffic.messages_out += sent;
+        self.traffic.bytes_out += bytes;
     }
 }
 

@@ -6,4 +6,4 @@ mod directory;
 mod state;
 
 pub(crate) use actor::{Command, LobbyHandle, encode, unix_micros};
-pub(crate) use directory::{Directory, JoinAccepted, JoinRequest};
+pub(crate) use directory::{Directory, JoinAccepted, JoinRequest, LobbyInfo, TrafficCounts};

@@ -1,8 +1,8 @@
 //! The HTTP side: health, lobby listing, metrics, and upgrade refusals.
 
-use tickrelay_protocol::Codec;
+use tickrelay_protocol::{ClientMessage, Codec, ServerMessage};
 
-use crate::support::{Client, http_get, spawn_server, test_config};
+use crate::support::{Client, RECV_TIMEOUT, TestServer, http_get, spawn_server, test_config};
 
 #[tokio::test]
 async fn healthz_lobbies_and_metrics_are_served() {
@@ -78,4 +78,133 @@ async fn plain_get_on_ws_and_unknown_paths_are_explained() {
     let (status, body) = server.http_get("/nope").await;
     assert_eq!(status, 404);
     assert!(body.contains("/ws"));
+}
+
+#[tokio::test]
+async fn browser_files_are_served_embedded_with_their_content_types() {
+    let server = spawn_server(test_config()).await;
+    for (path, content_type, marker) in [
+        ("/", "text/html", "tickrelayDemo"),
+        ("/monitor", "text/html", "/stats"),
+        (
+            "/tickrelay.js",
+            "application/javascript",
+            "export function connect",
+        ),
+    ] {
+        let (status, headers, body) = http_get_with_headers(&server, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            headers.contains(&format!("content-type: {content_type}")),
+            "{path}: {headers}"
+        );
+        assert!(
+            headers.contains("cache-control: no-cache"),
+            "{path}: {headers}"
+        );
+        assert!(body.contains(marker), "{path} lacks {marker:?}");
+    }
+    let (status, body) = server.http_get("/monitor.html").await;
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("/monitor") && body.contains("/tickrelay.js"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn stats_report_counters_tick_timing_and_per_lobby_traffic() {
+    let server = spawn_server(test_config()).await;
+    let (mut ann, ann_id, _) = Client::join(&server, Codec::Json, "arena", "ann").await;
+    let (mut bob, _, _) = Client::join(&server, Codec::MessagePack, "arena", "bob").await;
+    ann.send_state(1, b"ann-state").await;
+    ann.send(&ClientMessage::Event {
+        data: crate::support::payload(b"hi"),
+    })
+    .await;
+    // Bob sees both (in either order), so the lobby has processed them; one tick later its
+    // counters include them.
+    let (mut saw_event, mut saw_state) = (false, false);
+    let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+    while !(saw_event && saw_state) {
+        assert!(tokio::time::Instant::now() < deadline, "event and state");
+        match bob.recv().await {
+            ServerMessage::Event { from, .. } => saw_event |= from == ann_id,
+            ServerMessage::Snapshot(s) => saw_state |= s.players.iter().any(|p| p.id == ann_id),
+            _ => {}
+        }
+    }
+    bob.next_snapshot().await;
+
+    let (status, body) = server.http_get("/stats").await;
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["version"], 1);
+    assert_eq!(stats["tick_hz"], 50);
+    assert_eq!(stats["connections"], 2);
+    assert_eq!(stats["lobby_count"], 1);
+    assert!(stats["messages_in"].as_u64().unwrap() >= 4, "{stats}");
+    assert!(stats["bytes_out"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["ticks"].as_u64().unwrap() >= 2, "{stats}");
+    assert!(stats["uptime_seconds"].as_f64().unwrap() > 0.0);
+    let tick = &stats["tick_duration"];
+    assert!(tick["count"].as_u64().unwrap() >= 2, "{tick}");
+    assert!(tick["p99_ms"].as_f64().unwrap() > 0.0, "{tick}");
+    let buckets = tick["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 16, "the finite buckets");
+    assert!(buckets.last().unwrap()[1].as_u64().unwrap() <= tick["count"].as_u64().unwrap());
+    assert!(stats["tick_lateness"]["count"].as_u64().unwrap() >= 2);
+    assert!(stats["disconnects"].is_object() && stats["errors_sent"].is_object());
+
+    let arena = &stats["lobbies"][0];
+    assert_eq!(arena["name"], "arena");
+    assert_eq!(arena["member_count"], 2);
+    let traffic = &arena["traffic"];
+    assert_eq!(traffic["states_in"], 1, "{traffic}");
+    assert_eq!(traffic["events_in"], 1, "{traffic}");
+    let ticks = traffic["ticks"].as_u64().unwrap();
+    assert!(ticks >= 2, "{traffic}");
+    // Every tick queues one snapshot per member (bob joined a little after ann).
+    let snapshots = traffic["snapshots_out"].as_u64().unwrap();
+    assert!(snapshots > ticks && snapshots <= 2 * ticks, "{traffic}");
+    // Messages out: the snapshots plus welcomes, bob's arrival for ann, and the event for both.
+    assert!(
+        traffic["messages_out"].as_u64().unwrap() >= snapshots + 5,
+        "{traffic}"
+    );
+    assert!(traffic["bytes_out"].as_u64().unwrap() > 0, "{traffic}");
+
+    // Someone leaving is counted by reason.
+    drop(ann);
+    server
+        .wait_metric("tickrelay_disconnects_total{reason=\"peer_vanished\"}", 1.0)
+        .await;
+    let (_, body) = server.http_get("/stats").await;
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["disconnects"]["peer_vanished"], 1, "{stats}");
+    assert_eq!(stats["connections"], 1);
+}
+
+/// GET `path`; returns (status, lower-cased header block, body).
+async fn http_get_with_headers(server: &TestServer, path: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(RECV_TIMEOUT, stream.read_to_end(&mut response))
+        .await
+        .expect("http response in time")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_lowercase(), body.to_owned())
 }

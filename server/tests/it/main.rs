@@ -2,6 +2,7 @@
 
 mod support;
 
+mod browser;
 mod http;
 mod limits;
 mod lobby;

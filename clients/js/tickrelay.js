@@ -1,0 +1,830 @@
+// @ts-check
+/**
+ * tickrelay.js: the browser client for tickrelay protocol v1 (see protocol/PROTOCOL.md).
+ *
+ * One dependency-free ES module. The server serves it at `GET /tickrelay.js`.
+ *
+ * ```js
+ * import { connect, decodeJSON } from "/tickrelay.js";
+ *
+ * const client = connect("ws://127.0.0.1:8080/ws", { lobby: "arena", name: "ann" });
+ * client.on("welcome", (w) => console.log("I am player", w.player_id));
+ * client.on("snapshot", () => {
+ *   for (const [id, p] of client.players) draw(id, decodeJSON(p.data));
+ * });
+ * client.sendState({ x: 10, y: 20 });        // objects go out as UTF-8 JSON bytes
+ * client.sendEvent(new Uint8Array([1, 2]));  // bytes go out as they are
+ * ```
+ *
+ * Codecs. The JSON codec (`tickrelay.v1.json`) is the default and needs nothing. For
+ * MessagePack (`tickrelay.v1.msgpack`, smaller and faster) pass an encoder and a decoder,
+ * for example those of @msgpack/msgpack:
+ *
+ * ```js
+ * import { encode, decode } from "@msgpack/msgpack";
+ * const client = connect(url, { lobby, name, codec: { encode, decode } });
+ * ```
+ *
+ * `encode(object)` must return a Uint8Array holding one MessagePack map, writing Uint8Array
+ * values as `bin`; `decode(Uint8Array)` must return the map, with `bin` values as Uint8Array.
+ *
+ * Payloads. State and event bodies are opaque bytes to the server: `bin` in MessagePack,
+ * base64 strings in JSON. This library hides the difference: whatever the codec, the app
+ * always receives `Uint8Array`s (`client.players`, `snapshot` and `event` handlers), and may
+ * send a Uint8Array / ArrayBuffer / typed array (sent as is) or any other value (sent as its
+ * UTF-8 JSON text, which `decodeJSON(bytes)` turns back into the value).
+ *
+ * Connection life. `connect` returns at once; the client opens the socket, sends `join`, and
+ * after `welcome` flushes what was sent meanwhile. When the connection drops (server restart,
+ * network loss, silence for `staleMs`) it reconnects with exponential backoff and full jitter,
+ * then joins the same lobby with the same name. The server has no seat resumption yet, so the
+ * player gets a new id on every `welcome`; see `#joinToken` for the hook a resume token will use.
+ *
+ * Sending never throws. While not joined, `sendState` keeps only the latest state (sent right
+ * after the next `welcome`) and `sendEvent` queues up to `maxQueuedEvents` events; an event
+ * that does not fit is dropped and reported to the `error` handlers (code `event_dropped`).
+ * States are also held back to at most `maxStateHz` per second (default: the lobby's tick
+ * rate, as the server relays only the newest state per tick anyway); the newest one wins.
+ */
+
+export const SUBPROTOCOL_JSON = "tickrelay.v1.json";
+export const SUBPROTOCOL_MSGPACK = "tickrelay.v1.msgpack";
+
+/**
+ * @typedef {object} ReconnectOptions
+ * @property {number} [baseMs] First backoff ceiling in ms (default 250); doubles per attempt.
+ * @property {number} [maxMs] Cap of the backoff ceiling in ms (default 5000).
+ * @property {number} [maxAttempts] Failed attempts in a row before giving up (default Infinity).
+ */
+
+/**
+ * @typedef {object} MessagePackCodec
+ * @property {(message: object) => Uint8Array} encode
+ * @property {(bytes: Uint8Array) => unknown} decode
+ */
+
+/**
+ * @typedef {object} ConnectOptions
+ * @property {string} lobby Lobby to join (1 to 64 bytes of UTF-8, no control characters).
+ * @property {string} name Display name (1 to 64 bytes of UTF-8, no control characters).
+ * @property {string} [token] Sent as `join.token` (reserved by protocol v1, ignored today).
+ * @property {"json" | MessagePackCodec} [codec] Default "json"; an encoder/decoder pair selects MessagePack.
+ * @property {ReconnectOptions | false} [reconnect] Backoff settings, or false to never reconnect.
+ * @property {number} [pingIntervalMs] Time between clock probes once the clock is measured (default 2000).
+ * @property {number} [maxQueuedEvents] Events kept while not joined (default 64).
+ * @property {number} [maxStateHz] Most states sent per second (default: the lobby's tick rate).
+ * @property {number} [staleMs] Reconnect when nothing arrived for this long, or the socket did
+ *   not open within it (default 10000).
+ * @property {typeof WebSocket} [WebSocket] WebSocket implementation (default: globalThis.WebSocket).
+ */
+
+/**
+ * @typedef {object} Member
+ * @property {number} id
+ * @property {string} name
+ */
+
+/**
+ * @typedef {object} PlayerView
+ * @property {number} id
+ * @property {number} seq The `seq` of the state message this data came from.
+ * @property {Uint8Array} data The player's latest state (see `decodeJSON`).
+ * @property {number} tick The tick of the snapshot that brought it.
+ */
+
+/**
+ * @typedef {object} Snapshot
+ * @property {"snapshot"} t
+ * @property {number} tick
+ * @property {number} server_time_us Server clock when the tick was sent (Unix microseconds).
+ * @property {boolean} keyframe
+ * @property {PlayerView[]} players
+ * @property {number[]} removed
+ * @property {number} missed Ticks skipped since the previous snapshot (0 normally).
+ */
+
+/**
+ * @typedef {object} Welcome
+ * @property {"welcome"} t
+ * @property {number} player_id
+ * @property {string} lobby
+ * @property {number} tick_hz
+ * @property {Member[]} members
+ * @property {boolean} rejoined True when this welcome follows a reconnection.
+ */
+
+/**
+ * @typedef {object} ClientError
+ * @property {string} code A server error code (`lobby_full`, ...) or one of this library's:
+ *   `event_dropped`, `reconnect_exhausted`, `bad_server_message`, `socket_error`.
+ * @property {string} message
+ */
+
+/**
+ * @typedef {object} CloseInfo
+ * @property {number} code WebSocket close code (1006: dropped without a close frame).
+ * @property {string} reason
+ * @property {boolean} wasClean
+ * @property {boolean} willReconnect
+ */
+
+/**
+ * @typedef {object} TickrelayEvents
+ * @property {{ protocol: string }} open The socket opened (join not answered yet).
+ * @property {Welcome} welcome Joined: the id, tick rate and members are known.
+ * @property {Snapshot} snapshot A tick; `client.players` is already updated.
+ * @property {{ from: number, data: Uint8Array }} event A lobby event (possibly our own).
+ * @property {Member} member_joined
+ * @property {Member} member_left
+ * @property {ClientError} error
+ * @property {CloseInfo} close The socket closed.
+ * @property {{ attempt: number, delayMs: number }} reconnecting A reconnection is scheduled.
+ * @property {Record<string, unknown>} message Every decoded server message, payloads as Uint8Array.
+ */
+
+/** @typedef {"connecting" | "open" | "reconnecting" | "closed"} ReadyState */
+
+/**
+ * Opens a client: connects, joins `options.lobby` and stays joined until `close()`.
+ * @param {string} url WebSocket URL of the server's `/ws`, e.g. `ws://127.0.0.1:8080/ws`.
+ * @param {ConnectOptions} options
+ * @returns {TickrelayClient}
+ */
+export function connect(url, options) {
+  return new TickrelayClient(url, options);
+}
+
+export class TickrelayClient {
+  /** @type {ReadyState} "open" means joined: `welcome` received. */
+  readyState = "connecting";
+  /** @type {number | null} Latest round-trip time in ms (protocol ping/pong), null until measured. */
+  rtt = null;
+  /** @type {number | null} Server clock minus local clock in ms, from the fastest recent probe. */
+  clockOffset = null;
+  /** @type {number | null} This player's id in the current lobby membership. */
+  playerId = null;
+  /** @type {number | null} The lobby's tick rate, from `welcome`. */
+  tickHz = null;
+  /** @type {number | null} Tick of the latest snapshot. */
+  tick = null;
+  /** @type {Map<number, Member>} Current lobby members, this player included. */
+  members = new Map();
+  /** @type {Map<number, PlayerView>} The lobby view: every player's latest state by id. */
+  players = new Map();
+  /** Counters since `connect`, for status displays. */
+  stats = {
+    snapshots: 0,
+    keyframes: 0,
+    eventsReceived: 0,
+    messagesIn: 0,
+    messagesOut: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    welcomes: 0,
+    reconnects: 0,
+    eventsDropped: 0,
+  };
+
+  /** @type {Required<Omit<ConnectOptions, "token" | "codec" | "reconnect" | "maxStateHz" | "WebSocket">> & ConnectOptions} */
+  #options;
+  #url;
+  /** @type {Codec} */
+  #codec;
+  /** @type {{ baseMs: number, maxMs: number, maxAttempts: number } | null} */
+  #reconnect;
+  /** @type {typeof WebSocket} */
+  #WebSocket;
+  /** @type {WebSocket | null} */
+  #ws = null;
+  /** @type {Map<string, Set<Function>>} */
+  #handlers = new Map();
+  #closedByUser = false;
+  /** Failed connection attempts in a row (reset by `welcome`). */
+  #attempt = 0;
+  #everJoined = false;
+  /** @type {ReturnType<typeof setTimeout> | null} */
+  #reconnectTimer = null;
+  /** @type {ReturnType<typeof setTimeout> | null} */
+  #pingTimer = null;
+  /** @type {ReturnType<typeof setInterval> | null} */
+  #staleTimer = null;
+  #lastReceiveAt = 0;
+  /** Recent clock probes, newest last. @type {{ rtt: number, offset: number }[]} */
+  #probes = [];
+  #nextSeq = 1;
+  /** The newest state not sent yet. @type {{ seq: number, data: Uint8Array } | null} */
+  #pendingState = null;
+  #lastStateSentAt = -Infinity;
+  /** @type {ReturnType<typeof setTimeout> | null} */
+  #stateTimer = null;
+  /** Events sent while not joined, in order. @type {Uint8Array[]} */
+  #queuedEvents = [];
+  /**
+   * SEAT RESUME HOOK. The server cannot give a reconnecting player its old seat yet, so this
+   * stays null and every reconnection is a fresh join. When the protocol gains resumption,
+   * store the token the server hands out (e.g. read it from `welcome` in `#onWelcome`) here:
+   * `#joinToken()` then sends it as `join.token` on every reconnection.
+   * @type {string | null}
+   */
+  #resumeToken = null;
+
+  /**
+   * @param {string} url
+   * @param {ConnectOptions} options
+   */
+  constructor(url, options) {
+    if (!options || typeof options.lobby !== "string" || typeof options.name !== "string") {
+      throw new TypeError("connect(url, {lobby, name}): lobby and name are required strings");
+    }
+    this.#url = url;
+    this.#options = {
+      pingIntervalMs: 2000,
+      maxQueuedEvents: 64,
+      staleMs: 10000,
+      ...options,
+    };
+    this.#codec = makeCodec(options.codec ?? "json");
+    this.#reconnect =
+      options.reconnect === false
+        ? null
+        : { baseMs: 250, maxMs: 5000, maxAttempts: Infinity, ...(options.reconnect ?? {}) };
+    const Impl = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof Impl !== "function") {
+      throw new TypeError("no WebSocket implementation: pass options.WebSocket");
+    }
+    this.#WebSocket = Impl;
+    this.#open();
+  }
+
+  /** The lobby this client joins. */
+  get lobby() {
+    return this.#options.lobby;
+  }
+
+  /** The display name this client joins with. */
+  get name() {
+    return this.#options.name;
+  }
+
+  /** The negotiated subprotocol name of the codec in use. */
+  get protocol() {
+    return this.#codec.subprotocol;
+  }
+
+  /** The server's clock now, in Unix milliseconds (local clock + `clockOffset`). */
+  serverNow() {
+    return performance.timeOrigin + performance.now() + (this.clockOffset ?? 0);
+  }
+
+  /**
+   * Registers a handler; returns a function that removes it. Exceptions thrown by handlers
+   * are reported (`reportError`) and never break the client.
+   * @template {keyof TickrelayEvents} K
+   * @param {K} type
+   * @param {(event: TickrelayEvents[K]) => void} handler
+   * @returns {() => void}
+   */
+  on(type, handler) {
+    let set = this.#handlers.get(type);
+    if (!set) {
+      set = new Set();
+      this.#handlers.set(type, set);
+    }
+    set.add(handler);
+    return () => this.off(type, handler);
+  }
+
+  /**
+   * Removes a handler registered with `on`.
+   * @template {keyof TickrelayEvents} K
+   * @param {K} type
+   * @param {(event: TickrelayEvents[K]) => void} handler
+   */
+  off(type, handler) {
+    this.#handlers.get(type)?.delete(handler);
+  }
+
+  /**
+   * Sends this player's state (latest wins). Bytes go as they are; any other value as UTF-8
+   * JSON. Never throws: while not joined, or faster than `maxStateHz`, only the newest state
+   * is kept and sent as soon as allowed.
+   * @param {Uint8Array | ArrayBuffer | ArrayBufferView | unknown} state
+   * @returns {number} The `seq` this state carries (echoed in snapshots).
+   */
+  sendState(state) {
+    const seq = this.#nextSeq++;
+    if (this.readyState === "closed") return seq;
+    this.#pendingState = { seq, data: toPayload(state) };
+    this.#flushState();
+    return seq;
+  }
+
+  /**
+   * Sends an event to every lobby member (this player included), reliably and in order.
+   * Bytes go as they are; any other value as UTF-8 JSON. Never throws: while not joined the
+   * event is queued (up to `maxQueuedEvents`; beyond, it is dropped and reported as an
+   * `error` with code `event_dropped`).
+   * @param {Uint8Array | ArrayBuffer | ArrayBufferView | unknown} event
+   * @returns {boolean} False when the event was dropped.
+   */
+  sendEvent(event) {
+    const data = toPayload(event);
+    if (this.readyState === "open" && this.#send({ t: "event", data })) {
+      return true;
+    }
+    if (this.readyState !== "closed" && this.#queuedEvents.length < this.#options.maxQueuedEvents) {
+      this.#queuedEvents.push(data);
+      return true;
+    }
+    this.stats.eventsDropped += 1;
+    this.#emit("error", {
+      code: "event_dropped",
+      message:
+        this.readyState === "closed"
+          ? "event dropped: the client is closed"
+          : `event dropped: ${this.#queuedEvents.length} events already wait for the connection`,
+    });
+    return false;
+  }
+
+  /** Leaves the lobby and closes the connection for good (no reconnection). */
+  close() {
+    if (this.#closedByUser) return;
+    this.#closedByUser = true;
+    this.#clearTimers();
+    this.#pendingState = null;
+    this.#queuedEvents = [];
+    const ws = this.#ws;
+    this.#ws = null;
+    this.readyState = "closed";
+    if (ws) {
+      detach(ws);
+      safeClose(ws, 1000, "bye");
+      this.#emit("close", { code: 1000, reason: "closed by client", wasClean: true, willReconnect: false });
+    }
+  }
+
+  // ---- connection ----------------------------------------------------------------------
+
+  #open() {
+    this.readyState = "connecting";
+    /** @type {WebSocket} */
+    let ws;
+    try {
+      ws = new this.#WebSocket(this.#url, [this.#codec.subprotocol]);
+    } catch (err) {
+      // A malformed URL throws synchronously; retrying cannot fix it.
+      this.readyState = "closed";
+      this.#emit("error", { code: "socket_error", message: `cannot open ${this.#url}: ${err}` });
+      return;
+    }
+    ws.binaryType = "arraybuffer";
+    this.#ws = ws;
+    // The same silence limit covers a connection attempt that neither opens nor fails.
+    this.#lastReceiveAt = performance.now();
+    this.#staleTimer = setInterval(() => this.#checkStale(), 1000);
+    ws.onopen = () => {
+      this.#lastReceiveAt = performance.now();
+      this.#send({ t: "join", lobby: this.#options.lobby, name: this.#options.name, ...this.#joinToken() });
+      this.#probeClock();
+      this.#emit("open", { protocol: ws.protocol });
+    };
+    ws.onmessage = (message) => this.#onFrame(message.data);
+    ws.onclose = (closed) => this.#onSocketClosed(closed.code, closed.reason, closed.wasClean);
+    // An error is always followed by a close event, which does the work.
+    ws.onerror = () => {};
+  }
+
+  /** `join.token`: the resume token once the server supports seats (see `#resumeToken`). */
+  #joinToken() {
+    const token = this.#resumeToken ?? this.#options.token;
+    return token === undefined || token === null ? {} : { token };
+  }
+
+  /**
+   * @param {number} code
+   * @param {string} reason
+   * @param {boolean} wasClean
+   */
+  #onSocketClosed(code, reason, wasClean) {
+    const ws = this.#ws;
+    if (ws) detach(ws);
+    this.#ws = null;
+    this.#clearTimers();
+    if (this.#closedByUser) return;
+    const willReconnect = this.#reconnect !== null && this.#attempt < this.#reconnect.maxAttempts;
+    this.readyState = willReconnect ? "reconnecting" : "closed";
+    if (!willReconnect) {
+      this.#pendingState = null;
+      this.#queuedEvents = [];
+    }
+    this.#emit("close", { code, reason, wasClean, willReconnect });
+    if (willReconnect) {
+      this.#scheduleReconnect();
+    } else if (this.#reconnect !== null) {
+      this.#emit("error", {
+        code: "reconnect_exhausted",
+        message: `gave up after ${this.#attempt} failed connection attempts`,
+      });
+    }
+  }
+
+  /**
+   * Drops a connection that is dead or unusable, without waiting for a close handshake.
+   * @param {number} code
+   * @param {string} reason
+   */
+  #drop(code, reason) {
+    const ws = this.#ws;
+    if (!ws) return;
+    detach(ws);
+    safeClose(ws, 1000, reason);
+    this.#onSocketClosed(code, reason, false);
+  }
+
+  #scheduleReconnect() {
+    const reconnect = this.#reconnect;
+    if (reconnect === null) return;
+    // Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)].
+    const ceiling = Math.min(reconnect.maxMs, reconnect.baseMs * 2 ** Math.min(this.#attempt, 30));
+    const delayMs = Math.round(Math.random() * ceiling);
+    this.#attempt += 1;
+    this.stats.reconnects += 1;
+    this.#emit("reconnecting", { attempt: this.#attempt, delayMs });
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = null;
+      if (!this.#closedByUser) this.#open();
+    }, delayMs);
+  }
+
+  #checkStale() {
+    if (performance.now() - this.#lastReceiveAt > this.#options.staleMs) {
+      this.#drop(4000, "no message from the server");
+    }
+  }
+
+  #clearTimers() {
+    for (const timer of [this.#reconnectTimer, this.#pingTimer, this.#stateTimer]) {
+      if (timer !== null) clearTimeout(timer);
+    }
+    if (this.#staleTimer !== null) clearInterval(this.#staleTimer);
+    this.#reconnectTimer = this.#pingTimer = this.#stateTimer = this.#staleTimer = null;
+  }
+
+  // ---- sending -------------------------------------------------------------------------
+
+  /**
+   * Encodes and sends one message if the socket is open. Never throws.
+   * @param {Record<string, unknown>} message
+   * @returns {boolean} Whether it was handed to the socket.
+   */
+  #send(message) {
+    const ws = this.#ws;
+    if (!ws || ws.readyState !== 1) return false;
+    try {
+      const frame = this.#codec.encode(message);
+      ws.send(frame);
+      this.stats.messagesOut += 1;
+      this.stats.bytesOut += typeof frame === "string" ? frame.length : frame.byteLength;
+      return true;
+    } catch (err) {
+      this.#emit("error", { code: "socket_error", message: `send failed: ${err}` });
+      return false;
+    }
+  }
+
+  #flushState() {
+    if (this.readyState !== "open" || this.#pendingState === null || this.#stateTimer !== null) {
+      return;
+    }
+    const hz = this.#options.maxStateHz ?? this.tickHz ?? 30;
+    const wait = this.#lastStateSentAt + 1000 / hz - performance.now();
+    if (wait > 0) {
+      this.#stateTimer = setTimeout(() => {
+        this.#stateTimer = null;
+        this.#flushState();
+      }, wait);
+      return;
+    }
+    const { seq, data } = this.#pendingState;
+    if (this.#send({ t: "state", seq, data })) {
+      this.#pendingState = null;
+      this.#lastStateSentAt = performance.now();
+    }
+  }
+
+  #probeClock() {
+    this.#send({ t: "ping", client_time: performance.now() });
+    // A few quick probes first, so that RTT and clock offset are known within a second.
+    const delay = this.#probes.length < 4 ? 250 : this.#options.pingIntervalMs;
+    this.#pingTimer = setTimeout(() => this.#probeClock(), delay);
+  }
+
+  // ---- receiving -----------------------------------------------------------------------
+
+  /** @param {unknown} frame */
+  #onFrame(frame) {
+    this.#lastReceiveAt = performance.now();
+    /** @type {any} */
+    let message;
+    try {
+      message = this.#codec.decode(frame);
+    } catch (err) {
+      this.#emit("error", { code: "bad_server_message", message: `undecodable message: ${err}` });
+      return;
+    }
+    if (!message || typeof message !== "object" || typeof message.t !== "string") {
+      this.#emit("error", { code: "bad_server_message", message: "message without a type" });
+      return;
+    }
+    this.stats.messagesIn += 1;
+    this.stats.bytesIn += typeof frame === "string" ? frame.length : /** @type {ArrayBuffer} */ (frame).byteLength;
+    switch (message.t) {
+      case "welcome":
+        this.#onWelcome(message);
+        break;
+      case "snapshot":
+        this.#onSnapshot(message);
+        break;
+      case "event":
+        message.from = Number(message.from);
+        message.data = toBytes(message.data);
+        this.stats.eventsReceived += 1;
+        this.#emit("event", { from: message.from, data: message.data });
+        break;
+      case "member_joined": {
+        const member = { id: Number(message.id), name: String(message.name) };
+        this.members.set(member.id, member);
+        this.#emit("member_joined", member);
+        break;
+      }
+      case "member_left": {
+        const id = Number(message.id);
+        const member = this.members.get(id) ?? { id, name: "" };
+        this.members.delete(id);
+        this.players.delete(id);
+        this.#emit("member_left", member);
+        break;
+      }
+      case "pong":
+        this.#onPong(Number(message.client_time), Number(message.server_time_us));
+        break;
+      case "error":
+        this.#onServerError(String(message.code), String(message.message ?? ""));
+        break;
+      default:
+        // Newer servers may add message types: ignore them (protocol: compatibility).
+        break;
+    }
+    this.#emit("message", message);
+  }
+
+  /** @param {any} message */
+  #onWelcome(message) {
+    this.readyState = "open";
+    this.#attempt = 0;
+    this.playerId = Number(message.player_id);
+    this.tickHz = Number(message.tick_hz);
+    this.tick = null;
+    this.members = new Map(
+      (message.members ?? []).map((/** @type {any} */ m) => [Number(m.id), { id: Number(m.id), name: String(m.name) }]),
+    );
+    // The first snapshot is a keyframe; until then this membership has seen nobody's state.
+    this.players = new Map();
+    this.stats.welcomes += 1;
+    const rejoined = this.#everJoined;
+    this.#everJoined = true;
+    // What the app sent while disconnected goes out first, events in order, then the state.
+    const queued = this.#queuedEvents;
+    this.#queuedEvents = [];
+    for (const data of queued) {
+      if (!this.#send({ t: "event", data })) this.#queuedEvents.push(data);
+    }
+    this.#lastStateSentAt = -Infinity;
+    this.#flushState();
+    this.#emit("welcome", {
+      t: "welcome",
+      player_id: this.playerId,
+      lobby: String(message.lobby),
+      tick_hz: this.tickHz,
+      members: [...this.members.values()],
+      rejoined,
+    });
+  }
+
+  /** @param {any} message */
+  #onSnapshot(message) {
+    const tick = Number(message.tick);
+    const missed = this.tick === null ? 0 : Math.max(0, tick - this.tick - 1);
+    this.tick = tick;
+    /** @type {PlayerView[]} */
+    const players = (message.players ?? []).map((/** @type {any} */ p) => ({
+      id: Number(p.id),
+      seq: Number(p.seq),
+      data: toBytes(p.data),
+      tick,
+    }));
+    const removed = (message.removed ?? []).map(Number);
+    if (message.keyframe) this.players = new Map();
+    for (const player of players) this.players.set(player.id, player);
+    for (const id of removed) this.players.delete(id);
+    this.stats.snapshots += 1;
+    if (message.keyframe) this.stats.keyframes += 1;
+    message.tick = tick;
+    message.server_time_us = Number(message.server_time_us);
+    message.players = players;
+    message.removed = removed;
+    message.missed = missed;
+    this.#emit("snapshot", message);
+  }
+
+  /**
+   * NTP-style clock estimate: the server stamped the pong at about the midpoint of the round
+   * trip. The offset of the fastest of the recent probes is the least distorted by queueing.
+   * @param {number} sentAt `client_time` echoed: our `performance.now()` at the ping.
+   * @param {number} serverTimeUs
+   */
+  #onPong(sentAt, serverTimeUs) {
+    const now = performance.now();
+    const rtt = now - sentAt;
+    if (!Number.isFinite(rtt) || rtt < 0 || rtt > 60000 || !Number.isFinite(serverTimeUs)) return;
+    const midpoint = performance.timeOrigin + (sentAt + now) / 2;
+    this.#probes.push({ rtt, offset: serverTimeUs / 1000 - midpoint });
+    if (this.#probes.length > 16) this.#probes.shift();
+    this.rtt = rtt;
+    let best = this.#probes[0];
+    for (const probe of this.#probes) if (probe.rtt < best.rtt) best = probe;
+    this.clockOffset = best.offset;
+  }
+
+  /**
+   * @param {string} code
+   * @param {string} message
+   */
+  #onServerError(code, message) {
+    this.#emit("error", { code, message });
+    if (this.readyState === "open") return;
+    // A refused join. An invalid name or lobby cannot succeed later: stop for good. A full
+    // lobby or server might accept a later attempt: reconnect with backoff.
+    if (code === "invalid_join") {
+      this.#reconnect = null;
+      this.#drop(1000, "join refused");
+    } else if (code === "lobby_full" || code === "too_many_lobbies") {
+      this.#drop(1000, "join refused");
+    }
+  }
+
+  /**
+   * @param {string} type
+   * @param {unknown} event
+   */
+  #emit(type, event) {
+    const handlers = this.#handlers.get(type);
+    if (!handlers) return;
+    for (const handler of [...handlers]) {
+      try {
+        handler(event);
+      } catch (err) {
+        if (typeof globalThis.reportError === "function") globalThis.reportError(err);
+        else setTimeout(() => { throw err; });
+      }
+    }
+  }
+}
+
+// ---- payload helpers -------------------------------------------------------------------
+
+const textEncoder = new TextEncoder();
+const textDecoder = new TextDecoder();
+
+/**
+ * The bytes that carry `value`: binary values as they are, anything else as UTF-8 JSON.
+ * @param {unknown} value
+ * @returns {Uint8Array}
+ */
+export function toPayload(value) {
+  if (value instanceof Uint8Array) return value;
+  if (value instanceof ArrayBuffer) return new Uint8Array(value);
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  return encodeJSON(value);
+}
+
+/**
+ * UTF-8 JSON bytes of a value (what `sendState(object)` sends).
+ * @param {unknown} value
+ * @returns {Uint8Array}
+ */
+export function encodeJSON(value) {
+  return textEncoder.encode(JSON.stringify(value ?? null));
+}
+
+/**
+ * The value in UTF-8 JSON bytes (a state or event sent as an object), or `undefined` when
+ * the bytes are not JSON (another client sent something else: never trust peers' data).
+ * @param {Uint8Array} bytes
+ * @returns {any}
+ */
+export function decodeJSON(bytes) {
+  try {
+    return JSON.parse(textDecoder.decode(bytes));
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Standard base64 (RFC 4648, padded) of bytes: the JSON codec's payload encoding.
+ * @param {Uint8Array} bytes
+ * @returns {string}
+ */
+export function bytesToBase64(bytes) {
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode.apply(null, /** @type {any} */ (bytes.subarray(i, i + 0x8000)));
+  }
+  return btoa(binary);
+}
+
+/**
+ * Bytes of a standard base64 string.
+ * @param {string} base64
+ * @returns {Uint8Array}
+ */
+export function base64ToBytes(base64) {
+  const binary = atob(base64);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+/**
+ * A payload as received, whatever the codec delivered it as.
+ * @param {unknown} data
+ * @returns {Uint8Array}
+ */
+function toBytes(data) {
+  if (data instanceof Uint8Array) return data;
+  if (typeof data === "string") return base64ToBytes(data);
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  if (Array.isArray(data)) return Uint8Array.from(data);
+  return new Uint8Array(0);
+}
+
+// ---- codecs ----------------------------------------------------------------------------
+
+/**
+ * @typedef {object} Codec
+ * @property {string} subprotocol
+ * @property {(message: Record<string, unknown>) => string | Uint8Array} encode
+ * @property {(frame: unknown) => any} decode
+ */
+
+/**
+ * @param {"json" | MessagePackCodec} choice
+ * @returns {Codec}
+ */
+function makeCodec(choice) {
+  if (choice === "json") {
+    return {
+      subprotocol: SUBPROTOCOL_JSON,
+      encode: (message) =>
+        JSON.stringify(message, (key, value) => (key === "data" && value instanceof Uint8Array ? bytesToBase64(value) : value)),
+      decode: (frame) => {
+        if (typeof frame !== "string") throw new TypeError("binary frame on a JSON connection");
+        return JSON.parse(frame);
+      },
+    };
+  }
+  if (choice && typeof choice.encode === "function" && typeof choice.decode === "function") {
+    const { encode, decode } = choice;
+    return {
+      subprotocol: SUBPROTOCOL_MSGPACK,
+      encode: (message) => encode(message),
+      decode: (frame) => {
+        if (typeof frame === "string") throw new TypeError("text frame on a MessagePack connection");
+        return decode(new Uint8Array(/** @type {ArrayBuffer} */ (frame)));
+      },
+    };
+  }
+  throw new TypeError('codec must be "json" or an object with encode and decode functions (MessagePack)');
+}
+
+/** @param {WebSocket} ws */
+function detach(ws) {
+  ws.onopen = ws.onmessage = ws.onclose = null;
+  ws.onerror = () => {};
+}
+
+/**
+ * @param {WebSocket} ws
+ * @param {number} code
+ * @param {string} reason
+ */
+function safeClose(ws, code, reason) {
+  try {
+    ws.close(code, reason);
+  } catch {
+    // Already closing or closed.
+  }
+}
