@@ -161,6 +161,10 @@ pub struct RunArgs {
     #[arg(long, default_value = "20ms", value_parser = duration)]
     pub ramp_bound: Duration,
 
+    /// Ramp: fraction of expected snapshots a step may miss (tick gaps) and still pass.
+    #[arg(long, default_value_t = 0.001)]
+    pub ramp_gap_tolerance: f64,
+
     /// Churn: clients per second that leave and rejoin.
     #[arg(long, default_value_t = 10.0)]
     pub churn_rate: f64,

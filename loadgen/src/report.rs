@@ -56,6 +56,9 @@ pub struct Report {
     pub started_unix_ms: u128,
     /// Length of the measured window (after ramp-up and warm-up).
     pub measured_seconds: f64,
+    /// Wall-clock bounds of the measured window (Unix ms), to line up other processes' samples.
+    pub window_start_unix_ms: u128,
+    pub window_end_unix_ms: u128,
     pub tick_hz: Option<u32>,
     pub clients_joined_at_end: usize,
     /// Average clients joined during the measured window.
@@ -94,6 +97,8 @@ impl Report {
             parameters,
             started_unix_ms: 0,
             measured_seconds,
+            window_start_unix_ms: 0,
+            window_end_unix_ms: 0,
             tick_hz: None,
             clients_joined_at_end: 0,
             clients_joined_avg: 0.0,

@@ -19,8 +19,6 @@ use crate::worker::{self, Command, IntervalStats, WorkerHandle};
 
 const COLLECT_EVERY: Duration = Duration::from_secs(1);
 const PACING_STEP: Duration = Duration::from_millis(10);
-/// A ramp step may lose this fraction of snapshots to tick gaps and still count as met.
-const RAMP_GAP_TOLERANCE: f64 = 0.001;
 
 /// Runs the plan against `target` and returns the report (SLOs not yet checked).
 pub async fn run(
@@ -62,6 +60,7 @@ pub async fn run(
         measured: Histograms::default(),
         window_start: Counters::default(),
         measured_seconds: 0.0,
+        window_unix_ms: (0, 0),
         joined_samples: Vec::new(),
         started_clients: 0,
         plan: plan.clone(),
@@ -92,6 +91,7 @@ struct Coordinator {
     measured: Histograms,
     window_start: Counters,
     measured_seconds: f64,
+    window_unix_ms: (u128, u128),
     joined_samples: Vec<usize>,
     started_clients: usize,
 }
@@ -230,8 +230,8 @@ impl Coordinator {
             }
             let delta = self.cumulative.since(&before);
             let p99 = Summary::of(&broadcast).p99;
-            let gap_ok =
-                delta.tick_gaps as f64 <= delta.snapshots_expected as f64 * RAMP_GAP_TOLERANCE;
+            let gap_ok = delta.tick_gaps as f64
+                <= delta.snapshots_expected as f64 * self.plan.ramp_gap_tolerance;
             let met =
                 p99 <= bound_us && delta.total_errors() == 0 && gap_ok && !broadcast.is_empty();
             steps.push(RampStep {
@@ -258,6 +258,7 @@ impl Coordinator {
     async fn open_window(&mut self) {
         self.collect().await;
         self.measuring = Some(Instant::now());
+        self.window_unix_ms.0 = unix_ms();
         self.window_start = self.cumulative.clone();
         self.measured.reset();
         self.joined_samples.clear();
@@ -267,6 +268,7 @@ impl Coordinator {
         self.collect().await;
         if let Some(opened) = self.measuring.take() {
             self.measured_seconds = opened.elapsed().as_secs_f64();
+            self.window_unix_ms.1 = unix_ms();
         }
     }
 
@@ -382,6 +384,7 @@ impl Coordinator {
             .base
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
+        (report.window_start_unix_ms, report.window_end_unix_ms) = self.window_unix_ms;
         report.tick_hz = self.tick_hz;
         report.clients_joined_at_end = self.joined;
         report.clients_joined_avg = if self.joined_samples.is_empty() {
@@ -409,6 +412,12 @@ impl Coordinator {
     fn window_counters(&self) -> Counters {
         self.cumulative.since(&self.window_start)
     }
+}
+
+fn unix_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
 }
 
 /// The knee of a ramp: the largest client count of a step that met the bound, provided every

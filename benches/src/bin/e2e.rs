@@ -1,0 +1,546 @@
+//! The end-to-end benchmark: the real server and the real load generator as separate
+//! processes, pinned to different cores, each preset run several times; prints medians and
+//! min–max and records them in `benches/RESULTS.md` (plus JSON under `benches/results/`).
+//!
+//!     cargo run --release -p tickrelay-benches --bin e2e -- --preset standard
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+use serde_json::Value;
+use tickrelay_benches::procfs::{self, Sample};
+use tickrelay_benches::summary::Spread;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Preset {
+    /// 1,000 clients, lobbies of 8, 30 Hz ticks, 30 Hz inputs of 32-byte states.
+    Standard,
+    /// 50 lobbies of 64 at 20 Hz.
+    Fanout,
+    /// As many clients as one server holds (lobbies of 8, 2 Hz ticks and inputs), from
+    /// several load-generator processes.
+    Scale,
+    /// The load generator's ramp (lobbies of 8, 30 Hz): largest client count with broadcast
+    /// p99 under 10 ms and no missed ticks.
+    Knee,
+}
+
+/// Runs tickrelay's end-to-end benchmark and records the figures in benches/RESULTS.md.
+#[derive(Debug, Parser)]
+#[command(name = "e2e", about, long_about)]
+struct Args {
+    /// Which workload(s) to run.
+    #[arg(long, value_enum, num_args = 1.., default_value = "standard")]
+    preset: Vec<Preset>,
+    /// Repetitions per preset (figures are medians with min–max).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Measured seconds per run (after ramp-up and warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Do not pin the server and load generator to different cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Skip `cargo build --release` of the server and load generator.
+    #[arg(long)]
+    no_build: bool,
+    /// Do not append to benches/RESULTS.md (still prints and writes JSON).
+    #[arg(long)]
+    no_record: bool,
+    /// Free-form note recorded with the results (what changed since the last run).
+    #[arg(long, default_value = "")]
+    note: String,
+}
+
+struct Workload {
+    clients: usize,
+    lobby_size: usize,
+    tick_hz: u32,
+    input_hz: u32,
+    loadgens: usize,
+    connect_rate: u32,
+    extra: Vec<String>,
+}
+
+impl Preset {
+    fn workload(self) -> Workload {
+        let base = |clients, lobby_size, tick_hz, input_hz| Workload {
+            clients,
+            lobby_size,
+            tick_hz,
+            input_hz,
+            loadgens: 1,
+            connect_rate: 1000,
+            extra: Vec::new(),
+        };
+        match self {
+            Self::Standard => base(1000, 8, 30, 30),
+            Self::Fanout => base(50 * 64, 64, 20, 20),
+            Self::Scale => Workload {
+                loadgens: 2,
+                connect_rate: 1500,
+                ..base(19_200, 8, 2, 2)
+            },
+            Self::Knee => Workload {
+                extra: [
+                    "--scenario",
+                    "ramp",
+                    "--ramp-step",
+                    "500",
+                    "--ramp-interval",
+                    "5s",
+                    "--ramp-bound",
+                    "10ms",
+                    "--ramp-gap-tolerance",
+                    "0",
+                ]
+                .map(String::from)
+                .to_vec(),
+                ..base(8000, 8, 30, 30)
+            },
+        }
+    }
+}
+
+/// Figures of one run.
+#[derive(Debug, Clone, Default, Serialize)]
+struct RunFigures {
+    deliveries: f64,
+    measured_seconds: f64,
+    server_cpu_us_per_delivery: f64,
+    deliveries_per_server_core_second: f64,
+    server_rss_mib: f64,
+    server_rss_kib_per_connection: f64,
+    loadgen_cpu_us_per_delivery: f64,
+    broadcast_p50_ms: f64,
+    broadcast_p99_ms: f64,
+    broadcast_p999_ms: f64,
+    broadcast_max_ms: f64,
+    input_p99_ms: f64,
+    missed_ticks: f64,
+    delivery_ratio: f64,
+    generator_late_fraction: f64,
+    clients_joined: f64,
+    errors: f64,
+    knee_clients: f64,
+}
+
+const FIGURES: &[(&str, &str, usize)] = &[
+    (
+        "server_cpu_us_per_delivery",
+        "server CPU per delivery (µs)",
+        2,
+    ),
+    (
+        "deliveries_per_server_core_second",
+        "deliveries per server-core-second",
+        0,
+    ),
+    ("server_rss_mib", "server RSS (MiB)", 1),
+    (
+        "server_rss_kib_per_connection",
+        "server RSS per connection (KiB)",
+        2,
+    ),
+    (
+        "loadgen_cpu_us_per_delivery",
+        "loadgen CPU per delivery (µs)",
+        2,
+    ),
+    ("broadcast_p50_ms", "broadcast p50 (ms)", 3),
+    ("broadcast_p99_ms", "broadcast p99 (ms)", 3),
+    ("broadcast_p999_ms", "broadcast p99.9 (ms)", 3),
+    ("broadcast_max_ms", "broadcast max (ms)", 3),
+    ("input_p99_ms", "input-to-visible p99 (ms)", 3),
+    ("missed_ticks", "missed ticks (gaps)", 0),
+    ("delivery_ratio", "snapshots received / expected", 5),
+    ("generator_late_fraction", "generator late fraction", 4),
+    ("clients_joined", "clients joined", 0),
+    ("errors", "errors", 0),
+    ("knee_clients", "knee (clients)", 0),
+];
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    if !args.no_build {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "tickrelay-server",
+                "-p",
+                "tickrelay-loadgen",
+            ])
+            .current_dir(&root)
+            .status()
+            .context("running cargo build")?;
+        ensure!(
+            status.success(),
+            "building the server and load generator failed"
+        );
+    }
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("binary directory")?
+        .to_path_buf();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let pin = !args.no_pin && cores > 1 && which("taskset");
+    if !pin {
+        eprintln!("e2e: not pinning (cores: {cores}); figures from shared cores are noisier");
+    }
+    for preset in &args.preset {
+        let workload = preset.workload();
+        let mut runs = Vec::new();
+        for run in 1..=args.runs {
+            eprintln!("e2e: {preset:?} run {run}/{}", args.runs);
+            runs.push(run_once(&bin_dir, *preset, &workload, args.seconds, pin)?);
+        }
+        let table = summarize(*preset, &workload, &runs, pin, &args.note);
+        println!("{table}");
+        save(&root, *preset, &runs, &table, args.no_record)?;
+    }
+    Ok(())
+}
+
+fn which(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+fn pinned(pin: bool, core: usize, program: &Path) -> Command {
+    if pin {
+        let mut command = Command::new("taskset");
+        command.arg("-c").arg(core.to_string()).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Kills the child on drop, so a failed run never leaves a server behind.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn run_once(
+    bin_dir: &Path,
+    preset: Preset,
+    workload: &Workload,
+    seconds: u64,
+    pin: bool,
+) -> anyhow::Result<RunFigures> {
+    let port = free_port()?;
+    let mut server = pinned(pin, 0, &bin_dir.join("tickrelay-server"));
+    server
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--tick-hz", &workload.tick_hz.to_string()])
+        .args(["--max-lobby-size", &workload.lobby_size.max(8).to_string()])
+        .args(["--max-connections", "100000"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    if pin {
+        server.args(["--worker-threads", "1"]);
+    }
+    let server = Guard(server.spawn().context("starting tickrelay-server")?);
+    let server_pid = server.0.id();
+    wait_healthy(port)?;
+    let baseline = procfs::sample(server_pid).context("server exited at start")?;
+
+    let dir = std::env::temp_dir().join(format!("tickrelay-e2e-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut loadgens = Vec::new();
+    for shard in 0..workload.loadgens {
+        let mut loadgen = pinned(pin, 1, &bin_dir.join("tickrelay-loadgen"));
+        loadgen
+            .args(["--url", &format!("ws://127.0.0.1:{port}/ws")])
+            .args(["--clients", &workload.clients.to_string()])
+            .args(["--lobby-size", &workload.lobby_size.to_string()])
+            .args(["--state-rate", &workload.input_hz.to_string()])
+            .args(["--state-size", "32"])
+            .args(["--duration", &format!("{seconds}s"), "--warmup", "2s"])
+            .args(["--connect-rate", &workload.connect_rate.to_string()])
+            .args(["--shard", &format!("{shard}/{}", workload.loadgens)])
+            .args([
+                "--json",
+                dir.join(format!("shard{shard}.json"))
+                    .to_str()
+                    .context("temp path")?,
+            ])
+            .args(&workload.extra)
+            .arg("--quiet")
+            .stdout(Stdio::null());
+        if pin {
+            loadgen.args(["--threads", "1"]);
+        }
+        loadgens.push(Guard(
+            loadgen.spawn().context("starting tickrelay-loadgen")?,
+        ));
+    }
+    let pids: Vec<u32> = std::iter::once(server_pid)
+        .chain(loadgens.iter().map(|g| g.0.id()))
+        .collect();
+    let samples: Arc<Mutex<Vec<Vec<Sample>>>> = Arc::new(Mutex::new(vec![Vec::new(); pids.len()]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (samples, stop, pids) = (samples.clone(), stop.clone(), pids.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for (i, pid) in pids.iter().enumerate() {
+                    if let Some(sample) = procfs::sample(*pid) {
+                        samples.lock().unwrap_or_else(|p| p.into_inner())[i].push(sample);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(seconds + 180);
+    for loadgen in &mut loadgens {
+        loop {
+            if let Some(status) = loadgen.0.try_wait()? {
+                ensure!(
+                    status.code().is_some_and(|c| c == 0 || c == 2),
+                    "load generator failed: {status}"
+                );
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "load generator did not finish in time"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    drop(server);
+    let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let reports: Vec<Value> = (0..workload.loadgens)
+        .map(|shard| -> anyhow::Result<Value> {
+            let text = std::fs::read_to_string(dir.join(format!("shard{shard}.json")))?;
+            Ok(serde_json::from_str(&text)?)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    figures(preset, &reports, &samples, baseline)
+}
+
+fn wait_healthy(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ =
+                stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut response = String::new();
+            let _ = std::io::Read::read_to_string(&mut stream, &mut response);
+            if response.contains("200") {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("server did not become healthy within 10 s")
+}
+
+fn number(value: &Value) -> f64 {
+    value.as_f64().unwrap_or(0.0)
+}
+
+fn figures(
+    preset: Preset,
+    reports: &[Value],
+    samples: &[Vec<Sample>],
+    baseline: Sample,
+) -> anyhow::Result<RunFigures> {
+    // All shards measure over the same interval give or take a collection; take the overlap.
+    let start = reports
+        .iter()
+        .map(|r| number(&r["window_start_unix_ms"]))
+        .fold(f64::MIN, f64::max);
+    let end = reports
+        .iter()
+        .map(|r| number(&r["window_end_unix_ms"]))
+        .fold(f64::MAX, f64::min);
+    ensure!(
+        end > start,
+        "load generators' measured windows do not overlap"
+    );
+    let sum = |path: &dyn Fn(&Value) -> f64| reports.iter().map(path).sum::<f64>();
+    // Latency percentiles: the worst shard (conservative; shards are independent samples).
+    let worst = |metric: &str, stat: &str| {
+        reports
+            .iter()
+            .map(|r| number(&r["latency"][metric][stat]) / 1000.0)
+            .fold(0.0, f64::max)
+    };
+    let deliveries = sum(&|r| number(&r["counters"]["snapshots_received"]));
+    let measured_seconds = reports
+        .iter()
+        .map(|r| number(&r["measured_seconds"]))
+        .fold(0.0, f64::max);
+    let server_cpu = procfs::cpu_between(&samples[0], start, end)
+        .context("server CPU samples do not cover the window")?;
+    let loadgen_cpu: f64 = samples[1..]
+        .iter()
+        .map(|s| procfs::cpu_between(s, start, end).unwrap_or(0.0))
+        .sum();
+    let server_rss = procfs::rss_at(&samples[0], end).unwrap_or(0);
+    let joined = sum(&|r| number(&r["clients_joined_at_end"]));
+    let expected = sum(&|r| number(&r["counters"]["snapshots_expected"]));
+    let scheduled =
+        sum(&|r| number(&r["counters"]["states_sent"]) + number(&r["counters"]["sends_skipped"]));
+    let late =
+        sum(&|r| number(&r["counters"]["sends_late"]) + number(&r["counters"]["sends_skipped"]));
+    let errors = sum(&|r| {
+        r["errors_whole_run"]
+            .as_object()
+            .map_or(0.0, |e| e.values().map(number).sum())
+    });
+    let per_delivery = |cpu: f64| {
+        if deliveries > 0.0 {
+            cpu / deliveries
+        } else {
+            f64::NAN
+        }
+    };
+    Ok(RunFigures {
+        deliveries,
+        measured_seconds,
+        server_cpu_us_per_delivery: per_delivery(server_cpu),
+        deliveries_per_server_core_second: if server_cpu > 0.0 {
+            deliveries / (server_cpu / 1e6)
+        } else {
+            f64::NAN
+        },
+        server_rss_mib: server_rss as f64 / 1024.0,
+        server_rss_kib_per_connection: if joined > 0.0 {
+            server_rss.saturating_sub(baseline.rss_kib) as f64 / joined
+        } else {
+            f64::NAN
+        },
+        loadgen_cpu_us_per_delivery: per_delivery(loadgen_cpu),
+        broadcast_p50_ms: worst("broadcast", "p50"),
+        broadcast_p99_ms: worst("broadcast", "p99"),
+        broadcast_p999_ms: worst("broadcast", "p999"),
+        broadcast_max_ms: worst("broadcast", "max"),
+        input_p99_ms: worst("input", "p99"),
+        missed_ticks: sum(&|r| number(&r["counters"]["tick_gaps"])),
+        delivery_ratio: if expected > 0.0 {
+            deliveries / expected
+        } else {
+            f64::NAN
+        },
+        generator_late_fraction: if scheduled > 0.0 {
+            late / scheduled
+        } else {
+            0.0
+        },
+        clients_joined: joined,
+        errors,
+        knee_clients: if preset == Preset::Knee {
+            reports.iter().map(|r| number(&r["ramp"]["knee"])).sum()
+        } else {
+            f64::NAN
+        },
+    })
+}
+
+fn summarize(
+    preset: Preset,
+    workload: &Workload,
+    runs: &[RunFigures],
+    pin: bool,
+    note: &str,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### {preset:?}: {} clients, lobbies of {}, {} Hz ticks, {} Hz inputs, {} load generator(s), {} runs{}",
+        workload.clients,
+        workload.lobby_size,
+        workload.tick_hz,
+        workload.input_hz,
+        workload.loadgens,
+        runs.len(),
+        if pin {
+            ", server on core 0, load generator(s) on core 1"
+        } else {
+            ", unpinned"
+        }
+    );
+    if !note.is_empty() {
+        let _ = writeln!(out, "\nNote: {note}");
+    }
+    let _ = writeln!(out, "\n| figure | median (min–max) |\n|---|---|");
+    let values = runs
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap_or_default())
+        .collect::<Vec<_>>();
+    for (key, label, decimals) in FIGURES {
+        let series: Vec<f64> = values.iter().map(|v| number(&v[*key])).collect();
+        if let Some(spread) = Spread::of(&series) {
+            let _ = writeln!(out, "| {label} | {} |", spread.show(*decimals));
+        }
+    }
+    out
+}
+
+fn save(
+    root: &Path,
+    preset: Preset,
+    runs: &[RunFigures],
+    table: &str,
+    no_record: bool,
+) -> anyhow::Result<()> {
+    let stamp = procfs::now_unix_ms() as u64 / 1000;
+    let results = root.join("benches/results");
+    std::fs::create_dir_all(&results)?;
+    let json =
+        serde_json::json!({ "version": 1, "preset": preset, "unix_time": stamp, "runs": runs });
+    let path = results.join(format!(
+        "e2e-{}-{stamp}.json",
+        format!("{preset:?}").to_lowercase()
+    ));
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    eprintln!("e2e: wrote {}", path.display());
+    if !no_record {
+        let results_md = root.join("benches/RESULTS.md");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&results_md)?;
+        writeln!(
+            file,
+            "\n{table}\nRecorded at Unix time {stamp}; raw figures: `benches/results/{}`.",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("")
+        )?;
+        eprintln!("e2e: appended to {}", results_md.display());
+    }
+    Ok(())
+}
