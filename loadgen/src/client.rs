@@ -13,7 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload as WsPayload, WebSocketError};
-use tickrelay_protocol::{ClientMessage, Codec, Payload, PlayerId, ServerMessage};
+use tickrelay_protocol::{
+    ClientMessage, Codec, Payload, PlayerId, PlayerSeq, ServerMessage, SnapshotSummary,
+};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
@@ -297,6 +299,13 @@ async fn session(
     let mut next_event = phase(event_period);
     let mut next_ping = now + plan.ping_interval.mul_f64(fastrand::f64());
     let mut seq: u64 = 0;
+    // Created once per session, not per loop turn: each creation costs a timer-wheel entry
+    // or a waiter registration, and this loop turns ~30 times a second per client.
+    let stopped = stop.clone().cancelled_owned();
+    let stormed = storm.cancelled_owned();
+    let wake = state.wake_writer.notified();
+    let timer = sleep_until(next_ping);
+    tokio::pin!(stopped, stormed, wake, timer);
 
     loop {
         let due = [next_state, next_event, Some(next_ping)]
@@ -304,9 +313,10 @@ async fn session(
             .flatten()
             .min()
             .unwrap_or(next_ping);
+        timer.as_mut().reset(due);
         tokio::select! {
             biased;
-            () = stop.cancelled() => {
+            () = &mut stopped => {
                 state.leaving.set(true);
                 let _ = send(&mut writer, plan.codec, &ClientMessage::Leave, &mut buffer, shared).await;
                 if timeout(LEAVE_TIMEOUT, &mut read_task).await.is_err() {
@@ -314,12 +324,13 @@ async fn session(
                 }
                 return SessionEnd::Stopped;
             }
-            () = storm.cancelled() => {
+            () = &mut stormed => {
                 read_task.abort();
                 return SessionEnd::Dropped;
             }
             _ = &mut read_task => return SessionEnd::Lost,
-            () = state.wake_writer.notified() => {
+            () = &mut wake => {
+                wake.set(state.wake_writer.notified());
                 let pong = state.pong_owed.borrow_mut().take();
                 if let Some(pong) = pong
                     && writer.write_frame(Frame::pong(WsPayload::Borrowed(&pong))).await.is_err()
@@ -328,7 +339,7 @@ async fn session(
                 }
                 continue;
             }
-            () = sleep_until(due) => {}
+            () = &mut timer => {}
         }
         let now = Instant::now();
         if let (Some(at), Some(period)) = (next_state, state_period)
@@ -446,6 +457,11 @@ async fn read_loop(shared: Rc<Shared>, state: Rc<SessionState>, mut reader: Read
             OpCode::Binary | OpCode::Text => {
                 let received_us = unix_micros();
                 shared.count(|c| c.bytes_in += frame.payload.len() as u64);
+                // Snapshots are nearly every message: summarise them without copying payloads.
+                if let Some(summary) = codec.decode_snapshot_summary(&frame.payload) {
+                    on_snapshot(&shared, &state, &summary, received_us);
+                    continue;
+                }
                 match codec.decode_server(&frame.payload) {
                     Ok(message) => on_message(&shared, &state, message, received_us),
                     Err(_) => shared.count(|c| c.error("undecodable_message")),
@@ -456,44 +472,67 @@ async fn read_loop(shared: Rc<Shared>, state: Rc<SessionState>, mut reader: Read
     }
 }
 
+fn on_snapshot(
+    shared: &Shared,
+    state: &SessionState,
+    snapshot: &SnapshotSummary,
+    received_us: u64,
+) {
+    let offset = if shared.correct_clock {
+        state.clock.borrow().offset_us()
+    } else {
+        0.0
+    };
+    let sent_local_us = (snapshot.server_time_us as f64 - offset).max(0.0) as u64;
+    let mut recorder = shared.recorder.borrow_mut();
+    recorder
+        .histograms
+        .record(Metric::Broadcast, received_us.saturating_sub(sent_local_us));
+    let counters = &mut recorder.counters;
+    counters.snapshots_received += 1;
+    counters.keyframes += u64::from(snapshot.keyframe);
+    match state.last_tick.get() {
+        Some(previous) if snapshot.tick > previous => {
+            counters.snapshots_expected += snapshot.tick - previous;
+            counters.tick_gaps += snapshot.tick - previous - 1;
+        }
+        Some(_) => {}
+        None => counters.snapshots_expected += 1,
+    }
+    state.last_tick.set(Some(snapshot.tick));
+    if let Some(mine) = snapshot.players.iter().find(|p| p.id == state.player_id)
+        && mine.seq > state.last_seen_seq.get()
+    {
+        state.last_seen_seq.set(mine.seq);
+        let (slot_seq, intended_us) =
+            state.intended.borrow()[(mine.seq % SEQ_WINDOW as u64) as usize];
+        if slot_seq == mine.seq {
+            recorder.histograms.record(
+                Metric::InputToVisible,
+                received_us.saturating_sub(intended_us),
+            );
+        }
+    }
+}
+
 fn on_message(shared: &Shared, state: &SessionState, message: ServerMessage, received_us: u64) {
     match message {
+        // Normally taken by the summary fast path; kept so both paths measure the same way.
         ServerMessage::Snapshot(snapshot) => {
-            let offset = if shared.correct_clock {
-                state.clock.borrow().offset_us()
-            } else {
-                0.0
+            let summary = SnapshotSummary {
+                tick: snapshot.tick,
+                server_time_us: snapshot.server_time_us,
+                keyframe: snapshot.keyframe,
+                players: snapshot
+                    .players
+                    .iter()
+                    .map(|p| PlayerSeq {
+                        id: p.id,
+                        seq: p.seq,
+                    })
+                    .collect(),
             };
-            let sent_local_us = (snapshot.server_time_us as f64 - offset).max(0.0) as u64;
-            let mut recorder = shared.recorder.borrow_mut();
-            recorder
-                .histograms
-                .record(Metric::Broadcast, received_us.saturating_sub(sent_local_us));
-            let counters = &mut recorder.counters;
-            counters.snapshots_received += 1;
-            counters.keyframes += u64::from(snapshot.keyframe);
-            match state.last_tick.get() {
-                Some(previous) if snapshot.tick > previous => {
-                    counters.snapshots_expected += snapshot.tick - previous;
-                    counters.tick_gaps += snapshot.tick - previous - 1;
-                }
-                Some(_) => {}
-                None => counters.snapshots_expected += 1,
-            }
-            state.last_tick.set(Some(snapshot.tick));
-            if let Some(mine) = snapshot.players.iter().find(|p| p.id == state.player_id)
-                && mine.seq > state.last_seen_seq.get()
-            {
-                state.last_seen_seq.set(mine.seq);
-                let (slot_seq, intended_us) =
-                    state.intended.borrow()[(mine.seq % SEQ_WINDOW as u64) as usize];
-                if slot_seq == mine.seq {
-                    recorder.histograms.record(
-                        Metric::InputToVisible,
-                        received_us.saturating_sub(intended_us),
-                    );
-                }
-            }
+            on_snapshot(shared, state, &summary, received_us);
         }
         ServerMessage::Event { data, .. } => {
             let mut recorder = shared.recorder.borrow_mut();

@@ -161,7 +161,7 @@ impl Codec {
         }
     }
 
-    fn decode_raw<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, DecodeError> {
+    pub(crate) fn decode_raw<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, DecodeError> {
         match self {
             Self::MessagePack => {
                 let malformed = |detail: String| DecodeError::Malformed {

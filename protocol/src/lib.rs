@@ -6,10 +6,12 @@
 
 pub mod close;
 mod codec;
+mod fast;
 mod messages;
 mod payload;
 
 pub use codec::{Codec, DecodeError, EncodeError, NegotiationError};
+pub use fast::{PlayerSeq, SnapshotSummary};
 pub use messages::{
     ClientMessage, ErrorCode, Member, PlayerId, PlayerState, ServerMessage, Snapshot,
 };

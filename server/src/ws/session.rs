@@ -347,7 +347,12 @@ impl<'a> Session<'a> {
         self.messages_in += 1;
         self.ctx.metrics.messages_in.inc();
         self.ctx.metrics.bytes_in.inc_by(message.len() as u64);
-        let message = match self.codec.decode_client(message) {
+        // Most messages are states: decode those without the general decoder's buffering.
+        let decoded = match self.codec.decode_state(message) {
+            Some((seq, data)) => Ok(ClientMessage::State { seq, data }),
+            None => self.codec.decode_client(message),
+        };
+        let message = match decoded {
             Ok(message) => message,
             Err(DecodeError::UnknownType(t)) => {
                 self.send_error(
