@@ -28,6 +28,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use crate::config::Config;
+#[doc(hidden)]
+pub use crate::lobby::bench_tick;
 pub use crate::metrics::Metrics;
 
 /// Connections the kernel queues before `accept` (somaxconn on this machine kind is 4096).

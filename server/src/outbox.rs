@@ -5,17 +5,26 @@
 //! queue: a newer one replaces an unsent one (counted as coalesced), and the lobby then sends a
 //! keyframe. Reliable messages queue up to a bound; overflowing it closes the connection with
 //! 4002 rather than dropping anything silently.
+//!
+//! Fast path: when nothing is pending and the writer is idle, a snapshot is written straight
+//! into the socket by the tick with a non-blocking write (see `ws::direct`); only what the
+//! socket does not take at once goes through the writer task.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use fastwebsockets::OpCode;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// What the writer takes out in one wake-up.
 #[derive(Default)]
 pub(crate) struct Batch {
+    /// The unwritten tail of a frame the tick wrote only partly: raw bytes, written first.
+    pub(crate) partial: Option<Bytes>,
+    /// Whether to send a WebSocket ping (keep-alive).
+    pub(crate) ping: bool,
     /// The pong owed to the peer for its latest ping, written first.
     pub(crate) pong: Option<Bytes>,
     /// Reliable messages in order, then at most one snapshot.
@@ -26,10 +35,16 @@ pub(crate) struct Batch {
 
 impl Batch {
     pub(crate) fn is_empty(&self) -> bool {
-        self.pong.is_none() && self.messages.is_empty() && self.close.is_none()
+        self.partial.is_none()
+            && !self.ping
+            && self.pong.is_none()
+            && self.messages.is_empty()
+            && self.close.is_none()
     }
 
     pub(crate) fn clear(&mut self) {
+        self.partial = None;
+        self.ping = false;
         self.pong = None;
         self.messages.clear();
         self.close = None;
@@ -45,8 +60,22 @@ pub(crate) enum PushError {
     Overflow,
 }
 
+/// What happened to a pushed snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Written to the socket by the caller (whole, or its tail handed to the writer).
+    Written,
+    /// Queued for the writer task.
+    Queued,
+    /// Queued, replacing an unsent older snapshot (coalesced).
+    Replaced,
+}
+
 pub(crate) struct Outbox {
     inner: Mutex<Inner>,
+    /// The socket for direct writes (plain TCP), and the opcode of data frames.
+    direct: Option<crate::ws::SharedTcpWrite>,
+    data_opcode: OpCode,
     wake_writer: Notify,
     /// Cancelled once a close is decided, so the reader stops handling messages.
     closing: CancellationToken,
@@ -55,6 +84,10 @@ pub(crate) struct Outbox {
 
 #[derive(Default)]
 struct Inner {
+    /// The writer task holds a batch it has not finished writing: no direct writes meanwhile.
+    writer_busy: bool,
+    partial: Option<Bytes>,
+    ping: bool,
     snapshot: Option<Bytes>,
     reliable: VecDeque<Bytes>,
     /// Only the latest ping is answered (RFC 6455 5.5.3), so a ping flood cannot grow memory.
@@ -64,10 +97,29 @@ struct Inner {
     close_taken: bool,
 }
 
+impl Inner {
+    fn idle(&self) -> bool {
+        !self.writer_busy
+            && self.partial.is_none()
+            && !self.ping
+            && self.snapshot.is_none()
+            && self.reliable.is_empty()
+            && self.pong.is_none()
+    }
+}
+
 impl Outbox {
-    pub(crate) fn new(max_reliable: usize) -> Self {
+    /// An outbox for a connection whose data frames are text (`text`) or binary, with the
+    /// socket the tick may write to directly (`None`: always through the writer task).
+    pub(crate) fn new(
+        max_reliable: usize,
+        text: bool,
+        direct: Option<crate::ws::SharedTcpWrite>,
+    ) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
+            direct,
+            data_opcode: if text { OpCode::Text } else { OpCode::Binary },
             wake_writer: Notify::new(),
             closing: CancellationToken::new(),
             max_reliable,
@@ -88,18 +140,48 @@ impl Outbox {
         self.lock().snapshot.is_some()
     }
 
-    /// Hands a snapshot to the writer, replacing any unsent one. Returns whether one was
-    /// replaced (coalesced). Never blocks on the socket.
-    pub(crate) fn push_snapshot(&self, frame: Bytes) -> Result<bool, PushError> {
-        let replaced = {
+    /// Hands a snapshot to the connection: written at once if the socket is idle and takes
+    /// it, otherwise queued for the writer, replacing any unsent one (coalesced). Never blocks.
+    pub(crate) fn push_snapshot(&self, frame: Bytes) -> Result<Pushed, PushError> {
+        let pushed = {
             let mut inner = self.lock();
             if inner.close.is_some() {
                 return Err(PushError::Closed);
             }
-            inner.snapshot.replace(frame).is_some()
+            if let Some(socket) = &self.direct
+                && inner.idle()
+            {
+                // Under the lock, so the writer task cannot start a write meanwhile.
+                if let Ok((head, written)) = socket.try_write_frame(self.data_opcode, &frame) {
+                    let total = head.as_slice().len() + frame.len();
+                    if written == total {
+                        return Ok(Pushed::Written);
+                    }
+                    // The socket took only part: the rest must follow before anything else.
+                    let mut rest = Vec::with_capacity(total - written);
+                    rest.extend_from_slice(head.as_slice().get(written..).unwrap_or_default());
+                    rest.extend_from_slice(&frame[written.saturating_sub(head.as_slice().len())..]);
+                    inner.partial = Some(Bytes::from(rest));
+                    drop(inner);
+                    self.wake_writer.notify_one();
+                    return Ok(Pushed::Written);
+                }
+                // WouldBlock (or an error the writer will meet too): queue it.
+            }
+            if inner.snapshot.replace(frame).is_some() {
+                Pushed::Replaced
+            } else {
+                Pushed::Queued
+            }
         };
         self.wake_writer.notify_one();
-        Ok(replaced)
+        Ok(pushed)
+    }
+
+    /// Asks the writer to send a WebSocket ping.
+    pub(crate) fn push_ping(&self) {
+        self.lock().ping = true;
+        self.wake_writer.notify_one();
     }
 
     /// Queues a message that must not be lost. On overflow the connection is closed with
@@ -158,10 +240,14 @@ impl Outbox {
         &self.closing
     }
 
-    /// Moves everything pending into `batch`: pongs, reliable messages in order, then the
-    /// snapshot, then the close frame if one was decided (anything pushed after it is dropped).
+    /// Moves everything pending into `batch`: a partly written frame's tail, a ping, the pong,
+    /// reliable messages in order, then the snapshot, then the close frame if one was decided
+    /// (anything pushed after it is dropped). The writer counts as busy until it drains an
+    /// empty batch.
     pub(crate) fn drain_into(&self, batch: &mut Batch) {
         let mut inner = self.lock();
+        batch.partial = inner.partial.take();
+        batch.ping = std::mem::take(&mut inner.ping);
         if let Some(pong) = inner.pong.take() {
             batch.pong = Some(pong);
         }
@@ -173,6 +259,7 @@ impl Outbox {
             batch.close = Some(payload.clone());
             inner.close_taken = true;
         }
+        inner.writer_busy = !batch.is_empty();
     }
 
     /// Waits until something is pushed (returns at once if a push happened since the last wait).
@@ -191,10 +278,10 @@ mod tests {
 
     #[test]
     fn newer_snapshot_replaces_unsent_one() {
-        let outbox = Outbox::new(4);
-        assert_eq!(outbox.push_snapshot(frame("s1")), Ok(false));
+        let outbox = Outbox::new(4, false, None);
+        assert_eq!(outbox.push_snapshot(frame("s1")), Ok(Pushed::Queued));
         assert!(outbox.has_unsent_snapshot());
-        assert_eq!(outbox.push_snapshot(frame("s2")), Ok(true));
+        assert_eq!(outbox.push_snapshot(frame("s2")), Ok(Pushed::Replaced));
         let mut batch = Batch::default();
         outbox.drain_into(&mut batch);
         assert_eq!(batch.messages, vec![frame("s2")]);
@@ -203,7 +290,7 @@ mod tests {
 
     #[test]
     fn reliable_messages_keep_order_and_precede_the_snapshot() {
-        let outbox = Outbox::new(4);
+        let outbox = Outbox::new(4, false, None);
         outbox.push_snapshot(frame("snap")).unwrap();
         outbox.push_reliable(frame("e1")).unwrap();
         outbox.push_reliable(frame("e2")).unwrap();
@@ -217,7 +304,7 @@ mod tests {
 
     #[test]
     fn reliable_overflow_closes_with_slow_consumer() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(2, false, None);
         outbox.push_reliable(frame("1")).unwrap();
         outbox.push_reliable(frame("2")).unwrap();
         assert_eq!(outbox.push_reliable(frame("3")), Err(PushError::Overflow));
@@ -234,9 +321,116 @@ mod tests {
 
     #[test]
     fn first_close_decision_wins() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(2, false, None);
         outbox.close(1001);
         outbox.close(4001);
         assert_eq!(outbox.close_code(), Some(1001));
+    }
+}
+
+#[cfg(test)]
+mod direct_tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::ws::SharedTcpWrite;
+
+    async fn socket_pair() -> (TcpStream, SharedTcpWrite) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_read, write) = server.into_split();
+        (client, SharedTcpWrite(Arc::new(write)))
+    }
+
+    #[tokio::test]
+    async fn idle_socket_gets_the_snapshot_directly_and_busy_writer_forces_queueing() {
+        let (mut client, socket) = socket_pair().await;
+        let outbox = Outbox::new(4, false, Some(socket));
+        assert_eq!(
+            outbox.push_snapshot(Bytes::from_static(b"abc")),
+            Ok(Pushed::Written)
+        );
+        let mut frame = [0u8; 5];
+        client.read_exact(&mut frame).await.unwrap();
+        assert_eq!(
+            frame,
+            [0x82, 3, b'a', b'b', b'c'],
+            "FIN+binary, length 3, payload"
+        );
+
+        // A reliable message is pending: the snapshot must queue behind it, not overtake it.
+        outbox.push_reliable(Bytes::from_static(b"event")).unwrap();
+        assert_eq!(
+            outbox.push_snapshot(Bytes::from_static(b"s")),
+            Ok(Pushed::Queued)
+        );
+        let mut batch = Batch::default();
+        outbox.drain_into(&mut batch);
+        assert_eq!(batch.messages.len(), 2);
+        // While the writer holds that batch, nothing is written directly.
+        assert_eq!(
+            outbox.push_snapshot(Bytes::from_static(b"t")),
+            Ok(Pushed::Queued)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_leaves_the_tail_for_the_writer_and_frames_stay_whole() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, socket) = socket_pair().await;
+        let mut writer_side = socket.clone();
+        let outbox = Outbox::new(4, false, Some(socket));
+        const SIZE: usize = 256 * 1024;
+        let big = Bytes::from(vec![0x5a; SIZE]);
+        let mut batch = Batch::default();
+        // Push until the socket no longer takes a whole frame: the tail then waits in the
+        // batch (partial), or the snapshot was queued because the socket took nothing.
+        let mut frames = 0;
+        loop {
+            let pushed = outbox.push_snapshot(big.clone()).unwrap();
+            frames += 1;
+            outbox.drain_into(&mut batch);
+            if batch.partial.is_some() || pushed != Pushed::Written {
+                break;
+            }
+            assert!(frames < 1000, "the socket never filled up");
+        }
+        // The writer holds a batch: a new snapshot must queue, not be written directly.
+        assert_eq!(
+            outbox.push_snapshot(Bytes::from_static(b"x")),
+            Ok(Pushed::Queued)
+        );
+        // The client reads every frame whole while the "writer" finishes the batch.
+        let reader = tokio::spawn(async move {
+            let mut frame = vec![0u8; 10 + SIZE];
+            for _ in 0..frames {
+                client.read_exact(&mut frame).await.unwrap();
+                assert_eq!(&frame[..2], &[0x82, 127], "FIN+binary, 64-bit length");
+                assert_eq!(
+                    u64::from_be_bytes(frame[2..10].try_into().unwrap()),
+                    SIZE as u64
+                );
+                assert!(frame[10..].iter().all(|&b| b == 0x5a), "payload intact");
+            }
+        });
+        if let Some(tail) = batch.partial.take() {
+            writer_side.write_all(&tail).await.unwrap();
+        }
+        for message in batch.messages.drain(..) {
+            let head = crate::ws::FrameHead::new(OpCode::Binary, &message);
+            writer_side.write_all(head.as_slice()).await.unwrap();
+            writer_side.write_all(&message).await.unwrap();
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(10), reader)
+            .await
+            .expect("client read every frame")
+            .unwrap();
     }
 }

@@ -14,7 +14,7 @@ use tracing::{debug, error};
 use super::directory::{Entry, JoinAccepted, JoinRequest, TrafficCounts};
 use super::state::{JoinRefused, LobbyState, MemberKey};
 use crate::ServerContext;
-use crate::outbox::{Outbox, PushError};
+use crate::outbox::{Outbox, PushError, Pushed};
 
 /// Bound of a lobby's command inbox. A full inbox makes senders wait, which backpressures the
 /// sending connections' reads, never the tick.
@@ -154,45 +154,17 @@ impl Actor {
     }
 
     fn tick(&mut self) {
-        let delta = self.state.tick(unix_micros());
-        let any_needs_keyframe = self
-            .state
-            .members()
-            .any(|(_, m)| m.conn.needs_keyframe || m.conn.outbox.has_unsent_snapshot());
-        let mut keyframe = any_needs_keyframe
-            .then(|| PerCodec::new(ServerMessage::Snapshot(self.state.keyframe(&delta))));
-        let mut delta = PerCodec::new(ServerMessage::Snapshot(delta));
-        let (mut queued, mut coalesced, mut keyframes, mut bytes) = (0, 0, 0, 0);
-        for (_, member) in self.state.members_mut() {
-            let conn = &mut member.conn;
-            // An unsent snapshot is about to be replaced, so this member would miss that
-            // delta's changes: it gets the keyframe instead.
-            let want_keyframe = conn.needs_keyframe || conn.outbox.has_unsent_snapshot();
-            let frame = match (&mut keyframe, want_keyframe) {
-                (Some(keyframe), true) => keyframe.get(conn.codec),
-                _ => delta.get(conn.codec),
-            };
-            let len = frame.len() as u64;
-            match conn.outbox.push_snapshot(frame) {
-                Ok(replaced) => {
-                    queued += 1;
-                    bytes += len;
-                    coalesced += u64::from(replaced);
-                    keyframes += u64::from(want_keyframe);
-                    conn.needs_keyframe = false;
-                }
-                // Closing: its reader sends `Leave` shortly.
-                Err(PushError::Closed | PushError::Overflow) => {}
-            }
-        }
+        let out = fan_out(&mut self.state, unix_micros());
         let metrics = &self.ctx.metrics;
-        metrics.snapshots_queued.inc_by(queued);
-        metrics.snapshots_coalesced.inc_by(coalesced);
-        metrics.keyframes_queued.inc_by(keyframes);
+        metrics.snapshots_queued.inc_by(out.queued);
+        metrics.snapshots_coalesced.inc_by(out.coalesced);
+        metrics.keyframes_queued.inc_by(out.keyframes);
+        metrics.messages_out.inc_by(out.written);
+        metrics.bytes_out.inc_by(out.written_bytes);
         self.traffic.ticks += 1;
-        self.traffic.snapshots_out += queued;
-        self.traffic.messages_out += queued;
-        self.traffic.bytes_out += bytes;
+        self.traffic.snapshots_out += out.queued;
+        self.traffic.messages_out += out.queued;
+        self.traffic.bytes_out += out.bytes;
         let traffic = std::mem::take(&mut self.traffic);
         self.entry.info.traffic.add(&traffic);
     }
@@ -295,6 +267,112 @@ impl Actor {
         }
         self.traffic.messages_out += sent;
         self.traffic.bytes_out += bytes;
+    }
+}
+
+/// What one tick handed out.
+#[derive(Debug, Default, Clone, Copy)]
+struct FanOut {
+    /// Snapshots handed out (written directly or queued).
+    queued: u64,
+    /// Of those, written straight into the socket, and their bytes.
+    written: u64,
+    written_bytes: u64,
+    coalesced: u64,
+    keyframes: u64,
+    bytes: u64,
+}
+
+/// The work of one tick: advance the state, build the delta (and the keyframe if any member
+/// needs it), encode each once per codec, and hand the shared bytes to every member's outbox.
+fn fan_out(state: &mut LobbyState<Connection>, now_us: u64) -> FanOut {
+    let delta = state.tick(now_us);
+    let any_needs_keyframe = state
+        .members()
+        .any(|(_, m)| m.conn.needs_keyframe || m.conn.outbox.has_unsent_snapshot());
+    let mut keyframe =
+        any_needs_keyframe.then(|| PerCodec::new(ServerMessage::Snapshot(state.keyframe(&delta))));
+    let mut delta = PerCodec::new(ServerMessage::Snapshot(delta));
+    let mut out = FanOut::default();
+    for (_, member) in state.members_mut() {
+        let conn = &mut member.conn;
+        // An unsent snapshot is about to be replaced, so this member would miss that delta's
+        // changes: it gets the keyframe instead.
+        let want_keyframe = conn.needs_keyframe || conn.outbox.has_unsent_snapshot();
+        let frame = match (&mut keyframe, want_keyframe) {
+            (Some(keyframe), true) => keyframe.get(conn.codec),
+            _ => delta.get(conn.codec),
+        };
+        let len = frame.len() as u64;
+        match conn.outbox.push_snapshot(frame) {
+            Ok(pushed) => {
+                out.queued += 1;
+                out.bytes += len;
+                out.coalesced += u64::from(pushed == Pushed::Replaced);
+                if pushed == Pushed::Written {
+                    out.written += 1;
+                    out.written_bytes += len;
+                }
+                out.keyframes += u64::from(want_keyframe);
+                conn.needs_keyframe = false;
+            }
+            // Closing: its reader sends `Leave` shortly.
+            Err(PushError::Closed | PushError::Overflow) => {}
+        }
+    }
+    out
+}
+
+/// Benchmark support (criterion, `benches/`): a lobby of `members` (every `json_every`-th
+/// one on the JSON codec, the rest MessagePack; 0 = none) and a closure that runs one real
+/// tick — `changed` members send a `state_size`-byte state, then [`fan_out`], with every
+/// member wanting a keyframe if `keyframes` — and drains every outbox as the writers would.
+/// Returns the snapshots handed out.
+#[doc(hidden)]
+pub fn bench_tick(
+    members: usize,
+    changed: usize,
+    state_size: usize,
+    json_every: usize,
+    keyframes: bool,
+) -> impl FnMut() -> u64 {
+    let mut state = LobbyState::new(members);
+    let mut handles = Vec::with_capacity(members);
+    for i in 0..members {
+        let codec = if json_every > 0 && i % json_every == 0 {
+            Codec::Json
+        } else {
+            Codec::MessagePack
+        };
+        let outbox = Arc::new(Outbox::new(16, codec.is_text(), None));
+        let connection = Connection {
+            outbox: outbox.clone(),
+            codec,
+            needs_keyframe: true,
+        };
+        if let Ok((key, id)) = state.join(format!("p{i}"), connection) {
+            handles.push((key, id, outbox));
+        }
+    }
+    let data = Payload::from(vec![7u8; state_size]);
+    let mut seq = 0;
+    let mut batch = crate::outbox::Batch::default();
+    move || {
+        seq += 1;
+        for (key, id, _) in handles.iter().take(changed) {
+            state.set_state(*key, *id, seq, data.clone());
+        }
+        if keyframes {
+            state
+                .members_mut()
+                .for_each(|(_, m)| m.conn.needs_keyframe = true);
+        }
+        let out = fan_out(&mut state, unix_micros());
+        for (_, _, outbox) in &handles {
+            outbox.drain_into(&mut batch);
+            batch.clear();
+        }
+        out.queued
     }
 }
 

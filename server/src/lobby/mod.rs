@@ -5,5 +5,6 @@ mod actor;
 mod directory;
 mod state;
 
+pub use actor::bench_tick;
 pub(crate) use actor::{Command, LobbyHandle, encode, unix_micros};
 pub(crate) use directory::{Directory, JoinAccepted, JoinRequest, LobbyInfo, TrafficCounts};

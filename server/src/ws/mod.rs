@@ -1,9 +1,12 @@
 //! WebSocket connections: the upgrade (subprotocol negotiation, connection limit), then one
 //! session (reader, in `session`) and one writer task (in `writer`) per connection.
 
+mod direct;
 mod rate;
 mod session;
 mod writer;
+
+pub(crate) use direct::{FrameHead, SharedTcpWrite};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -102,11 +105,14 @@ async fn run_connection(
         Ok(parts) => {
             let (read, write) = parts.io.into_inner().into_split();
             let read = std::io::Cursor::new(parts.read_buf).chain(read);
-            session::serve(ctx.clone(), read, write, codec, peer, refuse).await;
+            // Shared between the writer task and direct writes from the lobby's tick.
+            let write = SharedTcpWrite(Arc::new(write));
+            let direct = Some(write.clone());
+            session::serve(ctx.clone(), read, write, direct, codec, peer, refuse).await;
         }
         Err(io) => {
             let (read, write) = tokio::io::split(TokioIo::new(io));
-            session::serve(ctx.clone(), read, write, codec, peer, refuse).await;
+            session::serve(ctx.clone(), read, write, None, codec, peer, refuse).await;
         }
     }
 }

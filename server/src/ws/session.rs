@@ -67,12 +67,14 @@ impl EndReason {
 struct PingFlood;
 
 /// Serves one upgraded connection to its end. `read`/`write` are the two halves of the
-/// stream (plain TCP today, TLS later). With `refuse`, the connection is closed at once with
-/// that code.
+/// stream (plain TCP today, TLS later); `direct` is the TCP write half again when the tick may
+/// write snapshots straight into it. With `refuse`, the connection is closed at once with that
+/// code.
 pub(crate) async fn serve<R, W>(
     ctx: Arc<ServerContext>,
     read: R,
     write: W,
+    direct: Option<super::SharedTcpWrite>,
     codec: Codec,
     peer: String,
     refuse: Option<u16>,
@@ -81,7 +83,11 @@ pub(crate) async fn serve<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let config = &ctx.config;
-    let outbox = Arc::new(Outbox::new(config.max_queued_messages));
+    let outbox = Arc::new(Outbox::new(
+        config.max_queued_messages,
+        codec.is_text(),
+        direct,
+    ));
     let writer = ctx.tracker.spawn(
         Writer {
             socket: write,

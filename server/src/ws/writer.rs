@@ -1,26 +1,25 @@
-//! The connection's writer task: the only code that writes to the socket. It drains the
-//! outbox and writes everything pending with as few system calls as possible (one vectored
-//! write of all frames per wake-up), pings the client periodically, and ends after writing
-//! the close frame.
+//! The connection's writer task: it drains the outbox and writes everything pending with as
+//! few system calls as possible (one vectored write of all frames per wake-up), pings the
+//! client periodically, and ends after writing the close frame. The only other writer is the
+//! tick's direct write of a snapshot into an idle socket (`direct.rs`, `outbox.rs`).
 
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload};
+use fastwebsockets::OpCode;
 use tickrelay_protocol::{Codec, close};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_util::sync::CancellationToken;
 
+use super::FrameHead;
 use crate::metrics::Metrics;
 use crate::outbox::{Batch, Outbox};
 
 /// Linux rejects a writev of more than IOV_MAX (1024) buffers.
 const MAX_IOVECS: usize = 1024;
-/// Largest WebSocket frame header a server writes (no mask).
-const MAX_HEAD: usize = 10;
 
 pub(crate) struct Writer<W> {
     pub(crate) socket: W,
@@ -47,23 +46,30 @@ pub(crate) enum WriterEnd {
 impl<W: AsyncWrite + Unpin> Writer<W> {
     pub(crate) async fn run(mut self) -> WriterEnd {
         let mut batch = Batch::default();
-        let mut heads: Vec<[u8; MAX_HEAD]> = Vec::new();
+        let mut heads: Vec<FrameHead> = Vec::new();
         let mut ping = interval(self.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ping.reset();
-        let mut send_ping = false;
+        let shutdown = self.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         loop {
             self.outbox.drain_into(&mut batch);
-            if batch.is_empty() && !send_ping {
+            if batch.is_empty() {
                 tokio::select! {
                     () = self.outbox.wait() => {}
-                    _ = ping.tick() => send_ping = true,
-                    () = self.shutdown.cancelled() => self.outbox.close(close::GOING_AWAY),
+                    // Through the outbox, so the ping never interleaves with a direct write.
+                    _ = ping.tick() => self.outbox.push_ping(),
+                    () = &mut shutdown => self.outbox.close(close::GOING_AWAY),
                 }
                 continue;
             }
-            let frames = self.frames(&batch, std::mem::take(&mut send_ping));
-            let written = timeout(self.write_timeout, self.write_all(&frames, &mut heads)).await;
+            let frames = self.frames(&batch);
+            let partial = batch.partial.as_deref().unwrap_or_default();
+            let written = timeout(
+                self.write_timeout,
+                self.write_all(partial, &frames, &mut heads),
+            )
+            .await;
             match written {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return WriterEnd::WriteFailed,
@@ -87,17 +93,17 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         }
     }
 
-    fn frames<'b>(&self, batch: &'b Batch, ping: bool) -> Vec<(OpCode, &'b [u8])> {
+    fn frames<'b>(&self, batch: &'b Batch) -> Vec<(OpCode, &'b [u8])> {
         let data_opcode = if self.codec.is_text() {
             OpCode::Text
         } else {
             OpCode::Binary
         };
         let mut frames = Vec::with_capacity(batch.messages.len() + 3);
-        frames.extend(batch.pong.iter().map(|p| (OpCode::Pong, &p[..])));
-        if ping {
+        if batch.ping {
             frames.push((OpCode::Ping, &[][..]));
         }
+        frames.extend(batch.pong.iter().map(|p| (OpCode::Pong, &p[..])));
         frames.extend(batch.messages.iter().map(|m| (data_opcode, &m[..])));
         if let Some(close) = &batch.close {
             frames.push((OpCode::Close, &close[..]));
@@ -105,27 +111,26 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         frames
     }
 
-    /// Writes all frames: headers are formatted by fastwebsockets, payloads are the shared
-    /// bytes themselves (no copy), everything in vectored writes.
+    /// Writes `partial` (raw bytes) then all frames: headers formatted by fastwebsockets,
+    /// payloads the shared bytes themselves (no copy), everything in vectored writes.
     async fn write_all(
         &mut self,
+        partial: &[u8],
         frames: &[(OpCode, &[u8])],
-        heads: &mut Vec<[u8; MAX_HEAD]>,
+        heads: &mut Vec<FrameHead>,
     ) -> std::io::Result<()> {
         heads.clear();
-        let mut head_lens = Vec::with_capacity(frames.len());
-        for (opcode, payload) in frames {
-            let mut head = [0u8; 14];
-            let len =
-                Frame::new(true, *opcode, None, Payload::Borrowed(payload)).fmt_head(&mut head);
-            let mut short = [0u8; MAX_HEAD];
-            short[..len].copy_from_slice(&head[..len]);
-            heads.push(short);
-            head_lens.push(len);
+        heads.extend(
+            frames
+                .iter()
+                .map(|(opcode, payload)| FrameHead::new(*opcode, payload)),
+        );
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2 + 1);
+        if !partial.is_empty() {
+            slices.push(IoSlice::new(partial));
         }
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
-        for ((head, len), (_, payload)) in heads.iter().zip(&head_lens).zip(frames) {
-            slices.push(IoSlice::new(&head[..*len]));
+        for (head, (_, payload)) in heads.iter().zip(frames) {
+            slices.push(IoSlice::new(head.as_slice()));
             if !payload.is_empty() {
                 slices.push(IoSlice::new(payload));
             }
