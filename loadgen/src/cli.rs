@@ -45,6 +45,9 @@ pub struct MergeArgs {
     /// Also write the merged report as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also write the merged report as a self-contained HTML page (percentile plot, tables).
+    #[arg(long)]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -216,6 +219,11 @@ pub struct RunArgs {
     /// Write the full result as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+
+    /// Write the report as a self-contained HTML page: percentile plot, latency and
+    /// throughput over time, tables. No script, nothing fetched: open it anywhere.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
 
     /// Write an HdrHistogram interval log (V2, one tagged histogram per metric per second).
     #[arg(long)]

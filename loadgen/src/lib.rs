@@ -3,13 +3,14 @@
 //!
 //! Flow: `cli` → validated `plan::Plan` → `runner` (coordinator: pacing, scenario phases,
 //! per-second collection) → `worker` threads, each a single-threaded runtime running many
-//! `client`s that record into the worker's own histograms → `report` (table, JSON), `hlog`
-//! (interval logs, merge) and `slo` (exit code).
+//! `client`s that record into the worker's own histograms → `report` (table, JSON), `html`
+//! (the `--html` page), `hlog` (interval logs, merge) and `slo` (exit code).
 
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod hlog;
+pub mod html;
 pub mod net;
 pub mod plan;
 pub mod report;
@@ -19,6 +20,7 @@ pub mod slo;
 pub mod stats;
 pub mod worker;
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -80,7 +82,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             violations,
         });
     }
-    finish(&report, args.json.as_deref())?;
+    finish(&report, args.json.as_deref(), args.html.as_deref())?;
     Ok(code)
 }
 
@@ -97,15 +99,19 @@ fn merge(args: &MergeArgs) -> anyhow::Result<ExitCode> {
         merged.intervals,
         args.files.len()
     );
-    finish(&report, args.json.as_deref())?;
+    finish(&report, args.json.as_deref(), args.html.as_deref())?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn finish(report: &Report, json: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn finish(report: &Report, json: Option<&Path>, html: Option<&Path>) -> anyhow::Result<()> {
     print!("{}", report.render());
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(report)?;
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = html {
+        let page = html::render(report).context("drawing the HTML report")?;
+        std::fs::write(path, page).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }

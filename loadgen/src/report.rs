@@ -32,12 +32,56 @@ pub struct RampResult {
     pub knee: Option<usize>,
 }
 
+impl RampResult {
+    /// The ramp's conclusion in words.
+    pub fn knee_text(&self) -> String {
+        match self.knee {
+            Some(knee) => format!("knee: {knee} clients"),
+            None => "knee: none (the first step already broke the bound)".to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StormResult {
     pub clients: usize,
     pub clients_back: usize,
     /// From dropping every connection until all were joined again (None: not all came back).
     pub recovery_ms: Option<f64>,
+}
+
+impl StormResult {
+    /// The storm's outcome in words.
+    pub fn summary(&self) -> String {
+        match self.recovery_ms {
+            Some(ms) => format!("all {} clients back after {ms:.0} ms", self.clients),
+            None => format!(
+                "only {}/{} clients came back",
+                self.clients_back, self.clients
+            ),
+        }
+    }
+}
+
+/// One collection interval (about a second) of a run, as the coordinator saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimelinePoint {
+    /// Seconds since the run started, at the end of the interval.
+    pub seconds: f64,
+    /// Length of the interval: about a second, shorter where the measured window opened or
+    /// closed.
+    pub interval_seconds: f64,
+    pub clients_joined: usize,
+    pub snapshots_per_second: f64,
+    /// Latency percentiles over the interval (null: no samples in it).
+    pub broadcast_p50_us: Option<u64>,
+    pub broadcast_p99_us: Option<u64>,
+    pub broadcast_p999_us: Option<u64>,
+    pub input_p99_us: Option<u64>,
+    /// Errors since the run started.
+    pub errors: u64,
+    /// Whether the interval is part of the measured window.
+    pub measuring: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,6 +121,12 @@ pub struct Report {
     pub ramp: Option<RampResult>,
     pub storm: Option<StormResult>,
     pub slo: Option<SloResult>,
+    /// One point per collection interval of the whole run, ramp-up included (empty for
+    /// `merge`: interval logs keep only histograms).
+    pub timeline: Vec<TimelinePoint>,
+    /// The histograms behind `latency`, for plots (not in the JSON: `--hlog` carries them).
+    #[serde(skip)]
+    pub histograms: Histograms,
 }
 
 impl Report {
@@ -116,6 +166,8 @@ impl Report {
             ramp: None,
             storm: None,
             slo: None,
+            timeline: Vec::new(),
+            histograms: histograms.clone(),
         }
     }
 
@@ -147,96 +199,116 @@ impl Report {
         self.errors_whole_run.values().sum()
     }
 
+    /// Latency summaries in report order (metrics without samples are absent).
+    pub fn latency_rows(&self) -> impl Iterator<Item = (&'static str, &Summary)> {
+        Metric::ALL
+            .into_iter()
+            .filter_map(|metric| Some((metric.name(), self.latency.get(metric.name())?)))
+    }
+
+    /// The counters and derived figures as (label, value) lines: the body of the table on
+    /// stdout and of the HTML page's counters table.
+    pub fn summary_rows(&self) -> Vec<(&'static str, String)> {
+        let c = &self.counters;
+        let mut rows = vec![("measured window", format!("{:.1} s", self.measured_seconds))];
+        if let Some(hz) = self.tick_hz {
+            rows.push(("server tick rate", format!("{hz} Hz")));
+        }
+        rows.push((
+            "clients joined",
+            format!(
+                "{} at end, {:.0} on average",
+                self.clients_joined_at_end, self.clients_joined_avg
+            ),
+        ));
+        rows.push((
+            "snapshots",
+            format!(
+                "{} received / {} expected by tick numbers ({:.3}%), {:.0} nominal (ticks x members), {:.0}/s",
+                c.snapshots_received,
+                c.snapshots_expected,
+                self.delivery_ratio() * 100.0,
+                self.snapshots_nominal,
+                self.snapshots_per_second
+            ),
+        ));
+        rows.push(("keyframes", c.keyframes.to_string()));
+        rows.push(("missed ticks (gaps)", c.tick_gaps.to_string()));
+        rows.push((
+            "events",
+            format!("{} sent, {} received", c.events_sent, c.events_received),
+        ));
+        rows.push((
+            "states / pings sent",
+            format!("{} / {}", c.states_sent, c.pings_sent),
+        ));
+        rows.push((
+            "bytes in / out",
+            format!("{} / {}", c.bytes_in, c.bytes_out),
+        ));
+        rows.push((
+            "generator late",
+            format!(
+                "{:.3}% of sends ({} late, {} skipped, worst lag {:.1} ms)",
+                self.late_fraction() * 100.0,
+                c.sends_late,
+                c.sends_skipped,
+                c.max_send_lag_us as f64 / 1000.0
+            ),
+        ));
+        rows.push((
+            "connects / reconnects",
+            format!("{} / {}", c.connects, c.reconnects),
+        ));
+        if !c.close_codes.is_empty() {
+            rows.push(("close codes", format!("{:?}", c.close_codes)));
+        }
+        rows.push((
+            "errors (whole run)",
+            format!("{} {:?}", self.total_errors(), self.errors_whole_run),
+        ));
+        if let Some(clock) = &self.clock_offset {
+            rows.push((
+                "clock offset",
+                format!(
+                    "{:+.3} ms ± {:.3} ms ({} samples, {})",
+                    clock.offset_us / 1000.0,
+                    clock.uncertainty_us / 1000.0,
+                    clock.samples,
+                    if self.clock_corrected {
+                        "applied to broadcast latency"
+                    } else {
+                        "not applied: loopback"
+                    }
+                ),
+            ));
+        }
+        rows
+    }
+
     /// The human-readable report.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let ms = |us: u64| format!("{:.3}", us as f64 / 1000.0);
         let _ = writeln!(
             out,
             "\nlatency (ms)      count       p50       p90       p99     p99.9       max"
         );
-        for metric in Metric::ALL {
-            if let Some(s) = self.latency.get(metric.name()) {
-                let _ = writeln!(
-                    out,
-                    "{:<12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                    metric.name(),
-                    s.count,
-                    ms(s.p50),
-                    ms(s.p90),
-                    ms(s.p99),
-                    ms(s.p999),
-                    ms(s.max)
-                );
-            }
-        }
-        let c = &self.counters;
-        let _ = writeln!(out, "\nmeasured window      {:.1} s", self.measured_seconds);
-        if let Some(hz) = self.tick_hz {
-            let _ = writeln!(out, "server tick rate     {hz} Hz");
-        }
-        let _ = writeln!(
-            out,
-            "clients joined       {} at end, {:.0} on average",
-            self.clients_joined_at_end, self.clients_joined_avg
-        );
-        let _ = writeln!(
-            out,
-            "snapshots            {} received / {} expected by tick numbers ({:.3}%), {:.0} nominal (ticks x members), {:.0}/s",
-            c.snapshots_received,
-            c.snapshots_expected,
-            self.delivery_ratio() * 100.0,
-            self.snapshots_nominal,
-            self.snapshots_per_second
-        );
-        let _ = writeln!(out, "keyframes            {}", c.keyframes);
-        let _ = writeln!(out, "missed ticks (gaps)  {}", c.tick_gaps);
-        let _ = writeln!(
-            out,
-            "events               {} sent, {} received",
-            c.events_sent, c.events_received
-        );
-        let _ = writeln!(
-            out,
-            "states / pings sent  {} / {}",
-            c.states_sent, c.pings_sent
-        );
-        let _ = writeln!(out, "bytes in / out       {} / {}", c.bytes_in, c.bytes_out);
-        let _ = writeln!(
-            out,
-            "generator late       {:.3}% of sends ({} late, {} skipped, worst lag {:.1} ms)",
-            self.late_fraction() * 100.0,
-            c.sends_late,
-            c.sends_skipped,
-            c.max_send_lag_us as f64 / 1000.0
-        );
-        let _ = writeln!(
-            out,
-            "connects / reconnects {} / {}",
-            c.connects, c.reconnects
-        );
-        if !c.close_codes.is_empty() {
-            let _ = writeln!(out, "close codes          {:?}", c.close_codes);
-        }
-        let _ = writeln!(
-            out,
-            "errors (whole run)   {} {:?}",
-            self.total_errors(),
-            self.errors_whole_run
-        );
-        if let Some(clock) = &self.clock_offset {
+        for (name, s) in self.latency_rows() {
             let _ = writeln!(
                 out,
-                "clock offset         {:+.3} ms ± {:.3} ms ({} samples, {})",
-                clock.offset_us / 1000.0,
-                clock.uncertainty_us / 1000.0,
-                clock.samples,
-                if self.clock_corrected {
-                    "applied to broadcast latency"
-                } else {
-                    "not applied: loopback"
-                }
+                "{:<12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                name,
+                s.count,
+                ms(s.p50),
+                ms(s.p90),
+                ms(s.p99),
+                ms(s.p999),
+                ms(s.max)
             );
+        }
+        out.push('\n');
+        for (label, value) in self.summary_rows() {
+            let _ = writeln!(out, "{label:<20} {value}");
         }
         if let Some(ramp) = &self.ramp {
             let _ = writeln!(
@@ -255,28 +327,10 @@ impl Report {
                     if step.met { "ok" } else { "BROKEN" }
                 );
             }
-            match ramp.knee {
-                Some(knee) => {
-                    let _ = writeln!(out, "knee: {knee} clients");
-                }
-                None => {
-                    let _ = writeln!(out, "knee: none (the first step already broke the bound)");
-                }
-            }
+            let _ = writeln!(out, "{}", ramp.knee_text());
         }
         if let Some(storm) = &self.storm {
-            let _ = match storm.recovery_ms {
-                Some(ms) => writeln!(
-                    out,
-                    "\nstorm: all {} clients back after {:.0} ms",
-                    storm.clients, ms
-                ),
-                None => writeln!(
-                    out,
-                    "\nstorm: only {}/{} clients came back",
-                    storm.clients_back, storm.clients
-                ),
-            };
+            let _ = writeln!(out, "\nstorm: {}", storm.summary());
         }
         if let Some(slo) = &self.slo {
             let _ = writeln!(
@@ -291,4 +345,9 @@ impl Report {
         }
         out
     }
+}
+
+/// Microseconds as milliseconds with three decimals, the unit of every latency table.
+pub fn ms(micros: u64) -> String {
+    format!("{:.3}", micros as f64 / 1000.0)
 }

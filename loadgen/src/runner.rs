@@ -13,7 +13,7 @@ use crate::cli::Scenario;
 use crate::clock::ClockEstimator;
 use crate::hlog::HlogWriter;
 use crate::plan::{Plan, Target};
-use crate::report::{RampResult, RampStep, Report, StormResult};
+use crate::report::{RampResult, RampStep, Report, StormResult, TimelinePoint};
 use crate::stats::{Counters, Histograms, Metric, Summary};
 use crate::worker::{self, Command, IntervalStats, WorkerHandle};
 
@@ -62,6 +62,7 @@ pub async fn run(
         measured_seconds: 0.0,
         window_unix_ms: (0, 0),
         joined_samples: Vec::new(),
+        timeline: Vec::new(),
         started_clients: 0,
         plan: plan.clone(),
     };
@@ -93,6 +94,8 @@ struct Coordinator {
     measured_seconds: f64,
     window_unix_ms: (u128, u128),
     joined_samples: Vec<usize>,
+    /// One point per collection, for the report's timeline.
+    timeline: Vec<TimelinePoint>,
     started_clients: usize,
 }
 
@@ -315,23 +318,39 @@ impl Coordinator {
                 self.hlog = None;
             }
         }
+        let point = self.timeline_point(&histograms, self.last_collect - interval_start);
         if !self.quiet {
-            self.progress(&histograms, self.last_collect - interval_start);
+            self.progress(&point);
         }
+        self.timeline.push(point);
         histograms
     }
 
-    fn progress(&self, interval: &Histograms, length: Duration) {
+    /// The interval just collected, as a point of the report's timeline.
+    fn timeline_point(&self, interval: &Histograms, length: Duration) -> TimelinePoint {
         let delta = self.cumulative.since(&self.previous);
-        let broadcast = interval.get(Metric::Broadcast);
-        let (p50, p99) = if broadcast.is_empty() {
-            (0.0, 0.0)
-        } else {
-            (
-                broadcast.value_at_quantile(0.5) as f64 / 1000.0,
-                broadcast.value_at_quantile(0.99) as f64 / 1000.0,
-            )
+        let quantile = |metric, q| {
+            let histogram = interval.get(metric);
+            (!histogram.is_empty()).then(|| histogram.value_at_quantile(q))
         };
+        TimelinePoint {
+            seconds: self.last_collect.duration_since(self.started).as_secs_f64(),
+            interval_seconds: length.as_secs_f64(),
+            clients_joined: self.joined,
+            snapshots_per_second: delta.snapshots_received as f64 / length.as_secs_f64().max(1e-3),
+            broadcast_p50_us: quantile(Metric::Broadcast, 0.5),
+            broadcast_p99_us: quantile(Metric::Broadcast, 0.99),
+            broadcast_p999_us: quantile(Metric::Broadcast, 0.999),
+            input_p99_us: quantile(Metric::InputToVisible, 0.99),
+            errors: self.cumulative.total_errors(),
+            measuring: self.measuring.is_some(),
+        }
+    }
+
+    fn progress(&self, point: &TimelinePoint) {
+        let ms = |micros: Option<u64>| micros.unwrap_or(0) as f64 / 1000.0;
+        let (p50, p99) = (ms(point.broadcast_p50_us), ms(point.broadcast_p99_us));
+        let delta = self.cumulative.since(&self.previous);
         let scheduled = delta.states_sent + delta.sends_skipped;
         let late = if scheduled == 0 {
             0.0
@@ -340,12 +359,12 @@ impl Coordinator {
         };
         eprintln!(
             "[{:>5.0}s] clients {}/{}  snapshots/s {:.0}  broadcast p50 {p50:.2} ms p99 {p99:.2} ms  errors {}  late {late:.1}%{}",
-            self.started.elapsed().as_secs_f64(),
-            self.joined,
+            point.seconds,
+            point.clients_joined,
             self.plan.shard_clients,
-            delta.snapshots_received as f64 / length.as_secs_f64().max(1e-3),
-            self.cumulative.total_errors(),
-            if self.measuring.is_some() {
+            point.snapshots_per_second,
+            point.errors,
+            if point.measuring {
                 ""
             } else {
                 "  (not measuring)"
@@ -406,6 +425,7 @@ impl Coordinator {
         };
         report.ramp = ramp;
         report.storm = storm;
+        report.timeline = self.timeline.clone();
         report
     }
 

@@ -78,6 +78,17 @@ impl Default for Histograms {
     }
 }
 
+/// Sample counts only: the buckets would drown any `{:?}` of a report.
+impl std::fmt::Debug for Histograms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut map = f.debug_map();
+        for metric in Metric::ALL {
+            map.entry(&metric.name(), &self.get(metric).len());
+        }
+        map.finish()
+    }
+}
+
 impl Histograms {
     pub fn record(&mut self, metric: Metric, micros: u64) {
         self.by_metric[metric as usize].saturating_record(micros.clamp(1, MAX_MICROS));

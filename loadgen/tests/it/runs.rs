@@ -167,16 +167,24 @@ async fn merge_of_two_runs_adds_their_histograms() {
         logs.push(hlog);
         counts += num(&report["counters"]["snapshots_received"]);
     }
-    let merged_json = temp_path(&dir, "merged.json");
+    let (merged_json, merged_html) = (
+        temp_path(&dir, "merged.json"),
+        temp_path(&dir, "merged.html"),
+    );
     let output = loadgen(&[
         "merge",
         logs[0].to_str().unwrap(),
         logs[1].to_str().unwrap(),
         "--json",
         merged_json.to_str().unwrap(),
+        "--html",
+        merged_html.to_str().unwrap(),
     ])
     .await;
     assert!(output.status.success(), "{}", describe(&output));
+    let page = std::fs::read_to_string(&merged_html).expect("HTML report written");
+    assert_eq!(page.matches("<svg").count(), 1, "percentile plot only");
+    assert!(page.contains("No timeline"));
     let merged = read_json(&merged_json);
     // The logs cover whole runs (ramp-up included), so they hold at least the measured samples.
     let merged_count = num(&merged["latency"]["broadcast"]["count"]);
@@ -342,4 +350,61 @@ async fn json_codec_from_several_source_addresses() {
     assert_eq!(report["clients_joined_at_end"], 12);
     assert_eq!(report["errors_whole_run"], serde_json::json!({}));
     assert!(num(&report["counters"]["snapshots_received"]) > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_report_is_one_self_contained_page_with_charts_and_tables() {
+    let server = spawn_server(30).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (html, json) = (
+        temp_path(&dir, "report.html"),
+        temp_path(&dir, "report.json"),
+    );
+    let output = loadgen(&[
+        "--url",
+        &server.url(),
+        "--clients",
+        "16",
+        "--duration",
+        "2s",
+        "--warmup",
+        "0s",
+        "--quiet",
+        "--html",
+        html.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ])
+    .await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let page = std::fs::read_to_string(&html).expect("HTML report written");
+    assert!(page.starts_with("<!DOCTYPE html>"), "{}", &page[..100]);
+    assert_eq!(
+        page.matches("<svg").count(),
+        3,
+        "percentile plot, latency over time, clients and throughput"
+    );
+    for text in [
+        "Latency by percentile",
+        "Latency over time",
+        "Clients and throughput",
+    ] {
+        assert!(page.contains(text), "{text}");
+    }
+    for metric in ["broadcast", "input", "rtt"] {
+        assert!(page.contains(&format!("<td>{metric}</td>")), "{metric} row");
+    }
+    assert!(page.contains("<td>missed ticks (gaps)</td><td>0</td>"));
+    // Self-contained: nothing to fetch; the SVG namespace is a name, not a request.
+    let without_namespace = page.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+    assert!(
+        !without_namespace.contains("http://") && !without_namespace.contains("https://"),
+        "external reference in the page"
+    );
+    assert!(!page.contains("<script") && !page.contains("<link"));
+    // The timeline behind the charts is in the JSON too, one point per second or so.
+    let timeline = read_json(&json)["timeline"].as_array().unwrap().clone();
+    assert!(timeline.len() >= 2, "{timeline:?}");
+    assert!(timeline.iter().any(|point| point["measuring"] == true));
+    assert_eq!(timeline.last().unwrap()["clients_joined"], 16);
 }
