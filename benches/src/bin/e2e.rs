@@ -85,9 +85,12 @@ impl Preset {
         match self {
             Self::Standard => base(1000, 8, 30, 30),
             Self::Fanout => base(50 * 64, 64, 20, 20),
+            // Pings every 10 s: at 2 Hz inputs the default 1 s ping would be a third of all
+            // traffic and the load generators, not the server, would be measured.
             Self::Scale => Workload {
                 loadgens: 2,
                 connect_rate: 1500,
+                extra: ["--ping-interval", "10s"].map(String::from).to_vec(),
                 ..base(19_200, 8, 2, 2)
             },
             Self::Knee => Workload {
@@ -391,7 +394,8 @@ fn figures(
         end > start,
         "load generators' measured windows do not overlap"
     );
-    let sum = |path: &dyn Fn(&Value) -> f64| reports.iter().map(path).sum::<f64>();
+    // `+ 0.0`: an empty float sum is -0.0, which would print as "-0".
+    let sum = |path: &dyn Fn(&Value) -> f64| reports.iter().map(path).sum::<f64>() + 0.0;
     // Latency percentiles: the worst shard (conservative; shards are independent samples).
     let worst = |metric: &str, stat: &str| {
         reports
@@ -503,7 +507,8 @@ fn summarize(
         .map(|r| serde_json::to_value(r).unwrap_or_default())
         .collect::<Vec<_>>();
     for (key, label, decimals) in FIGURES {
-        let series: Vec<f64> = values.iter().map(|v| number(&v[*key])).collect();
+        // Figures a preset does not produce (NaN, serialized as null) get no row.
+        let series: Vec<f64> = values.iter().filter_map(|v| v[*key].as_f64()).collect();
         if let Some(spread) = Spread::of(&series) {
             let _ = writeln!(out, "| {label} | {} |", spread.show(*decimals));
         }
