@@ -2,7 +2,9 @@
 
 use tickrelay_protocol::{ClientMessage, Codec, ServerMessage};
 
-use crate::support::{Client, RECV_TIMEOUT, TestServer, http_get, spawn_server, test_config};
+use crate::support::{
+    Client, RECV_TIMEOUT, http_get, http_get_with_headers, spawn_server, test_config,
+};
 
 #[tokio::test]
 async fn healthz_lobbies_and_metrics_are_served() {
@@ -92,7 +94,7 @@ async fn browser_files_are_served_embedded_with_their_content_types() {
             "export function connect",
         ),
     ] {
-        let (status, headers, body) = http_get_with_headers(&server, path).await;
+        let (status, headers, body) = http_get_with_headers(server.addr, path, &[]).await;
         assert_eq!(status, 200, "{path}");
         assert!(
             headers.contains(&format!("content-type: {content_type}")),
@@ -183,28 +185,4 @@ async fn stats_report_counters_tick_timing_and_per_lobby_traffic() {
     let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(stats["disconnects"]["peer_vanished"], 1, "{stats}");
     assert_eq!(stats["connections"], 1);
-}
-
-/// GET `path`; returns (status, lower-cased header block, body).
-async fn http_get_with_headers(server: &TestServer, path: &str) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        server.addr
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(RECV_TIMEOUT, stream.read_to_end(&mut response))
-        .await
-        .expect("http response in time")
-        .unwrap();
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_lowercase(), body.to_owned())
 }

@@ -67,15 +67,10 @@ async fn full_lobby_refuses_with_lobby_full_and_keeps_the_connection() {
     let _a = Client::join(&server, Codec::MessagePack, "small", "a").await;
     let _b = Client::join(&server, Codec::MessagePack, "small", "b").await;
     let mut c = Client::connect(&server, Codec::MessagePack).await;
-    let join = |lobby: &str| ClientMessage::Join {
-        lobby: lobby.into(),
-        name: "c".into(),
-        token: None,
-    };
-    c.send(&join("small")).await;
+    c.send_join("small", "c").await;
     assert_eq!(expect_error(&mut c).await, ErrorCode::LobbyFull);
     // Still connected: it can join another lobby.
-    c.send(&join("other")).await;
+    c.send_join("other", "c").await;
     assert!(matches!(c.recv().await, ServerMessage::Welcome { .. }));
 }
 
@@ -87,12 +82,7 @@ async fn too_many_lobbies_is_refused() {
     let _a = Client::join(&server, Codec::MessagePack, "one", "a").await;
     let _b = Client::join(&server, Codec::MessagePack, "two", "b").await;
     let mut c = Client::connect(&server, Codec::MessagePack).await;
-    c.send(&ClientMessage::Join {
-        lobby: "three".into(),
-        name: "c".into(),
-        token: None,
-    })
-    .await;
+    c.send_join("three", "c").await;
     assert_eq!(expect_error(&mut c).await, ErrorCode::TooManyLobbies);
     // Joining an existing lobby still works.
     let _d = Client::join(&server, Codec::MessagePack, "one", "d").await;
@@ -110,12 +100,7 @@ async fn empty_lobbies_are_removed() {
     let mut _member = None;
     for attempt in 0.. {
         let mut b = Client::connect(&server, Codec::MessagePack).await;
-        b.send(&ClientMessage::Join {
-            lobby: "second".into(),
-            name: "b".into(),
-            token: None,
-        })
-        .await;
+        b.send_join("second", "b").await;
         match b.recv().await {
             ServerMessage::Welcome { .. } => {
                 _member = Some(b);
@@ -266,30 +251,12 @@ async fn protocol_misuse_gets_error_messages_and_keeps_the_connection() {
         (&"l".repeat(65)[..], "x"),
         ("ok", "bad\nname"),
     ] {
-        client
-            .send(&ClientMessage::Join {
-                lobby: lobby.into(),
-                name: name.into(),
-                token: None,
-            })
-            .await;
+        client.send_join(lobby, name).await;
         assert_eq!(expect_error(&mut client).await, ErrorCode::InvalidJoin);
     }
-    client
-        .send(&ClientMessage::Join {
-            lobby: "ok".into(),
-            name: "x".into(),
-            token: None,
-        })
-        .await;
+    client.send_join("ok", "x").await;
     assert!(matches!(client.recv().await, ServerMessage::Welcome { .. }));
-    client
-        .send(&ClientMessage::Join {
-            lobby: "again".into(),
-            name: "x".into(),
-            token: None,
-        })
-        .await;
+    client.send_join("again", "x").await;
     assert_eq!(expect_error(&mut client).await, ErrorCode::AlreadyJoined);
     let (_, metrics) = server.http_get("/metrics").await;
     assert!(

@@ -29,13 +29,7 @@ async fn join_with_small_buffer(server: &TestServer, name: &str) -> Client {
         ws,
         codec: Codec::MessagePack,
     };
-    client
-        .send(&ClientMessage::Join {
-            lobby: "arena".into(),
-            name: name.into(),
-            token: None,
-        })
-        .await;
+    client.send_join("arena", name).await;
     assert!(matches!(client.recv().await, ServerMessage::Welcome { .. }));
     client
 }

@@ -93,6 +93,16 @@ pub(crate) async fn http_get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
+    let (status, _, body) = http_get_with_headers(addr, path, headers).await;
+    (status, body)
+}
+
+/// GET `path` over a plain TCP connection; returns (status, lower-cased header block, body).
+pub(crate) async fn http_get_with_headers(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
@@ -106,16 +116,13 @@ pub(crate) async fn http_get(
         .expect("http response in time")
         .unwrap();
     let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    (status, head.to_lowercase(), body.to_owned())
 }
 
 pub(crate) fn payload(bytes: &[u8]) -> Payload {
@@ -160,13 +167,7 @@ impl Client {
         name: &str,
     ) -> (Self, PlayerId, Vec<Member>) {
         let mut client = Self::connect(server, codec).await;
-        client
-            .send(&ClientMessage::Join {
-                lobby: lobby.into(),
-                name: name.into(),
-                token: None,
-            })
-            .await;
+        client.send_join(lobby, name).await;
         match client.recv().await {
             ServerMessage::Welcome {
                 player_id,
@@ -189,6 +190,15 @@ impl Client {
             Message::Binary(bytes.into())
         };
         self.ws.send(frame).await.expect("send");
+    }
+
+    pub(crate) async fn send_join(&mut self, lobby: &str, name: &str) {
+        self.send(&ClientMessage::Join {
+            lobby: lobby.into(),
+            name: name.into(),
+            token: None,
+        })
+        .await;
     }
 
     pub(crate) async fn send_state(&mut self, seq: u64, data: &[u8]) {
