@@ -6,13 +6,11 @@
 //! thread, so recording a sample is a plain histogram increment.
 
 use std::cell::{Cell, RefCell};
-use std::convert::Infallible;
-use std::future::ready;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload as WsPayload, WebSocketError};
+use fastwebsockets::{Frame, Payload as WsPayload, WebSocketError};
 use tickrelay_protocol::{
     ClientMessage, Codec, Payload, PlayerId, PlayerSeq, ServerMessage, SnapshotSummary,
 };
@@ -21,6 +19,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::ClockEstimator;
+use crate::frames::{Kind, ReadError};
 use crate::net::{self, Reader, Writer};
 use crate::plan::{ClientSpec, Plan, Target, backoff_delay};
 use crate::stats::{Counters, Histograms, Metric};
@@ -192,11 +191,12 @@ async fn connect_and_join(
         return None;
     }
     let welcome = timeout(plan.connect_timeout, async {
-        let mut ignore = |_: Frame<'_>| ready(Ok::<(), Infallible>(()));
         loop {
-            let frame = reader.read_frame(&mut ignore).await.ok()?;
-            if !matches!(frame.opcode, OpCode::Binary | OpCode::Text) {
-                return None;
+            let frame = reader.next_frame().await.ok()?;
+            match frame.kind {
+                Kind::Binary | Kind::Text => {}
+                Kind::Ping | Kind::Pong => continue,
+                Kind::Close => return None,
             }
             match plan.codec.decode_server(&frame.payload) {
                 Ok(ServerMessage::Welcome {
@@ -416,31 +416,27 @@ fn lost(shared: &Shared, read_task: tokio::task::JoinHandle<()>, kind: &str) -> 
 async fn read_loop(shared: Rc<Shared>, state: Rc<SessionState>, mut reader: Reader) {
     let codec = shared.plan.codec;
     loop {
-        let owed = state.clone();
-        let mut obligations = move |frame: Frame<'_>| {
-            if frame.opcode == OpCode::Pong {
-                *owed.pong_owed.borrow_mut() = Some(Bytes::copy_from_slice(&frame.payload));
-                owed.wake_writer.notify_one();
-            }
-            ready(Ok::<(), Infallible>(()))
-        };
-        let frame = match reader.read_frame(&mut obligations).await {
+        let frame = match reader.next_frame().await {
             Ok(frame) => frame,
             Err(err) => {
                 if !state.leaving.get() {
                     let kind = match err {
-                        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => {
-                            "connection_lost"
-                        }
-                        _ => "protocol_error",
+                        ReadError::Eof | ReadError::Io(_) => "connection_lost",
+                        ReadError::Protocol(_) => "protocol_error",
                     };
                     shared.count(|c| c.error(kind));
                 }
                 return;
             }
         };
-        match frame.opcode {
-            OpCode::Close => {
+        match frame.kind {
+            // The pong we owe goes out through the writer (this task never writes).
+            Kind::Ping => {
+                *state.pong_owed.borrow_mut() = Some(frame.payload.freeze());
+                state.wake_writer.notify_one();
+            }
+            Kind::Pong => {}
+            Kind::Close => {
                 let code = frame
                     .payload
                     .get(..2)
@@ -454,7 +450,7 @@ async fn read_loop(shared: Rc<Shared>, state: Rc<SessionState>, mut reader: Read
                 });
                 return;
             }
-            OpCode::Binary | OpCode::Text => {
+            Kind::Binary | Kind::Text => {
                 let received_us = unix_micros();
                 shared.count(|c| c.bytes_in += frame.payload.len() as u64);
                 // Snapshots are nearly every message: summarise them without copying payloads.
@@ -467,7 +463,6 @@ async fn read_loop(shared: Rc<Shared>, state: Rc<SessionState>, mut reader: Read
                     Err(_) => shared.count(|c| c.error("undecodable_message")),
                 }
             }
-            _ => {}
         }
     }
 }

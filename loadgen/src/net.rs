@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 
 use bytes::Bytes;
-use fastwebsockets::{Role, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Role, WebSocketWrite};
 use http_body_util::Empty;
 use hyper::Request;
 use hyper::header::{CONNECTION, HOST, UPGRADE};
@@ -16,9 +16,10 @@ use tickrelay_protocol::Codec;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::frames::FrameReader;
 use crate::plan::Target;
 
-pub type Reader = WebSocketRead<tokio::io::Chain<io::Cursor<Bytes>, OwnedReadHalf>>;
+pub type Reader = FrameReader<tokio::io::Chain<io::Cursor<Bytes>, OwnedReadHalf>>;
 pub type Writer = WebSocketWrite<OwnedWriteHalf>;
 
 /// Why a connection attempt failed, as counted in the report (`connect_<kind>`).
@@ -140,12 +141,13 @@ pub async fn connect(
         .downcast::<TokioIo<TcpStream>>()
         .map_err(|_| ConnectError::Handshake("unexpected upgraded stream type".into()))?;
     let (read, write) = parts.io.into_inner().into_split();
-    let read = tokio::io::AsyncReadExt::chain(io::Cursor::new(parts.read_buf), read);
-    Ok(fastwebsockets::after_handshake_split(
-        read,
-        write,
-        Role::Client,
-    ))
+    // Copied, so a slice of hyper's larger read buffer is not kept alive for the connection.
+    let early = Bytes::copy_from_slice(&parts.read_buf);
+    let read = tokio::io::AsyncReadExt::chain(io::Cursor::new(early), read);
+    // fastwebsockets writes (and masks); our own small-buffer reader reads (see frames.rs).
+    let (_, writer) =
+        fastwebsockets::after_handshake_split(tokio::io::empty(), write, Role::Client);
+    Ok((FrameReader::new(read), writer))
 }
 
 #[cfg(test)]
