@@ -19,10 +19,10 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::ClockEstimator;
-use crate::frames::{Kind, ReadError};
 use crate::net::{self, Reader, Writer};
 use crate::plan::{ClientSpec, Plan, Target, backoff_delay};
 use crate::stats::{Counters, Histograms, Metric};
+use tickrelay_server::frames::{Kind, ReadError};
 
 /// States remembered per client for input-to-visible latency (by `seq % SEQ_WINDOW`).
 const SEQ_WINDOW: usize = 64;
@@ -194,9 +194,10 @@ async fn connect_and_join(
         loop {
             let frame = reader.next_frame().await.ok()?;
             match frame.kind {
-                Kind::Binary | Kind::Text => {}
+                Kind::Binary | Kind::Text if frame.fin => {}
                 Kind::Ping | Kind::Pong => continue,
-                Kind::Close => return None,
+                // tickrelay never fragments; anything else ends the attempt.
+                _ => return None,
             }
             match plan.codec.decode_server(&frame.payload) {
                 Ok(ServerMessage::Welcome {
@@ -422,7 +423,7 @@ async fn read_loop(shared: Rc<Shared>, state: Rc<SessionState>, mut reader: Read
                 if !state.leaving.get() {
                     let kind = match err {
                         ReadError::Eof | ReadError::Io(_) => "connection_lost",
-                        ReadError::Protocol(_) => "protocol_error",
+                        ReadError::Protocol(_) | ReadError::TooLarge(_) => "protocol_error",
                     };
                     shared.count(|c| c.error(kind));
                 }
@@ -436,6 +437,15 @@ async fn read_loop(shared: Rc<Shared>, state: Rc<SessionState>, mut reader: Read
                 state.wake_writer.notify_one();
             }
             Kind::Pong => {}
+            // tickrelay never fragments its messages.
+            Kind::Continuation => {
+                shared.count(|c| c.error("protocol_error"));
+                return;
+            }
+            Kind::Binary | Kind::Text if !frame.fin => {
+                shared.count(|c| c.error("protocol_error"));
+                return;
+            }
             Kind::Close => {
                 let code = frame
                     .payload

@@ -9,7 +9,6 @@
 pub mod cli;
 pub mod client;
 pub mod clock;
-pub mod frames;
 pub mod hlog;
 pub mod html;
 pub mod net;

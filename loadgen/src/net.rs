@@ -16,8 +16,11 @@ use tickrelay_protocol::Codec;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::frames::FrameReader;
 use crate::plan::Target;
+use tickrelay_server::frames::{FrameReader, Role as ReadRole};
+
+/// Largest frame accepted from the server (snapshots of big lobbies stay far below).
+const MAX_SERVER_FRAME: usize = 16 << 20;
 
 pub type Reader = FrameReader<tokio::io::Chain<io::Cursor<Bytes>, OwnedReadHalf>>;
 pub type Writer = WebSocketWrite<OwnedWriteHalf>;
@@ -147,7 +150,10 @@ pub async fn connect(
     // fastwebsockets writes (and masks); our own small-buffer reader reads (see frames.rs).
     let (_, writer) =
         fastwebsockets::after_handshake_split(tokio::io::empty(), write, Role::Client);
-    Ok((FrameReader::new(read), writer))
+    Ok((
+        FrameReader::new(read, ReadRole::Client, MAX_SERVER_FRAME),
+        writer,
+    ))
 }
 
 #[cfg(test)]

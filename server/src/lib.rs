@@ -6,6 +6,7 @@
 
 mod assets;
 pub mod config;
+pub mod frames;
 mod http;
 mod lobby;
 pub mod metrics;

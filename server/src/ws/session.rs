@@ -2,13 +2,10 @@
 //! messages, enforces the per-connection limits, and turns messages into lobby commands. It
 //! never mutates lobby state itself and never writes to the socket (the writer task does).
 
-use std::convert::Infallible;
-use std::future::ready;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use tickrelay_protocol::{ClientMessage, Codec, DecodeError, ErrorCode, ServerMessage, close};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, timeout};
@@ -18,6 +15,7 @@ use super::rate::RateLimit;
 use super::writer::{Writer, WriterEnd};
 use crate::ServerContext;
 use crate::config::Config;
+use crate::frames::{FrameReader, Kind, ReadError, Role};
 use crate::lobby::{Command, JoinAccepted, JoinRequest};
 use crate::outbox::Outbox;
 
@@ -61,11 +59,6 @@ impl EndReason {
     }
 }
 
-/// A ping flood detected inside fastwebsockets' read loop (which answers pings itself).
-#[derive(Debug, thiserror::Error)]
-#[error("ping rate limit exceeded")]
-struct PingFlood;
-
 /// Serves one upgraded connection to its end. `read`/`write` are the two halves of the
 /// stream (plain TCP today, TLS later); `direct` is the TCP write half again when the tick may
 /// write snapshots straight into it. With `refuse`, the connection is closed at once with that
@@ -101,9 +94,9 @@ pub(crate) async fn serve<R, W>(
         .run(),
     );
 
-    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    // fastwebsockets refuses frames whose length is >= this; whole messages are checked below.
-    ws.set_max_message_size(config.max_message_size + 1);
+    // Frames larger than a whole message are refused from their header; messages reassembled
+    // from several frames are checked in `reassemble`.
+    let mut ws = FrameReader::new(read, Role::Server, config.max_message_size);
 
     if let Some(code) = refuse {
         outbox.close(code);
@@ -123,9 +116,8 @@ pub(crate) async fn serve<R, W>(
         // Keep reading (and discarding) until the client answers our close, so the kernel
         // does not reset the connection with our close frame still unread by the client.
         let _ = timeout(CLOSE_LINGER, async {
-            let mut ignore = |_: Frame<'_>| ready(Ok::<(), Infallible>(()));
-            while let Ok(frame) = ws.read_frame(&mut ignore).await {
-                if frame.opcode == OpCode::Close {
+            while let Ok(frame) = ws.next_frame().await {
+                if frame.kind == Kind::Close {
                     break;
                 }
             }
@@ -164,7 +156,7 @@ struct Session<'a> {
     state_limit: RateLimit,
     event_limit: RateLimit,
     /// A fragmented message being reassembled: its opcode and the bytes so far.
-    fragments: Option<(OpCode, BytesMut)>,
+    fragments: Option<(Kind, BytesMut)>,
     messages_in: u64,
 }
 
@@ -196,10 +188,7 @@ impl<'a> Session<'a> {
         Flow::End(EndReason::ServerClosed(code))
     }
 
-    async fn read_loop<R: AsyncRead + Unpin>(
-        &mut self,
-        ws: &mut fastwebsockets::WebSocketRead<R>,
-    ) -> EndReason {
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, ws: &mut FrameReader<R>) -> EndReason {
         let join_deadline = Instant::now() + self.config.handshake_timeout;
         let outbox = self.outbox.clone();
         // One timer and one cancellation future for the connection's whole life: creating
@@ -214,32 +203,9 @@ impl<'a> Session<'a> {
             let joined = self.joined.is_some();
             let idle_timeout = self.config.idle_timeout;
             let read = {
-                let event_limit = &mut self.event_limit;
-                // Pings are answered inside read_frame; this callback routes the pong (or the
-                // close echo) to the writer and enforces the ping rate.
-                let mut send = |frame: Frame<'_>| {
-                    let payload = Bytes::copy_from_slice(&frame.payload);
-                    let result = match frame.opcode {
-                        OpCode::Pong if !event_limit.allow(std::time::Instant::now()) => {
-                            Err(PingFlood)
-                        }
-                        OpCode::Pong => {
-                            outbox.push_pong(payload);
-                            Ok(())
-                        }
-                        _ => {
-                            let code = payload
-                                .get(..2)
-                                .map_or(close::NORMAL, |c| u16::from_be_bytes([c[0], c[1]]));
-                            outbox.close_with_payload(code, payload);
-                            Ok(())
-                        }
-                    };
-                    ready(result)
-                };
-                // read_frame is not cancel-safe: it stays alive across timer checks, and every
+                // next_frame is not cancel-safe: it stays alive across timer checks, and every
                 // branch that drops it ends the read loop, so a half-read frame is never resumed.
-                let read = ws.read_frame(&mut send);
+                let read = ws.next_frame();
                 tokio::pin!(read);
                 loop {
                     tokio::select! {
@@ -268,11 +234,20 @@ impl<'a> Session<'a> {
                 Err(err) => return self.on_read_error(err),
                 Ok(frame) => frame,
             };
-            let flow = match frame.opcode {
-                OpCode::Close => Flow::End(EndReason::PeerClosed),
-                OpCode::Pong | OpCode::Ping => Flow::Continue,
-                OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                    match self.reassemble(frame.opcode, frame.fin, &frame.payload) {
+            let flow = match frame.kind {
+                Kind::Close => self.on_close(frame.payload.freeze()),
+                Kind::Ping => {
+                    // Pings count against the event rate: each one costs a pong write.
+                    if !self.event_limit.allow(std::time::Instant::now()) {
+                        self.close(close::RATE_LIMITED)
+                    } else {
+                        self.outbox.push_pong(frame.payload.freeze());
+                        Flow::Continue
+                    }
+                }
+                Kind::Pong => Flow::Continue,
+                Kind::Text | Kind::Binary | Kind::Continuation => {
+                    match self.reassemble(frame.kind, frame.fin, frame.payload) {
                         Ok(Some(message)) => self.on_message(&message).await,
                         Ok(None) => Flow::Continue,
                         Err(code) => self.close(code),
@@ -290,60 +265,71 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn on_read_error(&self, err: WebSocketError) -> EndReason {
+    fn on_read_error(&self, err: ReadError) -> EndReason {
         let code = match err {
-            WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => {
-                return EndReason::PeerVanished;
-            }
-            WebSocketError::SendError(_) => close::RATE_LIMITED,
-            WebSocketError::FrameTooLarge => close::MESSAGE_TOO_BIG,
-            _ => close::PROTOCOL_ERROR,
+            ReadError::Eof | ReadError::Io(_) => return EndReason::PeerVanished,
+            ReadError::TooLarge(_) => close::MESSAGE_TOO_BIG,
+            ReadError::Protocol(_) => close::PROTOCOL_ERROR,
         };
-        // An invalid close code was already answered with 1002 through the send callback.
-        self.outbox.close(code);
+        self.close(code);
         EndReason::ServerClosed(self.outbox.close_code().unwrap_or(code))
+    }
+
+    /// The client closes: echo its close (RFC 6455 5.5.1), or answer an invalid one with 1002
+    /// (bad code or one-byte payload) or 1007 (reason not UTF-8).
+    fn on_close(&self, payload: Bytes) -> Flow {
+        let code = match payload.len() {
+            0 => close::NORMAL,
+            1 => return self.close(close::PROTOCOL_ERROR),
+            _ => u16::from_be_bytes([payload[0], payload[1]]),
+        };
+        if !payload.is_empty() && !fastwebsockets::CloseCode::from(code).is_allowed() {
+            return self.close(close::PROTOCOL_ERROR);
+        }
+        if std::str::from_utf8(payload.get(2..).unwrap_or_default()).is_err() {
+            return self.close(close::INVALID_PAYLOAD);
+        }
+        self.outbox.close_with_payload(code, payload);
+        Flow::End(EndReason::PeerClosed)
     }
 
     /// Collects a message's frames. Returns the whole message when its last frame arrives, or
     /// the close code for a protocol violation or an oversized message.
     fn reassemble(
         &mut self,
-        opcode: OpCode,
+        kind: Kind,
         fin: bool,
-        payload: &[u8],
+        payload: BytesMut,
     ) -> Result<Option<Bytes>, u16> {
         let expected = if self.codec.is_text() {
-            OpCode::Text
+            Kind::Text
         } else {
-            OpCode::Binary
+            Kind::Binary
         };
-        match (opcode, self.fragments.as_mut()) {
-            (OpCode::Continuation, None) => Err(close::PROTOCOL_ERROR),
-            (OpCode::Continuation, Some((_, buffer))) => {
+        match (kind, self.fragments.as_mut()) {
+            (Kind::Continuation, None) => Err(close::PROTOCOL_ERROR),
+            (Kind::Continuation, Some((_, buffer))) => {
                 if buffer.len() + payload.len() > self.config.max_message_size {
                     return Err(close::MESSAGE_TOO_BIG);
                 }
-                buffer.extend_from_slice(payload);
+                buffer.extend_from_slice(&payload);
                 if !fin {
                     return Ok(None);
                 }
-                let Some((opcode, buffer)) = self.fragments.take() else {
+                let Some((kind, buffer)) = self.fragments.take() else {
                     return Err(close::PROTOCOL_ERROR);
                 };
-                if opcode != expected {
+                if kind != expected {
                     return Err(close::UNSUPPORTED_DATA);
                 }
                 Ok(Some(buffer.freeze()))
             }
             (_, Some(_)) => Err(close::PROTOCOL_ERROR),
-            (opcode, None) if fin => {
-                if opcode != expected {
-                    return Err(close::UNSUPPORTED_DATA);
-                }
-                Ok(Some(Bytes::copy_from_slice(payload)))
-            }
-            (opcode, None) => {
-                self.fragments = Some((opcode, BytesMut::from(payload)));
+            (kind, None) if kind != expected => Err(close::UNSUPPORTED_DATA),
+            // A whole message in one frame: the frame's own bytes, no copy.
+            (_, None) if fin => Ok(Some(payload.freeze())),
+            (kind, None) => {
+                self.fragments = Some((kind, payload));
                 Ok(None)
             }
         }

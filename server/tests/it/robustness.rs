@@ -187,3 +187,52 @@ async fn silent_tcp_connection_is_dropped_after_handshake_timeout() {
         "closed too early"
     );
 }
+
+/// A masked client frame with `first` byte (FIN, opcode) and `payload`.
+fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut frame = vec![first, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[tokio::test]
+async fn frame_rules_are_enforced_with_the_documented_codes() {
+    let server = spawn_server(test_config()).await;
+    let (mut bystander, _, _) = Client::join(&server, Codec::MessagePack, "arena", "calm").await;
+    let cases: [(&str, Vec<u8>, u16); 4] = [
+        // RFC 6455 5.1: a client's frames must be masked.
+        ("unmasked", vec![0x82, 0x01, 0x00], close::PROTOCOL_ERROR),
+        // Close codes 1005 and 999 may not be sent on the wire.
+        (
+            "close 1005",
+            masked_frame(0x88, &1005u16.to_be_bytes()),
+            close::PROTOCOL_ERROR,
+        ),
+        (
+            "close 999",
+            masked_frame(0x88, &999u16.to_be_bytes()),
+            close::PROTOCOL_ERROR,
+        ),
+        // The close reason must be UTF-8.
+        (
+            "bad reason",
+            masked_frame(0x88, &[0x03, 0xe8, 0xff, 0xfe]),
+            close::INVALID_PAYLOAD,
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        let (mut client, _, _) = Client::join(&server, Codec::MessagePack, "arena", name).await;
+        write_raw(&mut client, &bytes).await;
+        assert_eq!(client.expect_close_code().await, expected, "{name}");
+    }
+    // A valid close with a reason is echoed, and nobody else noticed anything.
+    let (mut polite, _, _) = Client::join(&server, Codec::MessagePack, "arena", "polite").await;
+    write_raw(&mut polite, &masked_frame(0x88, b"\x0f\xa0see you")).await;
+    assert_eq!(
+        polite.expect_close().await,
+        Closed::Frame(4000, "see you".into())
+    );
+    bystander.next_snapshot().await;
+}
