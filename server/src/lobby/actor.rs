@@ -20,11 +20,13 @@ use crate::outbox::{Outbox, PushError, Pushed};
 /// sending connections' reads, never the tick.
 pub(crate) const INBOX_CAPACITY: usize = 4096;
 /// Commands applied per wake-up before the actor checks its tick timer again.
-const COMMAND_BATCH: usize = 256;
+const COMMAND_BATCH: usize = 32;
 
 pub(crate) enum Command {
+    /// Boxed: joins are rare, and the largest variant sets the size of every command queued
+    /// (states are the common case) and of each lobby's batch buffer.
     Join {
-        request: JoinRequest,
+        request: Box<JoinRequest>,
         reply: oneshot::Sender<Result<JoinAccepted, (ErrorCode, String)>>,
     },
     State {
@@ -103,7 +105,8 @@ impl Actor {
         let mut next_tick = Instant::now() + period;
         let timer = sleep_until(next_tick);
         tokio::pin!(timer);
-        let mut commands = Vec::with_capacity(COMMAND_BATCH);
+        // Grows on demand: most lobbies receive a handful of commands per wake-up.
+        let mut commands = Vec::new();
         debug!(lobby = %self.entry.info.name, "lobby started");
         loop {
             tokio::select! {
@@ -173,7 +176,7 @@ impl Actor {
         match command {
             Command::Join { request, reply } => {
                 self.ctx.directory.join_processed(&self.entry);
-                let result = self.join(request);
+                let result = self.join(*request);
                 // The connection may have gone while waiting; its outbox is then closed anyway.
                 let _ = reply.send(result);
             }

@@ -160,7 +160,13 @@ impl Directory {
             entry
         };
         let (reply, accepted) = oneshot::channel();
-        let sent = entry.commands.send(Command::Join { request, reply }).await;
+        let sent = entry
+            .commands
+            .send(Command::Join {
+                request: Box::new(request),
+                reply,
+            })
+            .await;
         let internal = || (ErrorCode::Unknown, "lobby stopped".to_owned());
         sent.map_err(|_| internal())?;
         accepted.await.map_err(|_| internal())?

@@ -104,7 +104,11 @@ async fn run_connection(
     match io.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let (read, write) = parts.io.into_inner().into_split();
-            let read = std::io::Cursor::new(parts.read_buf).chain(read);
+            // Copied, and the original dropped now: even when empty it owns hyper's whole
+            // 8 KiB read buffer, which would otherwise live as long as the connection.
+            let early = Bytes::copy_from_slice(&parts.read_buf);
+            drop(parts.read_buf);
+            let read = std::io::Cursor::new(early).chain(read);
             // Shared between the writer task and direct writes from the lobby's tick.
             let write = SharedTcpWrite(Arc::new(write));
             let direct = Some(write.clone());
