@@ -194,20 +194,6 @@ mod tests {
     use crate::{ErrorCode, Payload, PlayerState, Snapshot};
 
     #[test]
-    fn negotiation_defaults_to_msgpack_and_honours_preference_order() {
-        assert_eq!(Codec::negotiate(None), Ok(Codec::MessagePack));
-        assert_eq!(
-            Codec::negotiate(Some("foo, tickrelay.v1.json, tickrelay.v1.msgpack")),
-            Ok(Codec::Json)
-        );
-        assert_eq!(
-            Codec::negotiate(Some("tickrelay.v1.msgpack")),
-            Ok(Codec::MessagePack)
-        );
-        assert!(Codec::negotiate(Some("chat, superchat")).is_err());
-    }
-
-    #[test]
     fn payload_is_msgpack_bin_and_json_base64() {
         let msg = ClientMessage::State {
             seq: 7,
