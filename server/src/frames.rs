@@ -277,4 +277,27 @@ mod tests {
         assert!(matches!(end, ReadError::TooLarge(2000)));
         assert!(capacity < 2000, "nothing reserved for the refused payload");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever a peer sends, in either role, the reader yields frames and then a typed
+        /// error: it never panics, never hangs, and never buffers past its limit.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            wire in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            server in proptest::prelude::any::<bool>(),
+        ) {
+            let role = if server { Role::Server } else { Role::Client };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (frames, _end, capacity) = runtime.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(5), read_all(role, wire.clone(), 1024))
+                    .await
+                    .expect("reader finished")
+            });
+            let payload: usize = frames.iter().map(|f| f.payload.len()).sum();
+            proptest::prop_assert!(payload <= wire.len());
+            proptest::prop_assert!(capacity <= 4096, "buffer grew to {}", capacity);
+        }
+    }
 }
