@@ -124,18 +124,7 @@ impl Codec {
 
     /// Decodes a message the server sent (for clients: the load generator, tests).
     pub fn decode_server(self, bytes: &[u8]) -> Result<ServerMessage, DecodeError> {
-        self.decode_tagged(
-            bytes,
-            &[
-                "welcome",
-                "snapshot",
-                "event",
-                "member_joined",
-                "member_left",
-                "pong",
-                "error",
-            ],
-        )
+        self.decode_tagged(bytes, ServerMessage::TYPES)
     }
 
     fn decode_tagged<T: DeserializeOwned>(

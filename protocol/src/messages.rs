@@ -142,3 +142,16 @@ impl ClientMessage {
     /// Every `t` value this version understands, used to tell unknown types from malformed ones.
     pub const TYPES: &'static [&'static str] = &["join", "state", "event", "leave", "ping"];
 }
+
+impl ServerMessage {
+    /// Every `t` value this version sends, used to tell unknown types from malformed ones.
+    pub const TYPES: &'static [&'static str] = &[
+        "welcome",
+        "snapshot",
+        "event",
+        "member_joined",
+        "member_left",
+        "pong",
+        "error",
+    ];
+}
