@@ -12,6 +12,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error};
 
 use super::directory::{Entry, JoinAccepted, JoinRequest, TrafficCounts};
+use super::input::InputSlot;
 use super::state::{JoinRefused, LobbyState, MemberKey};
 use crate::ServerContext;
 use crate::outbox::{Outbox, PushError, Pushed};
@@ -22,18 +23,13 @@ pub(crate) const INBOX_CAPACITY: usize = 4096;
 /// Commands applied per wake-up before the actor checks its tick timer again.
 const COMMAND_BATCH: usize = 32;
 
+/// What a connection asks of its lobby, besides states (those go through its [`InputSlot`]).
 pub(crate) enum Command {
     /// Boxed: joins are rare, and the largest variant sets the size of every command queued
-    /// (states are the common case) and of each lobby's batch buffer.
+    /// and of each lobby's batch buffer.
     Join {
         request: Box<JoinRequest>,
         reply: oneshot::Sender<Result<JoinAccepted, (ErrorCode, String)>>,
-    },
-    State {
-        key: MemberKey,
-        id: PlayerId,
-        seq: u64,
-        data: Payload,
     },
     Event {
         key: MemberKey,
@@ -66,6 +62,8 @@ impl LobbyHandle {
 /// What the lobby keeps per member besides its game state: how to reach it.
 struct Connection {
     outbox: Arc<Outbox>,
+    /// The member's newest state, put there by its reader, taken at each tick.
+    input: Arc<InputSlot>,
     codec: Codec,
     /// The next snapshot must be a keyframe (just joined, or a snapshot was coalesced).
     needs_keyframe: bool,
@@ -165,6 +163,7 @@ impl Actor {
         metrics.messages_out.inc_by(out.written);
         metrics.bytes_out.inc_by(out.written_bytes);
         self.traffic.ticks += 1;
+        self.traffic.states_in += out.states_in;
         self.traffic.snapshots_out += out.queued;
         self.traffic.messages_out += out.queued;
         self.traffic.bytes_out += out.bytes;
@@ -179,11 +178,6 @@ impl Actor {
                 let result = self.join(*request);
                 // The connection may have gone while waiting; its outbox is then closed anyway.
                 let _ = reply.send(result);
-            }
-            Command::State { key, id, seq, data } => {
-                if self.state.set_state(key, id, seq, data) {
-                    self.traffic.states_in += 1;
-                }
             }
             Command::Event { key, id, data } => {
                 if self.state.member(key, id).is_some() {
@@ -205,10 +199,12 @@ impl Actor {
             name,
             codec,
             outbox,
+            input,
             ..
         } = request;
         let connection = Connection {
             outbox: outbox.clone(),
+            input,
             codec,
             needs_keyframe: true,
         };
@@ -273,9 +269,11 @@ impl Actor {
     }
 }
 
-/// What one tick handed out.
+/// What one tick took in and handed out.
 #[derive(Debug, Default, Clone, Copy)]
 struct FanOut {
+    /// States members sent since the previous tick (superseded ones included).
+    states_in: u64,
     /// Snapshots handed out (written directly or queued).
     queued: u64,
     /// Of those, written straight into the socket, and their bytes.
@@ -286,9 +284,17 @@ struct FanOut {
     bytes: u64,
 }
 
-/// The work of one tick: advance the state, build the delta (and the keyframe if any member
-/// needs it), encode each once per codec, and hand the shared bytes to every member's outbox.
+/// The work of one tick: take each member's newest state, advance the state, build the delta
+/// (and the keyframe if any member needs it), encode each once per codec, and hand the shared
+/// bytes to every member's outbox.
 fn fan_out(state: &mut LobbyState<Connection>, now_us: u64) -> FanOut {
+    let mut out = FanOut::default();
+    for (_, member) in state.members_mut() {
+        if let Some(taken) = member.conn.input.take() {
+            member.set_state(taken.seq, taken.data);
+            out.states_in += taken.received;
+        }
+    }
     let delta = state.tick(now_us);
     let any_needs_keyframe = state
         .members()
@@ -296,7 +302,6 @@ fn fan_out(state: &mut LobbyState<Connection>, now_us: u64) -> FanOut {
     let mut keyframe =
         any_needs_keyframe.then(|| PerCodec::new(ServerMessage::Snapshot(state.keyframe(&delta))));
     let mut delta = PerCodec::new(ServerMessage::Snapshot(delta));
-    let mut out = FanOut::default();
     for (_, member) in state.members_mut() {
         let conn = &mut member.conn;
         // An unsent snapshot is about to be replaced, so this member would miss that delta's
@@ -348,13 +353,15 @@ pub fn bench_tick(
             Codec::MessagePack
         };
         let outbox = Arc::new(Outbox::new(16, codec.is_text(), None));
+        let input = Arc::new(InputSlot::default());
         let connection = Connection {
             outbox: outbox.clone(),
+            input: input.clone(),
             codec,
             needs_keyframe: true,
         };
-        if let Ok((key, id)) = state.join(format!("p{i}"), connection) {
-            handles.push((key, id, outbox));
+        if state.join(format!("p{i}"), connection).is_ok() {
+            handles.push((input, outbox));
         }
     }
     let data = Payload::from(vec![7u8; state_size]);
@@ -362,8 +369,8 @@ pub fn bench_tick(
     let mut batch = crate::outbox::Batch::default();
     move || {
         seq += 1;
-        for (key, id, _) in handles.iter().take(changed) {
-            state.set_state(*key, *id, seq, data.clone());
+        for (input, _) in handles.iter().take(changed) {
+            input.put(seq, data.clone());
         }
         if keyframes {
             state
@@ -371,7 +378,7 @@ pub fn bench_tick(
                 .for_each(|(_, m)| m.conn.needs_keyframe = true);
         }
         let out = fan_out(&mut state, unix_micros());
-        for (_, _, outbox) in &handles {
+        for (_, outbox) in &handles {
             outbox.drain_into(&mut batch);
             batch.clear();
         }

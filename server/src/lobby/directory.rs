@@ -11,6 +11,7 @@ use tickrelay_protocol::{Codec, ErrorCode, Member, PlayerId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::actor::{self, Command, LobbyHandle};
+use super::input::InputSlot;
 use crate::ServerContext;
 use crate::outbox::Outbox;
 
@@ -20,6 +21,8 @@ pub(crate) struct JoinRequest {
     pub(crate) name: String,
     pub(crate) codec: Codec,
     pub(crate) outbox: Arc<Outbox>,
+    /// Where the connection puts its states for the lobby to take at tick time.
+    pub(crate) input: Arc<InputSlot>,
 }
 
 /// A successful join: where to send this player's commands from now on.

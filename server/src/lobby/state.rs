@@ -29,6 +29,19 @@ pub(crate) struct MemberState<C> {
     dirty: bool,
 }
 
+impl<C> MemberState<C> {
+    /// Records this player's latest state, superseding the previous one; the next delta
+    /// carries it.
+    pub(crate) fn set_state(&mut self, seq: u64, data: Payload) {
+        self.latest = Some(PlayerState {
+            id: self.id,
+            seq,
+            data,
+        });
+        self.dirty = true;
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JoinRefused {
     LobbyFull,
@@ -84,24 +97,6 @@ impl<C> LobbyState<C> {
             self.removed_since_tick.push(member.id);
         }
         Some(member)
-    }
-
-    /// Records a player's latest state, superseding the previous one. Returns false for a stale
-    /// handle. Only the connection that joined as `id` holds `key`, so a client can only set its
-    /// own player's state.
-    pub(crate) fn set_state(
-        &mut self,
-        key: MemberKey,
-        id: PlayerId,
-        seq: u64,
-        data: Payload,
-    ) -> bool {
-        let Some(member) = self.members.get_mut(key).filter(|m| m.id == id) else {
-            return false;
-        };
-        member.latest = Some(PlayerState { id, seq, data });
-        member.dirty = true;
-        true
     }
 
     /// Advances the tick and returns its delta: the players whose state changed since the
@@ -174,6 +169,14 @@ mod tests {
         Payload::from(bytes)
     }
 
+    fn set(lobby: &mut LobbyState<()>, key: MemberKey, seq: u64, bytes: &'static [u8]) {
+        let (_, member) = lobby
+            .members_mut()
+            .find(|(k, _)| *k == key)
+            .expect("a member");
+        member.set_state(seq, data(bytes));
+    }
+
     fn ids(snapshot: &Snapshot) -> Vec<(PlayerId, u64)> {
         snapshot.players.iter().map(|p| (p.id, p.seq)).collect()
     }
@@ -185,14 +188,14 @@ mod tests {
         let (b, id_b) = lobby.join("b".into(), ()).unwrap();
         assert_ne!(id_a, id_b);
 
-        assert!(lobby.set_state(a, id_a, 1, data(b"a1")));
-        assert!(lobby.set_state(b, id_b, 1, data(b"b1")));
-        assert!(lobby.set_state(a, id_a, 2, data(b"a2")));
+        set(&mut lobby, a, 1, b"a1");
+        set(&mut lobby, b, 1, b"b1");
+        set(&mut lobby, a, 2, b"a2");
         let first = lobby.tick(100);
         assert_eq!((first.tick, first.server_time_us), (1, 100));
         assert_eq!(ids(&first), vec![(id_a, 2), (id_b, 1)], "latest state wins");
 
-        lobby.set_state(b, id_b, 2, data(b"b2"));
+        set(&mut lobby, b, 2, b"b2");
         let second = lobby.tick(200);
         assert_eq!(ids(&second), vec![(id_b, 2)]);
         assert!(!second.keyframe);
@@ -211,7 +214,7 @@ mod tests {
     fn leaving_player_is_listed_once_in_removed() {
         let mut lobby = LobbyState::new(8);
         let (a, id_a) = lobby.join("a".into(), ()).unwrap();
-        lobby.set_state(a, id_a, 1, data(b"x"));
+        set(&mut lobby, a, 1, b"x");
         lobby.tick(1);
         assert!(lobby.leave(a, id_a).is_some());
         assert!(lobby.leave(a, id_a).is_none(), "second leave is stale");
@@ -221,15 +224,18 @@ mod tests {
     }
 
     #[test]
-    fn stale_handle_cannot_set_another_players_state() {
+    fn stale_handle_does_not_reach_the_member_that_reuses_its_key() {
         let mut lobby = LobbyState::new(8);
         let (a, id_a) = lobby.join("a".into(), ()).unwrap();
         lobby.leave(a, id_a);
         let (b, id_b) = lobby.join("b".into(), ()).unwrap();
         assert_eq!(a, b, "slab reuses the key");
-        assert!(!lobby.set_state(b, id_a, 1, data(b"evil")));
-        assert!(lobby.tick(1).players.is_empty());
-        assert!(lobby.set_state(b, id_b, 1, data(b"ok")));
+        assert!(lobby.member(b, id_a).is_none());
+        assert!(
+            lobby.leave(b, id_a).is_none(),
+            "a stale leave removes nobody"
+        );
+        assert_eq!(lobby.member(b, id_b).map(|m| m.id), Some(id_b));
     }
 
     #[test]

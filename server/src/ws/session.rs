@@ -1,6 +1,7 @@
 //! One WebSocket connection after the upgrade: reads frames, reassembles and decodes
-//! messages, enforces the per-connection limits, and turns messages into lobby commands. It
-//! never mutates lobby state itself and never writes to the socket (the writer task does).
+//! messages, enforces the per-connection limits, puts states into the member's input slot and
+//! turns other messages into lobby commands. It never mutates lobby state itself and never
+//! writes to the socket (the tick and the writer task do).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use super::writer::{Writer, WriterEnd};
 use crate::ServerContext;
 use crate::config::Config;
 use crate::frames::{FrameReader, Kind, ReadError, Role};
-use crate::lobby::{Command, JoinAccepted, JoinRequest};
+use crate::lobby::{Command, InputSlot, JoinAccepted, JoinRequest};
 use crate::outbox::Outbox;
 
 /// How long, after the server decided to close, the reader waits for the client's close frame.
@@ -150,6 +151,8 @@ struct Session<'a> {
     ctx: &'a Arc<ServerContext>,
     config: &'a Config,
     outbox: Arc<Outbox>,
+    /// Where this player's states go once joined (the lobby takes the newest at each tick).
+    input: Arc<InputSlot>,
     codec: Codec,
     joined: Option<Joined>,
     player_id: Option<u32>,
@@ -173,6 +176,7 @@ impl<'a> Session<'a> {
             ctx,
             config: &ctx.config,
             outbox,
+            input: Arc::default(),
             codec,
             joined: None,
             player_id: None,
@@ -365,8 +369,11 @@ impl<'a> Session<'a> {
                 if !self.state_limit.allow(now) {
                     return self.close(close::RATE_LIMITED);
                 }
-                self.forward_to_lobby(|key, id| Command::State { key, id, seq, data })
-                    .await
+                if self.joined.is_none() {
+                    return self.not_joined();
+                }
+                self.input.put(seq, data);
+                Flow::Continue
             }
             ClientMessage::Event { data } => {
                 if !self.event_limit.allow(now) {
@@ -409,6 +416,7 @@ impl<'a> Session<'a> {
             name,
             codec: self.codec,
             outbox: self.outbox.clone(),
+            input: self.input.clone(),
         };
         match self.ctx.directory.join(self.ctx, request).await {
             Ok(JoinAccepted {
@@ -430,8 +438,7 @@ impl<'a> Session<'a> {
 
     async fn forward_to_lobby(&mut self, command: impl FnOnce(usize, u32) -> Command) -> Flow {
         let Some(joined) = &self.joined else {
-            self.send_error(ErrorCode::NotJoined, "send join first".into());
-            return Flow::Continue;
+            return self.not_joined();
         };
         if joined
             .lobby
@@ -441,6 +448,11 @@ impl<'a> Session<'a> {
         {
             return self.close(close::INTERNAL_ERROR);
         }
+        Flow::Continue
+    }
+
+    fn not_joined(&self) -> Flow {
+        self.send_error(ErrorCode::NotJoined, "send join first".into());
         Flow::Continue
     }
 
