@@ -71,10 +71,12 @@ pub(crate) fn upgrade(
     let task_ctx = ctx.clone();
     ctx.tracker.spawn(async move {
         let ctx = task_ctx;
-        match upgraded.await {
-            Ok(ws) => {
+        // Unwrapped before the match: a `match` on the await itself would keep fastwebsockets'
+        // `WebSocket` wrapper in this task's state for the connection's whole life.
+        let upgraded = upgraded.await.map(|ws| ws.into_inner().into_inner());
+        match upgraded {
+            Ok(io) => {
                 info!(peer, codec = codec.name(), "connection opened");
-                let io = ws.into_inner().into_inner();
                 // Over the limit: the session closes at once with 1013 (try again later), which a
                 // browser can see, unlike an HTTP error status on the upgrade.
                 let refuse = over_limit.then_some(close::TRY_AGAIN_LATER);
@@ -116,7 +118,18 @@ async fn run_connection(
         }
         Err(io) => {
             let (read, write) = tokio::io::split(TokioIo::new(io));
-            session::serve(ctx.clone(), read, write, None, codec, peer, refuse).await;
+            // Boxed: without it this rare arm's future would double the size of every
+            // connection's task (the two arms' futures are not overlapped in its layout).
+            Box::pin(session::serve(
+                ctx.clone(),
+                read,
+                write,
+                None,
+                codec,
+                peer,
+                refuse,
+            ))
+            .await;
         }
     }
 }

@@ -105,24 +105,22 @@ pub(crate) async fn serve<R, W>(
     let mut session = Session::new(&ctx, outbox.clone(), codec);
     let mut end = session.read_loop(&mut ws).await;
     if let Some(joined) = session.joined.take() {
-        let _ = joined
-            .lobby
-            .send(Command::Leave {
-                key: joined.key,
-                id: joined.player_id,
-            })
-            .await;
+        let _ = Box::pin(joined.lobby.send(Command::Leave {
+            key: joined.key,
+            id: joined.player_id,
+        }))
+        .await;
     }
     if matches!(end, EndReason::ServerClosed(_)) {
         // Keep reading (and discarding) until the client answers our close, so the kernel
         // does not reset the connection with our close frame still unread by the client.
-        let _ = timeout(CLOSE_LINGER, async {
+        let _ = Box::pin(timeout(CLOSE_LINGER, async {
             while let Ok(frame) = ws.next_frame().await {
                 if frame.kind == Kind::Close {
                     break;
                 }
             }
-        })
+        }))
         .await;
     }
     // The writer ends once its close frame is out (or the socket failed).
@@ -364,7 +362,9 @@ impl<'a> Session<'a> {
         };
         let now = std::time::Instant::now();
         match message {
-            ClientMessage::Join { lobby, name, .. } => self.on_join(lobby, name).await,
+            // Boxed, like the other rare awaits, so the connection's long-lived future stays
+            // the size of its read loop.
+            ClientMessage::Join { lobby, name, .. } => Box::pin(self.on_join(lobby, name)).await,
             ClientMessage::State { seq, data } => {
                 if !self.state_limit.allow(now) {
                     return self.close(close::RATE_LIMITED);
@@ -379,8 +379,7 @@ impl<'a> Session<'a> {
                 if !self.event_limit.allow(now) {
                     return self.close(close::RATE_LIMITED);
                 }
-                self.forward_to_lobby(|key, id| Command::Event { key, id, data })
-                    .await
+                Box::pin(self.forward_to_lobby(|key, id| Command::Event { key, id, data })).await
             }
             ClientMessage::Ping { client_time } => {
                 if !self.event_limit.allow(now) {
