@@ -1,14 +1,14 @@
 //! A connection's bounded outbound path, and the one place the slow-consumer policy lives.
 //!
 //! Producers (the lobby's tick, the lobby's event fan-out, the connection's own reader) push
-//! already-encoded frames and never wait; the connection's writer task drains. Snapshots do not
+//! already-encoded frames and never wait; the connection's writer drains. Snapshots do not
 //! queue: a newer one replaces an unsent one (counted as coalesced), and the lobby then sends a
 //! keyframe. Reliable messages queue up to a bound; overflowing it closes the connection with
 //! 4002 rather than dropping anything silently.
 //!
 //! Fast path: when nothing is pending and the writer is idle, a snapshot is written straight
 //! into the socket by the tick with a non-blocking write (see `ws::direct`); only what the
-//! socket does not take at once goes through the writer task.
+//! socket does not take at once goes through the writer (a flush run by the connection's task).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use fastwebsockets::OpCode;
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use tokio_util::sync::CancellationToken;
 
 /// What the writer takes out in one wake-up.
@@ -65,7 +66,7 @@ pub(crate) enum PushError {
 pub(crate) enum Pushed {
     /// Written to the socket by the caller (whole, or its tail handed to the writer).
     Written,
-    /// Queued for the writer task.
+    /// Queued for the writer.
     Queued,
     /// Queued, replacing an unsent older snapshot (coalesced).
     Replaced,
@@ -77,14 +78,15 @@ pub(crate) struct Outbox {
     direct: Option<crate::ws::SharedTcpWrite>,
     data_opcode: OpCode,
     wake_writer: Notify,
-    /// Cancelled once a close is decided, so the reader stops handling messages.
+    /// Cancelled once a close is decided (or the server shuts down), so the reader stops
+    /// handling messages.
     closing: CancellationToken,
     max_reliable: usize,
 }
 
 #[derive(Default)]
 struct Inner {
-    /// The writer task holds a batch it has not finished writing: no direct writes meanwhile.
+    /// The writer holds a batch it has not finished writing: no direct writes meanwhile.
     writer_busy: bool,
     partial: Option<Bytes>,
     ping: bool,
@@ -110,18 +112,21 @@ impl Inner {
 
 impl Outbox {
     /// An outbox for a connection whose data frames are text (`text`) or binary, with the
-    /// socket the tick may write to directly (`None`: always through the writer task).
+    /// socket the tick may write to directly (`None`: always through the writer). `closing` is
+    /// cancelled when a close is decided; a child of the server's shutdown token ends the
+    /// connection on shutdown too.
     pub(crate) fn new(
         max_reliable: usize,
         text: bool,
         direct: Option<crate::ws::SharedTcpWrite>,
+        closing: CancellationToken,
     ) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             direct,
             data_opcode: if text { OpCode::Text } else { OpCode::Binary },
             wake_writer: Notify::new(),
-            closing: CancellationToken::new(),
+            closing,
             max_reliable,
         }
     }
@@ -151,7 +156,7 @@ impl Outbox {
             if let Some(socket) = &self.direct
                 && inner.idle()
             {
-                // Under the lock, so the writer task cannot start a write meanwhile.
+                // Under the lock, so the writer cannot start a write meanwhile.
                 if let Ok((head, written)) = socket.try_write_frame(self.data_opcode, &frame) {
                     let total = head.as_slice().len() + frame.len();
                     if written == total {
@@ -262,9 +267,10 @@ impl Outbox {
         inner.writer_busy = !batch.is_empty();
     }
 
-    /// Waits until something is pushed (returns at once if a push happened since the last wait).
-    pub(crate) async fn wait(&self) {
-        self.wake_writer.notified().await;
+    /// Completes once something is pushed (at once if a push happened since the previous
+    /// such future completed).
+    pub(crate) fn notified(&self) -> Notified<'_> {
+        self.wake_writer.notified()
     }
 }
 
@@ -278,7 +284,7 @@ mod tests {
 
     #[test]
     fn newer_snapshot_replaces_unsent_one() {
-        let outbox = Outbox::new(4, false, None);
+        let outbox = Outbox::new(4, false, None, CancellationToken::new());
         assert_eq!(outbox.push_snapshot(frame("s1")), Ok(Pushed::Queued));
         assert!(outbox.has_unsent_snapshot());
         assert_eq!(outbox.push_snapshot(frame("s2")), Ok(Pushed::Replaced));
@@ -290,7 +296,7 @@ mod tests {
 
     #[test]
     fn reliable_messages_keep_order_and_precede_the_snapshot() {
-        let outbox = Outbox::new(4, false, None);
+        let outbox = Outbox::new(4, false, None, CancellationToken::new());
         outbox.push_snapshot(frame("snap")).unwrap();
         outbox.push_reliable(frame("e1")).unwrap();
         outbox.push_reliable(frame("e2")).unwrap();
@@ -304,7 +310,7 @@ mod tests {
 
     #[test]
     fn reliable_overflow_closes_with_slow_consumer() {
-        let outbox = Outbox::new(2, false, None);
+        let outbox = Outbox::new(2, false, None, CancellationToken::new());
         outbox.push_reliable(frame("1")).unwrap();
         outbox.push_reliable(frame("2")).unwrap();
         assert_eq!(outbox.push_reliable(frame("3")), Err(PushError::Overflow));
@@ -321,7 +327,7 @@ mod tests {
 
     #[test]
     fn first_close_decision_wins() {
-        let outbox = Outbox::new(2, false, None);
+        let outbox = Outbox::new(2, false, None, CancellationToken::new());
         outbox.close(1001);
         outbox.close(4001);
         assert_eq!(outbox.close_code(), Some(1001));
@@ -352,7 +358,7 @@ mod direct_tests {
     #[tokio::test]
     async fn idle_socket_gets_the_snapshot_directly_and_busy_writer_forces_queueing() {
         let (mut client, socket) = socket_pair().await;
-        let outbox = Outbox::new(4, false, Some(socket));
+        let outbox = Outbox::new(4, false, Some(socket), CancellationToken::new());
         assert_eq!(
             outbox.push_snapshot(Bytes::from_static(b"abc")),
             Ok(Pushed::Written)
@@ -386,7 +392,7 @@ mod direct_tests {
         use tokio::io::AsyncWriteExt;
         let (mut client, socket) = socket_pair().await;
         let mut writer_side = socket.clone();
-        let outbox = Outbox::new(4, false, Some(socket));
+        let outbox = Outbox::new(4, false, Some(socket), CancellationToken::new());
         const SIZE: usize = 256 * 1024;
         let big = Bytes::from(vec![0x5a; SIZE]);
         let mut batch = Batch::default();

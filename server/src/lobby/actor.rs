@@ -352,7 +352,7 @@ pub fn bench_tick(
         } else {
             Codec::MessagePack
         };
-        let outbox = Arc::new(Outbox::new(16, codec.is_text(), None));
+        let outbox = Arc::new(Outbox::new(16, codec.is_text(), None, Default::default()));
         let input = Arc::new(InputSlot::default());
         let connection = Connection {
             outbox: outbox.clone(),

@@ -1,8 +1,8 @@
-//! The TCP write half shared by a connection's writer task and its lobby's tick.
+//! The TCP write half shared by a connection's writer and its lobby's tick.
 //!
 //! The tick writes a snapshot straight into the socket with a non-blocking `try_write` when
 //! nothing else is pending for that connection (no task wake-up, no queueing behind other
-//! tasks); otherwise it queues in the outbox and the writer task writes. The outbox's lock and
+//! tasks); otherwise it queues in the outbox and the connection's writer writes. The outbox's lock and
 //! its `writer_busy` flag make sure the two never interleave bytes.
 
 use std::io::{self, IoSlice};

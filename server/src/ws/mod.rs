@@ -1,5 +1,6 @@
 //! WebSocket connections: the upgrade (subprotocol negotiation, connection limit), then one
-//! session (reader, in `session`) and one writer task (in `writer`) per connection.
+//! task per connection: the session (`session`) reads, and flushes the writer (`writer`) when
+//! the outbox holds what the tick could not write directly.
 
 mod direct;
 mod rate;
@@ -111,7 +112,7 @@ async fn run_connection(
             let early = Bytes::copy_from_slice(&parts.read_buf);
             drop(parts.read_buf);
             let read = std::io::Cursor::new(early).chain(read);
-            // Shared between the writer task and direct writes from the lobby's tick.
+            // Shared between the connection's writer and direct writes from the lobby's tick.
             let write = SharedTcpWrite(Arc::new(write));
             let direct = Some(write.clone());
             session::serve(ctx.clone(), read, write, direct, codec, peer, refuse).await;

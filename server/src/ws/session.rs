@@ -1,7 +1,8 @@
 //! One WebSocket connection after the upgrade: reads frames, reassembles and decodes
 //! messages, enforces the per-connection limits, puts states into the member's input slot and
 //! turns other messages into lobby commands. It never mutates lobby state itself and never
-//! writes to the socket (the tick and the writer task do).
+//! writes to the socket itself: the tick writes directly, and the read loop runs the writer's
+//! flush when the outbox holds more.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use tokio::time::{Instant, timeout};
 use tracing::{info, warn};
 
 use super::rate::RateLimit;
-use super::writer::{Writer, WriterEnd};
+use super::writer::{WriteSide, Writer, WriterEnd};
 use crate::ServerContext;
 use crate::config::Config;
 use crate::frames::{FrameReader, Kind, ReadError, Role};
@@ -77,23 +78,21 @@ pub(crate) async fn serve<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let config = &ctx.config;
+    // A child of the server's shutdown token: shutdown stops the read loop like a close
+    // decision, and the loop turns it into 1001.
     let outbox = Arc::new(Outbox::new(
         config.max_queued_messages,
         codec.is_text(),
         direct,
+        ctx.shutdown.child_token(),
     ));
-    let writer = ctx.tracker.spawn(
-        Writer {
-            socket: write,
-            outbox: outbox.clone(),
-            codec,
-            metrics: ctx.metrics.clone(),
-            shutdown: ctx.shutdown.clone(),
-            ping_interval: config.ping_interval,
-            write_timeout: config.idle_timeout,
-        }
-        .run(),
-    );
+    let mut writer = WriteSide::new(Writer {
+        socket: write,
+        outbox: outbox.clone(),
+        codec,
+        metrics: ctx.metrics.clone(),
+        write_timeout: config.idle_timeout,
+    });
 
     // Frames larger than a whole message are refused from their header; messages reassembled
     // from several frames are checked in `reassemble`.
@@ -103,7 +102,7 @@ pub(crate) async fn serve<R, W>(
         outbox.close(code);
     }
     let mut session = Session::new(&ctx, outbox.clone(), codec);
-    let mut end = session.read_loop(&mut ws).await;
+    let mut end = session.read_loop(&mut ws, &mut writer).await;
     if let Some(joined) = session.joined.take() {
         let _ = Box::pin(joined.lobby.send(Command::Leave {
             key: joined.key,
@@ -111,21 +110,27 @@ pub(crate) async fn serve<R, W>(
         }))
         .await;
     }
-    if matches!(end, EndReason::ServerClosed(_)) {
-        // Keep reading (and discarding) until the client answers our close, so the kernel
-        // does not reset the connection with our close frame still unread by the client.
-        let _ = Box::pin(timeout(CLOSE_LINGER, async {
+    // Write what is left, ending with the close frame. After a server-side close, meanwhile
+    // keep reading (and discarding) until the client answers it, so the kernel does not reset
+    // the connection with our close frame still unread by the client.
+    outbox.close(close::NORMAL);
+    let linger = async {
+        if matches!(end, EndReason::ServerClosed(_)) {
             while let Ok(frame) = ws.next_frame().await {
                 if frame.kind == Kind::Close {
                     break;
                 }
             }
-        }))
-        .await;
-    }
-    // The writer ends once its close frame is out (or the socket failed).
-    outbox.close(close::NORMAL);
-    if let Ok(Ok(WriterEnd::Stalled)) = timeout(CLOSE_LINGER, writer).await {
+        }
+    };
+    let (_, written) = Box::pin(async {
+        tokio::join!(
+            timeout(CLOSE_LINGER, linger),
+            timeout(CLOSE_LINGER, writer.finish())
+        )
+    })
+    .await;
+    if let Ok(Some(WriterEnd::Stalled)) = written {
         end = EndReason::WriteStalled;
     }
     ctx.metrics.connections.dec();
@@ -190,16 +195,31 @@ impl<'a> Session<'a> {
         Flow::End(EndReason::ServerClosed(code))
     }
 
-    async fn read_loop<R: AsyncRead + Unpin>(&mut self, ws: &mut FrameReader<R>) -> EndReason {
+    /// Reads and handles messages until the connection ends, and meanwhile flushes the outbox
+    /// whenever it holds what the tick could not write directly, and sends keep-alive pings.
+    async fn read_loop<R, W>(
+        &mut self,
+        ws: &mut FrameReader<R>,
+        writer: &mut WriteSide<W>,
+    ) -> EndReason
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let join_deadline = Instant::now() + self.config.handshake_timeout;
+        let ping_interval = self.config.ping_interval;
+        let mut next_ping = Instant::now() + ping_interval;
         let outbox = self.outbox.clone();
-        // One timer and one cancellation future for the connection's whole life: creating
-        // them per frame costs a timer-wheel insert and removal and a waiter registration for
-        // every message. The timer is checked lazily: when it fires early it is re-armed.
+        // One timer, one cancellation future and one outbox waiter for the connection's whole
+        // life: creating them per frame costs a timer-wheel insert and removal and a waiter
+        // registration for every message. The timer serves the join, idle and ping deadlines
+        // and is checked lazily: when it fires early it is re-armed.
         let closing = outbox.closing().clone().cancelled_owned();
         tokio::pin!(closing);
-        let deadline = tokio::time::sleep_until(join_deadline);
+        let deadline = tokio::time::sleep_until(join_deadline.min(next_ping));
         tokio::pin!(deadline);
+        let pushed = outbox.notified();
+        tokio::pin!(pushed);
         let mut last_activity = Instant::now();
         loop {
             let joined = self.joined.is_some();
@@ -213,20 +233,38 @@ impl<'a> Session<'a> {
                     tokio::select! {
                         biased;
                         () = &mut closing => {
+                            // No close decided: the server is shutting down.
+                            outbox.close(close::GOING_AWAY);
                             return EndReason::ServerClosed(outbox.close_code().unwrap_or(close::NORMAL));
                         }
                         read = &mut read => break read,
+                        () = &mut pushed, if !writer.is_flushing() => {
+                            pushed.set(outbox.notified());
+                            writer.start();
+                        }
+                        end = writer.progress(), if writer.is_flushing() => match end {
+                            None | Some(WriterEnd::Closed) => {}
+                            Some(WriterEnd::WriteFailed) => return EndReason::PeerVanished,
+                            Some(WriterEnd::Stalled) => return EndReason::WriteStalled,
+                        },
                         () = &mut deadline => {
+                            let now = Instant::now();
+                            if now >= next_ping {
+                                // Through the outbox, so the ping never interleaves with a
+                                // direct write.
+                                outbox.push_ping();
+                                next_ping = now + ping_interval;
+                            }
                             let (due, code) = if joined {
                                 (last_activity + idle_timeout, close::IDLE_TIMEOUT)
                             } else {
                                 (join_deadline, close::JOIN_TIMEOUT)
                             };
-                            if Instant::now() >= due {
+                            if now >= due {
                                 outbox.close(code);
                                 return EndReason::ServerClosed(code);
                             }
-                            deadline.as_mut().reset(due);
+                            deadline.as_mut().reset(due.min(next_ping));
                         }
                     }
                 }
@@ -262,7 +300,7 @@ impl<'a> Session<'a> {
             if !joined && self.joined.is_some() {
                 deadline
                     .as_mut()
-                    .reset(last_activity + self.config.idle_timeout);
+                    .reset((last_activity + self.config.idle_timeout).min(next_ping));
             }
         }
     }

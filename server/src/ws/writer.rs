@@ -1,9 +1,12 @@
-//! The connection's writer task: it drains the outbox and writes everything pending with as
-//! few system calls as possible (one vectored write of all frames per wake-up), pings the
-//! client periodically, and ends after writing the close frame. The only other writer is the
-//! tick's direct write of a snapshot into an idle socket (`direct.rs`, `outbox.rs`).
+//! The connection's write side: drains the outbox and writes everything pending with as few
+//! system calls as possible (one vectored write of all frames per flush). It is not a task of
+//! its own: the connection's task runs a flush only when the outbox has something the tick
+//! could not write directly (`direct.rs`, `outbox.rs`), so an idle connection holds no writer
+//! state beyond this struct.
 
+use std::future::Future;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +14,7 @@ use bytes::Bytes;
 use fastwebsockets::OpCode;
 use tickrelay_protocol::{Codec, close};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::time::{MissedTickBehavior, interval, timeout};
-use tokio_util::sync::CancellationToken;
+use tokio::time::timeout;
 
 use super::FrameHead;
 use crate::metrics::Metrics;
@@ -26,8 +28,6 @@ pub(crate) struct Writer<W> {
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) codec: Codec,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) ping_interval: Duration,
     /// A write blocked this long means the client stopped reading: close it as slow.
     pub(crate) write_timeout: Duration,
 }
@@ -43,39 +43,36 @@ pub(crate) enum WriterEnd {
     Stalled,
 }
 
-impl<W: AsyncWrite + Unpin> Writer<W> {
-    pub(crate) async fn run(mut self) -> WriterEnd {
+/// A flush in progress. It owns the writer and hands it back, so the connection's task can
+/// keep it in a plain field between flushes and box only the rare flush itself.
+pub(crate) type Flush<W> = Pin<Box<dyn Future<Output = (Writer<W>, Option<WriterEnd>)> + Send>>;
+
+impl<W: AsyncWrite + Unpin + Send + 'static> Writer<W> {
+    /// Starts writing everything pending, batch after batch, until the outbox is drained.
+    pub(crate) fn flush(mut self) -> Flush<W> {
+        Box::pin(async move {
+            let end = self.flush_pending().await;
+            (self, end)
+        })
+    }
+
+    /// `None` once the outbox is drained with the connection still open; otherwise why the
+    /// writer is done (close frame written, socket failed or stalled).
+    async fn flush_pending(&mut self) -> Option<WriterEnd> {
         let mut batch = Batch::default();
-        let mut heads: Vec<FrameHead> = Vec::new();
-        let mut ping = interval(self.ping_interval);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        ping.reset();
-        let shutdown = self.shutdown.clone().cancelled_owned();
-        tokio::pin!(shutdown);
         loop {
             self.outbox.drain_into(&mut batch);
             if batch.is_empty() {
-                tokio::select! {
-                    () = self.outbox.wait() => {}
-                    // Through the outbox, so the ping never interleaves with a direct write.
-                    _ = ping.tick() => self.outbox.push_ping(),
-                    () = &mut shutdown => self.outbox.close(close::GOING_AWAY),
-                }
-                continue;
+                return None;
             }
             let frames = self.frames(&batch);
             let partial = batch.partial.as_deref().unwrap_or_default();
-            let written = timeout(
-                self.write_timeout,
-                self.write_all(partial, &frames, &mut heads),
-            )
-            .await;
-            match written {
+            match timeout(self.write_timeout, self.write_all(partial, &frames)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return WriterEnd::WriteFailed,
+                Ok(Err(_)) => return Some(WriterEnd::WriteFailed),
                 Err(_) => {
                     self.outbox.close(close::SLOW_CONSUMER);
-                    return WriterEnd::Stalled;
+                    return Some(WriterEnd::Stalled);
                 }
             }
             let message_bytes: usize = batch.messages.iter().map(Bytes::len).sum();
@@ -87,7 +84,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 // Half-close after the close frame; the reader keeps reading until the
                 // client's close arrives so that the kernel never resets unread data.
                 let _ = timeout(self.write_timeout, self.socket.shutdown()).await;
-                return WriterEnd::Closed;
+                return Some(WriterEnd::Closed);
             }
             batch.clear();
         }
@@ -117,14 +114,11 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         &mut self,
         partial: &[u8],
         frames: &[(OpCode, &[u8])],
-        heads: &mut Vec<FrameHead>,
     ) -> std::io::Result<()> {
-        heads.clear();
-        heads.extend(
-            frames
-                .iter()
-                .map(|(opcode, payload)| FrameHead::new(*opcode, payload)),
-        );
+        let heads: Vec<FrameHead> = frames
+            .iter()
+            .map(|(opcode, payload)| FrameHead::new(*opcode, payload))
+            .collect();
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2 + 1);
         if !partial.is_empty() {
             slices.push(IoSlice::new(partial));
@@ -145,5 +139,65 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             IoSlice::advance_slices(&mut remaining, written);
         }
         Ok(())
+    }
+}
+
+/// The connection's writer as its task holds it: idle (no allocation), flushing (the boxed
+/// flush), or done.
+pub(crate) struct WriteSide<W> {
+    idle: Option<Writer<W>>,
+    flushing: Option<Flush<W>>,
+    ended: Option<WriterEnd>,
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> WriteSide<W> {
+    pub(crate) fn new(writer: Writer<W>) -> Self {
+        Self {
+            idle: Some(writer),
+            flushing: None,
+            ended: None,
+        }
+    }
+
+    pub(crate) fn is_flushing(&self) -> bool {
+        self.flushing.is_some()
+    }
+
+    /// Starts a flush of whatever is pending, unless one runs or the writer is done.
+    pub(crate) fn start(&mut self) {
+        if let Some(writer) = self.idle.take() {
+            self.flushing = Some(writer.flush());
+        }
+    }
+
+    /// Drives the running flush to its end (pending forever if none runs, so it can sit in a
+    /// `select!` branch guarded by [`is_flushing`](Self::is_flushing)). Returns why the writer
+    /// is done, or `None` if it drained the outbox and stays usable.
+    pub(crate) async fn progress(&mut self) -> Option<WriterEnd> {
+        let Some(flush) = self.flushing.as_mut() else {
+            return std::future::pending().await;
+        };
+        let (writer, end) = flush.await;
+        self.flushing = None;
+        match end {
+            None => self.idle = Some(writer),
+            Some(end) => self.ended = Some(end),
+        }
+        end
+    }
+
+    /// Writes what is left, the close frame included (the caller has decided the close), and
+    /// returns how the writer ended.
+    pub(crate) async fn finish(&mut self) -> Option<WriterEnd> {
+        if self.is_flushing() {
+            self.progress().await;
+        }
+        if self.ended.is_none() {
+            self.start();
+            if self.is_flushing() {
+                self.progress().await;
+            }
+        }
+        self.ended
     }
 }
