@@ -1,24 +1,30 @@
-//! Reads WebSocket frames with a small buffer that grows only for large frames and shrinks
-//! back afterwards; shared by the server (client frames) and the load generator (server
-//! frames).
+//! Reads WebSocket frames holding no buffer between frames; shared by the server (client
+//! frames) and the load generator (server frames).
 //!
 //! Why not fastwebsockets' read half: it allocates a fixed 8 KiB buffer per connection, the
 //! largest single cost of an idle connection, and tickrelay holds tens of thousands of them.
+//! Here each read lands in a scratch array on the stack (not in the connection's state) and
+//! only the bytes read are copied out; a frame that arrived whole leaves with that copy as its
+//! payload, so an idle connection keeps no buffer at all. Only a frame split across reads is
+//! buffered, sized to the frame.
 //! Header parsing is tungstenite's (`FrameHeader::parse`, which also rejects reserved
 //! opcodes) and unmasking fastwebsockets' (`unmask`); this module owns only the buffer and
 //! the RFC 6455 rules that depend on the role. Message reassembly stays with the caller.
 
+use std::future::poll_fn;
 use std::io::{self, Cursor};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::ready;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-/// Buffer size a connection starts with and shrinks back to.
-const INITIAL_CAPACITY: usize = 512;
-/// Spare room reserved before each read.
-const READ_CHUNK: usize = 256;
+/// Size of the stack scratch array each read lands in. A frame being buffered with at least
+/// this much room reserved is read straight into its buffer instead.
+const SCRATCH: usize = 4096;
 /// Largest control frame payload (RFC 6455 5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
@@ -75,7 +81,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             io,
             role,
             max_payload,
-            buffer: BytesMut::with_capacity(INITIAL_CAPACITY),
+            buffer: BytesMut::new(),
         }
     }
 
@@ -86,15 +92,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = self.parse()? {
                 return Ok(frame);
             }
-            // A large frame grew the buffer; once it is drained, give the memory back.
-            if self.buffer.is_empty() && self.buffer.capacity() > 4 * INITIAL_CAPACITY {
-                self.buffer = BytesMut::with_capacity(INITIAL_CAPACITY);
-            }
-            self.buffer.reserve(READ_CHUNK);
-            if self.io.read_buf(&mut self.buffer).await? == 0 {
+            let read = if self.buffer.capacity() - self.buffer.len() >= SCRATCH {
+                // A large frame whose room `parse` reserved: no copy.
+                self.io.read_buf(&mut self.buffer).await?
+            } else {
+                self.read_via_scratch().await?
+            };
+            if read == 0 {
                 return Err(ReadError::Eof);
             }
         }
+    }
+
+    /// Reads into a stack array and appends what arrived to the buffer, so the buffer is
+    /// exactly as large as the unparsed bytes (usually one whole frame).
+    async fn read_via_scratch(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| {
+            let mut scratch = [MaybeUninit::<u8>::uninit(); SCRATCH];
+            let mut read = ReadBuf::uninit(&mut scratch);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+            self.buffer.extend_from_slice(read.filled());
+            std::task::Poll::Ready(Ok(read.filled().len()))
+        })
+        .await
     }
 
     /// Takes one frame off the buffer if it is complete; reserves room for it if not.
@@ -143,7 +163,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Ok(None);
         }
         self.buffer.advance(head);
-        let mut payload = self.buffer.split_to(length);
+        let mut payload = if self.buffer.len() == length {
+            // The common case, one frame per read: the buffer becomes the payload whole (no
+            // split, so no shared-ownership bookkeeping) and the reader keeps nothing.
+            std::mem::take(&mut self.buffer)
+        } else {
+            self.buffer.split_to(length)
+        };
         if let Some(mask) = header.mask {
             fastwebsockets::unmask(&mut payload, mask);
         }
@@ -208,7 +234,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn client_frames_are_unmasked_whole_and_the_buffer_shrinks_back() {
+    async fn client_frames_are_unmasked_whole_and_no_buffer_is_kept() {
         let big = vec![7u8; 70_000];
         let mask = Some([1, 2, 3, 4]);
         let mut wire = Vec::new();
@@ -237,10 +263,7 @@ mod tests {
         assert_eq!(&frames[0].payload[..], b"hello");
         assert!(frames[2].payload.iter().all(|&b| b == 7), "unmasked");
         assert!(matches!(end, ReadError::Eof));
-        assert!(
-            capacity <= 4 * INITIAL_CAPACITY,
-            "shrunk after the big frames: {capacity}"
-        );
+        assert_eq!(capacity, 0, "nothing buffered once every frame is out");
     }
 
     #[tokio::test]
