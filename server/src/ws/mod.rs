@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use tickrelay_protocol::{Codec, close};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tracing::info;
 
 use crate::ServerContext;
@@ -94,13 +95,16 @@ pub(crate) fn upgrade(
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
-async fn run_connection(
+/// The connection's session, over the TCP halves when hyper's stream unwraps to TCP. A plain
+/// function returning the future: as an `async fn` its moved-from locals (hyper's parts, the
+/// halves) would keep their slots in every connection's task for the connection's life.
+fn run_connection(
     ctx: &Arc<ServerContext>,
     io: hyper::upgrade::Upgraded,
     codec: Codec,
     peer: String,
     refuse: Option<u16>,
-) {
+) -> impl Future<Output = ()> + Send + use<> {
     // Unwrap hyper's upgraded stream back into the TcpStream so reads and writes go through
     // tokio's lock-free owned halves. Bytes hyper read past the request (a client that sent
     // its join right behind the handshake) are replayed in front of the socket.
@@ -115,13 +119,20 @@ async fn run_connection(
             // Shared between the connection's writer and direct writes from the lobby's tick.
             let write = SharedTcpWrite(Arc::new(write));
             let direct = Some(write.clone());
-            session::serve(ctx.clone(), read, write, direct, codec, peer, refuse).await;
+            Either::Left(session::serve(
+                ctx.clone(),
+                read,
+                write,
+                direct,
+                codec,
+                peer,
+                refuse,
+            ))
         }
         Err(io) => {
             let (read, write) = tokio::io::split(TokioIo::new(io));
-            // Boxed: without it this rare arm's future would double the size of every
-            // connection's task (the two arms' futures are not overlapped in its layout).
-            Box::pin(session::serve(
+            // Boxed: this rare arm's future would otherwise widen every connection's task.
+            Either::Right(Box::pin(session::serve(
                 ctx.clone(),
                 read,
                 write,
@@ -129,8 +140,7 @@ async fn run_connection(
                 codec,
                 peer,
                 refuse,
-            ))
-            .await;
+            )))
         }
     }
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tickrelay_protocol::{ClientMessage, Codec, DecodeError, ErrorCode, ServerMessage, close};
+use tickrelay_protocol::{
+    ClientMessage, Codec, DecodeError, ErrorCode, Payload, ServerMessage, close,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, timeout};
 use tracing::{info, warn};
@@ -166,6 +168,18 @@ struct Session<'a> {
     messages_in: u64,
 }
 
+/// What [`Session::on_message`] did with a message.
+enum Handled {
+    Done(Flow),
+    /// It waits for the lobby.
+    ForLobby(LobbyRequest),
+}
+
+enum LobbyRequest {
+    Join { lobby: String, name: String },
+    Event(Payload),
+}
+
 /// What to do after one message.
 enum Flow {
     Continue,
@@ -288,7 +302,14 @@ impl<'a> Session<'a> {
                 Kind::Pong => Flow::Continue,
                 Kind::Text | Kind::Binary | Kind::Continuation => {
                     match self.reassemble(frame.kind, frame.fin, frame.payload) {
-                        Ok(Some(message)) => self.on_message(&message).await,
+                        Ok(Some(message)) => match self.on_message(&message) {
+                            Handled::Done(flow) => flow,
+                            // Boxed: joins and events are rare, and awaiting them inline
+                            // would size every connection's task for them.
+                            Handled::ForLobby(message) => {
+                                Box::pin(self.on_lobby_message(message)).await
+                            }
+                        },
                         Ok(None) => Flow::Continue,
                         Err(code) => self.close(code),
                     }
@@ -375,7 +396,9 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn on_message(&mut self, message: &[u8]) -> Flow {
+    /// Handles a message that needs no waiting (states, pings, errors); joins and events go
+    /// back to the caller for [`on_lobby_message`](Self::on_lobby_message).
+    fn on_message(&mut self, message: &[u8]) -> Handled {
         self.messages_in += 1;
         self.ctx.metrics.messages_in.inc();
         self.ctx.metrics.bytes_in.inc_by(message.len() as u64);
@@ -391,46 +414,59 @@ impl<'a> Session<'a> {
                     ErrorCode::UnknownMessage,
                     format!("unknown message type {t:?}, ignored"),
                 );
-                return Flow::Continue;
+                return Handled::Done(Flow::Continue);
             }
             Err(err @ DecodeError::Malformed { .. }) => {
                 self.send_error(ErrorCode::BadMessage, err.to_string());
-                return self.close(close::INVALID_PAYLOAD);
+                return Handled::Done(self.close(close::INVALID_PAYLOAD));
             }
         };
         let now = std::time::Instant::now();
-        match message {
-            // Boxed, like the other rare awaits, so the connection's long-lived future stays
-            // the size of its read loop.
-            ClientMessage::Join { lobby, name, .. } => Box::pin(self.on_join(lobby, name)).await,
-            ClientMessage::State { seq, data } => {
-                if !self.state_limit.allow(now) {
-                    return self.close(close::RATE_LIMITED);
-                }
-                if self.joined.is_none() {
-                    return self.not_joined();
-                }
-                self.input.put(seq, data);
-                Flow::Continue
+        let flow = match message {
+            ClientMessage::Join { lobby, name, .. } => {
+                return Handled::ForLobby(LobbyRequest::Join { lobby, name });
             }
             ClientMessage::Event { data } => {
                 if !self.event_limit.allow(now) {
-                    return self.close(close::RATE_LIMITED);
+                    return Handled::Done(self.close(close::RATE_LIMITED));
                 }
-                Box::pin(self.forward_to_lobby(|key, id| Command::Event { key, id, data })).await
+                return Handled::ForLobby(LobbyRequest::Event(data));
+            }
+            ClientMessage::State { seq, data } => {
+                if !self.state_limit.allow(now) {
+                    self.close(close::RATE_LIMITED)
+                } else if self.joined.is_none() {
+                    self.not_joined()
+                } else {
+                    self.input.put(seq, data);
+                    Flow::Continue
+                }
             }
             ClientMessage::Ping { client_time } => {
                 if !self.event_limit.allow(now) {
-                    return self.close(close::RATE_LIMITED);
+                    self.close(close::RATE_LIMITED)
+                } else {
+                    let pong = ServerMessage::Pong {
+                        client_time,
+                        server_time_us: crate::lobby::unix_micros(),
+                    };
+                    self.send(&pong);
+                    Flow::Continue
                 }
-                let pong = ServerMessage::Pong {
-                    client_time,
-                    server_time_us: crate::lobby::unix_micros(),
-                };
-                self.send(&pong);
-                Flow::Continue
             }
             ClientMessage::Leave => self.close(close::NORMAL),
+        };
+        Handled::Done(flow)
+    }
+
+    /// Joins and events: both wait for the lobby.
+    async fn on_lobby_message(&mut self, request: LobbyRequest) -> Flow {
+        match request {
+            LobbyRequest::Join { lobby, name } => self.on_join(lobby, name).await,
+            LobbyRequest::Event(data) => {
+                self.forward_to_lobby(|key, id| Command::Event { key, id, data })
+                    .await
+            }
         }
     }
 
