@@ -317,6 +317,10 @@ async fn session(
         timer.as_mut().reset(due);
         tokio::select! {
             biased;
+            // The timer first: it is why this loop wakes ~30 times a second, and a ready
+            // branch spares polling the others (each poll of a token or `Notified` takes a
+            // lock). They stay registered, so a stop or storm still wakes the loop.
+            () = &mut timer => {}
             () = &mut stopped => {
                 state.leaving.set(true);
                 let _ = send(&mut writer, plan.codec, &ClientMessage::Leave, &mut buffer, shared).await;
@@ -340,7 +344,6 @@ async fn session(
                 }
                 continue;
             }
-            () = &mut timer => {}
         }
         let now = Instant::now();
         if let (Some(at), Some(period)) = (next_state, state_period)
