@@ -1,5 +1,6 @@
 //! Protocol micro-benchmarks: snapshot encoding in both codecs (8/32/128 players, 32–256-byte
-//! states) and decoding of client messages, the per-message work of server and clients.
+//! states), decoding of client messages and of snapshots (in full, and the summary a measuring
+//! load-generator client decodes), the per-message work of server and clients.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -101,10 +102,25 @@ fn decode_snapshots(c: &mut Criterion) {
     group.finish();
 }
 
+/// What every simulated load-generator client does per received snapshot.
+fn decode_snapshot_summary(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode");
+    let bytes = Codec::MessagePack.encode(&snapshot(8, 32)).unwrap();
+    group.bench_function("snapshot_summary", |b| {
+        b.iter(|| {
+            Codec::MessagePack
+                .decode_snapshot_summary(black_box(&bytes))
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     encode_snapshots,
     decode_client_messages,
-    decode_snapshots
+    decode_snapshots,
+    decode_snapshot_summary
 );
 criterion_main!(benches);

@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ClientMessage, ServerMessage};
 
-/// Maximum container nesting accepted when decoding MessagePack (v1 messages need 3).
-const MAX_NESTING: usize = 128;
+/// Maximum container nesting accepted when decoding MessagePack (v1 messages need 3); the
+/// fast snapshot decoder (`fast.rs`) enforces the same: containers, ext values included, nest
+/// at most 127 deep, the message's own map counting as level 1.
+pub(crate) const MAX_NESTING: usize = 128;
 
 /// A wire codec, chosen per connection by WebSocket subprotocol negotiation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -3,15 +3,23 @@
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use tickrelay_protocol::{ClientMessage, Codec, DecodeError};
+use tickrelay_protocol::{ClientMessage, Codec, DecodeError, ServerMessage, SnapshotSummary};
 
 use crate::strategies::{client_examples, client_message, server_examples, server_message};
 
-/// Feeds `bytes` to every decoder. Any outcome but a panic is fine here.
+/// Feeds `bytes` to every decoder. Any outcome but a panic is fine here, except that a
+/// MessagePack snapshot summary must only come from a snapshot the general decoder accepts.
 fn decode_everything(bytes: &[u8]) {
     for codec in Codec::ALL {
         let _ = codec.decode_client(bytes);
         let _ = codec.decode_server(bytes);
+        let _ = codec.decode_snapshot_summary(bytes);
+    }
+    if let Some(summary) = Codec::MessagePack.decode_snapshot_summary(bytes) {
+        let Ok(ServerMessage::Snapshot(snapshot)) = Codec::MessagePack.decode_server(bytes) else {
+            panic!("summary of a non-snapshot {bytes:02x?}");
+        };
+        assert_eq!(summary, SnapshotSummary::from(&snapshot), "{bytes:02x?}");
     }
 }
 
