@@ -7,6 +7,12 @@ use tickrelay_server::Config;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// mimalloc rather than glibc's malloc: after a burst (a connection ramp, sockets backing up)
+/// glibc keeps the freed memory between live connection state, mimalloc returns it. Measured
+/// with `e2e --preset scale`: 5.1 -> 3.4 KiB of RSS per connection at 19,200 (RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     if let Err(err) = real_main() {
         eprintln!("tickrelay-server: {err:#}");
