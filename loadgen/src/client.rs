@@ -11,9 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, Payload as WsPayload, WebSocketError};
-use tickrelay_protocol::{
-    ClientMessage, Codec, Payload, PlayerId, PlayerSeq, ServerMessage, SnapshotSummary,
-};
+use tickrelay_protocol::{ClientMessage, Codec, Payload, PlayerId, ServerMessage, SnapshotSummary};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
@@ -527,20 +525,12 @@ fn on_message(shared: &Shared, state: &SessionState, message: ServerMessage, rec
     match message {
         // Normally taken by the summary fast path; kept so both paths measure the same way.
         ServerMessage::Snapshot(snapshot) => {
-            let summary = SnapshotSummary {
-                tick: snapshot.tick,
-                server_time_us: snapshot.server_time_us,
-                keyframe: snapshot.keyframe,
-                players: snapshot
-                    .players
-                    .iter()
-                    .map(|p| PlayerSeq {
-                        id: p.id,
-                        seq: p.seq,
-                    })
-                    .collect(),
-            };
-            on_snapshot(shared, state, &summary, received_us);
+            on_snapshot(
+                shared,
+                state,
+                &SnapshotSummary::from(&snapshot),
+                received_us,
+            );
         }
         ServerMessage::Event { data, .. } => {
             let mut recorder = shared.recorder.borrow_mut();

@@ -798,43 +798,6 @@ mod tests {
         }
     }
 
-    fn small_or_any_u64() -> impl Strategy<Value = u64> {
-        prop_oneof![0..=70_000u64, any::<u64>()]
-    }
-
-    fn small_or_any_u32() -> impl Strategy<Value = u32> {
-        prop_oneof![0..=70_000u32, any::<u32>()]
-    }
-
-    fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
-        let player = (
-            small_or_any_u32(),
-            small_or_any_u64(),
-            vec(any::<u8>(), 0..300),
-        )
-            .prop_map(|(id, seq, data)| PlayerState {
-                id,
-                seq,
-                data: Payload::from(data),
-            });
-        (
-            small_or_any_u64(),
-            small_or_any_u64(),
-            any::<bool>(),
-            vec(player, 0..20),
-            vec(small_or_any_u32(), 0..20),
-        )
-            .prop_map(
-                |(tick, server_time_us, keyframe, players, removed)| Snapshot {
-                    tick,
-                    server_time_us,
-                    keyframe,
-                    players,
-                    removed,
-                },
-            )
-    }
-
     /// A valid snapshot's first bytes, to get random input past the first marker.
     fn snapshot_prefix() -> impl Strategy<Value = Vec<u8>> {
         let full = snapshot_with(|_| {});
@@ -842,25 +805,6 @@ mod tests {
     }
 
     proptest! {
-        #[test]
-        fn summary_matches_the_full_decoder(snapshot in arb_snapshot()) {
-            let message = ServerMessage::Snapshot(snapshot);
-            for codec in Codec::ALL {
-                let bytes = codec.encode(&message).unwrap();
-                let summary = codec.decode_snapshot_summary(&bytes);
-                prop_assert!(summary.is_some());
-                prop_assert_eq!(summary, full_summary(codec, &bytes));
-            }
-        }
-
-        #[test]
-        fn every_truncation_is_declined(snapshot in arb_snapshot()) {
-            let bytes = Codec::MessagePack.encode(&ServerMessage::Snapshot(snapshot)).unwrap();
-            for end in 0..bytes.len() {
-                prop_assert_eq!(Codec::MessagePack.decode_snapshot_summary(&bytes[..end]), None);
-            }
-        }
-
         #[test]
         fn arbitrary_bytes_never_panic(
             prefix in snapshot_prefix(),

@@ -8,3 +8,4 @@ mod msgpack;
 mod robustness;
 mod roundtrip;
 mod strategies;
+mod summary;
