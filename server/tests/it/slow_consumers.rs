@@ -129,3 +129,55 @@ async fn reliable_queue_overflow_closes_the_slow_reader_with_4002() {
         .wait_metric("tickrelay_disconnects_total{reason=\"slow_consumer\"}", 1.0)
         .await;
 }
+
+#[tokio::test]
+async fn a_reader_whose_socket_stays_full_is_closed_as_write_stalled_while_it_keeps_sending() {
+    let mut config = test_config();
+    config.max_message_size = 128 * 1024;
+    // The idle timeout is also how long a write may block.
+    config.idle_timeout = Duration::from_millis(800);
+    let server = spawn_server(config).await;
+    let mut stalled = join_with_small_buffer(&server, "stalled").await;
+    let (mut mover, _, _) = Client::join(&server, Codec::MessagePack, "arena", "mover").await;
+    // `stalled` keeps sending (so it is never idle) but reads nothing; the mover's 64 KiB
+    // states fill its socket. The server must keep reading it while a write is blocked, then
+    // give up on the write after the timeout.
+    let big = vec![0xCD; 64 * 1024];
+    let start = Instant::now();
+    let mut seq = 0;
+    while server
+        .metric("tickrelay_disconnects_total{reason=\"write_stalled\"}")
+        .await
+        < 1.0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the stalled writer was never closed"
+        );
+        seq += 1;
+        mover.send_state(seq, &big).await;
+        stalled.send_state(seq, b"still here").await;
+        mover.next_snapshot().await;
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "closed before the write timeout"
+    );
+    assert_eq!(
+        server
+            .metric("tickrelay_disconnects_total{reason=\"idle_timeout\"}")
+            .await,
+        0.0,
+        "it was never idle: it sent a state every tick"
+    );
+    // The stalled member left the lobby; the mover carries on.
+    let (_, lobbies) = server.http_get("/lobbies").await;
+    assert!(!lobbies.contains("\"stalled\""), "{lobbies}");
+    mover.send_state(seq + 1, b"after").await;
+    mover
+        .recv_until(|m| match m {
+            ServerMessage::Snapshot(s) => s.players.iter().any(|p| p.seq == seq + 1).then_some(()),
+            _ => None,
+        })
+        .await;
+}
