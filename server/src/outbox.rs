@@ -132,11 +132,7 @@ impl Outbox {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // The critical sections below cannot panic, so a poisoned lock only means a panic
-        // elsewhere in the holder's task; the data is still consistent.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.inner)
     }
 
     /// True when a snapshot is waiting to be written: the next one must then be a keyframe,

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use tickrelay_protocol::{Codec, ErrorCode, Member, PlayerId};
@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::actor::{self, Command, LobbyHandle};
 use super::input::InputSlot;
-use crate::ServerContext;
 use crate::outbox::Outbox;
+use crate::{ServerContext, lock};
 
 /// What a connection asks for when it joins.
 pub(crate) struct JoinRequest {
@@ -126,12 +126,6 @@ pub(crate) struct Directory {
 }
 
 /// Directory critical sections cannot panic; a poisoned lock still holds consistent data.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Directory {
     /// Joins `request.lobby`, creating it if needed. The lobby itself sends `welcome` (and the
     /// first keyframe) through the outbox; the caller gets the handle for further commands.

@@ -49,10 +49,7 @@ impl InputSlot {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        // Nothing can leave `Pending` half-updated, so a poisoned lock is still consistent.
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.pending)
     }
 }
 
