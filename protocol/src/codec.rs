@@ -103,6 +103,17 @@ impl Codec {
         Ok(out)
     }
 
+    /// Encodes a server message into the shared bytes every recipient's frame carries.
+    pub fn encode_server(self, message: &ServerMessage) -> bytes::Bytes {
+        // Invariant: every `ServerMessage` field is a type both serializers represent (strings,
+        // integers, bools, byte payloads, sequences and string-keyed structs) and the writer
+        // is a Vec, which never fails; the protocol tests encode every variant in both codecs.
+        let encoded = self
+            .encode(message)
+            .expect("every ServerMessage encodes in both codecs");
+        bytes::Bytes::from(encoded)
+    }
+
     /// Encodes into `out` (appending), so hot paths can reuse a buffer.
     pub fn encode_into<T: Serialize>(
         self,

@@ -3,10 +3,13 @@
 //!
 //! This crate does no I/O, knows no clock and no async runtime. It is the only place that calls
 //! `rmp_serde` or `serde_json` for wire messages; see `PROTOCOL.md` for the byte-level contract.
+//! `framing` is the WebSocket frame layer both the server and the load generator read with;
+//! its async reader alone needs tokio, behind the `tokio` feature.
 
 pub mod close;
 mod codec;
 mod fast;
+pub mod framing;
 mod messages;
 mod payload;
 
