@@ -20,7 +20,8 @@ use crate::clock::ClockEstimator;
 use crate::net::{self, Reader, Writer};
 use crate::plan::{ClientSpec, Plan, Target, backoff_delay};
 use crate::stats::{Counters, Histograms, Metric};
-use tickrelay_server::frames::{Kind, ReadError};
+use tickrelay_protocol::framing::Kind;
+use tickrelay_protocol::framing::reader::ReadError;
 
 /// States remembered per client for input-to-visible latency (by `seq % SEQ_WINDOW`).
 const SEQ_WINDOW: usize = 64;
@@ -424,7 +425,7 @@ async fn read_loop(shared: Rc<Shared>, state: Rc<SessionState>, mut reader: Read
                 if !state.leaving.get() {
                     let kind = match err {
                         ReadError::Eof | ReadError::Io(_) => "connection_lost",
-                        ReadError::Protocol(_) | ReadError::TooLarge(_) => "protocol_error",
+                        ReadError::Frame(_) => "protocol_error",
                     };
                     shared.count(|c| c.error(kind));
                 }

@@ -17,7 +17,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::plan::Target;
-use tickrelay_server::frames::{FrameReader, Role as ReadRole};
+use tickrelay_protocol::framing::Role as ReadRole;
+use tickrelay_protocol::framing::reader::FrameReader;
 
 /// Largest frame accepted from the server (snapshots of big lobbies stay far below).
 const MAX_SERVER_FRAME: usize = 16 << 20;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 /// tickrelay: a tick-based game-state relay over WebSockets.
 ///
@@ -62,6 +62,22 @@ pub struct Config {
     #[arg(long, env = "TICKRELAY_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Close a connection whose socket took no byte at all for this long while the server had
+    /// something to write (the client stopped reading; close 4002, counted as write_stalled).
+    /// Progress resets it: a slow but moving reader is never cut.
+    #[arg(long, env = "TICKRELAY_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Most TCP connections that have not become WebSocket connections yet (HTTP requests,
+    /// upgrades in progress). At the limit the server stops accepting until one finishes, so
+    /// half-open or slow handshakes can never use up the process's file descriptors.
+    #[arg(
+        long,
+        env = "TICKRELAY_MAX_PENDING_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub max_pending_connections: usize,
+
     /// How often the server pings each connection so that live but quiet clients stay open.
     #[arg(long, env = "TICKRELAY_PING_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
@@ -74,6 +90,25 @@ pub struct Config {
     /// Worker threads for the async runtime (0 = one per core).
     #[arg(long, env = "TICKRELAY_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
+
+    /// Log line format on stderr: `text` for people, `json` (one object per line) for log
+    /// pipelines. Filter with RUST_LOG (default `info`).
+    #[arg(long, env = "TICKRELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A configuration value the server cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: --{flag} {problem}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub problem: String,
 }
 
 impl Default for Config {
@@ -89,8 +124,114 @@ impl Config {
     /// Longest player name accepted in `join`, in bytes.
     pub const MAX_PLAYER_NAME: usize = 64;
 
+    /// Largest accepted `--max-message-size`: buffers are reserved from frame headers up to
+    /// this size, so it must stay far from `usize::MAX`.
+    pub const MAX_MESSAGE_SIZE_LIMIT: usize = 64 << 20;
+    /// Largest accepted `--max-lobby-size`, `--max-queued-messages` and the like: beyond this
+    /// a value is a typo, and some are used to size allocations.
+    pub const COUNT_LIMIT: usize = 10_000_000;
+
+    /// Checks every value once at start, so a bad one is a clear error rather than a spin or a
+    /// panic later (a zero ping interval, a zero queue, a size near `usize::MAX`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |flag, problem: &str| {
+            Err(ConfigError {
+                flag,
+                problem: problem.to_owned(),
+            })
+        };
+        if !(1..=1000).contains(&self.tick_hz) {
+            return fail("tick-hz", "must be 1 to 1000");
+        }
+        if !(126..=Self::MAX_MESSAGE_SIZE_LIMIT).contains(&self.max_message_size) {
+            return fail(
+                "max-message-size",
+                &format!("must be 126 to {} bytes", Self::MAX_MESSAGE_SIZE_LIMIT),
+            );
+        }
+        let counts = [
+            ("max-lobby-size", self.max_lobby_size),
+            ("max-lobbies", self.max_lobbies),
+            ("max-connections", self.max_connections),
+            ("max-queued-messages", self.max_queued_messages),
+            ("max-pending-connections", self.max_pending_connections),
+        ];
+        for (flag, value) in counts {
+            if !(1..=Self::COUNT_LIMIT).contains(&value) {
+                return fail(flag, &format!("must be 1 to {}", Self::COUNT_LIMIT));
+            }
+        }
+        if self.max_state_rate == 0 {
+            return fail("max-state-rate", "must be at least 1 per second");
+        }
+        if self.max_event_rate == 0 {
+            return fail("max-event-rate", "must be at least 1 per second");
+        }
+        // A day is far beyond any sensible value, and keeps deadline arithmetic in range.
+        let day = Duration::from_secs(86_400);
+        let durations = [
+            ("handshake-timeout", self.handshake_timeout),
+            ("idle-timeout", self.idle_timeout),
+            ("write-timeout", self.write_timeout),
+            ("ping-interval", self.ping_interval),
+        ];
+        for (flag, value) in durations {
+            if value < Duration::from_millis(1) || value > day {
+                return fail(flag, "must be between 1ms and 24h");
+            }
+        }
+        if self.shutdown_timeout > day {
+            return fail("shutdown-timeout", "must be at most 24h");
+        }
+        if self.worker_threads > 1024 {
+            return fail("worker-threads", "must be 0 (one per core) to 1024");
+        }
+        Ok(())
+    }
+
     /// Time between two ticks.
     pub fn tick_period(&self) -> Duration {
-        Duration::from_secs(1) / self.tick_hz
+        Duration::from_secs(1) / self.tick_hz.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::parse_from(std::iter::once("tickrelay-server").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn values_that_would_spin_or_panic_later_are_refused_at_start() {
+        let huge = usize::MAX.to_string();
+        let cases: [(&[&str], &str); 9] = [
+            (&["--ping-interval", "0s"], "ping-interval"),
+            (&["--idle-timeout", "0s"], "idle-timeout"),
+            (&["--write-timeout", "0ms"], "write-timeout"),
+            (&["--max-queued-messages", "0"], "max-queued-messages"),
+            (&["--max-lobby-size", "0"], "max-lobby-size"),
+            (
+                &["--max-pending-connections", "0"],
+                "max-pending-connections",
+            ),
+            (&["--max-message-size", &huge], "max-message-size"),
+            (&["--max-lobby-size", &huge], "max-lobby-size"),
+            (&["--max-state-rate", "0"], "max-state-rate"),
+        ];
+        for (args, flag) in cases {
+            let err = parse(args).validate().expect_err("refused");
+            assert_eq!(err.flag, flag, "{args:?}");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("invalid configuration: --{flag} "))
+            );
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! Everything that is not the WebSocket itself is small, read-only and cheap.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,12 +13,12 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, X_CONTENT_TYPE_OPT
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use crate::{ServerContext, assets, stats};
+use crate::{ServerContext, assets, stats, ws};
 
 pub(crate) async fn route(
     ctx: Arc<ServerContext>,
     request: Request<Incoming>,
-    peer: String,
+    peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.method() != Method::GET {
         return Ok(text_response(
@@ -26,7 +27,10 @@ pub(crate) async fn route(
         ));
     }
     let response = match request.uri().path() {
-        "/ws" => crate::ws::upgrade(&ctx, request, peer),
+        "/ws" => match ws::upgrade(&ctx, request, peer) {
+            Ok(switching) => switching,
+            Err(refusal) => render_refusal(&refusal),
+        },
         "/healthz" => text_response(StatusCode::OK, "ok\n"),
         "/lobbies" => json_response(&stats::lobbies(&ctx), true),
         // Polled every second by the monitor: compact.
@@ -53,7 +57,12 @@ pub(crate) async fn route(
     Ok(response)
 }
 
-pub(crate) fn text_response(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+/// An upgrade the WebSocket layer refused, as an HTTP response.
+fn render_refusal(refusal: &ws::Refusal) -> Response<Full<Bytes>> {
+    text_response(refusal.status, &refusal.body)
+}
+
+fn text_response(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -5,8 +5,8 @@
 //! `--self-host` all call it with their own listener, config and shutdown token.
 
 mod assets;
+mod clock;
 pub mod config;
-pub mod frames;
 mod http;
 mod lobby;
 pub mod metrics;
@@ -17,18 +17,18 @@ mod ws;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use crate::config::Config;
+pub use crate::config::{Config, ConfigError, LogFormat};
 #[doc(hidden)]
 pub use crate::lobby::bench_tick;
 pub use crate::metrics::Metrics;
@@ -40,12 +40,14 @@ const LISTEN_BACKLOG: u32 = 4096;
 pub(crate) struct ServerContext {
     pub(crate) config: Config,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) directory: lobby::Directory,
+    pub(crate) directory: Box<dyn lobby::Directory>,
     /// Cancelled to shut down: see [`run`].
     pub(crate) shutdown: CancellationToken,
     /// Every task the server spawns, so shutdown can wait for all of them.
     pub(crate) tracker: TaskTracker,
-    pub(crate) ws_connections: AtomicUsize,
+    /// One permit per WebSocket connection allowed (`--max-connections`), held by each
+    /// connection's `ConnectionGuard`.
+    pub(crate) connection_slots: Arc<Semaphore>,
     /// When `run` started, for `/stats`' uptime.
     pub(crate) started: Instant,
 }
@@ -67,6 +69,15 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
 }
 
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("listener: {0}")]
+    Io(#[from] io::Error),
+}
+
 /// Runs the server on `listener` until `shutdown` is cancelled.
 ///
 /// Shutdown is one mechanism: cancelling the token stops the accept loop, makes every
@@ -76,37 +87,51 @@ pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: CancellationToken,
-) -> io::Result<()> {
-    run_with_metrics(listener, config, Arc::new(Metrics::new()), shutdown).await
-}
-
-/// [`run`] with metrics owned by the caller (so an embedding process can read them).
-pub async fn run_with_metrics(
-    listener: TcpListener,
-    config: Config,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> io::Result<()> {
+) -> Result<(), RunError> {
+    config.validate()?;
     let shutdown_timeout = config.shutdown_timeout;
-    let ctx = Arc::new(ServerContext {
-        config,
-        metrics,
-        directory: lobby::Directory::default(),
+    let metrics = Arc::new(Metrics::new());
+    let tracker = TaskTracker::new();
+    let settings = lobby::LobbySettings {
+        tick_hz: config.tick_hz,
+        max_members: config.max_lobby_size,
+        metrics: metrics.clone(),
         shutdown: shutdown.clone(),
-        tracker: TaskTracker::new(),
-        ws_connections: AtomicUsize::new(0),
+    };
+    let ctx = Arc::new(ServerContext {
+        directory: Box::new(lobby::LocalDirectory::new(
+            settings,
+            config.max_lobbies,
+            tracker.clone(),
+        )),
+        connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+        metrics,
+        shutdown: shutdown.clone(),
+        tracker,
         started: Instant::now(),
+        config,
     });
+    // Connections not yet upgraded hold one of these from before `accept` until they end or
+    // upgrade: at the limit the loop stops accepting (the kernel's backlog waits) instead of
+    // spending file descriptors that live clients need.
+    let pending = Arc::new(Semaphore::new(ctx.config.max_pending_connections));
     info!(addr = %listener.local_addr()?, tick_hz = ctx.config.tick_hz, "tickrelay listening");
     loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = pending.clone().acquire_owned() => permit,
+        };
+        // Invariant: the semaphore is never closed.
+        let permit = permit.expect("the pending-connection semaphore stays open");
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => serve_http(&ctx, stream, peer),
+            Ok((stream, peer)) => serve_http(&ctx, stream, peer, PendingGuard::new(&ctx, permit)),
             Err(err) => {
-                // Typically EMFILE at the open-file limit: back off instead of spinning.
+                // Typically EMFILE at the open-file limit: back off instead of spinning, so
+                // the accept loop never takes the workers from live connections.
                 warn!(%err, "accept failed");
                 ctx.metrics.upgrade_refused("accept_failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -128,15 +153,42 @@ pub async fn run_with_metrics(
     Ok(())
 }
 
-fn serve_http(ctx: &Arc<ServerContext>, stream: TcpStream, peer: SocketAddr) {
+/// A TCP connection that is not a WebSocket connection (yet): its permit of
+/// `--max-pending-connections` and its place in the pending gauge, both given back on drop.
+struct PendingGuard {
+    metrics: Arc<Metrics>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PendingGuard {
+    fn new(ctx: &ServerContext, permit: OwnedSemaphorePermit) -> Self {
+        ctx.metrics.connections_pending.inc();
+        Self {
+            metrics: ctx.metrics.clone(),
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.metrics.connections_pending.dec();
+    }
+}
+
+fn serve_http(
+    ctx: &Arc<ServerContext>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    pending: PendingGuard,
+) {
     // Snapshots are small and latency-bound: never wait to coalesce them in the kernel.
     let _ = stream.set_nodelay(true);
     let conn_ctx = ctx.clone();
     ctx.tracker.spawn(async move {
         let ctx = conn_ctx;
         let service_ctx = ctx.clone();
-        let service =
-            service_fn(move |request| http::route(service_ctx.clone(), request, peer.to_string()));
+        let service = service_fn(move |request| http::route(service_ctx.clone(), request, peer));
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(ctx.config.handshake_timeout)
@@ -150,6 +202,8 @@ fn serve_http(ctx: &Arc<ServerContext>, stream: TcpStream, peer: SocketAddr) {
                 let _ = conn.await;
             }
         }
+        // Upgraded (the WebSocket runs in its own task, under its own guard) or finished.
+        drop(pending);
     });
 }
 

@@ -1,9 +1,11 @@
 //! `tickrelay-server`: parses the command line, sets up logging and the runtime, and runs
 //! the server until SIGINT or SIGTERM.
 
+use std::io::IsTerminal as _;
+
 use anyhow::Context as _;
 use clap::Parser as _;
-use tickrelay_server::Config;
+use tickrelay_server::{Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -22,12 +24,9 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    config.validate()?;
+    // Held for the whole run: dropping it flushes the log lines still queued.
+    let _log_flush = init_logging(config.log_format);
     match tickrelay_server::raise_open_file_limit() {
         Ok(limit) => info!(limit, "open-file limit"),
         Err(err) => warn!(%err, "could not raise the open-file limit"),
@@ -49,6 +48,25 @@ fn real_main() -> anyhow::Result<()> {
             .await
             .context("server failed")
     })
+}
+
+/// Logs to stderr through a non-blocking writer: a log line is handed to a dedicated thread,
+/// so a slow or stuck log pipe can never stall a runtime worker (and with it lobbies' ticks).
+/// Lines that would overflow its queue are dropped and counted by tracing-appender rather
+/// than waited for. Colours only when stderr is a terminal.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    guard
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -24,9 +24,11 @@ pub struct Metrics {
     pub(crate) ticks_missed: Counter,
     pub(crate) tick_duration: Histogram,
     pub(crate) tick_lateness: Histogram,
-    pub(crate) snapshots_queued: Counter,
+    pub(crate) snapshots_sent: Counter,
+    pub(crate) snapshots_written_direct: Counter,
     pub(crate) snapshots_coalesced: Counter,
-    pub(crate) keyframes_queued: Counter,
+    pub(crate) keyframes_sent: Counter,
+    pub(crate) connections_pending: Gauge,
     pub(crate) disconnects: Family<Labels, Counter>,
     pub(crate) errors_sent: Family<Labels, Counter>,
     pub(crate) upgrades_refused: Family<Labels, Counter>,
@@ -55,9 +57,11 @@ impl Metrics {
             ticks_missed: Counter::default(),
             tick_duration: Histogram::new(seconds_buckets()),
             tick_lateness: Histogram::new(seconds_buckets()),
-            snapshots_queued: Counter::default(),
+            snapshots_sent: Counter::default(),
+            snapshots_written_direct: Counter::default(),
             snapshots_coalesced: Counter::default(),
-            keyframes_queued: Counter::default(),
+            keyframes_sent: Counter::default(),
+            connections_pending: Gauge::default(),
             disconnects: Family::default(),
             errors_sent: Family::default(),
             upgrades_refused: Family::default(),
@@ -111,9 +115,14 @@ impl Metrics {
             metrics.tick_lateness.clone(),
         );
         registry.register(
-            "snapshots_queued",
-            "Snapshots handed to connection outboxes",
-            metrics.snapshots_queued.clone(),
+            "snapshots_sent",
+            "Snapshots handed to members' connections: written into the socket by the tick, or queued",
+            metrics.snapshots_sent.clone(),
+        );
+        registry.register(
+            "snapshots_written_direct",
+            "Of snapshots_sent, those the tick wrote straight into an idle socket",
+            metrics.snapshots_written_direct.clone(),
         );
         registry.register(
             "snapshots_coalesced",
@@ -121,9 +130,14 @@ impl Metrics {
             metrics.snapshots_coalesced.clone(),
         );
         registry.register(
-            "keyframes_queued",
-            "Keyframe snapshots handed to outboxes (joins and catch-ups)",
-            metrics.keyframes_queued.clone(),
+            "keyframes_sent",
+            "Keyframe snapshots handed to members' connections (joins and catch-ups)",
+            metrics.keyframes_sent.clone(),
+        );
+        registry.register(
+            "connections_pending",
+            "TCP connections accepted that are not WebSocket connections (yet)",
+            metrics.connections_pending.clone(),
         );
         registry.register(
             "disconnects",

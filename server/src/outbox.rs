@@ -7,17 +7,29 @@
 //! 4002 rather than dropping anything silently.
 //!
 //! Fast path: when nothing is pending and the writer is idle, a snapshot is written straight
-//! into the socket by the tick with a non-blocking write (see `ws::direct`); only what the
-//! socket does not take at once goes through the writer (a flush run by the connection's task).
+//! into the socket by the tick with a non-blocking write through the connection's
+//! [`DirectSink`]; only what the socket does not take at once goes through the writer (a
+//! flush run by the connection's task). The direct write happens under the outbox's lock, by
+//! design: it is one non-blocking syscall, and holding the lock is what keeps the tick's bytes
+//! and the writer's from interleaving.
 
 use std::collections::VecDeque;
+use std::io;
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use fastwebsockets::OpCode;
+use tickrelay_protocol::framing::{FrameHead, Kind};
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use tokio_util::sync::CancellationToken;
+
+/// The interface the outbox writes through for the tick's direct writes: a non-blocking write
+/// of one frame (header, then payload) that returns how many bytes the socket took, the
+/// outbox keeping the rest for the writer; `WouldBlock` when it took none. Plain TCP
+/// implements it; so can TLS (encrypting into the socket under the same lock).
+pub(crate) trait DirectSink: Send + Sync {
+    fn try_write(&self, head: &[u8], payload: &[u8]) -> io::Result<usize>;
+}
 
 /// What the writer takes out in one wake-up.
 #[derive(Default)]
@@ -74,9 +86,10 @@ pub(crate) enum Pushed {
 
 pub(crate) struct Outbox {
     inner: Mutex<Inner>,
-    /// The socket for direct writes (plain TCP), and the opcode of data frames.
-    direct: Option<crate::ws::SharedTcpWrite>,
-    data_opcode: OpCode,
+    /// Where the tick may write directly (`None`: always through the writer), and the kind
+    /// of data frames.
+    direct: Option<Box<dyn DirectSink>>,
+    data_kind: Kind,
     wake_writer: Notify,
     /// Cancelled once a close is decided (or the server shuts down), so the reader stops
     /// handling messages.
@@ -118,13 +131,13 @@ impl Outbox {
     pub(crate) fn new(
         max_reliable: usize,
         text: bool,
-        direct: Option<crate::ws::SharedTcpWrite>,
+        direct: Option<Box<dyn DirectSink>>,
         closing: CancellationToken,
     ) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             direct,
-            data_opcode: if text { OpCode::Text } else { OpCode::Binary },
+            data_kind: if text { Kind::Text } else { Kind::Binary },
             wake_writer: Notify::new(),
             closing,
             max_reliable,
@@ -135,12 +148,6 @@ impl Outbox {
         crate::lock(&self.inner)
     }
 
-    /// True when a snapshot is waiting to be written: the next one must then be a keyframe,
-    /// because the waiting delta is about to be replaced.
-    pub(crate) fn has_unsent_snapshot(&self) -> bool {
-        self.lock().snapshot.is_some()
-    }
-
     /// Hands a snapshot to the connection: written at once if the socket is idle and takes
     /// it, otherwise queued for the writer, replacing any unsent one (coalesced). Never blocks.
     pub(crate) fn push_snapshot(&self, frame: Bytes) -> Result<Pushed, PushError> {
@@ -149,11 +156,12 @@ impl Outbox {
             if inner.close.is_some() {
                 return Err(PushError::Closed);
             }
-            if let Some(socket) = &self.direct
+            if let Some(sink) = &self.direct
                 && inner.idle()
             {
                 // Under the lock, so the writer cannot start a write meanwhile.
-                if let Ok((head, written)) = socket.try_write_frame(self.data_opcode, &frame) {
+                let head = FrameHead::new(self.data_kind, frame.len());
+                if let Ok(written) = sink.try_write(head.as_slice(), &frame) {
                     let total = head.as_slice().len() + frame.len();
                     if written == total {
                         return Ok(Pushed::Written);
@@ -282,12 +290,17 @@ mod tests {
     fn newer_snapshot_replaces_unsent_one() {
         let outbox = Outbox::new(4, false, None, CancellationToken::new());
         assert_eq!(outbox.push_snapshot(frame("s1")), Ok(Pushed::Queued));
-        assert!(outbox.has_unsent_snapshot());
         assert_eq!(outbox.push_snapshot(frame("s2")), Ok(Pushed::Replaced));
         let mut batch = Batch::default();
         outbox.drain_into(&mut batch);
         assert_eq!(batch.messages, vec![frame("s2")]);
-        assert!(!outbox.has_unsent_snapshot());
+        batch.clear();
+        outbox.drain_into(&mut batch);
+        assert_eq!(
+            outbox.push_snapshot(frame("s3")),
+            Ok(Pushed::Queued),
+            "nothing unsent"
+        );
     }
 
     #[test]
@@ -339,22 +352,36 @@ mod direct_tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-    use crate::ws::SharedTcpWrite;
 
-    async fn socket_pair() -> (TcpStream, SharedTcpWrite) {
+    /// A direct sink over a real TCP socket, as the connection's is.
+    struct Sink(Arc<tokio::net::tcp::OwnedWriteHalf>);
+
+    impl DirectSink for Sink {
+        fn try_write(&self, head: &[u8], payload: &[u8]) -> io::Result<usize> {
+            let stream: &TcpStream = (*self.0).as_ref();
+            stream.try_write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(payload)])
+        }
+    }
+
+    async fn socket_pair() -> (TcpStream, Arc<tokio::net::tcp::OwnedWriteHalf>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let (_read, write) = server.into_split();
-        (client, SharedTcpWrite(Arc::new(write)))
+        (client, Arc::new(write))
     }
 
     #[tokio::test]
     async fn idle_socket_gets_the_snapshot_directly_and_busy_writer_forces_queueing() {
         let (mut client, socket) = socket_pair().await;
-        let outbox = Outbox::new(4, false, Some(socket), CancellationToken::new());
+        let outbox = Outbox::new(
+            4,
+            false,
+            Some(Box::new(Sink(socket))),
+            CancellationToken::new(),
+        );
         assert_eq!(
             outbox.push_snapshot(Bytes::from_static(b"abc")),
             Ok(Pushed::Written)
@@ -385,10 +412,14 @@ mod direct_tests {
 
     #[tokio::test]
     async fn a_full_socket_leaves_the_tail_for_the_writer_and_frames_stay_whole() {
-        use tokio::io::AsyncWriteExt;
         let (mut client, socket) = socket_pair().await;
-        let mut writer_side = socket.clone();
-        let outbox = Outbox::new(4, false, Some(socket), CancellationToken::new());
+        let writer_side: &TcpStream = (*socket).as_ref();
+        let outbox = Outbox::new(
+            4,
+            false,
+            Some(Box::new(Sink(socket.clone()))),
+            CancellationToken::new(),
+        );
         const SIZE: usize = 256 * 1024;
         let big = Bytes::from(vec![0x5a; SIZE]);
         let mut batch = Batch::default();
@@ -422,13 +453,22 @@ mod direct_tests {
                 assert!(frame[10..].iter().all(|&b| b == 0x5a), "payload intact");
             }
         });
+        let mut wire = Vec::new();
         if let Some(tail) = batch.partial.take() {
-            writer_side.write_all(&tail).await.unwrap();
+            wire.extend_from_slice(&tail);
         }
         for message in batch.messages.drain(..) {
-            let head = crate::ws::FrameHead::new(OpCode::Binary, &message);
-            writer_side.write_all(head.as_slice()).await.unwrap();
-            writer_side.write_all(&message).await.unwrap();
+            wire.extend_from_slice(FrameHead::new(Kind::Binary, message.len()).as_slice());
+            wire.extend_from_slice(&message);
+        }
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            writer_side.writable().await.unwrap();
+            match writer_side.try_write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => panic!("write failed: {err}"),
+            }
         }
         tokio::time::timeout(std::time::Duration::from_secs(10), reader)
             .await

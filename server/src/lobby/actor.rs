@@ -1,20 +1,25 @@
 //! The task that owns one lobby: it applies members' commands to the sans-I/O state, ticks on
-//! a drift-free schedule, encodes each snapshot once per codec and hands the same bytes to
+//! its [`TickSchedule`], encodes each snapshot once per codec and hands the same bytes to
 //! every member's outbox. It never awaits a socket; slow members are the outbox's business.
+//! What a member gets (delta or keyframe) is the state's decision; the actor reports what each
+//! push did. It reaches its directory only through its [`Registration`].
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tickrelay_protocol::{Codec, ErrorCode, Payload, PlayerId, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, sleep_until};
-use tracing::{debug, error};
+use tokio::time::sleep_until;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
-use super::directory::{Entry, JoinAccepted, JoinRequest, TrafficCounts};
+use super::info::{LobbyInfo, TrafficCounts};
 use super::input::InputSlot;
-use super::state::{JoinRefused, LobbyState, MemberKey};
-use crate::ServerContext;
+use super::schedule::{Fired, TickSchedule};
+use super::state::{Delivery, JoinRefused, LobbyState, MemberKey, PushOutcome};
+use crate::clock::unix_micros;
+use crate::metrics::Metrics;
 use crate::outbox::{Outbox, PushError, Pushed};
 
 /// Bound of a lobby's command inbox. A full inbox makes senders wait, which backpressures the
@@ -23,13 +28,37 @@ pub(crate) const INBOX_CAPACITY: usize = 4096;
 /// Commands applied per wake-up before the actor checks its tick timer again.
 const COMMAND_BATCH: usize = 32;
 
+/// What a connection asks for when it joins.
+pub(crate) struct JoinRequest {
+    pub(crate) lobby: String,
+    pub(crate) name: String,
+    pub(crate) codec: Codec,
+    pub(crate) outbox: Arc<Outbox>,
+    /// Where the connection puts its states for the lobby to take at tick time.
+    pub(crate) input: Arc<InputSlot>,
+}
+
+/// A successful join: where to send this player's commands from now on.
+pub(crate) struct JoinAccepted {
+    pub(crate) lobby: LobbyHandle,
+    pub(crate) key: MemberKey,
+    pub(crate) player_id: PlayerId,
+}
+
+/// A refused join: the `error` the client gets.
+#[derive(Debug)]
+pub(crate) struct JoinRefusal {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
 /// What a connection asks of its lobby, besides states (those go through its [`InputSlot`]).
 pub(crate) enum Command {
     /// Boxed: joins are rare, and the largest variant sets the size of every command queued
     /// and of each lobby's batch buffer.
     Join {
         request: Box<JoinRequest>,
-        reply: oneshot::Sender<Result<JoinAccepted, (ErrorCode, String)>>,
+        reply: oneshot::Sender<Result<JoinAccepted, JoinRefusal>>,
     },
     Event {
         key: MemberKey,
@@ -48,14 +77,39 @@ pub(crate) struct LobbyHandle {
     commands: mpsc::Sender<Command>,
 }
 
-impl LobbyHandle {
-    pub(super) fn new(commands: mpsc::Sender<Command>) -> Self {
-        Self { commands }
-    }
+/// The lobby stopped (it was retired or the server is shutting down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LobbyStopped;
 
-    /// Sends a command, waiting while the lobby's inbox is full. Fails only if the lobby stopped.
-    pub(crate) async fn send(&self, command: Command) -> Result<(), ()> {
-        self.commands.send(command).await.map_err(|_| ())
+impl LobbyHandle {
+    /// Sends a command, waiting while the lobby's inbox is full.
+    pub(crate) async fn send(&self, command: Command) -> Result<(), LobbyStopped> {
+        self.commands.send(command).await.map_err(|_| LobbyStopped)
+    }
+}
+
+/// What the actor needs of the directory that created it. The directory implements it; the
+/// actor never sees the directory's internals.
+pub(crate) trait Registration: Send + Sync + 'static {
+    /// A join routed to this lobby has been processed (accepted or refused).
+    fn join_processed(&self);
+    /// The lobby is empty: remove it from the directory unless a join is on its way. Returns
+    /// true when the actor must stop.
+    fn try_retire(&self) -> bool;
+}
+
+/// Everything a lobby's actor needs from the server, fixed at its creation.
+#[derive(Clone)]
+pub(crate) struct LobbySettings {
+    pub(crate) tick_hz: u32,
+    pub(crate) max_members: usize,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl LobbySettings {
+    fn tick_period(&self) -> Duration {
+        Duration::from_secs(1) / self.tick_hz.max(1)
     }
 }
 
@@ -65,30 +119,18 @@ struct Connection {
     /// The member's newest state, put there by its reader, taken at each tick.
     input: Arc<InputSlot>,
     codec: Codec,
-    /// The next snapshot must be a keyframe (just joined, or a snapshot was coalesced).
-    needs_keyframe: bool,
 }
 
-pub(super) fn spawn(
-    ctx: Arc<ServerContext>,
-    entry: Arc<Entry>,
-    handle: LobbyHandle,
-    inbox: mpsc::Receiver<Command>,
-) {
-    let tracker = ctx.tracker.clone();
-    let actor = Actor {
-        state: LobbyState::new(ctx.config.max_lobby_size),
-        ctx,
-        entry,
-        handle,
-        traffic: TrafficCounts::default(),
-    };
-    tracker.spawn(actor.run(inbox));
+/// A new lobby's command channel: the handle connections send on, the actor's inbox.
+pub(crate) fn channel() -> (LobbyHandle, mpsc::Receiver<Command>) {
+    let (commands, inbox) = mpsc::channel(INBOX_CAPACITY);
+    (LobbyHandle { commands }, inbox)
 }
 
-struct Actor {
-    ctx: Arc<ServerContext>,
-    entry: Arc<Entry>,
+pub(crate) struct Actor {
+    settings: LobbySettings,
+    info: Arc<LobbyInfo>,
+    registration: Box<dyn Registration>,
     handle: LobbyHandle,
     state: LobbyState<Connection>,
     /// Traffic since the last tick, added to the lobby's shared counters once per tick.
@@ -96,22 +138,41 @@ struct Actor {
 }
 
 impl Actor {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
-        let period = self.ctx.config.tick_period();
+    /// The actor of a new lobby; `handle` is its own channel's (it hands clones to joiners).
+    pub(crate) fn new(
+        settings: LobbySettings,
+        info: Arc<LobbyInfo>,
+        registration: Box<dyn Registration>,
+        handle: LobbyHandle,
+    ) -> Self {
+        Self {
+            state: LobbyState::new(settings.max_members),
+            settings,
+            info,
+            registration,
+            handle,
+            traffic: TrafficCounts::default(),
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
         // Lobbies are created at arbitrary instants, so their tick phases spread over the
         // period by themselves instead of all lobbies ticking at once.
-        let mut next_tick = Instant::now() + period;
-        let timer = sleep_until(next_tick);
+        let mut schedule =
+            TickSchedule::new(std::time::Instant::now(), self.settings.tick_period());
+        let timer = sleep_until(schedule.due().into());
         tokio::pin!(timer);
         // Grows on demand: most lobbies receive a handful of commands per wake-up.
         let mut commands = Vec::new();
-        debug!(lobby = %self.entry.info.name, "lobby started");
+        let shutdown = self.settings.shutdown.clone();
+        debug!(lobby = %self.info.name, "lobby started");
         loop {
             tokio::select! {
                 biased;
                 () = &mut timer => {
-                    next_tick = self.on_timer(next_tick, period);
-                    timer.as_mut().reset(next_tick);
+                    let fired = schedule.fire(std::time::Instant::now());
+                    self.on_tick(fired);
+                    timer.as_mut().reset(fired.next_due.into());
                 }
                 received = inbox.recv_many(&mut commands, COMMAND_BATCH) => {
                     if received == 0 {
@@ -120,61 +181,48 @@ impl Actor {
                     for command in commands.drain(..) {
                         self.apply(command);
                     }
-                    if self.state.is_empty() && self.ctx.directory.retire_if_unused(&self.entry) {
+                    if self.state.is_empty() && self.registration.try_retire() {
                         break;
                     }
                 }
-                () = self.ctx.shutdown.cancelled() => break,
+                () = shutdown.cancelled() => break,
             }
         }
-        self.ctx.metrics.lobbies.dec();
-        debug!(lobby = %self.entry.info.name, ticks = self.state.tick_number(), "lobby stopped");
+        self.settings.metrics.lobbies.dec();
+        debug!(lobby = %self.info.name, ticks = self.state.tick_number(), "lobby stopped");
     }
 
-    /// Runs the tick due at `scheduled` and returns when the next one is due. Ticks stay on
-    /// the grid `start + k * period` (no drift); a tick more than a period late skips the
-    /// missed instants rather than bursting to catch up.
-    fn on_timer(&mut self, scheduled: Instant, period: Duration) -> Instant {
-        let started = Instant::now();
-        let lateness = started.saturating_duration_since(scheduled);
-        self.ctx
-            .metrics
-            .tick_lateness
-            .observe(lateness.as_secs_f64());
-        self.tick();
-        self.ctx.metrics.ticks.inc();
-        self.ctx
-            .metrics
-            .tick_duration
-            .observe(started.elapsed().as_secs_f64());
-        let missed = (lateness.as_nanos() / period.as_nanos()) as u32;
-        if missed > 0 {
-            self.ctx.metrics.ticks_missed.inc_by(u64::from(missed));
+    fn on_tick(&mut self, fired: Fired) {
+        let started = std::time::Instant::now();
+        let metrics = &self.settings.metrics;
+        metrics.tick_lateness.observe(fired.lateness.as_secs_f64());
+        if fired.skipped > 0 {
+            metrics.ticks_missed.inc_by(fired.skipped);
         }
-        scheduled + period * (missed + 1)
-    }
-
-    fn tick(&mut self) {
         let out = fan_out(&mut self.state, unix_micros());
-        let metrics = &self.ctx.metrics;
-        metrics.snapshots_queued.inc_by(out.queued);
+        metrics.ticks.inc();
+        metrics.snapshots_sent.inc_by(out.sent);
+        metrics.snapshots_written_direct.inc_by(out.written);
         metrics.snapshots_coalesced.inc_by(out.coalesced);
-        metrics.keyframes_queued.inc_by(out.keyframes);
+        metrics.keyframes_sent.inc_by(out.keyframes);
         metrics.messages_out.inc_by(out.written);
         metrics.bytes_out.inc_by(out.written_bytes);
         self.traffic.ticks += 1;
         self.traffic.states_in += out.states_in;
-        self.traffic.snapshots_out += out.queued;
-        self.traffic.messages_out += out.queued;
+        self.traffic.snapshots_out += out.sent;
+        self.traffic.messages_out += out.sent;
         self.traffic.bytes_out += out.bytes;
         let traffic = std::mem::take(&mut self.traffic);
-        self.entry.info.traffic.add(&traffic);
+        self.info.traffic.add(&traffic);
+        metrics
+            .tick_duration
+            .observe(started.elapsed().as_secs_f64());
     }
 
     fn apply(&mut self, command: Command) {
         match command {
             Command::Join { request, reply } => {
-                self.ctx.directory.join_processed(&self.entry);
+                self.registration.join_processed();
                 let result = self.join(*request);
                 // The connection may have gone while waiting; its outbox is then closed anyway.
                 let _ = reply.send(result);
@@ -188,13 +236,13 @@ impl Actor {
             Command::Leave { key, id } => {
                 if self.state.leave(key, id).is_some() {
                     self.broadcast(None, ServerMessage::MemberLeft { id });
-                    self.entry.set_roster(self.state.roster());
+                    self.info.set_roster(self.state.roster());
                 }
             }
         }
     }
 
-    fn join(&mut self, request: JoinRequest) -> Result<JoinAccepted, (ErrorCode, String)> {
+    fn join(&mut self, request: JoinRequest) -> Result<JoinAccepted, JoinRefusal> {
         let JoinRequest {
             name,
             codec,
@@ -206,33 +254,31 @@ impl Actor {
             outbox: outbox.clone(),
             input,
             codec,
-            needs_keyframe: true,
         };
         let (key, player_id) = match self.state.join(name.clone(), connection) {
             Ok(joined) => joined,
             Err(JoinRefused::LobbyFull) => {
-                return Err((
-                    ErrorCode::LobbyFull,
-                    format!(
+                return Err(JoinRefusal {
+                    code: ErrorCode::LobbyFull,
+                    message: format!(
                         "lobby {:?} already has its maximum of {} members",
-                        self.entry.info.name, self.ctx.config.max_lobby_size
+                        self.info.name, self.settings.max_members
                     ),
-                ));
+                });
             }
         };
         let welcome = ServerMessage::Welcome {
             player_id,
-            lobby: self.entry.info.name.clone(),
-            tick_hz: self.ctx.config.tick_hz,
+            lobby: self.info.name.clone(),
+            tick_hz: self.settings.tick_hz,
             members: self.state.roster(),
         };
         // Queued before any snapshot can be, so `welcome` is always the first message.
-        if let Some(frame) = encode(codec, &welcome) {
-            let len = frame.len() as u64;
-            if outbox.push_reliable(frame).is_ok() {
-                self.traffic.messages_out += 1;
-                self.traffic.bytes_out += len;
-            }
+        let frame = codec.encode_server(&welcome);
+        let len = frame.len() as u64;
+        if outbox.push_reliable(frame).is_ok() {
+            self.traffic.messages_out += 1;
+            self.traffic.bytes_out += len;
         }
         self.broadcast(
             Some(key),
@@ -241,7 +287,7 @@ impl Actor {
                 name,
             },
         );
-        self.entry.set_roster(self.state.roster());
+        self.info.set_roster(self.state.roster());
         Ok(JoinAccepted {
             lobby: self.handle.clone(),
             key,
@@ -274,19 +320,49 @@ impl Actor {
 struct FanOut {
     /// States members sent since the previous tick (superseded ones included).
     states_in: u64,
-    /// Snapshots handed out (written directly or queued).
-    queued: u64,
-    /// Of those, written straight into the socket, and their bytes.
+    /// Members that were handed this tick's snapshot (written directly or queued).
+    sent: u64,
+    /// Of those, written straight into the socket by the tick, and their bytes.
     written: u64,
     written_bytes: u64,
+    /// Unsent snapshots replaced by this tick's (the reader was slow).
     coalesced: u64,
+    /// Members handed a keyframe.
     keyframes: u64,
+    /// Bytes of the snapshots handed out.
     bytes: u64,
+}
+
+impl FanOut {
+    fn record(&mut self, outcome: PushOutcome, len: u64) {
+        match outcome {
+            PushOutcome::Refused => return,
+            PushOutcome::Written => {
+                self.written += 1;
+                self.written_bytes += len;
+            }
+            PushOutcome::Replaced => self.coalesced += 1,
+            PushOutcome::Queued => {}
+        }
+        self.sent += 1;
+        self.bytes += len;
+    }
+}
+
+/// The outbox's answer in the state's vocabulary.
+fn outcome(pushed: Result<Pushed, PushError>) -> PushOutcome {
+    match pushed {
+        Ok(Pushed::Written) => PushOutcome::Written,
+        Ok(Pushed::Queued) => PushOutcome::Queued,
+        Ok(Pushed::Replaced) => PushOutcome::Replaced,
+        // Closing: its reader sends `Leave` shortly.
+        Err(PushError::Closed | PushError::Overflow) => PushOutcome::Refused,
+    }
 }
 
 /// The work of one tick: take each member's newest state, advance the state, build the delta
 /// (and the keyframe if any member needs it), encode each once per codec, and hand the shared
-/// bytes to every member's outbox.
+/// bytes to every member's outbox, each member getting what the state's delivery rule says.
 fn fan_out(state: &mut LobbyState<Connection>, now_us: u64) -> FanOut {
     let mut out = FanOut::default();
     for (_, member) in state.members_mut() {
@@ -296,36 +372,45 @@ fn fan_out(state: &mut LobbyState<Connection>, now_us: u64) -> FanOut {
         }
     }
     let delta = state.tick(now_us);
-    let any_needs_keyframe = state
+    let keyframe_of = |state: &LobbyState<Connection>| {
+        PerCodec::new(ServerMessage::Snapshot(state.keyframe(now_us)))
+    };
+    let mut keyframe = state
         .members()
-        .any(|(_, m)| m.conn.needs_keyframe || m.conn.outbox.has_unsent_snapshot());
-    let mut keyframe =
-        any_needs_keyframe.then(|| PerCodec::new(ServerMessage::Snapshot(state.keyframe(&delta))));
+        .any(|(_, m)| m.delivery() == Delivery::Keyframe)
+        .then(|| keyframe_of(state));
     let mut delta = PerCodec::new(ServerMessage::Snapshot(delta));
+    let mut resend = false;
     for (_, member) in state.members_mut() {
-        let conn = &mut member.conn;
-        // An unsent snapshot is about to be replaced, so this member would miss that delta's
-        // changes: it gets the keyframe instead.
-        let want_keyframe = conn.needs_keyframe || conn.outbox.has_unsent_snapshot();
-        let frame = match (&mut keyframe, want_keyframe) {
-            (Some(keyframe), true) => keyframe.get(conn.codec),
-            _ => delta.get(conn.codec),
+        let delivery = member.delivery();
+        let frames = match (delivery, keyframe.as_mut()) {
+            (Delivery::Keyframe, Some(keyframe)) => keyframe,
+            _ => &mut delta,
         };
+        let frame = frames.get(member.conn.codec);
         let len = frame.len() as u64;
-        match conn.outbox.push_snapshot(frame) {
-            Ok(pushed) => {
-                out.queued += 1;
-                out.bytes += len;
-                out.coalesced += u64::from(pushed == Pushed::Replaced);
-                if pushed == Pushed::Written {
-                    out.written += 1;
-                    out.written_bytes += len;
-                }
-                out.keyframes += u64::from(want_keyframe);
-                conn.needs_keyframe = false;
+        let outcome = outcome(member.conn.outbox.push_snapshot(frame));
+        out.record(outcome, len);
+        out.keyframes +=
+            u64::from(delivery == Delivery::Keyframe && outcome != PushOutcome::Refused);
+        resend |= member.delivered(delivery, outcome);
+    }
+    if resend {
+        // Slow readers whose unsent snapshot this tick's delta replaced: the delta lacks the
+        // lost snapshot's changes, so this tick's keyframe replaces it at once (the member
+        // was already counted as sent and coalesced).
+        let keyframe = keyframe.get_or_insert_with(|| keyframe_of(state));
+        for (_, member) in state.members_mut() {
+            if member.delivery() == Delivery::Keyframe {
+                let outcome = outcome(
+                    member
+                        .conn
+                        .outbox
+                        .push_snapshot(keyframe.get(member.conn.codec)),
+                );
+                out.keyframes += u64::from(outcome != PushOutcome::Refused);
+                member.delivered(Delivery::Keyframe, outcome);
             }
-            // Closing: its reader sends `Leave` shortly.
-            Err(PushError::Closed | PushError::Overflow) => {}
         }
     }
     out
@@ -358,7 +443,6 @@ pub fn bench_tick(
             outbox: outbox.clone(),
             input: input.clone(),
             codec,
-            needs_keyframe: true,
         };
         if state.join(format!("p{i}"), connection).is_ok() {
             handles.push((input, outbox));
@@ -373,16 +457,14 @@ pub fn bench_tick(
             input.put(seq, data.clone());
         }
         if keyframes {
-            state
-                .members_mut()
-                .for_each(|(_, m)| m.conn.needs_keyframe = true);
+            state.members_mut().for_each(|(_, m)| m.mark_behind());
         }
         let out = fan_out(&mut state, unix_micros());
         for (_, outbox) in &handles {
             outbox.drain_into(&mut batch);
             batch.clear();
         }
-        out.queued
+        out.sent
     }
 }
 
@@ -402,26 +484,7 @@ impl PerCodec {
 
     fn get(&mut self, codec: Codec) -> Bytes {
         self.frames[codec.index()]
-            .get_or_insert_with(|| encode(codec, &self.message).unwrap_or_default())
+            .get_or_insert_with(|| codec.encode_server(&self.message))
             .clone()
     }
-}
-
-/// Encodes a server message; failure would be a bug in the protocol types, so it is logged
-/// rather than propagated into the tick.
-pub(crate) fn encode(codec: Codec, message: &ServerMessage) -> Option<Bytes> {
-    match codec.encode(message) {
-        Ok(bytes) => Some(Bytes::from(bytes)),
-        Err(err) => {
-            error!(%err, "failed to encode a server message");
-            None
-        }
-    }
-}
-
-/// Microseconds since the Unix epoch (the protocol's `server_time_us`).
-pub(crate) fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_micros() as u64)
 }

@@ -1,13 +1,19 @@
-//! Lobbies: the sans-I/O state (`state`), the task that owns one lobby and ticks it (`actor`),
-//! the slot through which a member's newest state reaches it (`input`), and the directory
-//! that maps lobby names to running lobbies (`directory`).
+//! Lobbies: the sans-I/O state (`state`) and tick schedule (`schedule`), the task that owns
+//! one lobby and ticks it (`actor`), the slot through which a member's newest state reaches it
+//! (`input`), the lobby's public face (`info`), and the directory that maps lobby names to
+//! running lobbies (`directory`).
 
 mod actor;
 mod directory;
+mod info;
 mod input;
+mod schedule;
 mod state;
 
 pub use actor::bench_tick;
-pub(crate) use actor::{Command, LobbyHandle, encode, unix_micros};
-pub(crate) use directory::{Directory, JoinAccepted, JoinRequest, LobbyInfo, TrafficCounts};
+pub(crate) use actor::{
+    Command, JoinAccepted, JoinRefusal, JoinRequest, LobbyHandle, LobbySettings, LobbyStopped,
+};
+pub(crate) use directory::{Directory, LocalDirectory};
+pub(crate) use info::{LobbyInfo, TrafficCounts};
 pub(crate) use input::InputSlot;

@@ -1,6 +1,8 @@
 //! The lobby's game state, sans I/O: membership, each player's latest state, and what the next
 //! snapshot must carry. Time is an argument and nothing here touches a socket or a channel, so
 //! ticks, deltas and keyframes are tested deterministically. The actor in `actor.rs` owns one.
+//! It also owns each member's life cycle and the delivery rule (delta or keyframe): the shell
+//! only reports what each push did.
 
 use slab::Slab;
 use tickrelay_protocol::{Member, Payload, PlayerId, PlayerState, Snapshot};
@@ -23,10 +25,46 @@ pub(crate) struct MemberState<C> {
     pub(crate) id: PlayerId,
     pub(crate) name: String,
     pub(crate) conn: C,
+    /// Where the member is in its life cycle, and so what its next snapshot must be.
+    phase: Phase,
     /// Latest state and its `seq`, if the player has sent one.
     latest: Option<PlayerState>,
     /// Whether `latest` changed since the last tick.
     dirty: bool,
+}
+
+/// A member's life cycle as far as snapshots go. (The seat-resume work adds an `Away` phase
+/// here, whose expiry `tick(now)` decides.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Joined, and no snapshot has reached its connection yet.
+    Joining,
+    /// Its connection holds every snapshot so far (sent, or waiting unreplaced).
+    InSync,
+    /// A snapshot it never received was replaced by a newer one: it missed changes.
+    Behind,
+}
+
+/// Which snapshot a member gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// The players that changed since the previous tick.
+    Delta,
+    /// Every player's state: after joining, or after missing a snapshot.
+    Keyframe,
+}
+
+/// What the member's connection did with a snapshot, as the shell reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushOutcome {
+    /// Written to the socket (whole, or with a tail the connection will finish).
+    Written,
+    /// Queued; nothing was waiting before it.
+    Queued,
+    /// Queued, replacing a snapshot that never went out.
+    Replaced,
+    /// Refused: the connection is closing (its leave follows).
+    Refused,
 }
 
 impl<C> MemberState<C> {
@@ -39,6 +77,41 @@ impl<C> MemberState<C> {
             data,
         });
         self.dirty = true;
+    }
+
+    /// The member missed something: its next snapshot is a keyframe.
+    pub(crate) fn mark_behind(&mut self) {
+        self.phase = Phase::Behind;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The delivery rule: a delta when the member's connection holds every earlier snapshot,
+    /// a keyframe after joining or after one of its snapshots was replaced unsent.
+    pub(crate) fn delivery(&self) -> Delivery {
+        match self.phase {
+            Phase::InSync => Delivery::Delta,
+            Phase::Joining | Phase::Behind => Delivery::Keyframe,
+        }
+    }
+
+    /// Records what happened to the snapshot just handed out. Returns `true` when the member
+    /// must get this tick's keyframe at once: a delta replaced an unsent snapshot, so what
+    /// now waits for the member lacks that snapshot's changes.
+    pub(crate) fn delivered(&mut self, sent: Delivery, outcome: PushOutcome) -> bool {
+        let (phase, resend) = match (outcome, sent) {
+            (PushOutcome::Refused, _) => (self.phase, false),
+            (PushOutcome::Replaced, Delivery::Delta) => (Phase::Behind, true),
+            // A keyframe stands alone, whatever it replaced.
+            (PushOutcome::Written | PushOutcome::Queued | PushOutcome::Replaced, _) => {
+                (Phase::InSync, false)
+            }
+        };
+        self.phase = phase;
+        resend
     }
 }
 
@@ -82,6 +155,7 @@ impl<C> LobbyState<C> {
             id,
             name,
             conn,
+            phase: Phase::Joining,
             latest: None,
             dirty: false,
         });
@@ -121,12 +195,12 @@ impl<C> LobbyState<C> {
         }
     }
 
-    /// The keyframe matching a delta returned by [`tick`](Self::tick): same tick and time,
-    /// every player that has a state, nothing removed.
-    pub(crate) fn keyframe(&self, delta: &Snapshot) -> Snapshot {
+    /// The keyframe of the last tick: every player that has a state, nothing removed.
+    /// `now_us` is the send time, the same as the tick's delta carries.
+    pub(crate) fn keyframe(&self, now_us: u64) -> Snapshot {
         Snapshot {
-            tick: delta.tick,
-            server_time_us: delta.server_time_us,
+            tick: self.tick,
+            server_time_us: now_us,
             keyframe: true,
             players: self
                 .members
@@ -170,11 +244,15 @@ mod tests {
     }
 
     fn set(lobby: &mut LobbyState<()>, key: MemberKey, seq: u64, bytes: &'static [u8]) {
-        let (_, member) = lobby
+        member(lobby, key).set_state(seq, data(bytes));
+    }
+
+    fn member(lobby: &mut LobbyState<()>, key: MemberKey) -> &mut MemberState<()> {
+        lobby
             .members_mut()
             .find(|(k, _)| *k == key)
-            .expect("a member");
-        member.set_state(seq, data(bytes));
+            .map(|(_, m)| m)
+            .expect("a member")
     }
 
     fn ids(snapshot: &Snapshot) -> Vec<(PlayerId, u64)> {
@@ -200,7 +278,7 @@ mod tests {
         assert_eq!(ids(&second), vec![(id_b, 2)]);
         assert!(!second.keyframe);
 
-        let key = lobby.keyframe(&second);
+        let key = lobby.keyframe(200);
         assert!(key.keyframe);
         assert_eq!(key.tick, 2);
         assert_eq!(ids(&key), vec![(id_a, 2), (id_b, 2)]);
@@ -236,6 +314,55 @@ mod tests {
             "a stale leave removes nobody"
         );
         assert_eq!(lobby.member(b, id_b).map(|m| m.id), Some(id_b));
+    }
+
+    #[test]
+    fn a_new_member_gets_a_keyframe_then_deltas() {
+        let mut lobby = LobbyState::new(8);
+        let (a, _) = lobby.join("a".into(), ()).unwrap();
+        let member = member(&mut lobby, a);
+        assert_eq!(member.phase(), Phase::Joining);
+        assert_eq!(member.delivery(), Delivery::Keyframe);
+        assert!(!member.delivered(Delivery::Keyframe, PushOutcome::Written));
+        assert_eq!(member.delivery(), Delivery::Delta);
+        assert!(!member.delivered(Delivery::Delta, PushOutcome::Queued));
+        assert_eq!(
+            member.delivery(),
+            Delivery::Delta,
+            "a queued delta is not lost"
+        );
+        assert!(!member.delivered(Delivery::Delta, PushOutcome::Written));
+        assert_eq!(member.phase(), Phase::InSync);
+    }
+
+    #[test]
+    fn a_delta_that_replaced_an_unsent_snapshot_is_followed_by_a_keyframe_at_once() {
+        let mut lobby = LobbyState::new(8);
+        let (a, _) = lobby.join("a".into(), ()).unwrap();
+        let member = member(&mut lobby, a);
+        member.delivered(Delivery::Keyframe, PushOutcome::Queued);
+        // The reader is slow: the next delta replaces the keyframe still waiting.
+        assert!(
+            member.delivered(Delivery::Delta, PushOutcome::Replaced),
+            "the replacing delta lacks the lost snapshot's changes: resend a keyframe now"
+        );
+        assert_eq!(member.phase(), Phase::Behind);
+        assert_eq!(member.delivery(), Delivery::Keyframe);
+        // The keyframe replaces that delta: nothing is missing any more.
+        assert!(!member.delivered(Delivery::Keyframe, PushOutcome::Replaced));
+        assert_eq!(member.delivery(), Delivery::Delta);
+    }
+
+    #[test]
+    fn a_refused_push_changes_nothing() {
+        let mut lobby = LobbyState::new(8);
+        let (a, _) = lobby.join("a".into(), ()).unwrap();
+        let member = member(&mut lobby, a);
+        assert!(!member.delivered(Delivery::Keyframe, PushOutcome::Refused));
+        assert_eq!(member.phase(), Phase::Joining);
+        member.delivered(Delivery::Keyframe, PushOutcome::Written);
+        assert!(!member.delivered(Delivery::Delta, PushOutcome::Refused));
+        assert_eq!(member.phase(), Phase::InSync);
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! WebSocket connections: the upgrade (subprotocol negotiation, connection limit), then one
 //! task per connection: the session (`session`) reads, and flushes the writer (`writer`) when
-//! the outbox holds what the tick could not write directly.
+//! the outbox holds what the tick could not write directly. An upgrade this module refuses
+//! is a [`Refusal`] the HTTP layer renders; it never builds HTTP error responses itself.
 
 mod direct;
+mod guard;
 mod rate;
 mod session;
 mod writer;
 
-pub(crate) use direct::{FrameHead, SharedTcpWrite};
+pub(crate) use guard::ConnectionGuard;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -25,39 +27,54 @@ use tokio_util::either::Either;
 use tracing::info;
 
 use crate::ServerContext;
-use crate::http::text_response;
+use direct::SharedTcpWrite;
+
+/// An upgrade request the server refuses: what the HTTP layer answers instead of 101.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) body: String,
+}
+
+impl Refusal {
+    /// A refusal, counted in `tickrelay_upgrades_refused{reason}`.
+    fn new(ctx: &ServerContext, status: StatusCode, reason: &'static str, body: String) -> Self {
+        ctx.metrics.upgrade_refused(reason);
+        Self { status, body }
+    }
+}
 
 /// Handles `GET /ws`: validates the upgrade, answers 101 and spawns the connection.
 pub(crate) fn upgrade(
     ctx: &Arc<ServerContext>,
     mut request: Request<Incoming>,
-    peer: String,
-) -> Response<Full<Bytes>> {
+    peer: SocketAddr,
+) -> Result<Response<Full<Bytes>>, Refusal> {
     if !fastwebsockets::upgrade::is_upgrade_request(&request) {
-        ctx.metrics.upgrade_refused("not_websocket");
-        return text_response(
+        return Err(Refusal::new(
+            ctx,
             StatusCode::UPGRADE_REQUIRED,
-            "this endpoint speaks WebSocket: connect with a WebSocket client\n",
-        );
+            "not_websocket",
+            "this endpoint speaks WebSocket: connect with a WebSocket client\n".into(),
+        ));
     }
     let offered = offered_subprotocols(&request);
-    let codec = match Codec::negotiate(offered.as_deref()) {
-        Ok(codec) => codec,
-        Err(err) => {
-            ctx.metrics.upgrade_refused("subprotocol");
-            return text_response(StatusCode::BAD_REQUEST, &format!("{err}\n"));
-        }
-    };
-    let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut request) {
-        Ok(parts) => parts,
-        Err(err) => {
-            ctx.metrics.upgrade_refused("bad_handshake");
-            return text_response(
-                StatusCode::BAD_REQUEST,
-                &format!("invalid websocket handshake: {err}\n"),
-            );
-        }
-    };
+    let codec = Codec::negotiate(offered.as_deref()).map_err(|err| {
+        Refusal::new(
+            ctx,
+            StatusCode::BAD_REQUEST,
+            "subprotocol",
+            format!("{err}\n"),
+        )
+    })?;
+    let (response, upgraded) = fastwebsockets::upgrade::upgrade(&mut request).map_err(|err| {
+        Refusal::new(
+            ctx,
+            StatusCode::BAD_REQUEST,
+            "bad_handshake",
+            format!("invalid websocket handshake: {err}\n"),
+        )
+    })?;
     let (mut parts, _) = response.into_parts();
     // Echo the chosen subprotocol only if the client offered any (RFC 6455 4.2.2).
     if offered.is_some() {
@@ -66,10 +83,11 @@ pub(crate) fn upgrade(
             HeaderValue::from_static(codec.subprotocol()),
         );
     }
-    let over_limit =
-        ctx.ws_connections.fetch_add(1, Ordering::Relaxed) >= ctx.config.max_connections;
-    ctx.metrics.connections.inc();
-    ctx.metrics.connections_opened.inc();
+    // Over the limit: the session closes at once with 1013 (try again later), which a browser
+    // can see, unlike an HTTP error status on the upgrade. The guard holds the slot (if any)
+    // and the gauges for the connection's whole life, and gives them back however it ends.
+    let guard = ConnectionGuard::open(ctx);
+    let refuse = (!guard.has_slot()).then_some(close::TRY_AGAIN_LATER);
     let task_ctx = ctx.clone();
     ctx.tracker.spawn(async move {
         let ctx = task_ctx;
@@ -78,23 +96,18 @@ pub(crate) fn upgrade(
         let upgraded = upgraded.await.map(|ws| ws.into_inner().into_inner());
         match upgraded {
             Ok(io) => {
-                info!(peer, codec = codec.name(), "connection opened");
-                // Over the limit: the session closes at once with 1013 (try again later), which a
-                // browser can see, unlike an HTTP error status on the upgrade.
-                let refuse = over_limit.then_some(close::TRY_AGAIN_LATER);
+                info!(%peer, codec = codec.name(), "connection opened");
                 run_connection(&ctx, io, codec, peer, refuse).await;
             }
             Err(err) => {
-                info!(peer, %err, "websocket upgrade failed");
-                ctx.metrics.connections.dec();
+                info!(%peer, %err, "websocket upgrade failed");
                 ctx.metrics.disconnect("upgrade_failed");
             }
         }
-        ctx.ws_connections.fetch_sub(1, Ordering::Relaxed);
+        drop(guard);
     });
-    Response::from_parts(parts, Full::new(Bytes::new()))
+    Ok(Response::from_parts(parts, Full::new(Bytes::new())))
 }
-
 /// The connection's session, over the TCP halves when hyper's stream unwraps to TCP. A plain
 /// function returning the future: as an `async fn` its moved-from locals (hyper's parts, the
 /// halves) would keep their slots in every connection's task for the connection's life.
@@ -102,7 +115,7 @@ fn run_connection(
     ctx: &Arc<ServerContext>,
     io: hyper::upgrade::Upgraded,
     codec: Codec,
-    peer: String,
+    peer: SocketAddr,
     refuse: Option<u16>,
 ) -> impl Future<Output = ()> + Send + use<> {
     // Unwrap hyper's upgraded stream back into the TcpStream so reads and writes go through
@@ -118,7 +131,7 @@ fn run_connection(
             let read = std::io::Cursor::new(early).chain(read);
             // Shared between the connection's writer and direct writes from the lobby's tick.
             let write = SharedTcpWrite(Arc::new(write));
-            let direct = Some(write.clone());
+            let direct: Option<Box<dyn crate::outbox::DirectSink>> = Some(Box::new(write.clone()));
             Either::Left(session::serve(
                 ctx.clone(),
                 read,

@@ -4,24 +4,32 @@
 //! writes to the socket itself: the tick writes directly, and the read loop runs the writer's
 //! flush when the outbox holds more.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use tickrelay_protocol::framing::reader::{FrameReader, ReadError};
+use tickrelay_protocol::framing::{CloseCheck, Kind, Reassembler, Role, check_close};
 use tickrelay_protocol::{
     ClientMessage, Codec, DecodeError, ErrorCode, Payload, ServerMessage, close,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, timeout};
-use tracing::{info, warn};
+use tracing::{debug, info};
 
 use super::rate::RateLimit;
 use super::writer::{WriteSide, Writer, WriterEnd};
 use crate::ServerContext;
+use crate::clock::unix_micros;
 use crate::config::Config;
-use crate::frames::{FrameReader, Kind, ReadError, Role};
-use crate::lobby::{Command, InputSlot, JoinAccepted, JoinRequest};
-use crate::outbox::Outbox;
+use crate::lobby::{Command, InputSlot, JoinAccepted, JoinRefusal, JoinRequest, LobbyStopped};
+use crate::outbox::{DirectSink, Outbox};
+
+/// A connection counts its messages locally and adds them to the shared metrics at most this
+/// often (and when it ends): the per-message path touches no shared atomic, and `/metrics`
+/// lags by at most about this much.
+const COUNTER_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long, after the server decided to close, the reader waits for the client's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -71,9 +79,9 @@ pub(crate) async fn serve<R, W>(
     ctx: Arc<ServerContext>,
     read: R,
     write: W,
-    direct: Option<super::SharedTcpWrite>,
+    direct: Option<Box<dyn DirectSink>>,
     codec: Codec,
-    peer: String,
+    peer: SocketAddr,
     refuse: Option<u16>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
@@ -93,11 +101,11 @@ pub(crate) async fn serve<R, W>(
         outbox: outbox.clone(),
         codec,
         metrics: ctx.metrics.clone(),
-        write_timeout: config.idle_timeout,
+        write_timeout: config.write_timeout,
     });
 
     // Frames larger than a whole message are refused from their header; messages reassembled
-    // from several frames are checked in `reassemble`.
+    // from several frames are checked by the session's `Reassembler`.
     let mut ws = FrameReader::new(read, Role::Server, config.max_message_size);
 
     if let Some(code) = refuse {
@@ -135,10 +143,10 @@ pub(crate) async fn serve<R, W>(
     if let Ok(Some(WriterEnd::Stalled)) = written {
         end = EndReason::WriteStalled;
     }
-    ctx.metrics.connections.dec();
+    session.flush_counters();
     ctx.metrics.disconnect(end.label());
     info!(
-        peer,
+        %peer,
         player = session.player_id,
         reason = end.label(),
         messages_in = session.messages_in,
@@ -163,9 +171,13 @@ struct Session<'a> {
     player_id: Option<u32>,
     state_limit: RateLimit,
     event_limit: RateLimit,
-    /// A fragmented message being reassembled: its opcode and the bytes so far.
-    fragments: Option<(Kind, BytesMut)>,
+    messages: Reassembler,
+    /// Messages received in all (for the log line).
     messages_in: u64,
+    /// Messages and their bytes not yet added to the shared metrics, and when they last were.
+    unflushed_messages: u64,
+    unflushed_bytes: u64,
+    flushed_at: Instant,
 }
 
 /// What [`Session::on_message`] did with a message.
@@ -199,8 +211,29 @@ impl<'a> Session<'a> {
             player_id: None,
             state_limit: RateLimit::new(ctx.config.max_state_rate, now),
             event_limit: RateLimit::new(ctx.config.max_event_rate, now),
-            fragments: None,
+            messages: Reassembler::new(
+                if codec.is_text() {
+                    Kind::Text
+                } else {
+                    Kind::Binary
+                },
+                ctx.config.max_message_size,
+            ),
             messages_in: 0,
+            unflushed_messages: 0,
+            unflushed_bytes: 0,
+            flushed_at: Instant::now(),
+        }
+    }
+
+    /// Adds the locally counted messages to the shared metrics.
+    fn flush_counters(&mut self) {
+        self.flushed_at = Instant::now();
+        if self.unflushed_messages > 0 {
+            self.ctx.metrics.messages_in.inc_by(self.unflushed_messages);
+            self.ctx.metrics.bytes_in.inc_by(self.unflushed_bytes);
+            self.unflushed_messages = 0;
+            self.unflushed_bytes = 0;
         }
     }
 
@@ -262,6 +295,7 @@ impl<'a> Session<'a> {
                             Some(WriterEnd::Stalled) => return EndReason::WriteStalled,
                         },
                         () = &mut deadline => {
+                            self.flush_counters();
                             let now = Instant::now();
                             if now >= next_ping {
                                 // Through the outbox, so the ping never interleaves with a
@@ -301,7 +335,7 @@ impl<'a> Session<'a> {
                 }
                 Kind::Pong => Flow::Continue,
                 Kind::Text | Kind::Binary | Kind::Continuation => {
-                    match self.reassemble(frame.kind, frame.fin, frame.payload) {
+                    match self.messages.push(frame.kind, frame.fin, frame.payload) {
                         Ok(Some(message)) => match self.on_message(&message) {
                             Handled::Done(flow) => flow,
                             // Boxed: joins and events are rare, and awaiting them inline
@@ -323,14 +357,23 @@ impl<'a> Session<'a> {
                     .as_mut()
                     .reset((last_activity + self.config.idle_timeout).min(next_ping));
             }
+            if self.unflushed_messages > 0 {
+                let flush_due = self.flushed_at + COUNTER_FLUSH_INTERVAL;
+                if last_activity >= flush_due {
+                    self.flush_counters();
+                } else if deadline.deadline() > flush_due {
+                    // Make sure the timer flushes these in time even if nothing else arrives
+                    // (at most one timer change per interval: after it, the timer is due).
+                    deadline.as_mut().reset(flush_due);
+                }
+            }
         }
     }
 
     fn on_read_error(&self, err: ReadError) -> EndReason {
         let code = match err {
             ReadError::Eof | ReadError::Io(_) => return EndReason::PeerVanished,
-            ReadError::TooLarge(_) => close::MESSAGE_TOO_BIG,
-            ReadError::Protocol(_) => close::PROTOCOL_ERROR,
+            ReadError::Frame(err) => err.close_code(),
         };
         self.close(code);
         EndReason::ServerClosed(self.outbox.close_code().unwrap_or(code))
@@ -339,60 +382,12 @@ impl<'a> Session<'a> {
     /// The client closes: echo its close (RFC 6455 5.5.1), or answer an invalid one with 1002
     /// (bad code or one-byte payload) or 1007 (reason not UTF-8).
     fn on_close(&self, payload: Bytes) -> Flow {
-        let code = match payload.len() {
-            0 => close::NORMAL,
-            1 => return self.close(close::PROTOCOL_ERROR),
-            _ => u16::from_be_bytes([payload[0], payload[1]]),
-        };
-        if !payload.is_empty() && !fastwebsockets::CloseCode::from(code).is_allowed() {
-            return self.close(close::PROTOCOL_ERROR);
-        }
-        if std::str::from_utf8(payload.get(2..).unwrap_or_default()).is_err() {
-            return self.close(close::INVALID_PAYLOAD);
-        }
-        self.outbox.close_with_payload(code, payload);
-        Flow::End(EndReason::PeerClosed)
-    }
-
-    /// Collects a message's frames. Returns the whole message when its last frame arrives, or
-    /// the close code for a protocol violation or an oversized message.
-    fn reassemble(
-        &mut self,
-        kind: Kind,
-        fin: bool,
-        payload: BytesMut,
-    ) -> Result<Option<Bytes>, u16> {
-        let expected = if self.codec.is_text() {
-            Kind::Text
-        } else {
-            Kind::Binary
-        };
-        match (kind, self.fragments.as_mut()) {
-            (Kind::Continuation, None) => Err(close::PROTOCOL_ERROR),
-            (Kind::Continuation, Some((_, buffer))) => {
-                if buffer.len() + payload.len() > self.config.max_message_size {
-                    return Err(close::MESSAGE_TOO_BIG);
-                }
-                buffer.extend_from_slice(&payload);
-                if !fin {
-                    return Ok(None);
-                }
-                let Some((kind, buffer)) = self.fragments.take() else {
-                    return Err(close::PROTOCOL_ERROR);
-                };
-                if kind != expected {
-                    return Err(close::UNSUPPORTED_DATA);
-                }
-                Ok(Some(buffer.freeze()))
+        match check_close(&payload) {
+            CloseCheck::Valid(code) => {
+                self.outbox.close_with_payload(code, payload);
+                Flow::End(EndReason::PeerClosed)
             }
-            (_, Some(_)) => Err(close::PROTOCOL_ERROR),
-            (kind, None) if kind != expected => Err(close::UNSUPPORTED_DATA),
-            // A whole message in one frame: the frame's own bytes, no copy.
-            (_, None) if fin => Ok(Some(payload.freeze())),
-            (kind, None) => {
-                self.fragments = Some((kind, payload));
-                Ok(None)
-            }
+            CloseCheck::Invalid(code) => self.close(code),
         }
     }
 
@@ -400,8 +395,8 @@ impl<'a> Session<'a> {
     /// back to the caller for [`on_lobby_message`](Self::on_lobby_message).
     fn on_message(&mut self, message: &[u8]) -> Handled {
         self.messages_in += 1;
-        self.ctx.metrics.messages_in.inc();
-        self.ctx.metrics.bytes_in.inc_by(message.len() as u64);
+        self.unflushed_messages += 1;
+        self.unflushed_bytes += message.len() as u64;
         // Most messages are states: decode those without the general decoder's buffering.
         let decoded = match self.codec.decode_state(message) {
             Some((seq, data)) => Ok(ClientMessage::State { seq, data }),
@@ -448,7 +443,7 @@ impl<'a> Session<'a> {
                 } else {
                     let pong = ServerMessage::Pong {
                         client_time,
-                        server_time_us: crate::lobby::unix_micros(),
+                        server_time_us: unix_micros(),
                     };
                     self.send(&pong);
                     Flow::Continue
@@ -491,7 +486,7 @@ impl<'a> Session<'a> {
             outbox: self.outbox.clone(),
             input: self.input.clone(),
         };
-        match self.ctx.directory.join(self.ctx, request).await {
+        match self.ctx.directory.join(request).await {
             Ok(JoinAccepted {
                 lobby,
                 key,
@@ -504,7 +499,7 @@ impl<'a> Session<'a> {
                     player_id,
                 });
             }
-            Err((code, message)) => self.send_error(code, message),
+            Err(JoinRefusal { code, message }) => self.send_error(code, message),
         }
         Flow::Continue
     }
@@ -513,15 +508,17 @@ impl<'a> Session<'a> {
         let Some(joined) = &self.joined else {
             return self.not_joined();
         };
-        if joined
+        match joined
             .lobby
             .send(command(joined.key, joined.player_id))
             .await
-            .is_err()
         {
-            return self.close(close::INTERNAL_ERROR);
+            Ok(()) => Flow::Continue,
+            // The lobby stops first when the server shuts down: that is a shutdown (1001),
+            // not an internal error.
+            Err(LobbyStopped) if self.ctx.shutdown.is_cancelled() => self.close(close::GOING_AWAY),
+            Err(LobbyStopped) => self.close(close::INTERNAL_ERROR),
         }
-        Flow::Continue
     }
 
     fn not_joined(&self) -> Flow {
@@ -530,13 +527,14 @@ impl<'a> Session<'a> {
     }
 
     fn send(&self, message: &ServerMessage) {
-        if let Some(frame) = crate::lobby::encode(self.codec, message) {
-            let _ = self.outbox.push_reliable(frame);
-        }
+        // Refused only when closing (nothing more goes out) or on overflow (closing with 4002).
+        let _ = self.outbox.push_reliable(self.codec.encode_server(message));
     }
 
+    /// Refuses one request. Logged at debug only: `tickrelay_errors_sent` counts these, and a
+    /// misbehaving client must not be able to flood the log.
     fn send_error(&self, code: ErrorCode, message: String) {
-        warn!(player = self.player_id, code = code.as_str(), %message, "refused client request");
+        debug!(player = self.player_id, code = code.as_str(), %message, "refused client request");
         self.ctx.metrics.error_sent(code.as_str());
         self.send(&ServerMessage::Error { code, message });
     }

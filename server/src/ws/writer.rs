@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::OpCode;
+use tickrelay_protocol::framing::{FrameHead, Kind};
 use tickrelay_protocol::{Codec, close};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
-use super::FrameHead;
 use crate::metrics::Metrics;
 use crate::outbox::{Batch, Outbox};
 
@@ -28,7 +27,7 @@ pub(crate) struct Writer<W> {
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) codec: Codec,
     pub(crate) metrics: Arc<Metrics>,
-    /// A write blocked this long means the client stopped reading: close it as slow.
+    /// No byte written for this long means the client stopped reading: close it as slow.
     pub(crate) write_timeout: Duration,
 }
 
@@ -39,7 +38,15 @@ pub(crate) enum WriterEnd {
     Closed,
     /// A write failed (peer gone).
     WriteFailed,
-    /// A write made no progress for `write_timeout`.
+    /// The socket took no byte for `write_timeout`.
+    Stalled,
+}
+
+/// Why `write_all` stopped.
+enum WriteFailure {
+    /// The socket failed (the peer is gone).
+    Io,
+    /// The socket took no byte for `write_timeout`.
     Stalled,
 }
 
@@ -67,10 +74,10 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Writer<W> {
             }
             let frames = self.frames(&batch);
             let partial = batch.partial.as_deref().unwrap_or_default();
-            match timeout(self.write_timeout, self.write_all(partial, &frames)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Some(WriterEnd::WriteFailed),
-                Err(_) => {
+            match self.write_all(partial, &frames).await {
+                Ok(()) => {}
+                Err(WriteFailure::Io) => return Some(WriterEnd::WriteFailed),
+                Err(WriteFailure::Stalled) => {
                     self.outbox.close(close::SLOW_CONSUMER);
                     return Some(WriterEnd::Stalled);
                 }
@@ -90,34 +97,35 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Writer<W> {
         }
     }
 
-    fn frames<'b>(&self, batch: &'b Batch) -> Vec<(OpCode, &'b [u8])> {
-        let data_opcode = if self.codec.is_text() {
-            OpCode::Text
+    fn frames<'b>(&self, batch: &'b Batch) -> Vec<(Kind, &'b [u8])> {
+        let data_kind = if self.codec.is_text() {
+            Kind::Text
         } else {
-            OpCode::Binary
+            Kind::Binary
         };
         let mut frames = Vec::with_capacity(batch.messages.len() + 3);
         if batch.ping {
-            frames.push((OpCode::Ping, &[][..]));
+            frames.push((Kind::Ping, &[][..]));
         }
-        frames.extend(batch.pong.iter().map(|p| (OpCode::Pong, &p[..])));
-        frames.extend(batch.messages.iter().map(|m| (data_opcode, &m[..])));
+        frames.extend(batch.pong.iter().map(|p| (Kind::Pong, &p[..])));
+        frames.extend(batch.messages.iter().map(|m| (data_kind, &m[..])));
         if let Some(close) = &batch.close {
-            frames.push((OpCode::Close, &close[..]));
+            frames.push((Kind::Close, &close[..]));
         }
         frames
     }
 
-    /// Writes `partial` (raw bytes) then all frames: headers formatted by fastwebsockets,
-    /// payloads the shared bytes themselves (no copy), everything in vectored writes.
+    /// Writes `partial` (raw bytes) then all frames: headers from the framing layer, payloads
+    /// the shared bytes themselves (no copy), everything in vectored writes. Each write must
+    /// make progress within `write_timeout`; a long batch to a slow but moving reader is fine.
     async fn write_all(
         &mut self,
         partial: &[u8],
-        frames: &[(OpCode, &[u8])],
-    ) -> std::io::Result<()> {
+        frames: &[(Kind, &[u8])],
+    ) -> Result<(), WriteFailure> {
         let heads: Vec<FrameHead> = frames
             .iter()
-            .map(|(opcode, payload)| FrameHead::new(*opcode, payload))
+            .map(|(kind, payload)| FrameHead::new(*kind, payload.len()))
             .collect();
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2 + 1);
         if !partial.is_empty() {
@@ -132,10 +140,12 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Writer<W> {
         let mut remaining = &mut slices[..];
         while !remaining.is_empty() {
             let window = remaining.len().min(MAX_IOVECS);
-            let written = self.socket.write_vectored(&remaining[..window]).await?;
-            if written == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
+            let write = self.socket.write_vectored(&remaining[..window]);
+            let written = match timeout(self.write_timeout, write).await {
+                Err(_) => return Err(WriteFailure::Stalled),
+                Ok(Err(_) | Ok(0)) => return Err(WriteFailure::Io),
+                Ok(Ok(written)) => written,
+            };
             IoSlice::advance_slices(&mut remaining, written);
         }
         Ok(())

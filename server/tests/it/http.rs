@@ -44,7 +44,7 @@ async fn healthz_lobbies_and_metrics_are_served() {
     ] {
         assert!(metrics.contains(family), "missing {family}");
     }
-    assert!(server.metric("tickrelay_snapshots_queued_total").await >= 2.0);
+    assert!(server.metric("tickrelay_snapshots_sent_total").await >= 2.0);
 }
 
 #[tokio::test]
@@ -138,9 +138,21 @@ async fn stats_report_counters_tick_timing_and_per_lobby_traffic() {
     }
     bob.next_snapshot().await;
 
-    let (status, body) = server.http_get("/stats").await;
-    assert_eq!(status, 200);
-    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // Connections add their message counts to the shared metrics about once a second.
+    let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+    let stats = loop {
+        let (status, body) = server.http_get("/stats").await;
+        assert_eq!(status, 200);
+        let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if stats["messages_in"].as_u64().unwrap() >= 4 {
+            break stats;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "messages_in never reached 4: {stats}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(stats["version"], 1);
     assert_eq!(stats["tick_hz"], 50);
     assert_eq!(stats["connections"], 2);

@@ -134,8 +134,8 @@ async fn reliable_queue_overflow_closes_the_slow_reader_with_4002() {
 async fn a_reader_whose_socket_stays_full_is_closed_as_write_stalled_while_it_keeps_sending() {
     let mut config = test_config();
     config.max_message_size = 128 * 1024;
-    // The idle timeout is also how long a write may block.
-    config.idle_timeout = Duration::from_millis(800);
+    // How long the socket may take no byte before the writer gives up.
+    config.write_timeout = Duration::from_millis(800);
     let server = spawn_server(config).await;
     let mut stalled = join_with_small_buffer(&server, "stalled").await;
     let (mut mover, _, _) = Client::join(&server, Codec::MessagePack, "arena", "mover").await;

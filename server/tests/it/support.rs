@@ -25,7 +25,7 @@ pub(crate) const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
     pub(crate) shutdown: CancellationToken,
-    pub(crate) task: JoinHandle<std::io::Result<()>>,
+    pub(crate) task: JoinHandle<Result<(), tickrelay_server::RunError>>,
 }
 
 impl TestServer {
