@@ -900,8 +900,7 @@ mod tests {
     use super::*;
     use crate::cli::Cli;
     use crate::plan::Plan;
-    use crate::report::{RampResult, RampStep, SloResult, StormResult};
-    use crate::slo::Violation;
+    use crate::report::{RampResult, RampStep, SloResult, StormResult, Violation};
     use crate::stats::{Counters, Histograms};
 
     fn plan(extra: &[&str]) -> Plan {

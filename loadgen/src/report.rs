@@ -2,13 +2,13 @@
 //! results; rendered as a human-readable table and as versioned JSON.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::clock::OffsetEstimate;
 use crate::plan::Plan;
-use crate::slo::Violation;
 use crate::stats::{Counters, Histograms, Metric, Summary};
 
 /// Bumped when a field changes meaning or disappears.
@@ -84,6 +84,20 @@ pub struct TimelinePoint {
     pub measuring: bool,
 }
 
+/// A broken `--slo` bound: what was required and what was measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Violation {
+    pub bound: String,
+    pub actual: f64,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (measured {})", self.bound, self.actual)
+    }
+}
+
+/// The outcome of checking `--slo` against the report (see `slo`).
 #[derive(Debug, Clone, Serialize)]
 pub struct SloResult {
     pub spec: String,

@@ -8,9 +8,7 @@
 //! (received / expected snapshots, 0..1), `late` (fraction of sends made late by the generator),
 //! `reconnects`.
 
-use std::fmt;
-
-use crate::report::Report;
+use crate::report::{Report, Violation};
 use crate::stats::Metric;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,19 +67,6 @@ pub struct Bound {
 pub struct SloParseError {
     pub clause: String,
     pub problem: String,
-}
-
-/// A broken bound: what was required and what was measured.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Violation {
-    pub bound: String,
-    pub actual: f64,
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (measured {})", self.bound, self.actual)
-    }
 }
 
 pub fn parse(spec: &str) -> Result<Vec<Bound>, SloParseError> {
