@@ -184,11 +184,8 @@ fn headline(page: &mut String, report: &Report) {
             format!("{:.0}", report.snapshots_per_second),
             "snapshots/s".to_owned(),
         ));
-        if report.counters.snapshots_expected > 0 {
-            figures.push((
-                format!("{:.3}%", report.delivery_ratio() * 100.0),
-                "delivered".to_owned(),
-            ));
+        if let Some(delivered) = report.delivery_ratio() {
+            figures.push((format!("{:.3}%", delivered * 100.0), "delivered".to_owned()));
         }
         figures.push((report.total_errors().to_string(), "errors".to_owned()));
     }
@@ -1072,7 +1069,7 @@ mod tests {
             passed: false,
             violations: vec![Violation {
                 bound: "broadcast.p99<1ms".to_owned(),
-                actual: 2000.0,
+                actual: Some(2000.0),
             }],
         });
         let page = render(&report).unwrap();

@@ -88,12 +88,16 @@ pub struct TimelinePoint {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Violation {
     pub bound: String,
-    pub actual: f64,
+    /// The measured value; null when the metric had no samples (a bound on nothing is broken).
+    pub actual: Option<f64>,
 }
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (measured {})", self.bound, self.actual)
+        match self.actual {
+            Some(actual) => write!(f, "{} (measured {actual})", self.bound),
+            None => write!(f, "{} (no samples)", self.bound),
+        }
     }
 }
 
@@ -125,7 +129,7 @@ pub struct Report {
     pub latency: BTreeMap<String, Summary>,
     /// Counters over the measured window.
     pub counters: Counters,
-    /// Errors over the whole run, ramp-up included (what `--slo errors=...` checks).
+    /// Errors over the whole run, ramp-up and leaving included (what `--slo errors=...` checks).
     pub errors_whole_run: BTreeMap<String, u64>,
     /// Ticks × members in the window, from the tick rate and the clients joined.
     pub snapshots_nominal: f64,
@@ -190,23 +194,22 @@ impl Report {
         Self::new(None, &Histograms::default(), Counters::default(), 1.0)
     }
 
-    /// Received / expected snapshots (1.0 when nothing was expected).
-    pub fn delivery_ratio(&self) -> f64 {
+    /// Received / expected snapshots. Clients that joined and saw no snapshot at all give 0
+    /// (the server delivered nothing), not 1; with no client joined there is nothing to judge
+    /// (None).
+    pub fn delivery_ratio(&self) -> Option<f64> {
         match self.counters.snapshots_expected {
-            0 => 1.0,
-            expected => self.counters.snapshots_received as f64 / expected as f64,
+            0 if self.clients_joined_at_end > 0 || self.clients_joined_avg > 0.0 => Some(0.0),
+            0 => None,
+            expected => Some(self.counters.snapshots_received as f64 / expected as f64),
         }
     }
 
-    /// Fraction of scheduled sends the generator made late or skipped.
-    pub fn late_fraction(&self) -> f64 {
+    /// Fraction of scheduled sends the generator made late or skipped (None: none scheduled).
+    pub fn late_fraction(&self) -> Option<f64> {
         let c = &self.counters;
         let scheduled = c.states_sent + c.sends_skipped;
-        if scheduled == 0 {
-            0.0
-        } else {
-            (c.sends_late + c.sends_skipped) as f64 / scheduled as f64
-        }
+        (scheduled > 0).then(|| (c.sends_late + c.sends_skipped) as f64 / scheduled as f64)
     }
 
     pub fn total_errors(&self) -> u64 {
@@ -238,10 +241,10 @@ impl Report {
         rows.push((
             "snapshots",
             format!(
-                "{} received / {} expected by tick numbers ({:.3}%), {:.0} nominal (ticks x members), {:.0}/s",
+                "{} received / {} expected by tick numbers ({}), {:.0} nominal (ticks x members), {:.0}/s",
                 c.snapshots_received,
                 c.snapshots_expected,
-                self.delivery_ratio() * 100.0,
+                percent_or(self.delivery_ratio(), "no client joined"),
                 self.snapshots_nominal,
                 self.snapshots_per_second
             ),
@@ -263,8 +266,8 @@ impl Report {
         rows.push((
             "generator late",
             format!(
-                "{:.3}% of sends ({} late, {} skipped, worst lag {:.1} ms)",
-                self.late_fraction() * 100.0,
+                "{} of sends ({} late, {} skipped, worst lag {:.1} ms)",
+                percent_or(self.late_fraction(), "none scheduled"),
                 c.sends_late,
                 c.sends_skipped,
                 c.max_send_lag_us as f64 / 1000.0
@@ -361,7 +364,42 @@ impl Report {
     }
 }
 
+/// A ratio as a percentage with three decimals, or `absent` when there is none.
+pub fn percent_or(ratio: Option<f64>, absent: &str) -> String {
+    ratio.map_or_else(
+        || absent.to_owned(),
+        |ratio| format!("{:.3}%", ratio * 100.0),
+    )
+}
+
 /// Microseconds as milliseconds with three decimals, the unit of every latency table.
 pub fn ms(micros: u64) -> String {
     format!("{:.3}", micros as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_is_zero_when_clients_joined_but_no_snapshot_came() {
+        let mut report = Report::empty_for_tests();
+        assert_eq!(report.delivery_ratio(), None, "no client, nothing to judge");
+        report.clients_joined_at_end = 4;
+        report.clients_joined_avg = 4.0;
+        assert_eq!(report.delivery_ratio(), Some(0.0));
+        report.counters.snapshots_expected = 10;
+        report.counters.snapshots_received = 9;
+        assert_eq!(report.delivery_ratio(), Some(0.9));
+    }
+
+    #[test]
+    fn late_fraction_needs_scheduled_sends() {
+        let mut report = Report::empty_for_tests();
+        assert_eq!(report.late_fraction(), None);
+        report.counters.states_sent = 3;
+        report.counters.sends_skipped = 1;
+        report.counters.sends_late = 1;
+        assert_eq!(report.late_fraction(), Some(0.5));
+    }
 }

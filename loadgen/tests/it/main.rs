@@ -3,3 +3,4 @@
 mod support;
 
 mod runs;
+mod slo_gates;
