@@ -1,10 +1,19 @@
-//! Helpers: a real tickrelay server in the test process, and the loadgen binary as a child.
+//! Helpers: a real tickrelay server in the test process, a silent stand-in that welcomes
+//! clients and never sends a snapshot, and the loadgen binary as a child.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use futures_util::{SinkExt as _, StreamExt as _};
+use tickrelay_protocol::{ClientMessage, Codec, PlayerId, ServerMessage};
 use tickrelay_server::Config;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) struct TestServer {
@@ -88,7 +97,7 @@ impl Drop for SilentServer {
 }
 
 pub(crate) async fn spawn_silent_server() -> SilentServer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accept_task = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
@@ -102,36 +111,35 @@ pub(crate) async fn spawn_silent_server() -> SilentServer {
     SilentServer { addr, accept_task }
 }
 
-async fn welcome_and_stay_silent(
-    stream: tokio::net::TcpStream,
-    player_id: tickrelay_protocol::PlayerId,
-) {
-    use futures_util::{SinkExt as _, StreamExt as _};
-    use tickrelay_protocol::{ClientMessage, Codec, ServerMessage};
-    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-    use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
-    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-    use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+/// Accepts the upgrade only for the MessagePack subprotocol, and echoes it, as tickrelay does.
+// The signature is tungstenite's callback shape; its refusal type is large by design.
+#[allow(clippy::result_large_err)]
+fn echo_msgpack_subprotocol(
+    request: &Request,
+    mut response: Response,
+) -> Result<Response, ErrorResponse> {
+    let subprotocol = Codec::MessagePack.subprotocol();
+    let offered = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|value| value.to_str().ok());
+    if offered != Some(subprotocol) {
+        let mut refusal = ErrorResponse::new(Some(format!("offered {offered:?}")));
+        *refusal.status_mut() = StatusCode::BAD_REQUEST;
+        return Err(refusal);
+    }
+    response.headers_mut().insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(subprotocol),
+    );
+    Ok(response)
+}
 
+async fn welcome_and_stay_silent(stream: TcpStream, player_id: PlayerId) {
     let codec = Codec::MessagePack;
-    let echo_subprotocol = |request: &Request, mut response: Response| {
-        let offered = request
-            .headers()
-            .get(header::SEC_WEBSOCKET_PROTOCOL)
-            .and_then(|value| value.to_str().ok());
-        if offered != Some(codec.subprotocol()) {
-            let mut refusal = ErrorResponse::new(Some(format!("offered {offered:?}")));
-            *refusal.status_mut() = StatusCode::BAD_REQUEST;
-            return Err(refusal);
-        }
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(codec.subprotocol()),
-        );
-        Ok(response)
-    };
-    let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, echo_subprotocol).await else {
+    let Ok(mut socket) =
+        tokio_tungstenite::accept_hdr_async(stream, echo_msgpack_subprotocol).await
+    else {
         return;
     };
     // Reads until the client goes; tungstenite answers WebSocket pings and closes itself.
