@@ -11,6 +11,7 @@ pub mod client;
 pub mod clock;
 pub mod hlog;
 pub mod html;
+pub mod interval;
 pub mod net;
 pub mod plan;
 pub mod report;

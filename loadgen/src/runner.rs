@@ -1,6 +1,7 @@
 //! The coordinator: starts worker threads, paces connections, drives the scenario's phases,
 //! collects one interval of measurements per second (progress line, interval log), and
-//! builds the final report. Scenarios are compositions of the same few phases.
+//! builds the final report. Scenarios are compositions of the same few phases. Each interval
+//! has an index that workers tag their reports with; `interval` merges by it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,14 +11,19 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use crate::cli::Scenario;
-use crate::clock::ClockEstimator;
 use crate::hlog::HlogWriter;
+use crate::interval::{IntervalMerger, IntervalReport};
 use crate::plan::{Plan, Target};
 use crate::report::{RampResult, RampStep, Report, StormResult, TimelinePoint};
 use crate::stats::{Counters, Histograms, Metric, Summary};
-use crate::worker::{self, Command, IntervalStats, WorkerHandle};
+use crate::worker::{self, Command, WorkerHandle};
 
 const COLLECT_EVERY: Duration = Duration::from_secs(1);
+/// How long a collection waits for every worker's report before closing the interval without
+/// the missing ones (their reports, when they come, are kept out of later intervals).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long stopping waits for every worker's last report (workers give clients 5 s to leave).
+const STOP_REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const PACING_STEP: Duration = Duration::from_millis(10);
 
 /// Runs the plan against `target` and returns the report (SLOs not yet checked).
@@ -51,12 +57,13 @@ pub async fn run(
         reports,
         hlog,
         last_collect: Instant::now(),
+        merger: IntervalMerger::new(plan.threads),
+        next_interval: 0,
         cumulative: Counters::default(),
         previous: Counters::default(),
-        clock: ClockEstimator::default(),
         joined: 0,
-        tick_hz: None,
         measuring: None,
+        measured_intervals: None,
         measured: Histograms::default(),
         window_start: Counters::default(),
         measured_seconds: 0.0,
@@ -78,17 +85,21 @@ struct Coordinator {
     started: Instant,
     base: SystemTime,
     workers: Vec<WorkerHandle>,
-    reports: mpsc::UnboundedReceiver<IntervalStats>,
+    reports: mpsc::UnboundedReceiver<IntervalReport>,
     hlog: Option<HlogWriter>,
     last_collect: Instant,
+    merger: IntervalMerger,
+    /// The index the next collection asks workers for.
+    next_interval: u64,
     /// Sum of the workers' cumulative counters at the last collection.
     cumulative: Counters,
     previous: Counters,
-    clock: ClockEstimator,
     joined: usize,
-    tick_hz: Option<u32>,
     /// When the measured window started, if it is open.
     measuring: Option<Instant>,
+    /// Indexes of the intervals in the measured window: from the first, up to the last once
+    /// the window closed.
+    measured_intervals: Option<(u64, Option<u64>)>,
     measured: Histograms,
     window_start: Counters,
     measured_seconds: f64,
@@ -261,6 +272,7 @@ impl Coordinator {
     async fn open_window(&mut self) {
         self.collect().await;
         self.measuring = Some(Instant::now());
+        self.measured_intervals = Some((self.next_interval, None));
         self.window_unix_ms.0 = unix_ms();
         self.window_start = self.cumulative.clone();
         self.measured.reset();
@@ -272,6 +284,9 @@ impl Coordinator {
         if let Some(opened) = self.measuring.take() {
             self.measured_seconds = opened.elapsed().as_secs_f64();
             self.window_unix_ms.1 = unix_ms();
+            if let Some((_, last)) = &mut self.measured_intervals {
+                *last = self.next_interval.checked_sub(1);
+            }
         }
     }
 
@@ -285,31 +300,58 @@ impl Coordinator {
         Some(self.collect().await)
     }
 
+    /// Opens interval `next_interval`, asks every worker for its report on it and waits, at
+    /// most `wait`, until all have answered; the caller closes it.
+    async fn gather(&mut self, command: impl Fn(u64) -> Command, wait: Duration) {
+        let interval = self.next_interval;
+        self.next_interval += 1;
+        self.merger.open(interval);
+        self.broadcast(|| command(interval));
+        let deadline = tokio::time::Instant::now() + wait;
+        while !self.merger.is_complete() {
+            // Timed out, or every worker is gone: the caller reports who is missing.
+            let Ok(Some(report)) = tokio::time::timeout_at(deadline, self.reports.recv()).await
+            else {
+                break;
+            };
+            self.merger.accept(report);
+        }
+    }
+
     async fn collect(&mut self) -> Histograms {
         let interval_start = self.last_collect;
         self.last_collect = Instant::now();
-        self.broadcast(|| Command::Collect);
-        let mut histograms = Histograms::default();
-        let mut counters = Counters::default();
-        let mut joined = 0;
-        for _ in 0..self.workers.len() {
-            let Ok(Some(stats)) =
-                tokio::time::timeout(Duration::from_secs(5), self.reports.recv()).await
-            else {
-                tracing::warn!("a worker did not report within 5 s");
-                break;
-            };
-            histograms.add(&stats.histograms);
-            counters.add(&stats.counters);
-            self.clock.merge(&stats.clock);
-            joined += stats.joined;
-            self.tick_hz = self.tick_hz.or(stats.tick_hz);
+        self.gather(Command::Collect, REPORT_TIMEOUT).await;
+        let closed = self.merger.close();
+        if !closed.missing_workers.is_empty() {
+            tracing::warn!(
+                interval = closed.interval,
+                workers = ?closed.missing_workers,
+                "workers did not report within {REPORT_TIMEOUT:?}; the interval closes without them"
+            );
         }
-        self.previous = std::mem::replace(&mut self.cumulative, counters);
-        self.joined = joined;
+        for late in closed.late {
+            // The samples belong to their own interval, long written out: they count towards
+            // the measured totals if that interval was measured, and towards no other second.
+            let measured = self.measured_intervals.is_some_and(|(first, last)| {
+                late.interval >= first && last.is_none_or(|last| late.interval <= last)
+            });
+            tracing::warn!(
+                worker = late.worker,
+                interval = late.interval,
+                measured,
+                "a late interval report came after its interval closed"
+            );
+            if measured {
+                self.measured.add(&late.histograms);
+            }
+        }
+        let histograms = closed.histograms;
+        self.previous = std::mem::replace(&mut self.cumulative, self.merger.counters());
+        self.joined = self.merger.joined();
         if self.measuring.is_some() {
             self.measured.add(&histograms);
-            self.joined_samples.push(joined);
+            self.joined_samples.push(self.joined);
         }
         if let Some(hlog) = &mut self.hlog {
             let start = interval_start.duration_since(self.started);
@@ -373,15 +415,12 @@ impl Coordinator {
     }
 
     async fn stop_all(&mut self) {
-        self.broadcast(|| Command::StopAll);
-        let mut last = Counters::default();
-        for _ in 0..self.workers.len() {
-            if let Ok(Some(stats)) =
-                tokio::time::timeout(Duration::from_secs(10), self.reports.recv()).await
-            {
-                last.add(&stats.counters);
-            }
+        self.gather(Command::StopAll, STOP_REPORT_TIMEOUT).await;
+        let closed = self.merger.close();
+        if !closed.missing_workers.is_empty() {
+            tracing::warn!(workers = ?closed.missing_workers, "workers did not stop in time");
         }
+        let last = self.merger.counters();
         // Errors seen while leaving (e.g. the server closing) still count for the whole run.
         if last.total_errors() > self.cumulative.total_errors() {
             self.cumulative.errors = last.errors;
@@ -404,7 +443,7 @@ impl Coordinator {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         (report.window_start_unix_ms, report.window_end_unix_ms) = self.window_unix_ms;
-        report.tick_hz = self.tick_hz;
+        report.tick_hz = self.merger.tick_hz();
         report.clients_joined_at_end = self.joined;
         report.clients_joined_avg = if self.joined_samples.is_empty() {
             0.0
@@ -412,10 +451,10 @@ impl Coordinator {
             self.joined_samples.iter().sum::<usize>() as f64 / self.joined_samples.len() as f64
         };
         report.snapshots_nominal = self.measured_seconds
-            * f64::from(self.tick_hz.unwrap_or(0))
+            * f64::from(report.tick_hz.unwrap_or(0))
             * report.clients_joined_avg;
         report.errors_whole_run = self.cumulative.errors.clone();
-        report.clock_offset = self.clock.estimate();
+        report.clock_offset = self.merger.clock().estimate();
         report.clock_corrected = match self.plan.clock_correction {
             crate::cli::ClockCorrection::On => true,
             crate::cli::ClockCorrection::Off => false,
