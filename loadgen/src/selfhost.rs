@@ -10,12 +10,17 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::RunArgs;
 
 pub struct SelfHosted {
-    pub url: String,
+    url: String,
     shutdown: CancellationToken,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl SelfHosted {
+    /// The server's WebSocket URL, `ws://127.0.0.1:PORT/ws`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     pub fn start(args: &RunArgs) -> anyhow::Result<Self> {
         let per_second = |interval: std::time::Duration| 1.0 / interval.as_secs_f64().max(1e-3);
         let config = Config {
