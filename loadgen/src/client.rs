@@ -32,28 +32,28 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a worker's clients record into.
 #[derive(Default)]
-pub struct Recorder {
-    pub histograms: Histograms,
-    pub counters: Counters,
-    pub clock: ClockEstimator,
-    pub tick_hz: Option<u32>,
+pub(crate) struct Recorder {
+    pub(crate) histograms: Histograms,
+    pub(crate) counters: Counters,
+    pub(crate) clock: ClockEstimator,
+    pub(crate) tick_hz: Option<u32>,
 }
 
 /// Per-worker state shared by its clients.
-pub struct Shared {
-    pub plan: Rc<Plan>,
-    pub target: Target,
-    pub recorder: RefCell<Recorder>,
+pub(crate) struct Shared {
+    pub(crate) plan: Rc<Plan>,
+    pub(crate) target: Target,
+    pub(crate) recorder: RefCell<Recorder>,
     /// Clients currently joined.
-    pub joined: Cell<usize>,
+    pub(crate) joined: Cell<usize>,
     /// Cancelled by a storm: every live connection drops at once. Replaced after each storm.
-    pub storm: RefCell<CancellationToken>,
+    pub(crate) storm: RefCell<CancellationToken>,
     state_data: Payload,
     correct_clock: bool,
 }
 
 impl Shared {
-    pub fn new(plan: Rc<Plan>, target: Target) -> Self {
+    pub(crate) fn new(plan: Rc<Plan>, target: Target) -> Self {
         let correct_clock = match plan.clock_correction {
             crate::cli::ClockCorrection::On => true,
             crate::cli::ClockCorrection::Off => false,
@@ -98,7 +98,7 @@ enum SessionEnd {
 }
 
 /// Runs one client until `stop` is cancelled.
-pub async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: CancellationToken) {
+pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: CancellationToken) {
     let plan = shared.plan.clone();
     let source =
         (!plan.source_ips.is_empty()).then(|| plan.source_ips[spec.index % plan.source_ips.len()]);
@@ -167,7 +167,7 @@ async fn connect_and_join(
             return None;
         }
         Err(_) => {
-            shared.count(|c| c.error("connect_timeout"));
+            shared.count(|c| c.error(net::ConnectError::Timeout.kind()));
             return None;
         }
     };

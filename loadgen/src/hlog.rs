@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write as _};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
@@ -16,13 +16,13 @@ use hdrhistogram::serialization::{Deserializer, V2DeflateSerializer};
 
 use crate::stats::{Histograms, Metric};
 
-pub struct HlogWriter {
+pub(crate) struct HlogWriter {
     file: BufWriter<File>,
     serializer: V2DeflateSerializer,
 }
 
 impl HlogWriter {
-    pub fn create(path: &Path, base: SystemTime, comment: &str) -> anyhow::Result<Self> {
+    pub(crate) fn create(path: &Path, base: SystemTime, comment: &str) -> anyhow::Result<Self> {
         let mut file = BufWriter::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
         );
@@ -36,7 +36,7 @@ impl HlogWriter {
     }
 
     /// Appends one interval: `start` is relative to the log's base time.
-    pub fn write(
+    pub(crate) fn write(
         &mut self,
         histograms: &Histograms,
         start: Duration,
@@ -61,15 +61,15 @@ impl HlogWriter {
 }
 
 /// What a set of interval logs adds up to.
-pub struct Merged {
-    pub histograms: Histograms,
-    pub intervals: usize,
+pub(crate) struct Merged {
+    pub(crate) histograms: Histograms,
+    pub(crate) intervals: usize,
     /// Wall-clock span covered, from the earliest interval start to the latest end.
-    pub seconds: f64,
+    pub(crate) seconds: f64,
 }
 
 /// Adds up every tagged interval of every file, by tag. Untagged or unknown tags are skipped.
-pub fn merge(paths: &[impl AsRef<Path>]) -> anyhow::Result<Merged> {
+pub(crate) fn merge(paths: &[impl AsRef<Path>]) -> anyhow::Result<Merged> {
     let mut merged = Histograms::default();
     let mut intervals = 0;
     let (mut first, mut last) = (f64::MAX, f64::MIN);
@@ -117,11 +117,6 @@ pub fn merge(paths: &[impl AsRef<Path>]) -> anyhow::Result<Merged> {
         intervals,
         seconds: (last - first).max(0.0),
     })
-}
-
-pub fn unix_seconds(time: SystemTime) -> f64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]

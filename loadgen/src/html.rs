@@ -43,7 +43,7 @@ fn metric_color(metric: Metric) -> RGBColor {
 }
 
 /// The whole page.
-pub fn render(report: &Report) -> anyhow::Result<String> {
+pub(crate) fn render(report: &Report) -> anyhow::Result<String> {
     let mut page = String::from(PAGE_HEAD);
     header(&mut page, report);
     section(

@@ -6,19 +6,19 @@ use crate::clock::ClockEstimator;
 use crate::stats::{Counters, Histograms};
 
 /// One worker's measurements, sent when the coordinator asks for interval `interval`.
-pub struct IntervalReport {
-    pub worker: usize,
+pub(crate) struct IntervalReport {
+    pub(crate) worker: usize,
     /// The index the coordinator sent with its request (`Collect` or `StopAll`).
-    pub interval: u64,
+    pub(crate) interval: u64,
     /// Samples since the worker's previous report.
-    pub histograms: Histograms,
+    pub(crate) histograms: Histograms,
     /// Cumulative since the worker started.
-    pub counters: Counters,
+    pub(crate) counters: Counters,
     /// Cumulative since the worker started.
-    pub clock: ClockEstimator,
+    pub(crate) clock: ClockEstimator,
     /// Clients of this worker joined at the time of the report.
-    pub joined: usize,
-    pub tick_hz: Option<u32>,
+    pub(crate) joined: usize,
+    pub(crate) tick_hz: Option<u32>,
 }
 
 /// A worker's newest cumulative figures.
@@ -32,28 +32,28 @@ struct Newest {
 
 /// A report tagged with an interval other than the open one: it came after its interval was
 /// closed. Its samples belong to that interval, so they are kept apart.
-pub struct LateReport {
-    pub worker: usize,
-    pub interval: u64,
-    pub histograms: Histograms,
+pub(crate) struct LateReport {
+    pub(crate) worker: usize,
+    pub(crate) interval: u64,
+    pub(crate) histograms: Histograms,
 }
 
 /// What one interval added up to when it was closed.
-pub struct ClosedInterval {
-    pub interval: u64,
+pub(crate) struct ClosedInterval {
+    pub(crate) interval: u64,
     /// Samples of the reports tagged with this interval, and only those.
-    pub histograms: Histograms,
+    pub(crate) histograms: Histograms,
     /// Workers whose report for this interval had not come when it closed.
-    pub missing_workers: Vec<usize>,
+    pub(crate) missing_workers: Vec<usize>,
     /// Reports for earlier intervals that came while this one was open.
-    pub late: Vec<LateReport>,
+    pub(crate) late: Vec<LateReport>,
 }
 
 /// Merges the workers' reports one interval at a time: `open(i)`, `accept` reports until
 /// `is_complete` (or the coordinator stops waiting), then `close`. Cumulative figures
 /// (counters, clock, joined clients) are each worker's newest, whatever interval they came
 /// with, so a late report still brings the counters up to date but never moves them back.
-pub struct IntervalMerger {
+pub(crate) struct IntervalMerger {
     newest: Vec<Option<Newest>>,
     open: u64,
     histograms: Histograms,
@@ -62,7 +62,7 @@ pub struct IntervalMerger {
 }
 
 impl IntervalMerger {
-    pub fn new(n_workers: usize) -> Self {
+    pub(crate) fn new(n_workers: usize) -> Self {
         Self {
             newest: (0..n_workers).map(|_| None).collect(),
             open: 0,
@@ -73,14 +73,14 @@ impl IntervalMerger {
     }
 
     /// Starts collecting interval `interval` (the index the coordinator sends to workers).
-    pub fn open(&mut self, interval: u64) {
+    pub(crate) fn open(&mut self, interval: u64) {
         self.open = interval;
         self.histograms.reset();
         self.reported.fill(false);
         self.late.clear();
     }
 
-    pub fn accept(&mut self, report: IntervalReport) {
+    pub(crate) fn accept(&mut self, report: IntervalReport) {
         let Some(newest) = self.newest.get_mut(report.worker) else {
             tracing::warn!(
                 worker = report.worker,
@@ -113,12 +113,12 @@ impl IntervalMerger {
     }
 
     /// Whether every worker has reported for the open interval.
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         self.reported.iter().all(|&reported| reported)
     }
 
     /// Closes the open interval and hands over what it added up to.
-    pub fn close(&mut self) -> ClosedInterval {
+    pub(crate) fn close(&mut self) -> ClosedInterval {
         ClosedInterval {
             interval: self.open,
             histograms: std::mem::take(&mut self.histograms),
@@ -130,7 +130,7 @@ impl IntervalMerger {
     }
 
     /// The sum of the workers' newest cumulative counters.
-    pub fn counters(&self) -> Counters {
+    pub(crate) fn counters(&self) -> Counters {
         let mut sum = Counters::default();
         for newest in self.newest.iter().flatten() {
             sum.add(&newest.counters);
@@ -139,7 +139,7 @@ impl IntervalMerger {
     }
 
     /// The workers' clock estimators merged (each worker's newest, counted once).
-    pub fn clock(&self) -> ClockEstimator {
+    pub(crate) fn clock(&self) -> ClockEstimator {
         let mut merged = ClockEstimator::default();
         for newest in self.newest.iter().flatten() {
             merged.merge(&newest.clock);
@@ -148,7 +148,7 @@ impl IntervalMerger {
     }
 
     /// Clients joined, by each worker's newest report.
-    pub fn joined(&self) -> usize {
+    pub(crate) fn joined(&self) -> usize {
         self.newest
             .iter()
             .flatten()
@@ -157,7 +157,7 @@ impl IntervalMerger {
     }
 
     /// The server's tick rate, once any client has been welcomed.
-    pub fn tick_hz(&self) -> Option<u32> {
+    pub(crate) fn tick_hz(&self) -> Option<u32> {
         self.newest
             .iter()
             .flatten()

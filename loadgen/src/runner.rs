@@ -27,7 +27,7 @@ const STOP_REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const PACING_STEP: Duration = Duration::from_millis(10);
 
 /// Runs the plan against `target` and returns the report (SLOs not yet checked).
-pub async fn run(
+pub(crate) async fn run(
     plan: Plan,
     target: Target,
     quiet: bool,
@@ -481,7 +481,7 @@ fn unix_ms() -> u128 {
 
 /// The knee of a ramp: the largest client count of a step that met the bound, provided every
 /// smaller step met it too (a noisy early failure ends the ramp, so there is none after it).
-pub fn knee(steps: &[RampStep]) -> Option<usize> {
+pub(crate) fn knee(steps: &[RampStep]) -> Option<usize> {
     steps
         .iter()
         .take_while(|step| step.met)

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
 
-pub struct SelfHosted {
+pub(crate) struct SelfHosted {
     url: String,
     shutdown: CancellationToken,
     thread: Option<thread::JoinHandle<()>>,
@@ -17,11 +17,11 @@ pub struct SelfHosted {
 
 impl SelfHosted {
     /// The server's WebSocket URL, `ws://127.0.0.1:PORT/ws`.
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.url
     }
 
-    pub fn start(args: &RunArgs) -> anyhow::Result<Self> {
+    pub(crate) fn start(args: &RunArgs) -> anyhow::Result<Self> {
         let per_second = |interval: std::time::Duration| 1.0 / interval.as_secs_f64().max(1e-3);
         let config = Config {
             listen: "127.0.0.1:0".parse().context("loopback address")?,

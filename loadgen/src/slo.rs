@@ -17,7 +17,7 @@ use crate::report::{Report, Violation};
 use crate::stats::Metric;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     Less,
     LessEq,
     Greater,
@@ -48,7 +48,7 @@ impl Op {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Subject {
+pub(crate) enum Subject {
     Latency { metric: Metric, stat: String },
     Errors,
     Missed,
@@ -58,23 +58,23 @@ pub enum Subject {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Bound {
-    pub subject: Subject,
-    pub op: Op,
+pub(crate) struct Bound {
+    pub(crate) subject: Subject,
+    pub(crate) op: Op,
     /// Microseconds for latencies; plain numbers for counters and ratios.
-    pub value: f64,
+    pub(crate) value: f64,
     /// The clause as written, for messages.
-    pub text: String,
+    pub(crate) text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid --slo clause {clause:?}: {problem}")]
-pub struct SloParseError {
-    pub clause: String,
-    pub problem: String,
+pub(crate) struct SloParseError {
+    pub(crate) clause: String,
+    pub(crate) problem: String,
 }
 
-pub fn parse(spec: &str) -> Result<Vec<Bound>, SloParseError> {
+pub(crate) fn parse(spec: &str) -> Result<Vec<Bound>, SloParseError> {
     spec.split(',')
         .map(str::trim)
         .filter(|clause| !clause.is_empty())
@@ -182,7 +182,7 @@ fn actual(subject: &Subject, report: &Report) -> Option<f64> {
 }
 
 /// Every bound the report breaks, including every bound on a metric without samples.
-pub fn check(bounds: &[Bound], report: &Report) -> Vec<Violation> {
+pub(crate) fn check(bounds: &[Bound], report: &Report) -> Vec<Violation> {
     bounds
         .iter()
         .filter_map(|bound| {

@@ -20,7 +20,7 @@ use crate::plan::{ClientSpec, Plan, Target};
 /// How long stopping waits for clients to leave before abandoning them.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub enum Command {
+pub(crate) enum Command {
     /// Start a client.
     Start(ClientSpec),
     /// Churn: the client leaves, then joins again as a new connection.
@@ -34,12 +34,12 @@ pub enum Command {
     StopAll(u64),
 }
 
-pub struct WorkerHandle {
-    pub commands: mpsc::UnboundedSender<Command>,
-    pub thread: thread::JoinHandle<()>,
+pub(crate) struct WorkerHandle {
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    pub(crate) thread: thread::JoinHandle<()>,
 }
 
-pub fn spawn(
+pub(crate) fn spawn(
     id: usize,
     plan: Arc<Plan>,
     target: Target,
