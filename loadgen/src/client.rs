@@ -45,7 +45,7 @@ pub(crate) struct Shared {
     pub(crate) target: Target,
     pub(crate) recorder: RefCell<Recorder>,
     /// Clients currently joined.
-    pub(crate) joined: Cell<usize>,
+    pub(crate) clients_joined: Cell<usize>,
     /// Cancelled by a storm: every live connection drops at once. Replaced after each storm.
     pub(crate) storm: RefCell<CancellationToken>,
     state_data: Payload,
@@ -66,7 +66,7 @@ impl Shared {
             plan,
             target,
             recorder: RefCell::default(),
-            joined: Cell::new(0),
+            clients_joined: Cell::new(0),
             storm: RefCell::new(CancellationToken::new()),
             correct_clock,
         }
@@ -134,9 +134,9 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
         if let Some(since) = outage_since.take() {
             shared.record(Metric::Reconnect, since.elapsed().as_micros() as u64);
         }
-        shared.joined.set(shared.joined.get() + 1);
+        shared.clients_joined.set(shared.clients_joined.get() + 1);
         let end = session(&shared, reader, writer, player_id, &stop).await;
-        shared.joined.set(shared.joined.get() - 1);
+        shared.clients_joined.set(shared.clients_joined.get() - 1);
         match end {
             SessionEnd::Stopped => return,
             SessionEnd::Dropped | SessionEnd::Lost => {

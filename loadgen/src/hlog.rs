@@ -63,7 +63,8 @@ impl HlogWriter {
 /// What a set of interval logs adds up to.
 pub(crate) struct Merged {
     pub(crate) histograms: Histograms,
-    pub(crate) intervals: usize,
+    /// Histograms read: one per metric with samples, per interval, per file.
+    pub(crate) tagged_histograms: usize,
     /// Wall-clock span covered, from the earliest interval start to the latest end.
     pub(crate) seconds: f64,
 }
@@ -71,7 +72,7 @@ pub(crate) struct Merged {
 /// Adds up every tagged interval of every file, by tag. Untagged or unknown tags are skipped.
 pub(crate) fn merge(paths: &[impl AsRef<Path>]) -> anyhow::Result<Merged> {
     let mut merged = Histograms::default();
-    let mut intervals = 0;
+    let mut tagged_histograms = 0;
     let (mut first, mut last) = (f64::MAX, f64::MIN);
     let mut deserializer = Deserializer::new();
     for path in paths {
@@ -106,15 +107,15 @@ pub(crate) fn merge(paths: &[impl AsRef<Path>]) -> anyhow::Result<Merged> {
             let start = base + interval.start_timestamp().as_secs_f64();
             first = first.min(start);
             last = last.max(start + interval.duration().as_secs_f64());
-            intervals += 1;
+            tagged_histograms += 1;
         }
     }
-    if intervals == 0 {
+    if tagged_histograms == 0 {
         bail!("no tagged intervals found in the given files");
     }
     Ok(Merged {
         histograms: merged,
-        intervals,
+        tagged_histograms,
         seconds: (last - first).max(0.0),
     })
 }
@@ -152,7 +153,11 @@ mod tests {
             paths.push(path);
         }
         let merged = merge(&paths).unwrap();
-        assert_eq!(merged.intervals, 2 * 3 * 2, "files x intervals x tags");
+        assert_eq!(
+            merged.tagged_histograms,
+            2 * 3 * 2,
+            "files x intervals x tags"
+        );
         for metric in [Metric::Broadcast, Metric::Rtt] {
             assert_eq!(
                 merged.histograms.get(metric),

@@ -17,7 +17,7 @@ pub(crate) struct IntervalReport {
     /// Cumulative since the worker started.
     pub(crate) clock: ClockEstimator,
     /// Clients of this worker joined at the time of the report.
-    pub(crate) joined: usize,
+    pub(crate) clients_joined: usize,
     pub(crate) tick_hz: Option<u32>,
 }
 
@@ -26,7 +26,7 @@ struct Newest {
     interval: u64,
     counters: Counters,
     clock: ClockEstimator,
-    joined: usize,
+    clients_joined: usize,
     tick_hz: Option<u32>,
 }
 
@@ -96,7 +96,7 @@ impl IntervalMerger {
                 interval: report.interval,
                 counters: report.counters,
                 clock: report.clock,
-                joined: report.joined,
+                clients_joined: report.clients_joined,
                 tick_hz: report.tick_hz,
             });
         }
@@ -148,11 +148,11 @@ impl IntervalMerger {
     }
 
     /// Clients joined, by each worker's newest report.
-    pub(crate) fn joined(&self) -> usize {
+    pub(crate) fn clients_joined(&self) -> usize {
         self.newest
             .iter()
             .flatten()
-            .map(|newest| newest.joined)
+            .map(|newest| newest.clients_joined)
             .sum()
     }
 
@@ -186,7 +186,7 @@ mod tests {
                 ..Counters::default()
             },
             clock,
-            joined: 10,
+            clients_joined: 10,
             tick_hz: Some(30),
         }
     }
@@ -239,7 +239,7 @@ mod tests {
         assert_eq!((late.worker, late.interval), (1, 0));
         assert_eq!(broadcast_samples(&late.histograms), [1700]);
         assert_eq!(merger.counters().snapshots_received, 60 + 50);
-        assert_eq!(merger.joined(), 20);
+        assert_eq!(merger.clients_joined(), 20);
     }
 
     #[test]

@@ -125,8 +125,8 @@ fn merge(args: &MergeArgs) -> anyhow::Result<ExitCode> {
         merged.seconds,
     );
     println!(
-        "merged {} intervals from {} files",
-        merged.intervals,
+        "merged {} tagged histograms (one per metric per interval) from {} files",
+        merged.tagged_histograms,
         args.files.len()
     );
     finish(&report, args.json.as_deref(), args.html.as_deref())?;

@@ -60,17 +60,17 @@ pub(crate) async fn run(
         merger: IntervalMerger::new(plan.threads),
         next_interval: 0,
         cumulative: Counters::default(),
-        previous: Counters::default(),
-        joined: 0,
+        cumulative_before: Counters::default(),
+        clients_joined: 0,
         measuring: None,
         measured_intervals: None,
         measured: Histograms::default(),
         window_start: Counters::default(),
         measured_seconds: 0.0,
         window_unix_ms: (0, 0),
-        joined_samples: Vec::new(),
+        clients_joined_samples: Vec::new(),
         timeline: Vec::new(),
-        started_clients: 0,
+        clients_started: 0,
         plan: plan.clone(),
     };
     let outcome = coordinator.play().await;
@@ -93,8 +93,10 @@ struct Coordinator {
     next_interval: u64,
     /// Sum of the workers' cumulative counters at the last collection.
     cumulative: Counters,
-    previous: Counters,
-    joined: usize,
+    /// `cumulative` as it was one collection earlier.
+    cumulative_before: Counters,
+    /// Clients joined at the last collection.
+    clients_joined: usize,
     /// When the measured window started, if it is open.
     measuring: Option<Instant>,
     /// Indexes of the intervals in the measured window: from the first, up to the last once
@@ -104,18 +106,18 @@ struct Coordinator {
     window_start: Counters,
     measured_seconds: f64,
     window_unix_ms: (u128, u128),
-    joined_samples: Vec<usize>,
+    clients_joined_samples: Vec<usize>,
     /// One point per collection, for the report's timeline.
     timeline: Vec<TimelinePoint>,
-    started_clients: usize,
+    clients_started: usize,
 }
 
 impl Coordinator {
     async fn play(&mut self) -> anyhow::Result<(Option<RampResult>, Option<StormResult>)> {
-        let n = self.plan.shard_clients;
+        let n_clients = self.plan.shard_clients;
         match self.plan.scenario {
             Scenario::Steady | Scenario::Churn => {
-                self.ramp_to(n).await;
+                self.ramp_to(n_clients).await;
                 self.idle(self.plan.warmup).await;
                 self.open_window().await;
                 if self.plan.scenario == Scenario::Churn {
@@ -127,11 +129,11 @@ impl Coordinator {
                 Ok((None, None))
             }
             Scenario::Storm => {
-                self.ramp_to(n).await;
+                self.ramp_to(n_clients).await;
                 self.idle(self.plan.warmup).await;
                 self.open_window().await;
                 self.idle(self.plan.storm_after).await;
-                let storm = self.storm(n).await;
+                let storm = self.storm(n_clients).await;
                 self.close_window().await;
                 Ok((None, Some(storm)))
             }
@@ -158,23 +160,23 @@ impl Coordinator {
     /// Starts clients up to `target` at `connect_rate`, then waits (bounded) for all to join.
     async fn ramp_to(&mut self, target: usize) {
         let begin = Instant::now();
-        let from = self.started_clients;
-        while self.started_clients < target {
+        let from = self.clients_started;
+        while self.clients_started < target {
             let due = from + (begin.elapsed().as_secs_f64() * self.plan.connect_rate) as usize + 1;
-            while self.started_clients < due.min(target) {
-                let spec = self.plan.clients[self.started_clients].clone();
+            while self.clients_started < due.min(target) {
+                let spec = self.plan.clients[self.clients_started].clone();
                 self.send(spec.index % self.workers.len(), Command::Start(spec));
-                self.started_clients += 1;
+                self.clients_started += 1;
             }
             self.tick().await;
         }
         let deadline = Instant::now() + self.plan.connect_timeout + Duration::from_secs(2);
-        while self.joined < target && Instant::now() < deadline {
+        while self.clients_joined < target && Instant::now() < deadline {
             self.tick().await;
         }
-        if self.joined < target {
+        if self.clients_joined < target {
             tracing::warn!(
-                joined = self.joined,
+                clients_joined = self.clients_joined,
                 target,
                 "not every client joined; measuring anyway"
             );
@@ -196,7 +198,7 @@ impl Coordinator {
         while Instant::now() < until {
             let due = (begin.elapsed().as_secs_f64() * self.plan.churn_rate) as usize;
             while rejoined < due {
-                let spec = &self.plan.clients[fastrand::usize(..self.started_clients.max(1))];
+                let spec = &self.plan.clients[fastrand::usize(..self.clients_started.max(1))];
                 self.send(spec.index % self.workers.len(), Command::Rejoin(spec.index));
                 rejoined += 1;
             }
@@ -204,26 +206,26 @@ impl Coordinator {
         }
     }
 
-    async fn storm(&mut self, n: usize) -> StormResult {
+    async fn storm(&mut self, n_clients: usize) -> StormResult {
         self.broadcast(|| Command::Storm);
         let dropped_at = Instant::now();
         // Joined counts fall as sessions notice the drop; wait until they have.
         let settle = Instant::now() + Duration::from_secs(2);
-        while self.joined >= n && Instant::now() < settle {
+        while self.clients_joined >= n_clients && Instant::now() < settle {
             self.tick().await;
         }
         let deadline = dropped_at + self.plan.duration.max(Duration::from_secs(5));
         let mut recovery_ms = None;
         while Instant::now() < deadline {
             self.tick().await;
-            if self.joined >= n {
+            if self.clients_joined >= n_clients {
                 recovery_ms = Some(dropped_at.elapsed().as_secs_f64() * 1000.0);
                 break;
             }
         }
         StormResult {
-            clients: n,
-            clients_back: self.joined,
+            clients: n_clients,
+            clients_back: self.clients_joined,
             recovery_ms,
         }
     }
@@ -232,7 +234,7 @@ impl Coordinator {
         let bound_us = self.plan.ramp_bound.as_micros() as u64;
         let mut steps = Vec::new();
         loop {
-            let target = (self.started_clients + self.plan.ramp_step).min(self.plan.shard_clients);
+            let target = (self.clients_started + self.plan.ramp_step).min(self.plan.shard_clients);
             self.ramp_to(target).await;
             let before = self.cumulative.clone();
             let mut broadcast = crate::stats::new_histogram();
@@ -276,7 +278,7 @@ impl Coordinator {
         self.window_unix_ms.0 = unix_ms();
         self.window_start = self.cumulative.clone();
         self.measured.reset();
-        self.joined_samples.clear();
+        self.clients_joined_samples.clear();
     }
 
     async fn close_window(&mut self) {
@@ -347,11 +349,11 @@ impl Coordinator {
             }
         }
         let histograms = closed.histograms;
-        self.previous = std::mem::replace(&mut self.cumulative, self.merger.counters());
-        self.joined = self.merger.joined();
+        self.cumulative_before = std::mem::replace(&mut self.cumulative, self.merger.counters());
+        self.clients_joined = self.merger.clients_joined();
         if self.measuring.is_some() {
             self.measured.add(&histograms);
-            self.joined_samples.push(self.joined);
+            self.clients_joined_samples.push(self.clients_joined);
         }
         if let Some(hlog) = &mut self.hlog {
             let start = interval_start.duration_since(self.started);
@@ -370,7 +372,7 @@ impl Coordinator {
 
     /// The interval just collected, as a point of the report's timeline.
     fn timeline_point(&self, interval: &Histograms, length: Duration) -> TimelinePoint {
-        let delta = self.cumulative.since(&self.previous);
+        let delta = self.cumulative.since(&self.cumulative_before);
         let quantile = |metric, q| {
             let histogram = interval.get(metric);
             (!histogram.is_empty()).then(|| histogram.value_at_quantile(q))
@@ -378,7 +380,7 @@ impl Coordinator {
         TimelinePoint {
             seconds: self.last_collect.duration_since(self.started).as_secs_f64(),
             interval_seconds: length.as_secs_f64(),
-            clients_joined: self.joined,
+            clients_joined: self.clients_joined,
             snapshots_per_second: delta.snapshots_received as f64 / length.as_secs_f64().max(1e-3),
             broadcast_p50_us: quantile(Metric::Broadcast, 0.5),
             broadcast_p99_us: quantile(Metric::Broadcast, 0.99),
@@ -392,7 +394,7 @@ impl Coordinator {
     fn progress(&self, point: &TimelinePoint) {
         let ms = |micros: Option<u64>| micros.unwrap_or(0) as f64 / 1000.0;
         let (p50, p99) = (ms(point.broadcast_p50_us), ms(point.broadcast_p99_us));
-        let delta = self.cumulative.since(&self.previous);
+        let delta = self.cumulative.since(&self.cumulative_before);
         let scheduled = delta.states_sent + delta.sends_skipped;
         let late = if scheduled == 0 {
             0.0
@@ -444,11 +446,12 @@ impl Coordinator {
             .map_or(0, |d| d.as_millis());
         (report.window_start_unix_ms, report.window_end_unix_ms) = self.window_unix_ms;
         report.tick_hz = self.merger.tick_hz();
-        report.clients_joined_at_end = self.joined;
-        report.clients_joined_avg = if self.joined_samples.is_empty() {
+        report.clients_joined_at_end = self.clients_joined;
+        report.clients_joined_avg = if self.clients_joined_samples.is_empty() {
             0.0
         } else {
-            self.joined_samples.iter().sum::<usize>() as f64 / self.joined_samples.len() as f64
+            self.clients_joined_samples.iter().sum::<usize>() as f64
+                / self.clients_joined_samples.len() as f64
         };
         report.snapshots_nominal = self.measured_seconds
             * f64::from(report.tick_hz.unwrap_or(0))

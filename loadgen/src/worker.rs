@@ -148,7 +148,7 @@ fn take_interval(shared: &Shared, worker: usize, interval: u64) -> IntervalRepor
         histograms: samples,
         counters: counters.clone(),
         clock: *clock,
-        joined: shared.joined.get(),
+        clients_joined: shared.clients_joined.get(),
         tick_hz: *tick_hz,
     }
 }

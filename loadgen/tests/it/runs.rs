@@ -131,7 +131,7 @@ async fn slo_exit_code_gates_on_bounds() {
 async fn merge_of_two_runs_adds_their_histograms() {
     let server = spawn_server(30).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut counts = 0.0;
+    let mut snapshots_measured = 0.0;
     let mut logs = Vec::new();
     // Two "machines": shards 0/2 and 1/2 of the same 16 clients.
     for shard in ["0/2", "1/2"] {
@@ -167,7 +167,7 @@ async fn merge_of_two_runs_adds_their_histograms() {
             "each shard runs half the lobbies"
         );
         logs.push(hlog);
-        counts += num(&report["counters"]["snapshots_received"]);
+        snapshots_measured += num(&report["counters"]["snapshots_received"]);
     }
     let (merged_json, merged_html) = (
         temp_path(&dir, "merged.json"),
@@ -191,12 +191,12 @@ async fn merge_of_two_runs_adds_their_histograms() {
     // The logs cover whole runs (ramp-up included), so they hold at least the measured samples.
     let merged_count = num(&merged["latency"]["broadcast"]["count"]);
     assert!(
-        merged_count >= counts,
-        "merged {merged_count} < measured {counts}"
+        merged_count >= snapshots_measured,
+        "merged {merged_count} < measured {snapshots_measured}"
     );
     assert!(
-        merged_count <= counts * 2.5,
-        "merged {merged_count} vs measured {counts}"
+        merged_count <= snapshots_measured * 2.5,
+        "merged {merged_count} vs measured {snapshots_measured}"
     );
 }
 
