@@ -2,9 +2,10 @@
 //! server, measuring latency in HdrHistograms.
 //!
 //! Flow: `cli` → validated `plan::Plan` → `runner` (coordinator: pacing, scenario phases,
-//! per-second collection) → `worker` threads, each a single-threaded runtime running many
-//! `client`s that record into the worker's own histograms → `report` (table, JSON), `html`
-//! (the `--html` page), `hlog` (interval logs, merge) and `slo` (exit code).
+//! per-second collection, merged by interval index in `interval`) → `worker` threads, each a
+//! single-threaded runtime running many `client`s that record into the worker's own
+//! histograms → `report` (table, JSON), `html` (the `--html` page), `hlog` (interval logs,
+//! merge) and `slo` (exit code).
 
 mod cli;
 mod client;
