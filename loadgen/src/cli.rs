@@ -26,33 +26,33 @@ use serde::Serialize;
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub(crate) command: Option<Command>,
     #[command(flatten)]
-    pub run: RunArgs,
+    pub(crate) run: RunArgs,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Merge interval logs (--hlog) from several load-generator machines into one report.
     Merge(MergeArgs),
 }
 
 #[derive(Debug, Args)]
-pub struct MergeArgs {
+pub(crate) struct MergeArgs {
     /// Interval log files written with --hlog.
     #[arg(required = true)]
-    pub files: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
     /// Also write the merged report as JSON.
     #[arg(long)]
-    pub json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
     /// Also write the merged report as a self-contained HTML page (percentile plot, tables).
     #[arg(long)]
-    pub html: Option<PathBuf>,
+    pub(crate) html: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Scenario {
+pub(crate) enum Scenario {
     /// Ramp to --clients, hold for --duration, report.
     Steady,
     /// Add --ramp-step clients every --ramp-interval until broadcast p99 exceeds --ramp-bound,
@@ -67,14 +67,14 @@ pub enum Scenario {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CodecArg {
+pub(crate) enum CodecArg {
     Msgpack,
     Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ClockCorrection {
+pub(crate) enum ClockCorrection {
     /// Correct broadcast latency by the estimated offset unless the server is on loopback.
     Auto,
     On,
@@ -86,7 +86,7 @@ fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Server WebSocket URL, e.g. ws://127.0.0.1:8080/ws.
     #[arg(
         long,
@@ -94,142 +94,144 @@ pub struct RunArgs {
         required_unless_present = "self_host",
         conflicts_with = "self_host"
     )]
-    pub url: Option<String>,
+    pub(crate) url: Option<String>,
 
     /// Start an in-process tickrelay server on loopback and run against it.
     #[arg(long)]
-    pub self_host: bool,
+    pub(crate) self_host: bool,
 
     /// Tick rate of the self-hosted server (ignored with --url: the server decides).
     #[arg(long, default_value_t = 30)]
-    pub tick_hz: u32,
+    pub(crate) tick_hz: u32,
 
     /// Simulated players in total (across all shards); the ceiling for --scenario ramp.
     #[arg(long, short = 'c', default_value_t = 100)]
-    pub clients: usize,
+    pub(crate) clients: usize,
 
     /// Players per lobby.
     #[arg(long, default_value_t = 8)]
-    pub lobby_size: usize,
+    pub(crate) lobby_size: usize,
 
     /// Measured time once all clients are connected (steady, churn, storm).
     #[arg(long, short = 'd', default_value = "10s", value_parser = duration)]
-    pub duration: Duration,
+    pub(crate) duration: Duration,
 
     /// Time after ramp-up before measuring starts.
     #[arg(long, default_value = "1s", value_parser = duration)]
-    pub warmup: Duration,
+    pub(crate) warmup: Duration,
 
     /// Scenario to play.
     #[arg(long, value_enum, default_value_t = Scenario::Steady)]
-    pub scenario: Scenario,
+    pub(crate) scenario: Scenario,
 
     /// New connections per second during ramp-up.
     #[arg(long, default_value_t = 1000.0)]
-    pub connect_rate: f64,
+    pub(crate) connect_rate: f64,
 
     /// `state` messages per second per client (0: none).
     #[arg(long, default_value_t = 30.0)]
-    pub state_rate: f64,
+    pub(crate) state_rate: f64,
 
     /// Bytes of player state per `state` message.
     #[arg(long, default_value_t = 32)]
-    pub state_size: usize,
+    pub(crate) state_size: usize,
 
     /// `event` messages per second per client (0: none).
     #[arg(long, default_value_t = 0.0)]
-    pub event_rate: f64,
+    pub(crate) event_rate: f64,
 
     /// Bytes per event payload (at least 8: the send time travels in it).
     #[arg(long, default_value_t = 32)]
-    pub event_size: usize,
+    pub(crate) event_size: usize,
 
     /// Interval of protocol pings per client (RTT and clock offset).
     #[arg(long, default_value = "1s", value_parser = duration)]
-    pub ping_interval: Duration,
+    pub(crate) ping_interval: Duration,
 
     /// Wire codec.
     #[arg(long, value_enum, default_value_t = CodecArg::Msgpack)]
-    pub codec: CodecArg,
+    pub(crate) codec: CodecArg,
 
     /// Ramp: clients added per step.
     #[arg(long, default_value_t = 1000)]
-    pub ramp_step: usize,
+    pub(crate) ramp_step: usize,
 
     /// Ramp: time per step.
     #[arg(long, default_value = "10s", value_parser = duration)]
-    pub ramp_interval: Duration,
+    pub(crate) ramp_interval: Duration,
 
     /// Ramp: the broadcast p99 bound a step must meet.
     #[arg(long, default_value = "20ms", value_parser = duration)]
-    pub ramp_bound: Duration,
+    pub(crate) ramp_bound: Duration,
 
     /// Ramp: fraction of expected snapshots a step may miss (tick gaps) and still pass.
     #[arg(long, default_value_t = 0.001)]
-    pub ramp_gap_tolerance: f64,
+    pub(crate) ramp_gap_tolerance: f64,
 
     /// Churn: clients per second that leave and rejoin.
     #[arg(long, default_value_t = 10.0)]
-    pub churn_rate: f64,
+    pub(crate) churn_rate: f64,
 
     /// Storm: time after ramp-up when all connections drop.
     #[arg(long, default_value = "3s", value_parser = duration)]
-    pub storm_after: Duration,
+    pub(crate) storm_after: Duration,
 
     /// First reconnect delay (doubles per failed attempt, with full jitter).
     #[arg(long, default_value = "100ms", value_parser = duration)]
-    pub backoff_base: Duration,
+    pub(crate) backoff_base: Duration,
 
     /// Largest reconnect delay.
     #[arg(long, default_value = "5s", value_parser = duration)]
-    pub backoff_max: Duration,
+    pub(crate) backoff_max: Duration,
 
     /// TCP connect plus WebSocket handshake time limit.
     #[arg(long, default_value = "10s", value_parser = duration)]
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
 
     /// Local source addresses to spread connections over (e.g. 127.0.0.1-127.0.0.16 or
     /// 127.0.0.1,127.0.0.2): each gives ~28k ephemeral ports.
     #[arg(long)]
-    pub source_ips: Option<String>,
+    pub(crate) source_ips: Option<String>,
 
     /// This machine's slice `i/n` of the lobbies (0-based): each of n load generators runs
     /// the same command with its own i.
     #[arg(long, default_value = "0/1")]
-    pub shard: String,
+    pub(crate) shard: String,
 
     /// Lobby names are PREFIX-0, PREFIX-1, ...
     #[arg(long, default_value = "lg")]
-    pub lobby_prefix: String,
+    pub(crate) lobby_prefix: String,
 
     /// Worker threads running clients (0: one per core).
     #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    pub(crate) threads: usize,
 
     /// Correct broadcast latency by the estimated clock offset.
     #[arg(long, value_enum, default_value_t = ClockCorrection::Auto)]
-    pub clock_correction: ClockCorrection,
+    pub(crate) clock_correction: ClockCorrection,
 
     /// Exit non-zero (2) when a bound is broken, e.g. 'broadcast.p99<20ms,errors=0'.
     /// Metrics: broadcast input rtt connect join event reconnect, with .p50 .p90 .p99 .p99.9
-    /// .max .mean; counters: errors missed delivery late reconnects.
+    /// .max .mean; counters: errors missed delivery late reconnects. `errors` counts the whole
+    /// run (ramp-up and leaving included), the rest the measured window. A bound on a metric
+    /// without samples is broken ("no samples"), never passed.
     #[arg(long)]
-    pub slo: Option<String>,
+    pub(crate) slo: Option<String>,
 
     /// Write the full result as JSON.
     #[arg(long)]
-    pub json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
 
     /// Write the report as a self-contained HTML page: percentile plot, latency and
     /// throughput over time, tables. No script, nothing fetched: open it anywhere.
     #[arg(long)]
-    pub html: Option<PathBuf>,
+    pub(crate) html: Option<PathBuf>,
 
     /// Write an HdrHistogram interval log (V2, one tagged histogram per metric per second).
     #[arg(long)]
-    pub hlog: Option<PathBuf>,
+    pub(crate) hlog: Option<PathBuf>,
 
     /// No progress line.
     #[arg(long, short = 'q')]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
 }

@@ -33,28 +33,28 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a worker's clients record into.
 #[derive(Default)]
-pub struct Recorder {
-    pub histograms: Histograms,
-    pub counters: Counters,
-    pub clock: ClockEstimator,
-    pub tick_hz: Option<u32>,
+pub(crate) struct Recorder {
+    pub(crate) histograms: Histograms,
+    pub(crate) counters: Counters,
+    pub(crate) clock: ClockEstimator,
+    pub(crate) tick_hz: Option<u32>,
 }
 
 /// Per-worker state shared by its clients.
-pub struct Shared {
-    pub plan: Rc<Plan>,
-    pub target: Target,
-    pub recorder: RefCell<Recorder>,
+pub(crate) struct Shared {
+    pub(crate) plan: Rc<Plan>,
+    pub(crate) target: Target,
+    pub(crate) recorder: RefCell<Recorder>,
     /// Clients currently joined.
-    pub joined: Cell<usize>,
+    pub(crate) clients_joined: Cell<usize>,
     /// Cancelled by a storm: every live connection drops at once. Replaced after each storm.
-    pub storm: RefCell<CancellationToken>,
+    pub(crate) storm: RefCell<CancellationToken>,
     state_data: Payload,
     correct_clock: bool,
 }
 
 impl Shared {
-    pub fn new(plan: Rc<Plan>, target: Target) -> Self {
+    pub(crate) fn new(plan: Rc<Plan>, target: Target) -> Self {
         let correct_clock = match plan.clock_correction {
             crate::cli::ClockCorrection::On => true,
             crate::cli::ClockCorrection::Off => false,
@@ -67,7 +67,7 @@ impl Shared {
             plan,
             target,
             recorder: RefCell::default(),
-            joined: Cell::new(0),
+            clients_joined: Cell::new(0),
             storm: RefCell::new(CancellationToken::new()),
             correct_clock,
         }
@@ -99,7 +99,7 @@ enum SessionEnd {
 }
 
 /// Runs one client until `stop` is cancelled.
-pub async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: CancellationToken) {
+pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: CancellationToken) {
     let plan = shared.plan.clone();
     let source =
         (!plan.source_ips.is_empty()).then(|| plan.source_ips[spec.index % plan.source_ips.len()]);
@@ -135,9 +135,9 @@ pub async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: CancellationToken) 
         if let Some(since) = outage_since.take() {
             shared.record(Metric::Reconnect, since.elapsed().as_micros() as u64);
         }
-        shared.joined.set(shared.joined.get() + 1);
+        shared.clients_joined.set(shared.clients_joined.get() + 1);
         let end = session(&shared, reader, writer, player_id, &stop).await;
-        shared.joined.set(shared.joined.get() - 1);
+        shared.clients_joined.set(shared.clients_joined.get() - 1);
         match end {
             SessionEnd::Stopped => return,
             SessionEnd::Dropped | SessionEnd::Lost => {
@@ -168,7 +168,7 @@ async fn connect_and_join(
             return None;
         }
         Err(_) => {
-            shared.count(|c| c.error("connect_timeout"));
+            shared.count(|c| c.error(net::ConnectError::Timeout.kind()));
             return None;
         }
     };

@@ -8,23 +8,23 @@
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct OffsetEstimate {
+pub(crate) struct OffsetEstimate {
     /// Server clock minus local clock, microseconds.
-    pub offset_us: f64,
+    pub(crate) offset_us: f64,
     /// Half the round trip of the sample used: the true offset lies within ±this.
-    pub uncertainty_us: f64,
-    pub samples: u64,
+    pub(crate) uncertainty_us: f64,
+    pub(crate) samples: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ClockEstimator {
+pub(crate) struct ClockEstimator {
     best: Option<(f64, f64)>,
     samples: u64,
 }
 
 impl ClockEstimator {
     /// Adds one probe: local send `t0_us`, server time `server_us`, local receive `t1_us`.
-    pub fn add_sample(&mut self, t0_us: f64, server_us: f64, t1_us: f64) {
+    pub(crate) fn add_sample(&mut self, t0_us: f64, server_us: f64, t1_us: f64) {
         let rtt = (t1_us - t0_us).max(0.0);
         let offset = server_us - (t0_us + t1_us) / 2.0;
         self.samples += 1;
@@ -34,7 +34,7 @@ impl ClockEstimator {
     }
 
     /// Keeps the tighter of two estimators' samples (to merge clients or workers).
-    pub fn merge(&mut self, other: &Self) {
+    pub(crate) fn merge(&mut self, other: &Self) {
         self.samples += other.samples;
         if let Some((offset, rtt)) = other.best
             && self.best.is_none_or(|(_, best_rtt)| rtt < best_rtt)
@@ -43,7 +43,7 @@ impl ClockEstimator {
         }
     }
 
-    pub fn estimate(&self) -> Option<OffsetEstimate> {
+    pub(crate) fn estimate(&self) -> Option<OffsetEstimate> {
         self.best.map(|(offset, rtt)| OffsetEstimate {
             offset_us: offset,
             uncertainty_us: rtt / 2.0,
@@ -52,7 +52,7 @@ impl ClockEstimator {
     }
 
     /// The offset to add to a server timestamp to express it in local time, or 0 if unknown.
-    pub fn offset_us(&self) -> f64 {
+    pub(crate) fn offset_us(&self) -> f64 {
         self.best.map_or(0.0, |(offset, _)| offset)
     }
 }

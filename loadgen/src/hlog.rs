@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write as _};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
@@ -16,13 +16,13 @@ use hdrhistogram::serialization::{Deserializer, V2DeflateSerializer};
 
 use crate::stats::{Histograms, Metric};
 
-pub struct HlogWriter {
+pub(crate) struct HlogWriter {
     file: BufWriter<File>,
     serializer: V2DeflateSerializer,
 }
 
 impl HlogWriter {
-    pub fn create(path: &Path, base: SystemTime, comment: &str) -> anyhow::Result<Self> {
+    pub(crate) fn create(path: &Path, base: SystemTime, comment: &str) -> anyhow::Result<Self> {
         let mut file = BufWriter::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
         );
@@ -36,7 +36,7 @@ impl HlogWriter {
     }
 
     /// Appends one interval: `start` is relative to the log's base time.
-    pub fn write(
+    pub(crate) fn write(
         &mut self,
         histograms: &Histograms,
         start: Duration,
@@ -61,17 +61,18 @@ impl HlogWriter {
 }
 
 /// What a set of interval logs adds up to.
-pub struct Merged {
-    pub histograms: Histograms,
-    pub intervals: usize,
+pub(crate) struct Merged {
+    pub(crate) histograms: Histograms,
+    /// Histograms read: one per metric with samples, per interval, per file.
+    pub(crate) tagged_histograms: usize,
     /// Wall-clock span covered, from the earliest interval start to the latest end.
-    pub seconds: f64,
+    pub(crate) seconds: f64,
 }
 
 /// Adds up every tagged interval of every file, by tag. Untagged or unknown tags are skipped.
-pub fn merge(paths: &[impl AsRef<Path>]) -> anyhow::Result<Merged> {
+pub(crate) fn merge(paths: &[impl AsRef<Path>]) -> anyhow::Result<Merged> {
     let mut merged = Histograms::default();
-    let mut intervals = 0;
+    let mut tagged_histograms = 0;
     let (mut first, mut last) = (f64::MAX, f64::MIN);
     let mut deserializer = Deserializer::new();
     for path in paths {
@@ -106,22 +107,17 @@ pub fn merge(paths: &[impl AsRef<Path>]) -> anyhow::Result<Merged> {
             let start = base + interval.start_timestamp().as_secs_f64();
             first = first.min(start);
             last = last.max(start + interval.duration().as_secs_f64());
-            intervals += 1;
+            tagged_histograms += 1;
         }
     }
-    if intervals == 0 {
+    if tagged_histograms == 0 {
         bail!("no tagged intervals found in the given files");
     }
     Ok(Merged {
         histograms: merged,
-        intervals,
+        tagged_histograms,
         seconds: (last - first).max(0.0),
     })
-}
-
-pub fn unix_seconds(time: SystemTime) -> f64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]
@@ -157,7 +153,11 @@ mod tests {
             paths.push(path);
         }
         let merged = merge(&paths).unwrap();
-        assert_eq!(merged.intervals, 2 * 3 * 2, "files x intervals x tags");
+        assert_eq!(
+            merged.tagged_histograms,
+            2 * 3 * 2,
+            "files x intervals x tags"
+        );
         for metric in [Metric::Broadcast, Metric::Rtt] {
             assert_eq!(
                 merged.histograms.get(metric),

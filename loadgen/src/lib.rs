@@ -2,30 +2,54 @@
 //! server, measuring latency in HdrHistograms.
 //!
 //! Flow: `cli` → validated `plan::Plan` → `runner` (coordinator: pacing, scenario phases,
-//! per-second collection) → `worker` threads, each a single-threaded runtime running many
-//! `client`s that record into the worker's own histograms → `report` (table, JSON), `html`
-//! (the `--html` page), `hlog` (interval logs, merge) and `slo` (exit code).
+//! per-second collection, merged by interval index in `interval`) → `worker` threads, each a
+//! single-threaded runtime running many `client`s that record into the worker's own
+//! histograms → `report` (table, JSON), `html` (the `--html` page), `hlog` (interval logs,
+//! merge) and `slo` (exit code).
 
-pub mod cli;
-pub mod client;
-pub mod clock;
-pub mod hlog;
-pub mod html;
-pub mod net;
-pub mod plan;
-pub mod report;
-pub mod runner;
-pub mod selfhost;
-pub mod slo;
-pub mod stats;
-pub mod worker;
+mod cli;
+mod client;
+mod clock;
+mod hlog;
+mod html;
+mod interval;
+mod net;
+mod plan;
+mod report;
+mod runner;
+#[cfg(feature = "self-host")]
+mod selfhost;
+#[cfg(not(feature = "self-host"))]
+mod selfhost {
+    //! Stand-in for a build without the `self-host` feature (and so without the server crate):
+    //! `--self-host` stays a flag, so the refusal can say how to get it.
+
+    use crate::cli::RunArgs;
+
+    /// Uninhabited: there is never a self-hosted server in this build.
+    pub(crate) enum SelfHosted {}
+
+    impl SelfHosted {
+        pub(crate) fn start(_args: &RunArgs) -> anyhow::Result<Self> {
+            anyhow::bail!("this build has no --self-host: rebuild with the self-host feature")
+        }
+
+        pub(crate) fn url(&self) -> &str {
+            match *self {}
+        }
+    }
+}
+mod slo;
+mod stats;
+mod worker;
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::cli::{Cli, Command, MergeArgs, RunArgs};
+pub use crate::cli::Cli;
+use crate::cli::{Command, MergeArgs, RunArgs};
 use crate::report::{Report, SloResult};
 
 /// Exit code when a `--slo` bound is broken (1 is any other failure).
@@ -44,32 +68,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         Some(spec) => Some(slo::parse(spec)?),
         None => None,
     };
-    let self_hosted = if args.self_host {
-        Some(selfhost::SelfHosted::start(args)?)
-    } else {
-        None
-    };
-    let url = match (&self_hosted, &args.url) {
-        (Some(server), _) => server.url.clone(),
-        (None, Some(url)) => url.clone(),
-        (None, None) => anyhow::bail!("give --url ws://HOST:PORT/ws or --self-host"),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the coordinator runtime")?;
-    let mut report = runtime.block_on(async {
-        let target = plan::resolve_target(&url).await?;
-        let plan = plan::Plan::new(args, Some(target.clone()))?;
-        if !args.quiet {
-            eprintln!(
-                "tickrelay-loadgen: {} clients ({} in this shard {}/{}) in lobbies of {} against {url}, scenario {:?}, {} worker threads",
-                plan.total_clients, plan.shard_clients, plan.shard_index, plan.shard_count, plan.lobby_size, plan.scenario, plan.threads
-            );
-        }
-        runner::run(plan, target, args.quiet, args.hlog.as_deref()).await
-    })?;
-    drop(self_hosted);
+    let mut report = measure(args)?;
     let mut code = ExitCode::SUCCESS;
     if let (Some(bounds), Some(spec)) = (bounds, &args.slo) {
         let violations = slo::check(&bounds, &report);
@@ -86,6 +85,35 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
+/// Runs the load against `--url` or a self-hosted server, which stops when this returns.
+fn measure(args: &RunArgs) -> anyhow::Result<Report> {
+    let self_hosted = if args.self_host {
+        Some(selfhost::SelfHosted::start(args)?)
+    } else {
+        None
+    };
+    let url = match (&self_hosted, &args.url) {
+        (Some(server), _) => server.url().to_owned(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => anyhow::bail!("give --url ws://HOST:PORT/ws or --self-host"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the coordinator runtime")?;
+    runtime.block_on(async {
+        let target = plan::resolve_target(&url).await?;
+        let plan = plan::Plan::new(args, Some(target.clone()))?;
+        if !args.quiet {
+            eprintln!(
+                "tickrelay-loadgen: {} clients ({} in this shard {}/{}) in lobbies of {} against {url}, scenario {:?}, {} worker threads",
+                plan.total_clients, plan.shard_clients, plan.shard_index, plan.shard_count, plan.lobby_size, plan.scenario, plan.threads
+            );
+        }
+        runner::run(plan, target, args.quiet, args.hlog.as_deref()).await
+    })
+}
+
 fn merge(args: &MergeArgs) -> anyhow::Result<ExitCode> {
     let merged = hlog::merge(&args.files)?;
     let report = Report::new(
@@ -95,8 +123,8 @@ fn merge(args: &MergeArgs) -> anyhow::Result<ExitCode> {
         merged.seconds,
     );
     println!(
-        "merged {} intervals from {} files",
-        merged.intervals,
+        "merged {} tagged histograms (one per metric per interval) from {} files",
+        merged.tagged_histograms,
         args.files.len()
     );
     finish(&report, args.json.as_deref(), args.html.as_deref())?;

@@ -23,12 +23,12 @@ use tickrelay_protocol::framing::reader::FrameReader;
 /// Largest frame accepted from the server (snapshots of big lobbies stay far below).
 const MAX_SERVER_FRAME: usize = 16 << 20;
 
-pub type Reader = FrameReader<tokio::io::Chain<io::Cursor<Bytes>, OwnedReadHalf>>;
-pub type Writer = WebSocketWrite<OwnedWriteHalf>;
+pub(crate) type Reader = FrameReader<tokio::io::Chain<io::Cursor<Bytes>, OwnedReadHalf>>;
+pub(crate) type Writer = WebSocketWrite<OwnedWriteHalf>;
 
 /// Why a connection attempt failed, as counted in the report (`connect_<kind>`).
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("connection refused")]
     Refused,
     #[error("no free local port or address (EADDRNOTAVAIL): add --source-ips")]
@@ -44,7 +44,7 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Self::Refused => "connect_refused",
             Self::AddressUnavailable => "connect_addr_unavailable",
@@ -103,7 +103,7 @@ async fn tcp_connect(
 }
 
 /// Connects and completes the WebSocket handshake asking for `codec`'s subprotocol.
-pub async fn connect(
+pub(crate) async fn connect(
     target: &Target,
     source: Option<Ipv4Addr>,
     codec: Codec,

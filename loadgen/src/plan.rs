@@ -11,71 +11,71 @@ use tickrelay_protocol::Codec;
 use crate::cli::{ClockCorrection, CodecArg, RunArgs, Scenario};
 
 /// Ephemeral ports per source address on this kind of machine (32768–60999).
-pub const PORTS_PER_SOURCE: usize = 28_232;
+pub(crate) const PORTS_PER_SOURCE: usize = 28_232;
 /// Open files a process keeps for itself beyond its sockets.
 const RESERVED_FILES: u64 = 64;
 
 /// Where the server is.
 #[derive(Debug, Clone, Serialize)]
-pub struct Target {
-    pub url: String,
-    pub host: String,
-    pub path: String,
-    pub addr: SocketAddr,
+pub(crate) struct Target {
+    pub(crate) url: String,
+    pub(crate) host: String,
+    pub(crate) path: String,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Target {
-    pub fn is_loopback(&self) -> bool {
+    pub(crate) fn is_loopback(&self) -> bool {
         self.addr.ip().is_loopback()
     }
 }
 
 /// One simulated player: its global index decides its lobby and name.
 #[derive(Debug, Clone)]
-pub struct ClientSpec {
-    pub index: usize,
-    pub lobby: String,
-    pub name: String,
+pub(crate) struct ClientSpec {
+    pub(crate) index: usize,
+    pub(crate) lobby: String,
+    pub(crate) name: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Plan {
-    pub target: Option<Target>,
-    pub self_host: bool,
-    pub tick_hz: u32,
-    pub scenario: Scenario,
+pub(crate) struct Plan {
+    pub(crate) target: Option<Target>,
+    pub(crate) self_host: bool,
+    pub(crate) tick_hz: u32,
+    pub(crate) scenario: Scenario,
     /// Clients in all shards together.
-    pub total_clients: usize,
+    pub(crate) total_clients: usize,
     /// Clients this process runs.
-    pub shard_clients: usize,
-    pub lobby_size: usize,
-    pub shard_index: usize,
-    pub shard_count: usize,
-    pub duration: Duration,
-    pub warmup: Duration,
-    pub connect_rate: f64,
-    pub state_rate: f64,
-    pub state_size: usize,
-    pub event_rate: f64,
-    pub event_size: usize,
-    pub ping_interval: Duration,
+    pub(crate) shard_clients: usize,
+    pub(crate) lobby_size: usize,
+    pub(crate) shard_index: usize,
+    pub(crate) shard_count: usize,
+    pub(crate) duration: Duration,
+    pub(crate) warmup: Duration,
+    pub(crate) connect_rate: f64,
+    pub(crate) state_rate: f64,
+    pub(crate) state_size: usize,
+    pub(crate) event_rate: f64,
+    pub(crate) event_size: usize,
+    pub(crate) ping_interval: Duration,
     #[serde(serialize_with = "codec_name")]
-    pub codec: Codec,
-    pub ramp_step: usize,
-    pub ramp_interval: Duration,
-    pub ramp_bound: Duration,
-    pub ramp_gap_tolerance: f64,
-    pub churn_rate: f64,
-    pub storm_after: Duration,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    pub connect_timeout: Duration,
-    pub source_ips: Vec<Ipv4Addr>,
-    pub lobby_prefix: String,
-    pub threads: usize,
-    pub clock_correction: ClockCorrection,
+    pub(crate) codec: Codec,
+    pub(crate) ramp_step: usize,
+    pub(crate) ramp_interval: Duration,
+    pub(crate) ramp_bound: Duration,
+    pub(crate) ramp_gap_tolerance: f64,
+    pub(crate) churn_rate: f64,
+    pub(crate) storm_after: Duration,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) source_ips: Vec<Ipv4Addr>,
+    pub(crate) lobby_prefix: String,
+    pub(crate) threads: usize,
+    pub(crate) clock_correction: ClockCorrection,
     #[serde(skip)]
-    pub clients: Vec<ClientSpec>,
+    pub(crate) clients: Vec<ClientSpec>,
 }
 
 fn codec_name<S: serde::Serializer>(codec: &Codec, s: S) -> Result<S::Ok, S::Error> {
@@ -84,7 +84,7 @@ fn codec_name<S: serde::Serializer>(codec: &Codec, s: S) -> Result<S::Ok, S::Err
 
 impl Plan {
     /// Validates `args`; `target` is the resolved server (None until self-host starts).
-    pub fn new(args: &RunArgs, target: Option<Target>) -> anyhow::Result<Self> {
+    pub(crate) fn new(args: &RunArgs, target: Option<Target>) -> anyhow::Result<Self> {
         ensure!(args.clients > 0, "--clients must be at least 1");
         ensure!(args.lobby_size > 0, "--lobby-size must be at least 1");
         ensure!(args.connect_rate > 0.0, "--connect-rate must be positive");
@@ -195,14 +195,10 @@ impl Plan {
         }
         Ok(())
     }
-
-    pub fn members_per_lobby(&self) -> usize {
-        self.lobby_size.min(self.total_clients)
-    }
 }
 
 /// Parses `ws://host:port/path` and resolves the host.
-pub async fn resolve_target(url: &str) -> anyhow::Result<Target> {
+pub(crate) async fn resolve_target(url: &str) -> anyhow::Result<Target> {
     let uri: hyper::Uri = url
         .parse()
         .with_context(|| format!("invalid --url {url:?}"))?;
@@ -231,7 +227,7 @@ pub async fn resolve_target(url: &str) -> anyhow::Result<Target> {
 }
 
 /// `i/n` with i < n.
-pub fn parse_shard(text: &str) -> anyhow::Result<(usize, usize)> {
+pub(crate) fn parse_shard(text: &str) -> anyhow::Result<(usize, usize)> {
     let parsed = text.split_once('/').and_then(|(i, n)| {
         Some((
             i.trim().parse::<usize>().ok()?,
@@ -245,7 +241,7 @@ pub fn parse_shard(text: &str) -> anyhow::Result<(usize, usize)> {
 }
 
 /// `127.0.0.1-127.0.0.16` (inclusive range) or `a,b,c`.
-pub fn parse_source_ips(text: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
+pub(crate) fn parse_source_ips(text: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
     let parse = |s: &str| -> anyhow::Result<Ipv4Addr> {
         match s.trim().parse::<IpAddr>() {
             Ok(IpAddr::V4(ip)) => Ok(ip),
@@ -268,7 +264,7 @@ pub fn parse_source_ips(text: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
 }
 
 /// Full-jitter exponential backoff: a random delay in [0, min(max, base * 2^attempt)].
-pub fn backoff_delay(base: Duration, max: Duration, attempt: u32) -> Duration {
+pub(crate) fn backoff_delay(base: Duration, max: Duration, attempt: u32) -> Duration {
     let ceiling = base.saturating_mul(1u32 << attempt.min(20)).min(max);
     ceiling.mul_f64(fastrand::f64())
 }

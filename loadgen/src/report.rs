@@ -2,39 +2,39 @@
 //! results; rendered as a human-readable table and as versioned JSON.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::clock::OffsetEstimate;
 use crate::plan::Plan;
-use crate::slo::Violation;
 use crate::stats::{Counters, Histograms, Metric, Summary};
 
 /// Bumped when a field changes meaning or disappears.
-pub const REPORT_VERSION: u32 = 1;
+pub(crate) const REPORT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct RampStep {
-    pub clients: usize,
-    pub broadcast_p99_us: u64,
-    pub errors: u64,
-    pub tick_gaps: u64,
-    pub snapshots_expected: u64,
-    pub met: bool,
+pub(crate) struct RampStep {
+    pub(crate) clients: usize,
+    pub(crate) broadcast_p99_us: u64,
+    pub(crate) errors: u64,
+    pub(crate) tick_gaps: u64,
+    pub(crate) snapshots_expected: u64,
+    pub(crate) met: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct RampResult {
-    pub bound_us: u64,
-    pub steps: Vec<RampStep>,
+pub(crate) struct RampResult {
+    pub(crate) bound_us: u64,
+    pub(crate) steps: Vec<RampStep>,
     /// The largest client count whose step met the bound.
-    pub knee: Option<usize>,
+    pub(crate) knee: Option<usize>,
 }
 
 impl RampResult {
     /// The ramp's conclusion in words.
-    pub fn knee_text(&self) -> String {
+    pub(crate) fn knee_text(&self) -> String {
         match self.knee {
             Some(knee) => format!("knee: {knee} clients"),
             None => "knee: none (the first step already broke the bound)".to_owned(),
@@ -43,16 +43,16 @@ impl RampResult {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct StormResult {
-    pub clients: usize,
-    pub clients_back: usize,
+pub(crate) struct StormResult {
+    pub(crate) clients: usize,
+    pub(crate) clients_back: usize,
     /// From dropping every connection until all were joined again (None: not all came back).
-    pub recovery_ms: Option<f64>,
+    pub(crate) recovery_ms: Option<f64>,
 }
 
 impl StormResult {
     /// The storm's outcome in words.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         match self.recovery_ms {
             Some(ms) => format!("all {} clients back after {ms:.0} ms", self.clients),
             None => format!(
@@ -65,72 +65,90 @@ impl StormResult {
 
 /// One collection interval (about a second) of a run, as the coordinator saw it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TimelinePoint {
+pub(crate) struct TimelinePoint {
     /// Seconds since the run started, at the end of the interval.
-    pub seconds: f64,
+    pub(crate) seconds: f64,
     /// Length of the interval: about a second, shorter where the measured window opened or
     /// closed.
-    pub interval_seconds: f64,
-    pub clients_joined: usize,
-    pub snapshots_per_second: f64,
+    pub(crate) interval_seconds: f64,
+    pub(crate) clients_joined: usize,
+    pub(crate) snapshots_per_second: f64,
     /// Latency percentiles over the interval (null: no samples in it).
-    pub broadcast_p50_us: Option<u64>,
-    pub broadcast_p99_us: Option<u64>,
-    pub broadcast_p999_us: Option<u64>,
-    pub input_p99_us: Option<u64>,
+    pub(crate) broadcast_p50_us: Option<u64>,
+    pub(crate) broadcast_p99_us: Option<u64>,
+    pub(crate) broadcast_p999_us: Option<u64>,
+    pub(crate) input_p99_us: Option<u64>,
     /// Errors since the run started.
-    pub errors: u64,
+    pub(crate) errors: u64,
     /// Whether the interval is part of the measured window.
-    pub measuring: bool,
+    pub(crate) measuring: bool,
+}
+
+/// A broken `--slo` bound: what was required and what was measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Violation {
+    pub(crate) bound: String,
+    /// The measured value; null when the metric had no samples (a bound on nothing is broken).
+    pub(crate) actual: Option<f64>,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.actual {
+            Some(actual) => write!(f, "{} (measured {actual})", self.bound),
+            None => write!(f, "{} (no samples)", self.bound),
+        }
+    }
+}
+
+/// The outcome of checking `--slo` against the report (see `slo`).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct SloResult {
+    pub(crate) spec: String,
+    pub(crate) passed: bool,
+    pub(crate) violations: Vec<Violation>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct SloResult {
-    pub spec: String,
-    pub passed: bool,
-    pub violations: Vec<Violation>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub version: u32,
-    pub tool: &'static str,
+pub(crate) struct Report {
+    pub(crate) version: u32,
+    pub(crate) tool: &'static str,
     /// The run's parameters (absent for `merge`).
-    pub parameters: Option<Plan>,
-    pub started_unix_ms: u128,
+    pub(crate) parameters: Option<Plan>,
+    pub(crate) started_unix_ms: u128,
     /// Length of the measured window (after ramp-up and warm-up).
-    pub measured_seconds: f64,
+    pub(crate) measured_seconds: f64,
     /// Wall-clock bounds of the measured window (Unix ms), to line up other processes' samples.
-    pub window_start_unix_ms: u128,
-    pub window_end_unix_ms: u128,
-    pub tick_hz: Option<u32>,
-    pub clients_joined_at_end: usize,
+    pub(crate) window_start_unix_ms: u128,
+    pub(crate) window_end_unix_ms: u128,
+    pub(crate) tick_hz: Option<u32>,
+    pub(crate) clients_joined_at_end: usize,
     /// Average clients joined during the measured window.
-    pub clients_joined_avg: f64,
+    pub(crate) clients_joined_avg: f64,
     /// Latency summaries in microseconds, by metric name; metrics without samples are absent.
-    pub latency: BTreeMap<String, Summary>,
+    pub(crate) latency: BTreeMap<String, Summary>,
     /// Counters over the measured window.
-    pub counters: Counters,
-    /// Errors over the whole run, ramp-up included (what `--slo errors=...` checks).
-    pub errors_whole_run: BTreeMap<String, u64>,
+    pub(crate) counters: Counters,
+    /// Errors over the whole run, ramp-up and leaving included (what `--slo errors=...` checks).
+    pub(crate) errors_whole_run: BTreeMap<String, u64>,
     /// Ticks × members in the window, from the tick rate and the clients joined.
-    pub snapshots_nominal: f64,
-    pub snapshots_per_second: f64,
-    pub clock_offset: Option<OffsetEstimate>,
-    pub clock_corrected: bool,
-    pub ramp: Option<RampResult>,
-    pub storm: Option<StormResult>,
-    pub slo: Option<SloResult>,
+    pub(crate) snapshots_nominal: f64,
+    pub(crate) snapshots_per_second: f64,
+    pub(crate) clock_offset: Option<OffsetEstimate>,
+    pub(crate) clock_corrected: bool,
+    pub(crate) ramp: Option<RampResult>,
+    pub(crate) storm: Option<StormResult>,
+    pub(crate) slo: Option<SloResult>,
     /// One point per collection interval of the whole run, ramp-up included (empty for
     /// `merge`: interval logs keep only histograms).
-    pub timeline: Vec<TimelinePoint>,
+    pub(crate) timeline: Vec<TimelinePoint>,
     /// The histograms behind `latency`, for plots (not in the JSON: `--hlog` carries them).
     #[serde(skip)]
-    pub histograms: Histograms,
+    pub(crate) histograms: Histograms,
 }
 
 impl Report {
-    pub fn new(
+    pub(crate) fn new(
         parameters: Option<Plan>,
         histograms: &Histograms,
         counters: Counters,
@@ -172,35 +190,34 @@ impl Report {
     }
 
     #[cfg(test)]
-    pub fn empty_for_tests() -> Self {
+    pub(crate) fn empty_for_tests() -> Self {
         Self::new(None, &Histograms::default(), Counters::default(), 1.0)
     }
 
-    /// Received / expected snapshots (1.0 when nothing was expected).
-    pub fn delivery_ratio(&self) -> f64 {
+    /// Received / expected snapshots. Clients that joined and saw no snapshot at all give 0
+    /// (the server delivered nothing), not 1; with no client joined there is nothing to judge
+    /// (None).
+    pub(crate) fn delivery_ratio(&self) -> Option<f64> {
         match self.counters.snapshots_expected {
-            0 => 1.0,
-            expected => self.counters.snapshots_received as f64 / expected as f64,
+            0 if self.clients_joined_at_end > 0 || self.clients_joined_avg > 0.0 => Some(0.0),
+            0 => None,
+            expected => Some(self.counters.snapshots_received as f64 / expected as f64),
         }
     }
 
-    /// Fraction of scheduled sends the generator made late or skipped.
-    pub fn late_fraction(&self) -> f64 {
+    /// Fraction of scheduled sends the generator made late or skipped (None: none scheduled).
+    pub(crate) fn late_fraction(&self) -> Option<f64> {
         let c = &self.counters;
         let scheduled = c.states_sent + c.sends_skipped;
-        if scheduled == 0 {
-            0.0
-        } else {
-            (c.sends_late + c.sends_skipped) as f64 / scheduled as f64
-        }
+        (scheduled > 0).then(|| (c.sends_late + c.sends_skipped) as f64 / scheduled as f64)
     }
 
-    pub fn total_errors(&self) -> u64 {
+    pub(crate) fn total_errors(&self) -> u64 {
         self.errors_whole_run.values().sum()
     }
 
     /// Latency summaries in report order (metrics without samples are absent).
-    pub fn latency_rows(&self) -> impl Iterator<Item = (&'static str, &Summary)> {
+    pub(crate) fn latency_rows(&self) -> impl Iterator<Item = (&'static str, &Summary)> {
         Metric::ALL
             .into_iter()
             .filter_map(|metric| Some((metric.name(), self.latency.get(metric.name())?)))
@@ -208,7 +225,7 @@ impl Report {
 
     /// The counters and derived figures as (label, value) lines: the body of the table on
     /// stdout and of the HTML page's counters table.
-    pub fn summary_rows(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn summary_rows(&self) -> Vec<(&'static str, String)> {
         let c = &self.counters;
         let mut rows = vec![("measured window", format!("{:.1} s", self.measured_seconds))];
         if let Some(hz) = self.tick_hz {
@@ -224,10 +241,10 @@ impl Report {
         rows.push((
             "snapshots",
             format!(
-                "{} received / {} expected by tick numbers ({:.3}%), {:.0} nominal (ticks x members), {:.0}/s",
+                "{} received / {} expected by tick numbers ({}), {:.0} nominal (ticks x members), {:.0}/s",
                 c.snapshots_received,
                 c.snapshots_expected,
-                self.delivery_ratio() * 100.0,
+                percent_or(self.delivery_ratio(), "no client joined"),
                 self.snapshots_nominal,
                 self.snapshots_per_second
             ),
@@ -249,8 +266,8 @@ impl Report {
         rows.push((
             "generator late",
             format!(
-                "{:.3}% of sends ({} late, {} skipped, worst lag {:.1} ms)",
-                self.late_fraction() * 100.0,
+                "{} of sends ({} late, {} skipped, worst lag {:.1} ms)",
+                percent_or(self.late_fraction(), "none scheduled"),
                 c.sends_late,
                 c.sends_skipped,
                 c.max_send_lag_us as f64 / 1000.0
@@ -287,7 +304,7 @@ impl Report {
     }
 
     /// The human-readable report.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -347,7 +364,42 @@ impl Report {
     }
 }
 
+/// A ratio as a percentage with three decimals, or `absent` when there is none.
+pub(crate) fn percent_or(ratio: Option<f64>, absent: &str) -> String {
+    ratio.map_or_else(
+        || absent.to_owned(),
+        |ratio| format!("{:.3}%", ratio * 100.0),
+    )
+}
+
 /// Microseconds as milliseconds with three decimals, the unit of every latency table.
-pub fn ms(micros: u64) -> String {
+pub(crate) fn ms(micros: u64) -> String {
     format!("{:.3}", micros as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_is_zero_when_clients_joined_but_no_snapshot_came() {
+        let mut report = Report::empty_for_tests();
+        assert_eq!(report.delivery_ratio(), None, "no client, nothing to judge");
+        report.clients_joined_at_end = 4;
+        report.clients_joined_avg = 4.0;
+        assert_eq!(report.delivery_ratio(), Some(0.0));
+        report.counters.snapshots_expected = 10;
+        report.counters.snapshots_received = 9;
+        assert_eq!(report.delivery_ratio(), Some(0.9));
+    }
+
+    #[test]
+    fn late_fraction_needs_scheduled_sends() {
+        let mut report = Report::empty_for_tests();
+        assert_eq!(report.late_fraction(), None);
+        report.counters.states_sent = 3;
+        report.counters.sends_skipped = 1;
+        report.counters.sends_late = 1;
+        assert_eq!(report.late_fraction(), Some(0.5));
+    }
 }

@@ -1,6 +1,7 @@
 //! The coordinator: starts worker threads, paces connections, drives the scenario's phases,
 //! collects one interval of measurements per second (progress line, interval log), and
-//! builds the final report. Scenarios are compositions of the same few phases.
+//! builds the final report. Scenarios are compositions of the same few phases. Each interval
+//! has an index that workers tag their reports with; `interval` merges by it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,18 +11,23 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use crate::cli::Scenario;
-use crate::clock::ClockEstimator;
 use crate::hlog::HlogWriter;
+use crate::interval::{IntervalMerger, IntervalReport};
 use crate::plan::{Plan, Target};
 use crate::report::{RampResult, RampStep, Report, StormResult, TimelinePoint};
 use crate::stats::{Counters, Histograms, Metric, Summary};
-use crate::worker::{self, Command, IntervalStats, WorkerHandle};
+use crate::worker::{self, Command, WorkerHandle};
 
 const COLLECT_EVERY: Duration = Duration::from_secs(1);
+/// How long a collection waits for every worker's report before closing the interval without
+/// the missing ones (their reports, when they come, are kept out of later intervals).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long stopping waits for every worker's last report (workers give clients 5 s to leave).
+const STOP_REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const PACING_STEP: Duration = Duration::from_millis(10);
 
 /// Runs the plan against `target` and returns the report (SLOs not yet checked).
-pub async fn run(
+pub(crate) async fn run(
     plan: Plan,
     target: Target,
     quiet: bool,
@@ -51,19 +57,20 @@ pub async fn run(
         reports,
         hlog,
         last_collect: Instant::now(),
+        merger: IntervalMerger::new(plan.threads),
+        next_interval: 0,
         cumulative: Counters::default(),
-        previous: Counters::default(),
-        clock: ClockEstimator::default(),
-        joined: 0,
-        tick_hz: None,
+        cumulative_before: Counters::default(),
+        clients_joined: 0,
         measuring: None,
+        measured_intervals: None,
         measured: Histograms::default(),
         window_start: Counters::default(),
         measured_seconds: 0.0,
         window_unix_ms: (0, 0),
-        joined_samples: Vec::new(),
+        clients_joined_samples: Vec::new(),
         timeline: Vec::new(),
-        started_clients: 0,
+        clients_started: 0,
         plan: plan.clone(),
     };
     let outcome = coordinator.play().await;
@@ -78,33 +85,39 @@ struct Coordinator {
     started: Instant,
     base: SystemTime,
     workers: Vec<WorkerHandle>,
-    reports: mpsc::UnboundedReceiver<IntervalStats>,
+    reports: mpsc::UnboundedReceiver<IntervalReport>,
     hlog: Option<HlogWriter>,
     last_collect: Instant,
+    merger: IntervalMerger,
+    /// The index the next collection asks workers for.
+    next_interval: u64,
     /// Sum of the workers' cumulative counters at the last collection.
     cumulative: Counters,
-    previous: Counters,
-    clock: ClockEstimator,
-    joined: usize,
-    tick_hz: Option<u32>,
+    /// `cumulative` as it was one collection earlier.
+    cumulative_before: Counters,
+    /// Clients joined at the last collection.
+    clients_joined: usize,
     /// When the measured window started, if it is open.
     measuring: Option<Instant>,
+    /// Indexes of the intervals in the measured window: from the first, up to the last once
+    /// the window closed.
+    measured_intervals: Option<(u64, Option<u64>)>,
     measured: Histograms,
     window_start: Counters,
     measured_seconds: f64,
     window_unix_ms: (u128, u128),
-    joined_samples: Vec<usize>,
+    clients_joined_samples: Vec<usize>,
     /// One point per collection, for the report's timeline.
     timeline: Vec<TimelinePoint>,
-    started_clients: usize,
+    clients_started: usize,
 }
 
 impl Coordinator {
     async fn play(&mut self) -> anyhow::Result<(Option<RampResult>, Option<StormResult>)> {
-        let n = self.plan.shard_clients;
+        let n_clients = self.plan.shard_clients;
         match self.plan.scenario {
             Scenario::Steady | Scenario::Churn => {
-                self.ramp_to(n).await;
+                self.ramp_to(n_clients).await;
                 self.idle(self.plan.warmup).await;
                 self.open_window().await;
                 if self.plan.scenario == Scenario::Churn {
@@ -116,11 +129,11 @@ impl Coordinator {
                 Ok((None, None))
             }
             Scenario::Storm => {
-                self.ramp_to(n).await;
+                self.ramp_to(n_clients).await;
                 self.idle(self.plan.warmup).await;
                 self.open_window().await;
                 self.idle(self.plan.storm_after).await;
-                let storm = self.storm(n).await;
+                let storm = self.storm(n_clients).await;
                 self.close_window().await;
                 Ok((None, Some(storm)))
             }
@@ -147,23 +160,23 @@ impl Coordinator {
     /// Starts clients up to `target` at `connect_rate`, then waits (bounded) for all to join.
     async fn ramp_to(&mut self, target: usize) {
         let begin = Instant::now();
-        let from = self.started_clients;
-        while self.started_clients < target {
+        let from = self.clients_started;
+        while self.clients_started < target {
             let due = from + (begin.elapsed().as_secs_f64() * self.plan.connect_rate) as usize + 1;
-            while self.started_clients < due.min(target) {
-                let spec = self.plan.clients[self.started_clients].clone();
+            while self.clients_started < due.min(target) {
+                let spec = self.plan.clients[self.clients_started].clone();
                 self.send(spec.index % self.workers.len(), Command::Start(spec));
-                self.started_clients += 1;
+                self.clients_started += 1;
             }
             self.tick().await;
         }
         let deadline = Instant::now() + self.plan.connect_timeout + Duration::from_secs(2);
-        while self.joined < target && Instant::now() < deadline {
+        while self.clients_joined < target && Instant::now() < deadline {
             self.tick().await;
         }
-        if self.joined < target {
+        if self.clients_joined < target {
             tracing::warn!(
-                joined = self.joined,
+                clients_joined = self.clients_joined,
                 target,
                 "not every client joined; measuring anyway"
             );
@@ -185,7 +198,7 @@ impl Coordinator {
         while Instant::now() < until {
             let due = (begin.elapsed().as_secs_f64() * self.plan.churn_rate) as usize;
             while rejoined < due {
-                let spec = &self.plan.clients[fastrand::usize(..self.started_clients.max(1))];
+                let spec = &self.plan.clients[fastrand::usize(..self.clients_started.max(1))];
                 self.send(spec.index % self.workers.len(), Command::Rejoin(spec.index));
                 rejoined += 1;
             }
@@ -193,26 +206,26 @@ impl Coordinator {
         }
     }
 
-    async fn storm(&mut self, n: usize) -> StormResult {
+    async fn storm(&mut self, n_clients: usize) -> StormResult {
         self.broadcast(|| Command::Storm);
         let dropped_at = Instant::now();
         // Joined counts fall as sessions notice the drop; wait until they have.
         let settle = Instant::now() + Duration::from_secs(2);
-        while self.joined >= n && Instant::now() < settle {
+        while self.clients_joined >= n_clients && Instant::now() < settle {
             self.tick().await;
         }
         let deadline = dropped_at + self.plan.duration.max(Duration::from_secs(5));
         let mut recovery_ms = None;
         while Instant::now() < deadline {
             self.tick().await;
-            if self.joined >= n {
+            if self.clients_joined >= n_clients {
                 recovery_ms = Some(dropped_at.elapsed().as_secs_f64() * 1000.0);
                 break;
             }
         }
         StormResult {
-            clients: n,
-            clients_back: self.joined,
+            clients: n_clients,
+            clients_back: self.clients_joined,
             recovery_ms,
         }
     }
@@ -221,7 +234,7 @@ impl Coordinator {
         let bound_us = self.plan.ramp_bound.as_micros() as u64;
         let mut steps = Vec::new();
         loop {
-            let target = (self.started_clients + self.plan.ramp_step).min(self.plan.shard_clients);
+            let target = (self.clients_started + self.plan.ramp_step).min(self.plan.shard_clients);
             self.ramp_to(target).await;
             let before = self.cumulative.clone();
             let mut broadcast = crate::stats::new_histogram();
@@ -261,10 +274,11 @@ impl Coordinator {
     async fn open_window(&mut self) {
         self.collect().await;
         self.measuring = Some(Instant::now());
+        self.measured_intervals = Some((self.next_interval, None));
         self.window_unix_ms.0 = unix_ms();
         self.window_start = self.cumulative.clone();
         self.measured.reset();
-        self.joined_samples.clear();
+        self.clients_joined_samples.clear();
     }
 
     async fn close_window(&mut self) {
@@ -272,6 +286,9 @@ impl Coordinator {
         if let Some(opened) = self.measuring.take() {
             self.measured_seconds = opened.elapsed().as_secs_f64();
             self.window_unix_ms.1 = unix_ms();
+            if let Some((_, last)) = &mut self.measured_intervals {
+                *last = self.next_interval.checked_sub(1);
+            }
         }
     }
 
@@ -285,31 +302,58 @@ impl Coordinator {
         Some(self.collect().await)
     }
 
+    /// Opens interval `next_interval`, asks every worker for its report on it and waits, at
+    /// most `wait`, until all have answered; the caller closes it.
+    async fn gather(&mut self, command: impl Fn(u64) -> Command, wait: Duration) {
+        let interval = self.next_interval;
+        self.next_interval += 1;
+        self.merger.open(interval);
+        self.broadcast(|| command(interval));
+        let deadline = tokio::time::Instant::now() + wait;
+        while !self.merger.is_complete() {
+            // Timed out, or every worker is gone: the caller reports who is missing.
+            let Ok(Some(report)) = tokio::time::timeout_at(deadline, self.reports.recv()).await
+            else {
+                break;
+            };
+            self.merger.accept(report);
+        }
+    }
+
     async fn collect(&mut self) -> Histograms {
         let interval_start = self.last_collect;
         self.last_collect = Instant::now();
-        self.broadcast(|| Command::Collect);
-        let mut histograms = Histograms::default();
-        let mut counters = Counters::default();
-        let mut joined = 0;
-        for _ in 0..self.workers.len() {
-            let Ok(Some(stats)) =
-                tokio::time::timeout(Duration::from_secs(5), self.reports.recv()).await
-            else {
-                tracing::warn!("a worker did not report within 5 s");
-                break;
-            };
-            histograms.add(&stats.histograms);
-            counters.add(&stats.counters);
-            self.clock.merge(&stats.clock);
-            joined += stats.joined;
-            self.tick_hz = self.tick_hz.or(stats.tick_hz);
+        self.gather(Command::Collect, REPORT_TIMEOUT).await;
+        let closed = self.merger.close();
+        if !closed.missing_workers.is_empty() {
+            tracing::warn!(
+                interval = closed.interval,
+                workers = ?closed.missing_workers,
+                "workers did not report within {REPORT_TIMEOUT:?}; the interval closes without them"
+            );
         }
-        self.previous = std::mem::replace(&mut self.cumulative, counters);
-        self.joined = joined;
+        for late in closed.late {
+            // The samples belong to their own interval, long written out: they count towards
+            // the measured totals if that interval was measured, and towards no other second.
+            let measured = self.measured_intervals.is_some_and(|(first, last)| {
+                late.interval >= first && last.is_none_or(|last| late.interval <= last)
+            });
+            tracing::warn!(
+                worker = late.worker,
+                interval = late.interval,
+                measured,
+                "a late interval report came after its interval closed"
+            );
+            if measured {
+                self.measured.add(&late.histograms);
+            }
+        }
+        let histograms = closed.histograms;
+        self.cumulative_before = std::mem::replace(&mut self.cumulative, self.merger.counters());
+        self.clients_joined = self.merger.clients_joined();
         if self.measuring.is_some() {
             self.measured.add(&histograms);
-            self.joined_samples.push(joined);
+            self.clients_joined_samples.push(self.clients_joined);
         }
         if let Some(hlog) = &mut self.hlog {
             let start = interval_start.duration_since(self.started);
@@ -328,7 +372,7 @@ impl Coordinator {
 
     /// The interval just collected, as a point of the report's timeline.
     fn timeline_point(&self, interval: &Histograms, length: Duration) -> TimelinePoint {
-        let delta = self.cumulative.since(&self.previous);
+        let delta = self.cumulative.since(&self.cumulative_before);
         let quantile = |metric, q| {
             let histogram = interval.get(metric);
             (!histogram.is_empty()).then(|| histogram.value_at_quantile(q))
@@ -336,7 +380,7 @@ impl Coordinator {
         TimelinePoint {
             seconds: self.last_collect.duration_since(self.started).as_secs_f64(),
             interval_seconds: length.as_secs_f64(),
-            clients_joined: self.joined,
+            clients_joined: self.clients_joined,
             snapshots_per_second: delta.snapshots_received as f64 / length.as_secs_f64().max(1e-3),
             broadcast_p50_us: quantile(Metric::Broadcast, 0.5),
             broadcast_p99_us: quantile(Metric::Broadcast, 0.99),
@@ -350,7 +394,7 @@ impl Coordinator {
     fn progress(&self, point: &TimelinePoint) {
         let ms = |micros: Option<u64>| micros.unwrap_or(0) as f64 / 1000.0;
         let (p50, p99) = (ms(point.broadcast_p50_us), ms(point.broadcast_p99_us));
-        let delta = self.cumulative.since(&self.previous);
+        let delta = self.cumulative.since(&self.cumulative_before);
         let scheduled = delta.states_sent + delta.sends_skipped;
         let late = if scheduled == 0 {
             0.0
@@ -373,15 +417,12 @@ impl Coordinator {
     }
 
     async fn stop_all(&mut self) {
-        self.broadcast(|| Command::StopAll);
-        let mut last = Counters::default();
-        for _ in 0..self.workers.len() {
-            if let Ok(Some(stats)) =
-                tokio::time::timeout(Duration::from_secs(10), self.reports.recv()).await
-            {
-                last.add(&stats.counters);
-            }
+        self.gather(Command::StopAll, STOP_REPORT_TIMEOUT).await;
+        let closed = self.merger.close();
+        if !closed.missing_workers.is_empty() {
+            tracing::warn!(workers = ?closed.missing_workers, "workers did not stop in time");
         }
+        let last = self.merger.counters();
         // Errors seen while leaving (e.g. the server closing) still count for the whole run.
         if last.total_errors() > self.cumulative.total_errors() {
             self.cumulative.errors = last.errors;
@@ -404,18 +445,19 @@ impl Coordinator {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         (report.window_start_unix_ms, report.window_end_unix_ms) = self.window_unix_ms;
-        report.tick_hz = self.tick_hz;
-        report.clients_joined_at_end = self.joined;
-        report.clients_joined_avg = if self.joined_samples.is_empty() {
+        report.tick_hz = self.merger.tick_hz();
+        report.clients_joined_at_end = self.clients_joined;
+        report.clients_joined_avg = if self.clients_joined_samples.is_empty() {
             0.0
         } else {
-            self.joined_samples.iter().sum::<usize>() as f64 / self.joined_samples.len() as f64
+            self.clients_joined_samples.iter().sum::<usize>() as f64
+                / self.clients_joined_samples.len() as f64
         };
         report.snapshots_nominal = self.measured_seconds
-            * f64::from(self.tick_hz.unwrap_or(0))
+            * f64::from(report.tick_hz.unwrap_or(0))
             * report.clients_joined_avg;
         report.errors_whole_run = self.cumulative.errors.clone();
-        report.clock_offset = self.clock.estimate();
+        report.clock_offset = self.merger.clock().estimate();
         report.clock_corrected = match self.plan.clock_correction {
             crate::cli::ClockCorrection::On => true,
             crate::cli::ClockCorrection::Off => false,
@@ -442,7 +484,7 @@ fn unix_ms() -> u128 {
 
 /// The knee of a ramp: the largest client count of a step that met the bound, provided every
 /// smaller step met it too (a noisy early failure ends the ramp, so there is none after it).
-pub fn knee(steps: &[RampStep]) -> Option<usize> {
+pub(crate) fn knee(steps: &[RampStep]) -> Option<usize> {
     steps
         .iter()
         .take_while(|step| step.met)

@@ -9,14 +9,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
 
-pub struct SelfHosted {
-    pub url: String,
+pub(crate) struct SelfHosted {
+    url: String,
     shutdown: CancellationToken,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl SelfHosted {
-    pub fn start(args: &RunArgs) -> anyhow::Result<Self> {
+    /// The server's WebSocket URL, `ws://127.0.0.1:PORT/ws`.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub(crate) fn start(args: &RunArgs) -> anyhow::Result<Self> {
         let per_second = |interval: std::time::Duration| 1.0 / interval.as_secs_f64().max(1e-3);
         let config = Config {
             listen: "127.0.0.1:0".parse().context("loopback address")?,

@@ -4,17 +4,20 @@
 //! Grammar: clauses separated by commas; each is `LHS OP VALUE` with OP one of `<`, `<=`, `>`,
 //! `>=`, `=`. LHS is either `METRIC.STAT` (metric: broadcast, input, rtt, connect, join, event,
 //! reconnect; stat: p50, p90, p99, p99.9, max, min, mean) with a duration VALUE (`us`, `ms`, `s`;
-//! bare numbers are microseconds), or a counter: `errors`, `missed` (tick gaps), `delivery`
-//! (received / expected snapshots, 0..1), `late` (fraction of sends made late by the generator),
-//! `reconnects`.
+//! bare numbers are microseconds), or a counter: `errors` (over the whole run, ramp-up and
+//! leaving included), `missed` (tick gaps), `delivery` (received / expected snapshots, 0..1),
+//! `late` (fraction of sends made late by the generator), `reconnects`; all but `errors` are
+//! over the measured window.
+//!
+//! A gate cannot pass on nothing: a bound on a metric without samples (no broadcast latency
+//! because no snapshot came, `missed` or `delivery` with no snapshot expected, `late` with no
+//! send scheduled) is broken, reported as "no samples".
 
-use std::fmt;
-
-use crate::report::Report;
+use crate::report::{Report, Violation};
 use crate::stats::Metric;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     Less,
     LessEq,
     Greater,
@@ -45,7 +48,7 @@ impl Op {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Subject {
+pub(crate) enum Subject {
     Latency { metric: Metric, stat: String },
     Errors,
     Missed,
@@ -55,36 +58,23 @@ pub enum Subject {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Bound {
-    pub subject: Subject,
-    pub op: Op,
+pub(crate) struct Bound {
+    pub(crate) subject: Subject,
+    pub(crate) op: Op,
     /// Microseconds for latencies; plain numbers for counters and ratios.
-    pub value: f64,
+    pub(crate) value: f64,
     /// The clause as written, for messages.
-    pub text: String,
+    pub(crate) text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid --slo clause {clause:?}: {problem}")]
-pub struct SloParseError {
-    pub clause: String,
-    pub problem: String,
+pub(crate) struct SloParseError {
+    pub(crate) clause: String,
+    pub(crate) problem: String,
 }
 
-/// A broken bound: what was required and what was measured.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Violation {
-    pub bound: String,
-    pub actual: f64,
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (measured {})", self.bound, self.actual)
-    }
-}
-
-pub fn parse(spec: &str) -> Result<Vec<Bound>, SloParseError> {
+pub(crate) fn parse(spec: &str) -> Result<Vec<Bound>, SloParseError> {
     spec.split(',')
         .map(str::trim)
         .filter(|clause| !clause.is_empty())
@@ -174,30 +164,31 @@ fn parse_micros(text: &str) -> Option<f64> {
     (value.is_finite() && value >= 0.0).then_some(value * scale)
 }
 
-/// The value a bound is about, measured in `report`.
-fn actual(subject: &Subject, report: &Report) -> f64 {
+/// The value a bound is about, measured in `report`; None when the metric has no samples.
+fn actual(subject: &Subject, report: &Report) -> Option<f64> {
     let counters = &report.counters;
     match subject {
         Subject::Latency { metric, stat } => report
             .latency
             .get(metric.name())
-            .and_then(|summary| summary.stat(stat))
-            .unwrap_or(0.0),
-        Subject::Errors => counters.total_errors() as f64,
-        Subject::Missed => counters.tick_gaps as f64,
+            .filter(|summary| summary.count > 0)
+            .and_then(|summary| summary.stat(stat)),
+        Subject::Errors => Some(report.total_errors() as f64),
+        Subject::Missed => (counters.snapshots_expected > 0).then_some(counters.tick_gaps as f64),
         Subject::Delivery => report.delivery_ratio(),
         Subject::Late => report.late_fraction(),
-        Subject::Reconnects => counters.reconnects as f64,
+        Subject::Reconnects => Some(counters.reconnects as f64),
     }
 }
 
-/// Every bound the report breaks.
-pub fn check(bounds: &[Bound], report: &Report) -> Vec<Violation> {
+/// Every bound the report breaks, including every bound on a metric without samples.
+pub(crate) fn check(bounds: &[Bound], report: &Report) -> Vec<Violation> {
     bounds
         .iter()
         .filter_map(|bound| {
             let actual = actual(&bound.subject, report);
-            (!bound.op.holds(actual, bound.value)).then(|| Violation {
+            let holds = actual.is_some_and(|actual| bound.op.holds(actual, bound.value));
+            (!holds).then(|| Violation {
                 bound: format!(
                     "{} ({:?} {} {})",
                     bound.text,
@@ -263,12 +254,53 @@ mod tests {
         report
             .latency
             .insert("broadcast".into(), crate::stats::Summary::of(&histogram));
-        report.counters.error("connect_refused");
         let bounds = parse("broadcast.p99<2ms,broadcast.p50<100us,errors=0").unwrap();
         let broken = check(&bounds, &report);
-        assert_eq!(broken.len(), 2);
+        assert_eq!(broken.len(), 1);
         assert!(broken[0].bound.starts_with("broadcast.p50<100us"));
-        assert!((490.0..=510.0).contains(&broken[0].actual));
-        assert_eq!(broken[1].actual, 1.0);
+        assert!(
+            broken[0]
+                .actual
+                .is_some_and(|p50| (490.0..=510.0).contains(&p50))
+        );
+    }
+
+    #[test]
+    fn errors_are_judged_over_the_whole_run_not_the_window() {
+        let mut report = Report::empty_for_tests();
+        // An error during ramp-up: outside the window's counters, inside the whole run.
+        report.errors_whole_run.insert("connect_refused".into(), 1);
+        assert_eq!(report.counters.total_errors(), 0);
+        let broken = check(&parse("errors=0").unwrap(), &report);
+        assert_eq!(broken.len(), 1);
+        assert_eq!(broken[0].actual, Some(1.0));
+    }
+
+    #[test]
+    fn a_bound_on_a_metric_without_samples_is_broken() {
+        let mut report = Report::empty_for_tests();
+        // Clients joined, sent on schedule, saw no snapshot and made no error.
+        report.clients_joined_at_end = 4;
+        report.clients_joined_avg = 4.0;
+        report.counters.states_sent = 100;
+        let bounds =
+            parse("broadcast.p99<20ms,input.max<1s,missed=0,delivery>=0.99,late<0.01,errors=0")
+                .unwrap();
+        let broken = check(&bounds, &report);
+        let broken: Vec<_> = broken.iter().map(ToString::to_string).collect();
+        assert_eq!(broken.len(), 4, "{broken:#?}");
+        for (index, clause) in ["broadcast.p99<20ms", "input.max<1s", "missed=0"]
+            .iter()
+            .enumerate()
+        {
+            assert!(
+                broken[index].starts_with(clause) && broken[index].ends_with("(no samples)"),
+                "{broken:#?}"
+            );
+        }
+        assert!(
+            broken[3].starts_with("delivery>=0.99") && broken[3].ends_with("(measured 0)"),
+            "delivery is 0, not 1, when nothing came: {broken:#?}"
+        );
     }
 }

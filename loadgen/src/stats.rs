@@ -14,7 +14,7 @@ const MAX_MICROS: u64 = 60_000_000;
 
 /// The latency metrics, in report order. Their names are the hlog tags and JSON keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Metric {
+pub(crate) enum Metric {
     /// Client receive time minus the snapshot's `server_time_us`.
     Broadcast,
     /// From the intended send time of `state` seq s to first seeing seq s in a snapshot.
@@ -32,7 +32,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Self; 7] = [
+    pub(crate) const ALL: [Self; 7] = [
         Self::Broadcast,
         Self::InputToVisible,
         Self::Rtt,
@@ -42,7 +42,7 @@ impl Metric {
         Self::Reconnect,
     ];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Broadcast => "broadcast",
             Self::InputToVisible => "input",
@@ -54,19 +54,19 @@ impl Metric {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|m| m.name() == name)
     }
 }
 
-pub fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // Bounds are constants known to be valid.
     Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid histogram bounds")
 }
 
 /// One histogram per metric.
 #[derive(Clone)]
-pub struct Histograms {
+pub(crate) struct Histograms {
     by_metric: Vec<Histogram<u64>>,
 }
 
@@ -90,76 +90,76 @@ impl std::fmt::Debug for Histograms {
 }
 
 impl Histograms {
-    pub fn record(&mut self, metric: Metric, micros: u64) {
+    pub(crate) fn record(&mut self, metric: Metric, micros: u64) {
         self.by_metric[metric as usize].saturating_record(micros.clamp(1, MAX_MICROS));
     }
 
-    pub fn get(&self, metric: Metric) -> &Histogram<u64> {
+    pub(crate) fn get(&self, metric: Metric) -> &Histogram<u64> {
         &self.by_metric[metric as usize]
     }
 
-    pub fn get_mut(&mut self, metric: Metric) -> &mut Histogram<u64> {
+    pub(crate) fn get_mut(&mut self, metric: Metric) -> &mut Histogram<u64> {
         &mut self.by_metric[metric as usize]
     }
 
-    pub fn add(&mut self, other: &Self) {
+    pub(crate) fn add(&mut self, other: &Self) {
         for (mine, theirs) in self.by_metric.iter_mut().zip(&other.by_metric) {
             // Same bounds on both sides, so adding cannot fail.
             let _ = mine.add(theirs);
         }
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.by_metric.iter_mut().for_each(Histogram::reset);
     }
 }
 
 /// Monotonic counters. Workers keep cumulative values; reports use differences.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Counters {
-    pub snapshots_received: u64,
+pub(crate) struct Counters {
+    pub(crate) snapshots_received: u64,
     /// Snapshots a client should have received judging by tick numbers (received + gaps).
-    pub snapshots_expected: u64,
-    pub keyframes: u64,
+    pub(crate) snapshots_expected: u64,
+    pub(crate) keyframes: u64,
     /// Ticks skipped between two consecutive snapshots of one client (coalesced or missed).
-    pub tick_gaps: u64,
-    pub events_received: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub states_sent: u64,
-    pub events_sent: u64,
-    pub pings_sent: u64,
+    pub(crate) tick_gaps: u64,
+    pub(crate) events_received: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) states_sent: u64,
+    pub(crate) events_sent: u64,
+    pub(crate) pings_sent: u64,
     /// Sends that happened more than 5 ms after their scheduled instant (generator overload).
-    pub sends_late: u64,
+    pub(crate) sends_late: u64,
     /// Scheduled sends skipped because the client was more than one period behind.
-    pub sends_skipped: u64,
+    pub(crate) sends_skipped: u64,
     /// Largest lateness of a scheduled send, in microseconds.
-    pub max_send_lag_us: u64,
-    pub connects: u64,
-    pub reconnects: u64,
+    pub(crate) max_send_lag_us: u64,
+    pub(crate) connects: u64,
+    pub(crate) reconnects: u64,
     /// Errors by kind (`connect_refused`, `join_refused:lobby_full`, `closed:4002`, ...).
-    pub errors: BTreeMap<String, u64>,
+    pub(crate) errors: BTreeMap<String, u64>,
     /// Close codes received from the server, by code.
-    pub close_codes: BTreeMap<u16, u64>,
+    pub(crate) close_codes: BTreeMap<u16, u64>,
 }
 
 impl Counters {
-    pub fn error(&mut self, kind: impl Into<String>) {
+    pub(crate) fn error(&mut self, kind: impl Into<String>) {
         *self.errors.entry(kind.into()).or_default() += 1;
     }
 
-    pub fn total_errors(&self) -> u64 {
+    pub(crate) fn total_errors(&self) -> u64 {
         self.errors.values().sum()
     }
 
     /// Adds `other` (another worker's counters) into `self`.
-    pub fn add(&mut self, other: &Self) {
+    pub(crate) fn add(&mut self, other: &Self) {
         self.apply(other, |a, b| a + b);
         self.max_send_lag_us = self.max_send_lag_us.max(other.max_send_lag_us);
     }
 
     /// `self - earlier`: what happened since `earlier` was taken.
-    pub fn since(&self, earlier: &Self) -> Self {
+    pub(crate) fn since(&self, earlier: &Self) -> Self {
         let mut delta = self.clone();
         delta.apply(earlier, u64::saturating_sub);
         delta.errors.retain(|_, n| *n > 0);
@@ -201,19 +201,19 @@ impl Counters {
 
 /// Percentile summary of one histogram, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Summary {
-    pub count: u64,
-    pub min: u64,
-    pub mean: f64,
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub p999: u64,
-    pub max: u64,
+pub(crate) struct Summary {
+    pub(crate) count: u64,
+    pub(crate) min: u64,
+    pub(crate) mean: f64,
+    pub(crate) p50: u64,
+    pub(crate) p90: u64,
+    pub(crate) p99: u64,
+    pub(crate) p999: u64,
+    pub(crate) max: u64,
 }
 
 impl Summary {
-    pub fn of(histogram: &Histogram<u64>) -> Self {
+    pub(crate) fn of(histogram: &Histogram<u64>) -> Self {
         Self {
             count: histogram.len(),
             min: histogram.min(),
@@ -227,7 +227,7 @@ impl Summary {
     }
 
     /// A named statistic (`p50`, `p90`, `p99`, `p99.9`, `max`, `min`, `mean`), for SLOs.
-    pub fn stat(&self, name: &str) -> Option<f64> {
+    pub(crate) fn stat(&self, name: &str) -> Option<f64> {
         Some(match name {
             "p50" => self.p50 as f64,
             "p90" => self.p90 as f64,

@@ -1,6 +1,7 @@
 //! Worker threads: each runs a single-threaded tokio runtime holding a share of the clients,
 //! so a client's measurements go into its worker's recorder without locks. The coordinator
-//! talks to workers through commands and collects one `IntervalStats` per worker per second.
+//! talks to workers through commands and collects one `IntervalReport` per worker per second,
+//! tagged with the interval it asked for.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -13,46 +14,36 @@ use tokio::task::{JoinHandle, LocalSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, Recorder, Shared};
-use crate::clock::ClockEstimator;
+use crate::interval::IntervalReport;
 use crate::plan::{ClientSpec, Plan, Target};
-use crate::stats::{Counters, Histograms};
 
 /// How long stopping waits for clients to leave before abandoning them.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub enum Command {
+pub(crate) enum Command {
     /// Start a client.
     Start(ClientSpec),
     /// Churn: the client leaves, then joins again as a new connection.
     Rejoin(usize),
     /// Storm: drop every connection at once; clients reconnect with backoff.
     Storm,
-    /// Send an `IntervalStats` now.
-    Collect,
-    /// Every client leaves; the worker sends its last stats and exits.
-    StopAll,
+    /// Send an `IntervalReport` for the interval with this index now.
+    Collect(u64),
+    /// Every client leaves; the worker sends its last report, tagged with this index, and
+    /// exits.
+    StopAll(u64),
 }
 
-/// One worker's measurements since its previous report.
-pub struct IntervalStats {
-    pub histograms: Histograms,
-    /// Cumulative since the worker started.
-    pub counters: Counters,
-    pub clock: ClockEstimator,
-    pub joined: usize,
-    pub tick_hz: Option<u32>,
+pub(crate) struct WorkerHandle {
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    pub(crate) thread: thread::JoinHandle<()>,
 }
 
-pub struct WorkerHandle {
-    pub commands: mpsc::UnboundedSender<Command>,
-    pub thread: thread::JoinHandle<()>,
-}
-
-pub fn spawn(
+pub(crate) fn spawn(
     id: usize,
     plan: Arc<Plan>,
     target: Target,
-    reports: mpsc::UnboundedSender<IntervalStats>,
+    reports: mpsc::UnboundedSender<IntervalReport>,
 ) -> std::io::Result<WorkerHandle> {
     let (commands, inbox) = mpsc::unbounded_channel();
     let thread = thread::Builder::new()
@@ -69,7 +60,7 @@ pub fn spawn(
                 }
             };
             let plan = Rc::new((*plan).clone());
-            LocalSet::new().block_on(&runtime, run(plan, target, inbox, reports));
+            LocalSet::new().block_on(&runtime, run(id, plan, target, inbox, reports));
         })?;
     Ok(WorkerHandle { commands, thread })
 }
@@ -81,10 +72,11 @@ struct ClientTask {
 }
 
 async fn run(
+    id: usize,
     plan: Rc<Plan>,
     target: Target,
     mut inbox: mpsc::UnboundedReceiver<Command>,
-    reports: mpsc::UnboundedSender<IntervalStats>,
+    reports: mpsc::UnboundedSender<IntervalReport>,
 ) {
     let shared = Rc::new(Shared::new(plan, target));
     let mut clients: HashMap<usize, ClientTask> = HashMap::new();
@@ -116,16 +108,16 @@ async fn run(
                 let storm = shared.storm.replace(CancellationToken::new());
                 storm.cancel();
             }
-            Command::Collect => {
-                let _ = reports.send(take_interval(&shared));
+            Command::Collect(interval) => {
+                let _ = reports.send(take_interval(&shared, id, interval));
             }
-            Command::StopAll => {
+            Command::StopAll(interval) => {
                 for client in clients.values() {
                     client.stop.cancel();
                 }
                 let all = futures_join(clients.into_values().map(|c| c.task));
                 let _ = tokio::time::timeout(STOP_TIMEOUT, all).await;
-                let _ = reports.send(take_interval(&shared));
+                let _ = reports.send(take_interval(&shared, id, interval));
                 return;
             }
         }
@@ -138,7 +130,9 @@ async fn futures_join(tasks: impl Iterator<Item = JoinHandle<()>>) {
     }
 }
 
-fn take_interval(shared: &Shared) -> IntervalStats {
+/// The worker's report for `interval`: its histograms since the last report (then reset) and
+/// its cumulative figures.
+fn take_interval(shared: &Shared, worker: usize, interval: u64) -> IntervalReport {
     let mut recorder = shared.recorder.borrow_mut();
     let Recorder {
         histograms,
@@ -146,13 +140,15 @@ fn take_interval(shared: &Shared) -> IntervalStats {
         clock,
         tick_hz,
     } = &mut *recorder;
-    let interval = histograms.clone();
+    let samples = histograms.clone();
     histograms.reset();
-    IntervalStats {
-        histograms: interval,
+    IntervalReport {
+        worker,
+        interval,
+        histograms: samples,
         counters: counters.clone(),
         clock: *clock,
-        joined: shared.joined.get(),
+        clients_joined: shared.clients_joined.get(),
         tick_hz: *tick_hz,
     }
 }

@@ -1,5 +1,10 @@
-//! tickrelay-loadgen integration tests: the real binary against a real server on loopback.
+//! tickrelay-loadgen integration tests: the real binary against a real server on loopback
+//! (those need the `self-host` feature, which brings the server crate) or a stand-in.
 
 mod support;
 
+#[cfg(feature = "self-host")]
 mod runs;
+mod slo_gates;
+#[cfg(not(feature = "self-host"))]
+mod without_self_host;

@@ -1,6 +1,8 @@
 //! Whole runs: the report's counters are consistent with what the server did.
 
-use crate::support::{describe, loadgen, read_json, spawn_server, temp_path};
+use crate::support::{
+    describe, loadgen, loadgen_with_open_file_limit, read_json, spawn_server, temp_path,
+};
 
 fn num(value: &serde_json::Value) -> f64 {
     value
@@ -129,7 +131,7 @@ async fn slo_exit_code_gates_on_bounds() {
 async fn merge_of_two_runs_adds_their_histograms() {
     let server = spawn_server(30).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut counts = 0.0;
+    let mut snapshots_measured = 0.0;
     let mut logs = Vec::new();
     // Two "machines": shards 0/2 and 1/2 of the same 16 clients.
     for shard in ["0/2", "1/2"] {
@@ -165,7 +167,7 @@ async fn merge_of_two_runs_adds_their_histograms() {
             "each shard runs half the lobbies"
         );
         logs.push(hlog);
-        counts += num(&report["counters"]["snapshots_received"]);
+        snapshots_measured += num(&report["counters"]["snapshots_received"]);
     }
     let (merged_json, merged_html) = (
         temp_path(&dir, "merged.json"),
@@ -189,12 +191,12 @@ async fn merge_of_two_runs_adds_their_histograms() {
     // The logs cover whole runs (ramp-up included), so they hold at least the measured samples.
     let merged_count = num(&merged["latency"]["broadcast"]["count"]);
     assert!(
-        merged_count >= counts,
-        "merged {merged_count} < measured {counts}"
+        merged_count >= snapshots_measured,
+        "merged {merged_count} < measured {snapshots_measured}"
     );
     assert!(
-        merged_count <= counts * 2.5,
-        "merged {merged_count} vs measured {counts}"
+        merged_count <= snapshots_measured * 2.5,
+        "merged {merged_count} vs measured {snapshots_measured}"
     );
 }
 
@@ -302,12 +304,39 @@ async fn churn_and_ramp_scenarios_complete() {
 
 #[tokio::test]
 async fn limits_fail_fast_with_a_clear_message() {
-    // More sockets than this process may open: refused before any connection is made.
-    let output = loadgen(&["--self-host", "--clients", "15000", "--duration", "1s"]).await;
-    assert_eq!(output.status.code(), Some(1));
+    // More sockets than the process may open (its limit set here, not the machine's): refused
+    // before any connection is made, naming the limit and the way out.
+    let output = loadgen_with_open_file_limit(
+        &["--self-host", "--clients", "15000", "--duration", "1s"],
+        1024,
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("open files") && stderr.contains("--shard"),
+        stderr.contains("15000 clients need about 30064 open files")
+            && stderr.contains("may open only 1024")
+            && stderr.contains("--shard"),
+        "{stderr}"
+    );
+    // Without a self-hosted server only the client ends count: 1000 + 64 reserved > 1024.
+    let output = loadgen_with_open_file_limit(
+        &[
+            "--url",
+            "ws://127.0.0.1:1/ws",
+            "--clients",
+            "1000",
+            "--duration",
+            "1s",
+        ],
+        1024,
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("1000 clients need about 1064 open files")
+            && stderr.contains("may open only 1024"),
         "{stderr}"
     );
 

@@ -1,49 +1,22 @@
 //! The `--html` report: one self-contained page (inline CSS, SVG charts drawn with plotters, no
 //! script, nothing fetched) showing a finished [`Report`]. It draws; it measures and decides
-//! nothing, and every figure in it comes from the report.
+//! nothing, and every figure in it comes from the report. This module is the page (sections,
+//! tables, legends); `chart` draws the charts on `axis`'s axes.
+
+mod axis;
+mod chart;
 
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
-use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
-use plotters::prelude::*;
+use plotters::style::RGBColor;
 use serde_json::Value;
 
-use crate::report::{Report, TimelinePoint, ms};
-use crate::stats::Metric;
-
-/// Drawing size of every chart in SVG units; the page scales it to its width.
-const CHART_SIZE: (u32, u32) = (960, 360);
-/// Points per halving of the distance to 100% in the percentile plot (HdrHistogram's
-/// `ticks_per_half_distance`).
-const TICKS_PER_HALF_DISTANCE: u32 = 10;
-/// Fewest and most decades of the percentile axis (99% .. 99.99999%).
-const PERCENTILE_DECADES: (i32, i32) = (2, 7);
-/// Timeline intervals shorter than this (cut short by the measured window opening or
-/// closing) hold too few samples to plot; the JSON timeline keeps them.
-const SHORTEST_PLOTTED_INTERVAL: f64 = 0.5;
-
-const FONT: &str = "sans-serif";
-const TEXT: RGBColor = RGBColor(0x33, 0x33, 0x33);
-const GRID: RGBColor = RGBColor(0xe2, 0xe4, 0xe8);
-const AXIS: RGBColor = RGBColor(0x88, 0x8c, 0x94);
-const WINDOW_SHADE: RGBColor = RGBColor(0xee, 0xf3, 0xfb);
-
-/// A distinct colour per metric, the same in every chart.
-fn metric_color(metric: Metric) -> RGBColor {
-    match metric {
-        Metric::Broadcast => RGBColor(0x1f, 0x77, 0xb4),
-        Metric::InputToVisible => RGBColor(0xe8, 0x71, 0x0a),
-        Metric::Rtt => RGBColor(0x2c, 0xa0, 0x2c),
-        Metric::Connect => RGBColor(0xd6, 0x27, 0x28),
-        Metric::Join => RGBColor(0x94, 0x67, 0xbd),
-        Metric::Event => RGBColor(0x8c, 0x56, 0x4b),
-        Metric::Reconnect => RGBColor(0xe3, 0x77, 0xc2),
-    }
-}
+use self::chart::LineChart;
+use crate::report::{Report, ms};
 
 /// The whole page.
-pub fn render(report: &Report) -> anyhow::Result<String> {
+pub(crate) fn render(report: &Report) -> anyhow::Result<String> {
     let mut page = String::from(PAGE_HEAD);
     header(&mut page, report);
     section(
@@ -55,7 +28,7 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
             samples_scope(report)
         ),
     );
-    page.push_str(&percentile_chart(report).figure()?);
+    page.push_str(&figure(&chart::percentile_chart(report))?);
     timelines(&mut page, report)?;
     latency_table(&mut page, report);
     counters(&mut page, report);
@@ -184,11 +157,8 @@ fn headline(page: &mut String, report: &Report) {
             format!("{:.0}", report.snapshots_per_second),
             "snapshots/s".to_owned(),
         ));
-        if report.counters.snapshots_expected > 0 {
-            figures.push((
-                format!("{:.3}%", report.delivery_ratio() * 100.0),
-                "delivered".to_owned(),
-            ));
+        if let Some(delivered) = report.delivery_ratio() {
+            figures.push((format!("{:.3}%", delivered * 100.0), "delivered".to_owned()));
         }
         figures.push((report.total_errors().to_string(), "errors".to_owned()));
     }
@@ -424,453 +394,30 @@ fn timelines(page: &mut String, report: &Report) -> anyhow::Result<()> {
     let note = "Per second over the whole run, ramp-up included; the shaded band is the \
                 measured window.";
     section(page, "Latency over time", note);
-    page.push_str(&latency_timeline_chart(&report.timeline).figure()?);
+    page.push_str(&figure(&chart::latency_timeline_chart(&report.timeline))?);
     section(page, "Clients and throughput", note);
-    page.push_str(&throughput_timeline_chart(&report.timeline).figure()?);
+    page.push_str(&figure(&chart::throughput_timeline_chart(
+        &report.timeline,
+    ))?);
     Ok(())
 }
 
-/// One line per metric with samples: latency against percentile, from `iter_quantiles`.
-fn percentile_chart(report: &Report) -> LineChart {
-    let series: Vec<Series> = Metric::ALL
-        .into_iter()
-        .filter(|metric| !report.histograms.get(*metric).is_empty())
-        .map(|metric| {
-            let histogram = report.histograms.get(metric);
-            // Past 1/(1-p) = count no sample is left to tell percentiles apart: the curve
-            // ends there, at the maximum.
-            let count = histogram.len() as f64;
-            let points = histogram
-                .iter_quantiles(TICKS_PER_HALF_DISTANCE)
-                .map(|step| {
-                    let stretch = (1.0 / (1.0 - step.quantile_iterated_to())).min(count);
-                    (stretch, Some(step.value_iterated_to() as f64 / 1000.0))
-                })
-                .collect();
-            Series::new(metric.name(), metric_color(metric), points)
-        })
-        .collect();
-    let largest_count = Metric::ALL
-        .into_iter()
-        .map(|metric| report.histograms.get(metric).len())
-        .max()
-        .unwrap_or(0);
-    LineChart {
-        x: Axis::percentile(largest_count),
-        y: Axis::log_milliseconds("latency (ms)", value_range(&series)),
-        y_right: None,
-        series,
-        shaded: None,
-    }
-}
-
-/// One value of the timeline as a line, leaving out intervals too short to mean much.
-fn timeline_series(
-    timeline: &[TimelinePoint],
-    name: &str,
-    color: RGBColor,
-    value: impl Fn(&TimelinePoint) -> Option<f64>,
-) -> Series {
-    let points = timeline
-        .iter()
-        .filter(|point| point.interval_seconds >= SHORTEST_PLOTTED_INTERVAL)
-        .map(|point| (point.seconds, value(point)))
-        .collect();
-    Series::new(name, color, points)
-}
-
-/// Broadcast p50/p99/p99.9 and input p99 per interval.
-fn latency_timeline_chart(timeline: &[TimelinePoint]) -> LineChart {
-    let broadcast = metric_color(Metric::Broadcast);
-    let line = |name: &str, color, micros: fn(&TimelinePoint) -> Option<u64>| {
-        timeline_series(timeline, name, color, |point| {
-            micros(point).map(|us| us as f64 / 1000.0)
-        })
-    };
-    let series = vec![
-        line("broadcast p50", RGBColor(0x8d, 0xc0, 0xe8), |p| {
-            p.broadcast_p50_us
-        }),
-        line("broadcast p99", broadcast, |p| p.broadcast_p99_us),
-        line("broadcast p99.9", RGBColor(0x0b, 0x2f, 0x5e), |p| {
-            p.broadcast_p999_us
-        }),
-        line("input p99", metric_color(Metric::InputToVisible), |p| {
-            p.input_p99_us
-        }),
-    ];
-    LineChart {
-        x: seconds_axis(timeline),
-        y: Axis::log_milliseconds("latency (ms)", value_range(&series)),
-        y_right: None,
-        series,
-        shaded: measured_window(timeline),
-    }
-}
-
-/// Clients joined (left axis) and snapshots received per second (right axis).
-fn throughput_timeline_chart(timeline: &[TimelinePoint]) -> LineChart {
-    let clients = timeline_series(
-        timeline,
-        "clients joined",
-        RGBColor(0x44, 0x44, 0x4c),
-        |point| Some(point.clients_joined as f64),
-    );
-    let snapshots = timeline_series(
-        timeline,
-        "snapshots/s (right axis)",
-        metric_color(Metric::Broadcast),
-        |point| Some(point.snapshots_per_second),
-    )
-    .on_right_axis();
-    LineChart {
-        x: seconds_axis(timeline),
-        y: Axis::linear("clients joined", value_range([&clients]).1),
-        y_right: Some(Axis::linear(
-            "snapshots received per second",
-            value_range([&snapshots]).1,
-        )),
-        series: vec![clients, snapshots],
-        shaded: measured_window(timeline),
-    }
-}
-
-fn seconds_axis(timeline: &[TimelinePoint]) -> Axis {
-    Axis::seconds(timeline.last().map_or(1.0, |point| point.seconds))
-}
-
-/// From the end of the interval before the first measured one to the end of the last.
-fn measured_window(timeline: &[TimelinePoint]) -> Option<(f64, f64)> {
-    let first = timeline.iter().position(|point| point.measuring)?;
-    let last = timeline.iter().rposition(|point| point.measuring)?;
-    let start = first
-        .checked_sub(1)
-        .map_or(0.0, |before| timeline[before].seconds);
-    Some((start, timeline[last].seconds))
-}
-
-/// Smallest and largest value over the series (`(0, 0)` when there is none).
-fn value_range<'a>(series: impl IntoIterator<Item = &'a Series>) -> (f64, f64) {
-    let values = series
-        .into_iter()
-        .flat_map(|series| series.points.iter().filter_map(|(_, y)| *y));
-    let (low, high) = values.fold((f64::MAX, f64::MIN), |(low, high), y| {
-        (low.min(y), high.max(y))
-    });
-    if low > high { (0.0, 0.0) } else { (low, high) }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Scale {
-    Linear,
-    /// Plotted as log10 of the value.
-    Log,
-}
-
-/// One axis: its range, its ticks and how a tick reads, all in data units; plotters maps
-/// values through it (see the `Ranged` impl), so the series never see the log scale.
-#[derive(Clone)]
-struct Axis {
-    description: &'static str,
-    scale: Scale,
-    bounds: (f64, f64),
-    ticks: Vec<f64>,
-    label: fn(f64) -> String,
-}
-
-impl Axis {
-    /// 0 up to a round number above `max`, with room for a line at `max` to stay visible.
-    fn linear(description: &'static str, max: f64) -> Self {
-        let padded = if max > 0.0 { max * 1.08 } else { 1.0 };
-        let step = round_step(padded / 6.0);
-        Self::ticked(description, (padded / step).ceil() * step, step)
-    }
-
-    /// Time from 0 to exactly the end of the run.
-    fn seconds(end: f64) -> Self {
-        let end = if end > 0.0 { end } else { 1.0 };
-        Self::ticked("seconds since start", end, round_step(end / 8.0))
-    }
-
-    /// Linear from 0 to `end`, a tick every `step`.
-    fn ticked(description: &'static str, end: f64, step: f64) -> Self {
-        let steps = (end / step + 1e-9).floor() as u32;
-        Self {
-            description,
-            scale: Scale::Linear,
-            bounds: (0.0, end),
-            ticks: (0..=steps).map(|i| f64::from(i) * step).collect(),
-            label: number,
-        }
-    }
-
-    /// Logarithmic, from a round number at or below `low` to one above `high`; ticks on the
-    /// 1-2-5 sequence, or on decades when the values span more than three.
-    fn log_milliseconds(description: &'static str, (low, high): (f64, f64)) -> Self {
-        let (low, high) = if high > 0.0 {
-            (low.max(0.001), high * 1.05)
-        } else {
-            (0.1, 10.0)
-        };
-        let mantissas: &[f64] = if high / low > 1_000.0 {
-            &[1.0]
-        } else {
-            &[1.0, 2.0, 5.0]
-        };
-        let candidates: Vec<f64> = (-3..=5)
-            .flat_map(|exponent| {
-                mantissas
-                    .iter()
-                    .map(move |mantissa| power_of_ten(*mantissa, exponent))
-            })
-            .collect();
-        let bottom = candidates.iter().rev().find(|tick| **tick <= low);
-        let top = candidates.iter().find(|tick| **tick >= high);
-        let bounds = (
-            bottom.copied().unwrap_or(0.001),
-            top.copied().unwrap_or(1e5),
+/// A `<figure>` with the chart as inline SVG and its legend as HTML.
+fn figure(chart: &LineChart) -> anyhow::Result<String> {
+    let mut html = String::from("<figure>\n");
+    html.push_str(&chart.svg()?);
+    html.push_str("\n<ul class=\"legend\">");
+    for entry in chart.legend() {
+        let _ = write!(
+            html,
+            "<li><span class=\"swatch{}\" style=\"background:{}\"></span>{}</li>",
+            if entry.band { " band" } else { "" },
+            css_color(entry.color),
+            escape(&entry.label)
         );
-        Self {
-            description,
-            scale: Scale::Log,
-            ticks: candidates
-                .into_iter()
-                .filter(|tick| (bounds.0..=bounds.1).contains(tick))
-                .collect(),
-            bounds,
-            label: number,
-        }
     }
-
-    /// Percentiles as 1/(1-p) on a log scale, from 0% to enough nines for `count` samples.
-    fn percentile(count: u64) -> Self {
-        let decades = (count.max(1) as f64).log10().ceil().clamp(
-            f64::from(PERCENTILE_DECADES.0),
-            f64::from(PERCENTILE_DECADES.1),
-        ) as i32;
-        let mut ticks = vec![1.0, 2.0];
-        ticks.extend((1..=decades).map(|exponent| power_of_ten(1.0, exponent)));
-        Self {
-            description: "percentile",
-            scale: Scale::Log,
-            bounds: (1.0, power_of_ten(1.0, decades)),
-            ticks,
-            label: percentile_label,
-        }
-    }
-
-    /// Where `value` lies along the axis, 0 at the start and 1 at the end.
-    fn fraction(&self, value: f64) -> f64 {
-        let scaled = |v: f64| match self.scale {
-            Scale::Linear => v,
-            Scale::Log => v.max(1e-9).log10(),
-        };
-        let (start, end) = (scaled(self.bounds.0), scaled(self.bounds.1));
-        (scaled(value) - start) / (end - start)
-    }
-}
-
-impl Ranged for Axis {
-    type FormatOption = DefaultFormatting;
-    type ValueType = f64;
-
-    fn map(&self, value: &f64, (from, to): (i32, i32)) -> i32 {
-        (f64::from(from) + self.fraction(*value) * f64::from(to - from)).round() as i32
-    }
-
-    /// Grid lines and labels exactly at the ticks, no minor lines.
-    fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
-        if hint.weight().allow_light_points() {
-            Vec::new()
-        } else {
-            self.ticks.clone()
-        }
-    }
-
-    fn range(&self) -> std::ops::Range<f64> {
-        self.bounds.0..self.bounds.1
-    }
-}
-
-/// `mantissa × 10^exponent`, exact for the round numbers used as ticks.
-fn power_of_ten(mantissa: f64, exponent: i32) -> f64 {
-    if exponent >= 0 {
-        mantissa * 10f64.powi(exponent)
-    } else {
-        mantissa / 10f64.powi(-exponent)
-    }
-}
-
-/// The 1-2-5 step at or above `raw`.
-fn round_step(raw: f64) -> f64 {
-    let magnitude = power_of_ten(1.0, raw.log10().floor() as i32);
-    [1.0, 2.0, 5.0, 10.0]
-        .into_iter()
-        .map(|mantissa| mantissa * magnitude)
-        .find(|step| *step >= raw)
-        .unwrap_or(10.0 * magnitude)
-}
-
-/// Three significant digits, without trailing zeros.
-fn number(value: f64) -> String {
-    if value == 0.0 {
-        return "0".to_owned();
-    }
-    let decimals = (2 - value.abs().log10().floor() as i32).clamp(0, 6) as usize;
-    let text = format!("{value:.decimals$}");
-    if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        text
-    }
-}
-
-/// 1/(1-p) as a percentile: 2 → 50%, 10 → 90%, 1000 → 99.9%.
-fn percentile_label(stretch: f64) -> String {
-    let percent = 100.0 * (1.0 - 1.0 / stretch);
-    let decimals = (stretch.log10().round() as i32 - 2).max(0) as usize;
-    format!("{percent:.decimals$}%")
-}
-
-/// One line; `None` values break it (an interval without samples).
-struct Series {
-    name: String,
-    color: RGBColor,
-    right_axis: bool,
-    points: Vec<(f64, Option<f64>)>,
-}
-
-impl Series {
-    /// A line on the left axis.
-    fn new(name: &str, color: RGBColor, points: Vec<(f64, Option<f64>)>) -> Self {
-        Self {
-            name: name.to_owned(),
-            color,
-            right_axis: false,
-            points,
-        }
-    }
-
-    fn on_right_axis(self) -> Self {
-        Self {
-            right_axis: true,
-            ..self
-        }
-    }
-
-    fn has_values(&self) -> bool {
-        self.points.iter().any(|(_, y)| y.is_some())
-    }
-
-    /// The unbroken runs of the line.
-    fn segments(&self) -> impl Iterator<Item = Vec<(f64, f64)>> {
-        self.points
-            .split(|(_, value)| value.is_none())
-            .filter(|run| !run.is_empty())
-            .map(|run| run.iter().filter_map(|&(x, y)| Some((x, y?))).collect())
-    }
-}
-
-/// Everything the three charts have in common: axes, grid, optional right axis, optional
-/// shaded x range, lines, and a legend under the plot.
-struct LineChart {
-    x: Axis,
-    y: Axis,
-    y_right: Option<Axis>,
-    series: Vec<Series>,
-    /// An x range to shade: the measured window.
-    shaded: Option<(f64, f64)>,
-}
-
-impl LineChart {
-    /// A `<figure>` with the chart as inline SVG and its legend as HTML.
-    fn figure(&self) -> anyhow::Result<String> {
-        let mut html = String::from("<figure>\n");
-        html.push_str(&self.svg()?);
-        html.push_str("\n<ul class=\"legend\">");
-        for series in self.series.iter().filter(|series| series.has_values()) {
-            let _ = write!(
-                html,
-                "<li><span class=\"swatch\" style=\"background:{}\"></span>{}</li>",
-                css_color(series.color),
-                escape(&series.name)
-            );
-        }
-        if self.shaded.is_some() {
-            let _ = write!(
-                html,
-                "<li><span class=\"swatch band\" style=\"background:{}\"></span>measured window</li>",
-                css_color(WINDOW_SHADE)
-            );
-        }
-        html.push_str("</ul>\n</figure>\n");
-        Ok(html)
-    }
-
-    fn svg(&self) -> anyhow::Result<String> {
-        let mut svg = String::new();
-        {
-            let root = SVGBackend::with_string(&mut svg, CHART_SIZE).into_drawing_area();
-            root.fill(&WHITE)?;
-            let right = self.y_right.as_ref().unwrap_or(&self.y);
-            let mut chart = ChartBuilder::on(&root)
-                .margin_top(14)
-                .margin_left(10)
-                .margin_right(if self.y_right.is_some() { 10 } else { 40 })
-                .margin_bottom(6)
-                .x_label_area_size(50)
-                .y_label_area_size(74)
-                .right_y_label_area_size(if self.y_right.is_some() { 84 } else { 0 })
-                .build_cartesian_2d(self.x.clone(), self.y.clone())?
-                .set_secondary_coord(self.x.clone(), right.clone());
-            if let Some((from, to)) = self.shaded {
-                let (bottom, top) = self.y.bounds;
-                chart.draw_series(std::iter::once(Rectangle::new(
-                    [(from, bottom), (to, top)],
-                    WINDOW_SHADE.filled(),
-                )))?;
-            }
-            let labels = (FONT, 17).into_font().color(&TEXT);
-            let descriptions = (FONT, 18).into_font().color(&TEXT);
-            chart
-                .configure_mesh()
-                .x_desc(self.x.description)
-                .y_desc(self.y.description)
-                .x_label_formatter(&|value| (self.x.label)(*value))
-                .y_label_formatter(&|value| (self.y.label)(*value))
-                .bold_line_style(GRID)
-                .light_line_style(TRANSPARENT)
-                .axis_style(AXIS)
-                .label_style(labels.clone())
-                .axis_desc_style(descriptions.clone())
-                .draw()?;
-            if let Some(axis) = &self.y_right {
-                chart
-                    .configure_secondary_axes()
-                    .y_desc(axis.description)
-                    .y_label_formatter(&|value| (axis.label)(*value))
-                    .axis_style(AXIS)
-                    .label_style(labels)
-                    .axis_desc_style(descriptions)
-                    .draw()?;
-            }
-            for series in &self.series {
-                for segment in series.segments() {
-                    // A lone point would draw nothing as a line: give it a dot.
-                    let dot = if segment.len() == 1 { 3 } else { 0 };
-                    let line =
-                        LineSeries::new(segment, series.color.stroke_width(2)).point_size(dot);
-                    if series.right_axis {
-                        chart.draw_secondary_series(line)?;
-                    } else {
-                        chart.draw_series(line)?;
-                    }
-                }
-            }
-            root.present()?;
-        }
-        Ok(svg)
-    }
+    html.push_str("</ul>\n</figure>\n");
+    Ok(html)
 }
 
 fn css_color(color: RGBColor) -> String {
@@ -900,9 +447,8 @@ mod tests {
     use super::*;
     use crate::cli::Cli;
     use crate::plan::Plan;
-    use crate::report::{RampResult, RampStep, SloResult, StormResult};
-    use crate::slo::Violation;
-    use crate::stats::{Counters, Histograms};
+    use crate::report::{RampResult, RampStep, SloResult, StormResult, TimelinePoint, Violation};
+    use crate::stats::{Counters, Histograms, Metric};
 
     fn plan(extra: &[&str]) -> Plan {
         let cli = Cli::try_parse_from(
@@ -1073,7 +619,7 @@ mod tests {
             passed: false,
             violations: vec![Violation {
                 bound: "broadcast.p99<1ms".to_owned(),
-                actual: 2000.0,
+                actual: Some(2000.0),
             }],
         });
         let page = render(&report).unwrap();
@@ -1086,44 +632,5 @@ mod tests {
         assert!(page.contains("all 30 clients back after 812 ms"));
         assert!(page.contains("<b class=\"failed\">FAILED</b>"));
         assert!(page.contains("broken: broadcast.p99&lt;1ms"));
-    }
-
-    #[test]
-    fn percentile_axis_reads_in_nines() {
-        let labels: Vec<String> = [1.0, 2.0, 10.0, 100.0, 1_000.0, 100_000.0]
-            .into_iter()
-            .map(percentile_label)
-            .collect();
-        assert_eq!(labels, ["0%", "50%", "90%", "99%", "99.9%", "99.999%"]);
-        let axis = Axis::percentile(30_000);
-        assert_eq!(
-            axis.bounds,
-            (1.0, 100_000.0),
-            "enough nines for the samples"
-        );
-        assert_eq!(Axis::percentile(10).bounds.1, 100.0, "at least 99%");
-    }
-
-    #[test]
-    fn latency_axis_ticks_are_round_and_cover_the_values() {
-        let axis = Axis::log_milliseconds("latency (ms)", (0.3, 37.0));
-        assert_eq!(axis.bounds, (0.2, 50.0));
-        let labels: Vec<String> = axis.ticks.iter().map(|tick| number(*tick)).collect();
-        assert_eq!(labels, ["0.2", "0.5", "1", "2", "5", "10", "20", "50"]);
-        // Many decades: one tick per decade.
-        let wide = Axis::log_milliseconds("latency (ms)", (0.002, 900.0));
-        assert_eq!(wide.ticks.len(), 7);
-        let clients = Axis::linear("clients", 100.0);
-        assert!(clients.bounds.1 > 100.0, "room above the largest value");
-    }
-
-    #[test]
-    fn measured_window_spans_the_measured_intervals() {
-        let timeline: Vec<_> = [(1.0, false), (2.0, false), (3.0, true), (4.0, true)]
-            .into_iter()
-            .map(|(seconds, measuring)| point(seconds, measuring))
-            .collect();
-        assert_eq!(measured_window(&timeline), Some((2.0, 4.0)));
-        assert_eq!(measured_window(&timeline[..2]), None);
     }
 }
