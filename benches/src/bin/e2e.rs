@@ -4,6 +4,14 @@
 //!
 //!     cargo run --release -p tickrelay-benches --bin e2e -- --preset standard
 //!
+//! By default it builds and runs the server and load generator that sit beside its own
+//! binary (`target/release/`). `--bin-dir DIR` takes both from DIR instead and builds nothing,
+//! so one session can measure a previous build against the current one, e.g. after
+//! `git worktree add ../prev HEAD~1 && cargo build --release -p tickrelay-server -p
+//! tickrelay-loadgen` in `../prev`:
+//!
+//!     cargo run --release -p tickrelay-benches --bin e2e -- --bin-dir ../prev/target/release
+//!
 //! The load generator's JSON report is read through typed structures holding exactly the
 //! fields used here: a missing or renamed field is an error naming the file, never a zero.
 
@@ -55,6 +63,10 @@ struct Args {
     /// Skip `cargo build --release` of the server and load generator.
     #[arg(long)]
     no_build: bool,
+    /// Take `tickrelay-server` and `tickrelay-loadgen` from DIR (e.g. another worktree's
+    /// `target/release`) instead of this binary's directory; implies `--no-build`.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
     /// Do not append to benches/RESULTS.md (still prints and writes JSON).
     #[arg(long)]
     no_record: bool,
@@ -177,7 +189,7 @@ const FIGURES: &[(&str, &str, usize)] = &[
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    if !args.no_build {
+    if !args.no_build && args.bin_dir.is_none() {
         let status = Command::new(env!("CARGO"))
             .args([
                 "build",
@@ -195,10 +207,19 @@ fn main() -> anyhow::Result<()> {
             "building the server and load generator failed"
         );
     }
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .context("binary directory")?
-        .to_path_buf();
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => {
+            std::fs::canonicalize(dir).with_context(|| format!("--bin-dir {}", dir.display()))?
+        }
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary directory")?
+            .to_path_buf(),
+    };
+    for binary in ["tickrelay-server", "tickrelay-loadgen"] {
+        let path = bin_dir.join(binary);
+        ensure!(path.is_file(), "{} does not exist", path.display());
+    }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let pin = !args.no_pin && cores > 1 && which("taskset");
     if !pin {
@@ -211,7 +232,14 @@ fn main() -> anyhow::Result<()> {
             eprintln!("e2e: {preset:?} run {run}/{}", args.runs);
             runs.push(run_once(&bin_dir, *preset, &workload, args.seconds, pin)?);
         }
-        let table = summarize(*preset, &workload, &runs, pin, &args.note);
+        let table = summarize(
+            *preset,
+            &workload,
+            &runs,
+            pin,
+            args.bin_dir.is_some().then_some(bin_dir.as_path()),
+            &args.note,
+        );
         println!("{table}");
         save(&root, *preset, &runs, &table, args.no_record)?;
     }
@@ -546,6 +574,7 @@ fn summarize(
     workload: &Workload,
     runs: &[RunFigures],
     pin: bool,
+    bin_dir: Option<&Path>,
     note: &str,
 ) -> String {
     let mut out = String::new();
@@ -564,6 +593,9 @@ fn summarize(
             ", unpinned"
         }
     );
+    if let Some(dir) = bin_dir {
+        let _ = writeln!(out, "\nBinaries: `{}`", dir.display());
+    }
     if !note.is_empty() {
         let _ = writeln!(out, "\nNote: {note}");
     }
