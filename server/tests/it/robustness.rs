@@ -14,6 +14,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{Client, Closed, RECV_TIMEOUT, spawn_server, test_config};
 
@@ -71,14 +73,29 @@ async fn frame_type_must_match_the_negotiated_codec() {
 #[tokio::test]
 async fn client_close_is_answered_and_counted() {
     let server = spawn_server(test_config()).await;
+    // An empty close is echoed empty (RFC 6455 5.5.1) ...
     let (mut client, _, _) = Client::join(&server, Codec::MessagePack, "arena", "polite").await;
     client.ws.close(None).await.unwrap();
-    assert!(matches!(
-        client.expect_close().await,
-        Closed::Frame(..) | Closed::WithoutFrame
-    ));
+    assert_eq!(client.expect_close().await, Closed::EmptyFrame);
     server
         .wait_metric("tickrelay_disconnects_total{reason=\"peer_closed\"}", 1.0)
+        .await;
+    // ... and a close with a code and a reason is echoed with both.
+    let (mut client, _, _) = Client::join(&server, Codec::Json, "arena", "polite too").await;
+    client
+        .ws
+        .close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "gone fishing".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.expect_close().await,
+        Closed::Frame(close::GOING_AWAY, "gone fishing".into())
+    );
+    server
+        .wait_metric("tickrelay_disconnects_total{reason=\"peer_closed\"}", 2.0)
         .await;
 }
 
