@@ -519,7 +519,14 @@ impl<'a> Session<'a> {
             .await
             .is_err()
         {
-            return self.close(close::INTERNAL_ERROR);
+            // A lobby with members stops only on shutdown, which the session may not have
+            // noticed yet while it handled this message: that is going away, not a fault.
+            let code = if self.ctx.shutdown.is_cancelled() {
+                close::GOING_AWAY
+            } else {
+                close::INTERNAL_ERROR
+            };
+            return self.close(code);
         }
         Flow::Continue
     }
