@@ -3,6 +3,17 @@
 //! min–max and records them in `benches/RESULTS.md` (plus JSON under `benches/results/`).
 //!
 //!     cargo run --release -p tickrelay-benches --bin e2e -- --preset standard
+//!
+//! By default it builds and runs the server and load generator that sit beside its own
+//! binary (`target/release/`). `--bin-dir DIR` takes both from DIR instead and builds nothing,
+//! so one session can measure a previous build against the current one, e.g. after
+//! `git worktree add ../prev HEAD~1 && cargo build --release -p tickrelay-server -p
+//! tickrelay-loadgen` in `../prev`:
+//!
+//!     cargo run --release -p tickrelay-benches --bin e2e -- --bin-dir ../prev/target/release
+//!
+//! The load generator's JSON report is read through typed structures holding exactly the
+//! fields used here: a missing or renamed field is an error naming the file, never a zero.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -14,8 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use clap::{Parser, ValueEnum};
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Deserializer, Serialize};
 use tickrelay_benches::procfs::{self, Sample};
 use tickrelay_benches::summary::Spread;
 
@@ -53,6 +63,10 @@ struct Args {
     /// Skip `cargo build --release` of the server and load generator.
     #[arg(long)]
     no_build: bool,
+    /// Take `tickrelay-server` and `tickrelay-loadgen` from DIR (e.g. another worktree's
+    /// `target/release`) instead of this binary's directory; implies `--no-build`.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
     /// Do not append to benches/RESULTS.md (still prints and writes JSON).
     #[arg(long)]
     no_record: bool,
@@ -175,7 +189,7 @@ const FIGURES: &[(&str, &str, usize)] = &[
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    if !args.no_build {
+    if !args.no_build && args.bin_dir.is_none() {
         let status = Command::new(env!("CARGO"))
             .args([
                 "build",
@@ -193,10 +207,19 @@ fn main() -> anyhow::Result<()> {
             "building the server and load generator failed"
         );
     }
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .context("binary directory")?
-        .to_path_buf();
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => {
+            std::fs::canonicalize(dir).with_context(|| format!("--bin-dir {}", dir.display()))?
+        }
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary directory")?
+            .to_path_buf(),
+    };
+    for binary in ["tickrelay-server", "tickrelay-loadgen"] {
+        let path = bin_dir.join(binary);
+        ensure!(path.is_file(), "{} does not exist", path.display());
+    }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let pin = !args.no_pin && cores > 1 && which("taskset");
     if !pin {
@@ -209,7 +232,14 @@ fn main() -> anyhow::Result<()> {
             eprintln!("e2e: {preset:?} run {run}/{}", args.runs);
             runs.push(run_once(&bin_dir, *preset, &workload, args.seconds, pin)?);
         }
-        let table = summarize(*preset, &workload, &runs, pin, &args.note);
+        let table = summarize(
+            *preset,
+            &workload,
+            &runs,
+            pin,
+            args.bin_dir.is_some().then_some(bin_dir.as_path()),
+            &args.note,
+        );
         println!("{table}");
         save(&root, *preset, &runs, &table, args.no_record)?;
     }
@@ -344,11 +374,8 @@ fn run_once(
     let _ = sampler.join();
     drop(server);
     let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let reports: Vec<Value> = (0..workload.loadgens)
-        .map(|shard| -> anyhow::Result<Value> {
-            let text = std::fs::read_to_string(dir.join(format!("shard{shard}.json")))?;
-            Ok(serde_json::from_str(&text)?)
-        })
+    let reports: Vec<Report> = (0..workload.loadgens)
+        .map(|shard| read_report(&dir.join(format!("shard{shard}.json"))))
         .collect::<anyhow::Result<_>>()?;
     let _ = std::fs::remove_dir_all(&dir);
     figures(preset, &reports, &samples, baseline)
@@ -371,42 +398,105 @@ fn wait_healthy(port: u16) -> anyhow::Result<()> {
     bail!("server did not become healthy within 10 s")
 }
 
-fn number(value: &Value) -> f64 {
-    value.as_f64().unwrap_or(0.0)
+/// The parts of the load generator's JSON report (`loadgen/src/report.rs`) that the figures
+/// use, and nothing else. No field has a default: one the report lacks is an error.
+#[derive(Debug, Deserialize)]
+struct Report {
+    window_start_unix_ms: u128,
+    window_end_unix_ms: u128,
+    measured_seconds: f64,
+    clients_joined_at_end: u64,
+    latency: Latency,
+    counters: Counters,
+    errors_whole_run: std::collections::BTreeMap<String, u64>,
+    /// Null unless the scenario was a ramp; the key itself must be there.
+    #[serde(deserialize_with = "nullable")]
+    ramp: Option<Ramp>,
+}
+
+/// Latency summaries in microseconds. The load generator leaves out a metric without
+/// samples; a run that measured no broadcast or no input latency is an error, not 0 ms.
+#[derive(Debug, Deserialize)]
+struct Latency {
+    broadcast: LatencySummary,
+    input: LatencySummary,
+}
+
+#[derive(Debug, Deserialize)]
+struct LatencySummary {
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Counters {
+    snapshots_received: u64,
+    snapshots_expected: u64,
+    states_sent: u64,
+    sends_skipped: u64,
+    sends_late: u64,
+    tick_gaps: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Ramp {
+    /// Null when the first step already broke the bound.
+    #[serde(deserialize_with = "nullable")]
+    knee: Option<u64>,
+}
+
+/// A field that must be present but may be null (a plain `Option` field may be absent).
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    Option::deserialize(deserializer)
+}
+
+fn read_report(path: &Path) -> anyhow::Result<Report> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the load generator's report {}", path.display()))?;
+    parse_report(path, &text)
+}
+
+fn parse_report(path: &Path, text: &str) -> anyhow::Result<Report> {
+    serde_json::from_str(text)
+        .with_context(|| format!("parsing the load generator's report {}", path.display()))
 }
 
 fn figures(
     preset: Preset,
-    reports: &[Value],
+    reports: &[Report],
     samples: &[Vec<Sample>],
     baseline: Sample,
 ) -> anyhow::Result<RunFigures> {
     // All shards measure over the same interval give or take a collection; take the overlap.
     let start = reports
         .iter()
-        .map(|r| number(&r["window_start_unix_ms"]))
+        .map(|r| r.window_start_unix_ms as f64)
         .fold(f64::MIN, f64::max);
     let end = reports
         .iter()
-        .map(|r| number(&r["window_end_unix_ms"]))
+        .map(|r| r.window_end_unix_ms as f64)
         .fold(f64::MAX, f64::min);
     ensure!(
         end > start,
         "load generators' measured windows do not overlap"
     );
     // `+ 0.0`: an empty float sum is -0.0, which would print as "-0".
-    let sum = |path: &dyn Fn(&Value) -> f64| reports.iter().map(path).sum::<f64>() + 0.0;
+    let sum = |field: &dyn Fn(&Report) -> f64| reports.iter().map(field).sum::<f64>() + 0.0;
     // Latency percentiles: the worst shard (conservative; shards are independent samples).
-    let worst = |metric: &str, stat: &str| {
+    let worst = |stat: &dyn Fn(&Report) -> u64| {
         reports
             .iter()
-            .map(|r| number(&r["latency"][metric][stat]) / 1000.0)
+            .map(|r| stat(r) as f64 / 1000.0)
             .fold(0.0, f64::max)
     };
-    let deliveries = sum(&|r| number(&r["counters"]["snapshots_received"]));
+    let deliveries = sum(&|r| r.counters.snapshots_received as f64);
     let measured_seconds = reports
         .iter()
-        .map(|r| number(&r["measured_seconds"]))
+        .map(|r| r.measured_seconds)
         .fold(0.0, f64::max);
     let server_cpu = procfs::cpu_between(&samples[0], start, end)
         .context("server CPU samples do not cover the window")?;
@@ -415,17 +505,25 @@ fn figures(
         .map(|s| procfs::cpu_between(s, start, end).unwrap_or(0.0))
         .sum();
     let server_rss = procfs::rss_at(&samples[0], end).unwrap_or(0);
-    let joined = sum(&|r| number(&r["clients_joined_at_end"]));
-    let expected = sum(&|r| number(&r["counters"]["snapshots_expected"]));
-    let scheduled =
-        sum(&|r| number(&r["counters"]["states_sent"]) + number(&r["counters"]["sends_skipped"]));
-    let late =
-        sum(&|r| number(&r["counters"]["sends_late"]) + number(&r["counters"]["sends_skipped"]));
-    let errors = sum(&|r| {
-        r["errors_whole_run"]
-            .as_object()
-            .map_or(0.0, |e| e.values().map(number).sum())
-    });
+    let joined = sum(&|r| r.clients_joined_at_end as f64);
+    let expected = sum(&|r| r.counters.snapshots_expected as f64);
+    let scheduled = sum(&|r| r.counters.states_sent as f64 + r.counters.sends_skipped as f64);
+    let late = sum(&|r| r.counters.sends_late as f64 + r.counters.sends_skipped as f64);
+    let errors = sum(&|r| r.errors_whole_run.values().map(|&n| n as f64).sum());
+    let knee_clients = if preset == Preset::Knee {
+        let mut knees = 0.0;
+        for report in reports {
+            let ramp = report
+                .ramp
+                .as_ref()
+                .context("the knee preset's report has no ramp result")?;
+            // No knee (the first step broke the bound) counts as 0 clients.
+            knees += ramp.knee.unwrap_or(0) as f64;
+        }
+        knees
+    } else {
+        f64::NAN
+    };
     let per_delivery = |cpu: f64| {
         if deliveries > 0.0 {
             cpu / deliveries
@@ -449,12 +547,12 @@ fn figures(
             f64::NAN
         },
         loadgen_cpu_us_per_delivery: per_delivery(loadgen_cpu),
-        broadcast_p50_ms: worst("broadcast", "p50"),
-        broadcast_p99_ms: worst("broadcast", "p99"),
-        broadcast_p999_ms: worst("broadcast", "p999"),
-        broadcast_max_ms: worst("broadcast", "max"),
-        input_p99_ms: worst("input", "p99"),
-        missed_ticks: sum(&|r| number(&r["counters"]["tick_gaps"])),
+        broadcast_p50_ms: worst(&|r| r.latency.broadcast.p50),
+        broadcast_p99_ms: worst(&|r| r.latency.broadcast.p99),
+        broadcast_p999_ms: worst(&|r| r.latency.broadcast.p999),
+        broadcast_max_ms: worst(&|r| r.latency.broadcast.max),
+        input_p99_ms: worst(&|r| r.latency.input.p99),
+        missed_ticks: sum(&|r| r.counters.tick_gaps as f64),
         delivery_ratio: if expected > 0.0 {
             deliveries / expected
         } else {
@@ -467,11 +565,7 @@ fn figures(
         },
         clients_joined: joined,
         errors,
-        knee_clients: if preset == Preset::Knee {
-            reports.iter().map(|r| number(&r["ramp"]["knee"])).sum()
-        } else {
-            f64::NAN
-        },
+        knee_clients,
     })
 }
 
@@ -480,6 +574,7 @@ fn summarize(
     workload: &Workload,
     runs: &[RunFigures],
     pin: bool,
+    bin_dir: Option<&Path>,
     note: &str,
 ) -> String {
     let mut out = String::new();
@@ -498,6 +593,9 @@ fn summarize(
             ", unpinned"
         }
     );
+    if let Some(dir) = bin_dir {
+        let _ = writeln!(out, "\nBinaries: `{}`", dir.display());
+    }
     if !note.is_empty() {
         let _ = writeln!(out, "\nNote: {note}");
     }
@@ -548,4 +646,72 @@ fn save(
         eprintln!("e2e: appended to {}", results_md.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A load generator report with every field the figures read (and one they do not).
+    const COMPLETE: &str = r#"{
+        "version": 1,
+        "window_start_unix_ms": 1000,
+        "window_end_unix_ms": 11000,
+        "measured_seconds": 10.0,
+        "clients_joined_at_end": 8,
+        "latency": {
+            "broadcast": {"count": 9, "p50": 1500, "p99": 2500, "p999": 3000, "max": 4000},
+            "input": {"count": 9, "p50": 1000, "p99": 2000, "p999": 2100, "max": 2200}
+        },
+        "counters": {
+            "snapshots_received": 2400,
+            "snapshots_expected": 2400,
+            "states_sent": 2400,
+            "sends_skipped": 0,
+            "sends_late": 3,
+            "tick_gaps": 0
+        },
+        "errors_whole_run": {"connect": 1},
+        "ramp": {"bound_us": 10000, "steps": [], "knee": null}
+    }"#;
+
+    fn parse(text: &str) -> anyhow::Result<Report> {
+        parse_report(Path::new("/tmp/shard0.json"), text)
+    }
+
+    #[test]
+    fn a_complete_report_parses() {
+        let report = parse(COMPLETE).unwrap();
+        assert_eq!(report.window_end_unix_ms, 11000);
+        assert_eq!(report.latency.broadcast.p999, 3000);
+        assert_eq!(report.latency.input.p99, 2000);
+        assert_eq!(report.counters.sends_late, 3);
+        assert_eq!(report.errors_whole_run["connect"], 1);
+        assert_eq!(report.ramp.unwrap().knee, None);
+        // Outside a ramp the load generator writes `"ramp": null`.
+        let no_ramp = COMPLETE.replace(r#"{"bound_us": 10000, "steps": [], "knee": null}"#, "null");
+        assert!(parse(&no_ramp).unwrap().ramp.is_none());
+    }
+
+    #[test]
+    fn a_report_missing_a_field_is_an_error_naming_the_file_and_the_field() {
+        for (parent, field) in [
+            ("/counters", "tick_gaps"),
+            ("", "window_end_unix_ms"),
+            ("/latency", "input"),
+            ("/latency/broadcast", "p99"),
+            ("/ramp", "knee"),
+            ("", "ramp"),
+        ] {
+            let mut value: serde_json::Value = serde_json::from_str(COMPLETE).unwrap();
+            let object = value.pointer_mut(parent).unwrap().as_object_mut().unwrap();
+            assert!(object.remove(field).is_some(), "{parent}/{field}");
+            let message = format!("{:#}", parse(&value.to_string()).unwrap_err());
+            assert!(
+                message.contains("/tmp/shard0.json")
+                    && message.contains(&format!("missing field `{field}`")),
+                "{message}"
+            );
+        }
+    }
 }

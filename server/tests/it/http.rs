@@ -3,7 +3,8 @@
 use tickrelay_protocol::{ClientMessage, Codec, ServerMessage};
 
 use crate::support::{
-    Client, RECV_TIMEOUT, http_get, http_get_with_headers, spawn_server, test_config,
+    Client, RECV_TIMEOUT, WAIT_TIMEOUT, http_get, http_get_with_headers, spawn_server, test_config,
+    wait_until,
 };
 
 #[tokio::test]
@@ -29,8 +30,17 @@ async fn healthz_lobbies_and_metrics_are_served() {
         .collect();
     assert_eq!(names, ["ann", "bob"]);
 
-    // Wait a few ticks, then the metrics reflect the traffic.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // A few ticks later, the metrics reflect the traffic.
+    wait_until(
+        WAIT_TIMEOUT,
+        "two ticks and two snapshots sent",
+        async || {
+            let ticks = server.metric("tickrelay_ticks_total").await;
+            let sent = server.metric("tickrelay_snapshots_sent_total").await;
+            ticks.is_some_and(|n| n >= 2.0) && sent.is_some_and(|n| n >= 2.0)
+        },
+    )
+    .await;
     let (status, metrics) = server.http_get("/metrics").await;
     assert_eq!(status, 200);
     assert!(metrics.contains("tickrelay_connections 2"), "{metrics}");
@@ -44,7 +54,6 @@ async fn healthz_lobbies_and_metrics_are_served() {
     ] {
         assert!(metrics.contains(family), "missing {family}");
     }
-    assert!(server.metric("tickrelay_snapshots_sent_total").await >= 2.0);
 }
 
 #[tokio::test]
@@ -63,11 +72,12 @@ async fn unknown_subprotocol_is_refused_with_400() {
         body.contains("unsupported websocket subprotocol") && body.contains("tickrelay.v1.json"),
         "{body}"
     );
-    assert!(
+    // Counted before the response is sent.
+    assert_eq!(
         server
             .metric("tickrelay_upgrades_refused_total{reason=\"subprotocol\"}")
-            .await
-            >= 1.0
+            .await,
+        Some(1.0)
     );
 }
 

@@ -7,7 +7,7 @@ use futures_util::SinkExt;
 use tickrelay_protocol::{ClientMessage, Codec, ErrorCode, ServerMessage, close};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Client, payload, spawn_server, test_config};
+use crate::support::{Client, WAIT_TIMEOUT, payload, spawn_server, test_config, wait_until};
 
 async fn expect_error(client: &mut Client) -> ErrorCode {
     client
@@ -95,26 +95,29 @@ async fn empty_lobbies_are_removed() {
     let server = spawn_server(config).await;
     let (mut a, _, _) = Client::join(&server, Codec::MessagePack, "first", "a").await;
     a.send(&ClientMessage::Leave).await;
-    a.expect_close_code().await;
-    // The slot of the emptied lobby is free again (removal is asynchronous: retry briefly).
+    assert_eq!(a.expect_close_code().await, close::NORMAL);
+    // The slot of the emptied lobby is free again (removal is asynchronous: retry).
     let mut _member = None;
-    for attempt in 0.. {
-        let mut b = Client::connect(&server, Codec::MessagePack).await;
-        b.send_join("second", "b").await;
-        match b.recv().await {
-            ServerMessage::Welcome { .. } => {
-                _member = Some(b);
-                break;
+    wait_until(
+        WAIT_TIMEOUT,
+        "a join into a second lobby is accepted",
+        async || {
+            let mut b = Client::connect(&server, Codec::MessagePack).await;
+            b.send_join("second", "b").await;
+            match b.recv().await {
+                ServerMessage::Welcome { .. } => {
+                    _member = Some(b);
+                    true
+                }
+                ServerMessage::Error {
+                    code: ErrorCode::TooManyLobbies,
+                    ..
+                } => false,
+                other => panic!("unexpected {other:?}"),
             }
-            ServerMessage::Error {
-                code: ErrorCode::TooManyLobbies,
-                ..
-            } if attempt < 20 => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+        },
+    )
+    .await;
     let (_, body) = server.http_get("/lobbies").await;
     assert!(
         body.contains("\"second\"") && !body.contains("\"first\""),

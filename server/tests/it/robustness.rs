@@ -1,10 +1,12 @@
 //! Broken and hostile input only ever affects the connection that sent it; shutdown is clean.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use http_body_util::Empty;
 use hyper::Request;
 use hyper::header::{CONNECTION, UPGRADE};
@@ -14,8 +16,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{Client, Closed, RECV_TIMEOUT, spawn_server, test_config};
+use crate::support::{
+    Client, Closed, RECV_TIMEOUT, WAIT_TIMEOUT, payload, spawn_server, test_config, wait_until,
+};
 
 async fn write_raw(client: &mut Client, bytes: &[u8]) {
     match client.ws.get_mut() {
@@ -71,14 +77,29 @@ async fn frame_type_must_match_the_negotiated_codec() {
 #[tokio::test]
 async fn client_close_is_answered_and_counted() {
     let server = spawn_server(test_config()).await;
+    // An empty close is echoed empty (RFC 6455 5.5.1) ...
     let (mut client, _, _) = Client::join(&server, Codec::MessagePack, "arena", "polite").await;
     client.ws.close(None).await.unwrap();
-    assert!(matches!(
-        client.expect_close().await,
-        Closed::Frame(..) | Closed::WithoutFrame
-    ));
+    assert_eq!(client.expect_close().await, Closed::EmptyFrame);
     server
         .wait_metric("tickrelay_disconnects_total{reason=\"peer_closed\"}", 1.0)
+        .await;
+    // ... and a close with a code and a reason is echoed with both.
+    let (mut client, _, _) = Client::join(&server, Codec::Json, "arena", "polite too").await;
+    client
+        .ws
+        .close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "gone fishing".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.expect_close().await,
+        Closed::Frame(close::GOING_AWAY, "gone fishing".into())
+    );
+    server
+        .wait_metric("tickrelay_disconnects_total{reason=\"peer_closed\"}", 2.0)
         .await;
 }
 
@@ -106,6 +127,111 @@ async fn graceful_shutdown_sends_1001_to_every_client_and_returns() {
     assert!(
         TcpStream::connect(server.addr).await.is_err(),
         "no longer accepting"
+    );
+}
+
+/// Sends `event`s as fast as the connection takes them while reading everything the server
+/// sends; returns how the connection ended. `sent` counts the events sent.
+async fn send_events_until_closed(client: Client, sent: Arc<AtomicUsize>) -> Closed {
+    let Client { ws, codec } = client;
+    let event = codec
+        .encode(&ClientMessage::Event {
+            data: payload(&[0x5a; 32 * 1024]),
+        })
+        .unwrap();
+    let frame = if codec.is_text() {
+        Message::Text(String::from_utf8(event).unwrap().into())
+    } else {
+        Message::Binary(event.into())
+    };
+    let (mut sink, mut stream) = ws.split();
+    let sender = async {
+        while sink.send(frame.clone()).await.is_ok() {
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let reader = async {
+        let closed = loop {
+            let next = tokio::time::timeout(RECV_TIMEOUT, stream.next())
+                .await
+                .expect("close within timeout");
+            match next {
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    break Closed::Frame(code.into(), reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) => break Closed::EmptyFrame,
+                None | Some(Err(_)) => return Closed::Dropped,
+                Some(Ok(_)) => continue,
+            }
+        };
+        // Keep polling so tungstenite sends its close reply.
+        let _ = tokio::time::timeout(RECV_TIMEOUT, async {
+            while stream.next().await.is_some() {}
+        })
+        .await;
+        closed
+    };
+    tokio::pin!(reader);
+    tokio::select! {
+        closed = &mut reader => closed,
+        // Sending fails once the connection is closing; the reader still sees how.
+        () = sender => reader.await,
+    }
+}
+
+/// Shutdown cancels one token that both the lobby actors and the sessions watch. A session
+/// that has just read an event when its lobby's actor stops must still close with 1001
+/// (going away), not 1011 (internal error). The events are large JSON, so decoding them
+/// (between reading an event and handing it to the lobby) is most of a session's time: the
+/// window this race needs. The race is narrow, so: 40 rounds of 8 connections, a few
+/// seconds in a debug build. Without the fix in `forward_to_lobby`, 5 to 8 of the 320
+/// connections closed with 1011 in each of four runs on a 2-core box.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_racing_events_closes_every_client_with_1001_not_1011() {
+    const ROUNDS: usize = 40;
+    const CLIENTS: usize = 8;
+    let mut outcomes = Vec::new();
+    for round in 0..ROUNDS {
+        let mut config = test_config();
+        config.max_message_size = 128 * 1024;
+        config.max_event_rate = 1_000_000;
+        // The echoes of a client's own events must never make it a slow consumer.
+        config.max_queued_messages = 1_000_000;
+        config.shutdown_timeout = Duration::from_secs(3);
+        let server = spawn_server(config).await;
+        let sent = Arc::new(AtomicUsize::new(0));
+        let mut joined = Vec::new();
+        for i in 0..CLIENTS {
+            let lobby = format!("lobby-{round}-{i}");
+            joined.push(Client::join(&server, Codec::Json, &lobby, "sender").await.0);
+        }
+        let clients: Vec<_> = joined
+            .into_iter()
+            .map(|client| tokio::spawn(send_events_until_closed(client, sent.clone())))
+            .collect();
+        // Cancel while every connection is busy with events (a different moment each round).
+        let warmup = CLIENTS * (2 + round % 4);
+        wait_until(WAIT_TIMEOUT, "the clients sending events", async || {
+            sent.load(Ordering::Relaxed) >= warmup
+        })
+        .await;
+        server.shutdown.cancel();
+        for client in clients {
+            outcomes.push(client.await.unwrap());
+        }
+        tokio::time::timeout(Duration::from_secs(10), server.task)
+            .await
+            .expect("server stops in bounded time")
+            .unwrap()
+            .unwrap();
+    }
+    let going_away = Closed::Frame(close::GOING_AWAY, "server shutting down".into());
+    let others: Vec<&Closed> = outcomes.iter().filter(|c| **c != going_away).collect();
+    assert!(
+        others.is_empty(),
+        "{} of {} connections did not close with 1001: {others:?}",
+        others.len(),
+        outcomes.len()
     );
 }
 

@@ -22,6 +22,30 @@ use tokio_util::sync::CancellationToken;
 /// How long any single expected message may take before the test fails.
 pub(crate) const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long [`wait_until`] waits for a condition: generous, because CI runs a debug build on
+/// two loaded cores; a passing test returns as soon as the condition holds.
+pub(crate) const WAIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How often [`wait_until`] checks its condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Polls `condition` every 20 ms until it holds; fails the test (saying `what` was awaited) if
+/// it still does not after `timeout`. Use it instead of sleeping before an assertion.
+pub(crate) async fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl AsyncFnMut() -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still not the case after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
     pub(crate) shutdown: CancellationToken,
@@ -38,32 +62,33 @@ impl TestServer {
         http_get(self.addr, path, &[]).await
     }
 
-    /// Waits (up to `RECV_TIMEOUT`) until metric `name` reaches `at_least`: the server counts
-    /// a disconnect only once it has torn the connection down, after the close handshake.
+    /// Waits (up to `WAIT_TIMEOUT`) until series `name` exists and reaches `at_least`: the
+    /// server counts a disconnect only once it has torn the connection down, after the close
+    /// handshake.
     pub(crate) async fn wait_metric(&self, name: &str, at_least: f64) {
-        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
-        loop {
-            let value = self.metric(name).await;
-            if value >= at_least {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name} = {value}, expected >= {at_least}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("{name} >= {at_least}");
+        wait_until(WAIT_TIMEOUT, &what, async || {
+            self.metric(name)
+                .await
+                .is_some_and(|value| value >= at_least)
+        })
+        .await;
     }
 
-    /// The value of an unlabelled metric, e.g. `tickrelay_snapshots_coalesced_total`.
-    pub(crate) async fn metric(&self, name: &str) -> f64 {
+    /// The value of one series as `/metrics` shows it, e.g.
+    /// `tickrelay_snapshots_coalesced_total` or `tickrelay_disconnects_total{reason="leave"}`;
+    /// None if the exposition has no such series (a labelled series appears only once counted).
+    pub(crate) async fn metric(&self, name: &str) -> Option<f64> {
         let (_, body) = self.http_get("/metrics").await;
-        body.lines()
-            .find_map(|line| {
-                let (key, value) = line.split_once(' ')?;
-                (key == name).then(|| value.parse().ok()).flatten()
-            })
-            .unwrap_or(0.0)
+        let (_, value) = body
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .find(|(key, _)| *key == name)?;
+        Some(
+            value
+                .parse()
+                .unwrap_or_else(|err| panic!("{name} has the value {value:?}: {err}")),
+        )
     }
 }
 
@@ -137,8 +162,12 @@ pub(crate) struct Client {
 /// What a client saw when its connection ended.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Closed {
+    /// A close frame with a code and a reason.
     Frame(u16, String),
-    WithoutFrame,
+    /// A close frame with an empty payload (no code): the echo of a client's empty close.
+    EmptyFrame,
+    /// The connection ended (or failed) without any close frame.
+    Dropped,
 }
 
 impl Client {
@@ -270,9 +299,8 @@ impl Client {
                     .await;
                     return Closed::Frame(code.into(), reason.to_string());
                 }
-                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
-                    return Closed::WithoutFrame;
-                }
+                Some(Ok(Message::Close(None))) => return Closed::EmptyFrame,
+                None | Some(Err(_)) => return Closed::Dropped,
                 Some(Ok(_)) => continue,
             }
         }
@@ -282,7 +310,7 @@ impl Client {
     pub(crate) async fn expect_close_code(&mut self) -> u16 {
         match self.expect_close().await {
             Closed::Frame(code, _) => code,
-            Closed::WithoutFrame => panic!("connection ended without a close frame"),
+            other => panic!("expected a close frame with a code, got {other:?}"),
         }
     }
 }
