@@ -488,3 +488,72 @@ impl PerCodec {
             .clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tickrelay_protocol::Snapshot;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::outbox::Batch;
+
+    /// A member whose outbox has no direct sink: every snapshot queues, as for a socket that
+    /// is full, and only `drain` (the writer) takes it out.
+    fn member(state: &mut LobbyState<Connection>, name: &str) -> (Arc<InputSlot>, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::new(16, false, None, CancellationToken::new()));
+        let input = Arc::new(InputSlot::default());
+        let connection = Connection {
+            outbox: outbox.clone(),
+            input: input.clone(),
+            codec: Codec::MessagePack,
+        };
+        state.join(name.into(), connection).unwrap();
+        (input, outbox)
+    }
+
+    fn drain(outbox: &Outbox) -> Vec<Snapshot> {
+        let mut batch = Batch::default();
+        outbox.drain_into(&mut batch);
+        batch
+            .messages
+            .iter()
+            .filter_map(|frame| match Codec::MessagePack.decode_server(frame) {
+                Ok(ServerMessage::Snapshot(snapshot)) => Some(snapshot),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_slow_member_gets_the_keyframe_in_the_tick_its_snapshot_was_replaced() {
+        let mut state = LobbyState::new(4);
+        let (fast_input, fast) = member(&mut state, "fast");
+        let (_, slow) = member(&mut state, "slow");
+        fast_input.put(1, Payload::from(vec![1]));
+        let first = fan_out(&mut state, 100);
+        assert_eq!((first.sent, first.keyframes, first.coalesced), (2, 2, 0));
+        assert!(drain(&fast)[0].keyframe, "joined: keyframe");
+
+        // The slow member's keyframe is still unsent when the next tick's delta comes.
+        fast_input.put(2, Payload::from(vec![2]));
+        let second = fan_out(&mut state, 200);
+        assert_eq!((second.sent, second.keyframes, second.coalesced), (2, 1, 1));
+        let fast_got = drain(&fast);
+        assert_eq!(fast_got.len(), 1);
+        assert!(!fast_got[0].keyframe, "in sync: delta");
+        let slow_got = drain(&slow);
+        assert_eq!(slow_got.len(), 1, "one snapshot waits, the newest");
+        assert!(
+            slow_got[0].keyframe,
+            "its delta lacked the lost keyframe: keyframe"
+        );
+        assert_eq!(slow_got[0].tick, 2);
+        assert_eq!(slow_got[0].players.len(), 1);
+        assert_eq!(slow_got[0].players[0].seq, 2);
+
+        // Caught up: deltas again for both.
+        let third = fan_out(&mut state, 300);
+        assert_eq!((third.sent, third.keyframes, third.coalesced), (2, 0, 0));
+        assert!(!drain(&slow)[0].keyframe);
+    }
+}

@@ -86,7 +86,7 @@ pub(crate) fn upgrade(
     // Over the limit: the session closes at once with 1013 (try again later), which a browser
     // can see, unlike an HTTP error status on the upgrade. The guard holds the slot (if any)
     // and the gauges for the connection's whole life, and gives them back however it ends.
-    let guard = ConnectionGuard::open(ctx);
+    let guard = ConnectionGuard::open(&ctx.connection_slots, &ctx.metrics);
     let refuse = (!guard.has_slot()).then_some(close::TRY_AGAIN_LATER);
     let task_ctx = ctx.clone();
     ctx.tracker.spawn(async move {

@@ -211,3 +211,63 @@ impl<W: AsyncWrite + Unpin + Send + 'static> WriteSide<W> {
         self.ended
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    fn writer(
+        socket: tokio::io::DuplexStream,
+        outbox: &Arc<Outbox>,
+    ) -> Writer<tokio::io::DuplexStream> {
+        Writer {
+            socket,
+            outbox: outbox.clone(),
+            codec: Codec::MessagePack,
+            metrics: Arc::new(Metrics::new()),
+            write_timeout: Duration::from_millis(100),
+        }
+    }
+
+    /// The write timeout measures progress: a batch that takes far longer than the timeout to
+    /// drain is fine while every write moves; a reader that stops reading is cut after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_moving_reader_is_never_cut_and_a_stopped_one_is() {
+        let (server, mut client) = tokio::io::duplex(256);
+        let outbox = Arc::new(Outbox::new(64, false, None, CancellationToken::new()));
+        for _ in 0..10 {
+            outbox.push_reliable(Bytes::from(vec![1u8; 1000])).unwrap();
+        }
+        // 10 frames of 1,004 bytes at 200 bytes per 50 ms: about 2.5 s, 25 write timeouts.
+        let reader = tokio::spawn(async move {
+            let mut total = 0;
+            let mut chunk = [0u8; 200];
+            while total < 10 * 1004 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                total += client.read(&mut chunk).await.unwrap();
+            }
+            client
+        });
+        let started = tokio::time::Instant::now();
+        let (writer, end) = writer(server, &outbox).flush().await;
+        assert_eq!(end, None, "drained, still open");
+        assert!(
+            started.elapsed() > Duration::from_secs(2),
+            "the batch took many timeouts"
+        );
+        let _client = reader.await.unwrap();
+
+        // Now the reader stops: the socket fills and takes nothing for the timeout.
+        for _ in 0..10 {
+            outbox.push_reliable(Bytes::from(vec![2u8; 1000])).unwrap();
+        }
+        let started = tokio::time::Instant::now();
+        let (_, end) = writer.flush().await;
+        assert_eq!(end, Some(WriterEnd::Stalled));
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        assert_eq!(outbox.close_code(), Some(close::SLOW_CONSUMER));
+    }
+}

@@ -135,6 +135,66 @@ async fn connection_limit_closes_extra_connections_with_1013() {
     let mut extra = Client::connect(&server, Codec::MessagePack).await;
     assert_eq!(extra.expect_close_code().await, close::TRY_AGAIN_LATER);
     a.next_snapshot().await;
+    // Slots come back when connections end, however they end: after `a` and the refused one
+    // are gone, a new client gets in.
+    drop(a);
+    drop(extra);
+    server
+        .wait_metric("tickrelay_disconnects_total{reason=\"peer_vanished\"}", 1.0)
+        .await;
+    wait_until(WAIT_TIMEOUT, "one connection left", async || {
+        server.metric("tickrelay_connections").await == Some(1.0)
+    })
+    .await;
+    let (mut c, _, _) = Client::join(&server, Codec::MessagePack, "arena", "c").await;
+    c.next_snapshot().await;
+}
+
+#[tokio::test]
+async fn connections_that_never_upgrade_are_bounded_and_live_clients_keep_going() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let mut config = test_config();
+    config.max_pending_connections = 3;
+    config.handshake_timeout = Duration::from_secs(60);
+    let server = spawn_server(config).await;
+    let (mut live, _, _) = Client::join(&server, Codec::MessagePack, "arena", "live").await;
+    // Two silent TCP connections hold two of the three pending slots; the metrics request
+    // that sees them holds the third while it runs.
+    let silent_1 = TcpStream::connect(server.addr).await.unwrap();
+    let _silent_2 = TcpStream::connect(server.addr).await.unwrap();
+    server
+        .wait_metric("tickrelay_connections_pending", 2.0)
+        .await;
+    let _silent_3 = TcpStream::connect(server.addr).await.unwrap();
+    // The kernel accepts this one, but the server does not take it while three are pending.
+    let mut waiting = TcpStream::connect(server.addr).await.unwrap();
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // Meanwhile the live client's lobby ticks on.
+    for _ in 0..5 {
+        live.next_snapshot().await;
+    }
+    let mut response = Vec::new();
+    let early = tokio::time::timeout(
+        Duration::from_millis(300),
+        waiting.read_to_end(&mut response),
+    );
+    assert!(
+        early.await.is_err(),
+        "answered while every pending slot was taken: {response:?}"
+    );
+    // One silent connection goes: the waiting request is taken and answered.
+    drop(silent_1);
+    tokio::time::timeout(WAIT_TIMEOUT, waiting.read_to_end(&mut response))
+        .await
+        .expect("answered once a pending slot was free")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    live.next_snapshot().await;
 }
 
 #[tokio::test]

@@ -316,11 +316,7 @@ async fn silent_tcp_connection_is_dropped_after_handshake_timeout() {
 
 /// A masked client frame with `first` byte (FIN, opcode) and `payload`.
 fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x11, 0x22, 0x33, 0x44];
-    let mut frame = vec![first, 0x80 | payload.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
+    tickrelay_protocol::framing::encode_frame(first, payload, Some([0x11, 0x22, 0x33, 0x44]))
 }
 
 #[tokio::test]
