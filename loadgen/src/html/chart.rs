@@ -314,21 +314,7 @@ impl LineChart {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn point(seconds: f64, measuring: bool) -> TimelinePoint {
-        TimelinePoint {
-            seconds,
-            interval_seconds: 1.0,
-            clients_joined: 16,
-            snapshots_per_second: 480.0,
-            broadcast_p50_us: Some(600),
-            broadcast_p99_us: Some(2_000),
-            broadcast_p999_us: Some(4_000),
-            input_p99_us: Some(35_000),
-            errors: 0,
-            measuring,
-        }
-    }
+    use crate::html::tests::point;
 
     #[test]
     fn measured_window_spans_the_measured_intervals() {

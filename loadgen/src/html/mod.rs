@@ -476,7 +476,8 @@ mod tests {
         histograms
     }
 
-    fn point(seconds: f64, measuring: bool) -> TimelinePoint {
+    /// A timeline point of a steady 16-client run (shared with the chart's tests).
+    pub(super) fn point(seconds: f64, measuring: bool) -> TimelinePoint {
         TimelinePoint {
             seconds,
             interval_seconds: 1.0,
