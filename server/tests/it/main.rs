@@ -6,5 +6,6 @@ mod browser;
 mod http;
 mod limits;
 mod lobby;
+mod process;
 mod robustness;
 mod slow_consumers;

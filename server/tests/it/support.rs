@@ -173,7 +173,12 @@ pub(crate) enum Closed {
 impl Client {
     /// Opens a WebSocket asking for `codec`'s subprotocol.
     pub(crate) async fn connect(server: &TestServer, codec: Codec) -> Self {
-        let mut request = server.ws_url().into_client_request().unwrap();
+        Self::connect_to(server.addr, codec).await
+    }
+
+    /// Opens a WebSocket to the server at `addr` (e.g. the binary run as a process).
+    pub(crate) async fn connect_to(addr: SocketAddr, codec: Codec) -> Self {
+        let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
         request.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static(codec.subprotocol()),
@@ -195,7 +200,17 @@ impl Client {
         lobby: &str,
         name: &str,
     ) -> (Self, PlayerId, Vec<Member>) {
-        let mut client = Self::connect(server, codec).await;
+        Self::join_at(server.addr, codec, lobby, name).await
+    }
+
+    /// [`Client::join`] on the server at `addr`.
+    pub(crate) async fn join_at(
+        addr: SocketAddr,
+        codec: Codec,
+        lobby: &str,
+        name: &str,
+    ) -> (Self, PlayerId, Vec<Member>) {
+        let mut client = Self::connect_to(addr, codec).await;
         client.send_join(lobby, name).await;
         match client.recv().await {
             ServerMessage::Welcome {
