@@ -68,7 +68,30 @@ impl ServerProcess {
     /// caller's `TICKRELAY_*` and `NO_COLOR` variables are not passed on, so neither can change
     /// what a test sees.
     fn start(args: &[&str], rust_log: &str, stderr: Stderr) -> Self {
+        Self::start_with(Command::new(SERVER_BIN), args, rust_log, stderr)
+    }
+
+    /// [`start`](Self::start), with the child's open-file limit (soft and hard) set to
+    /// `max_files`, so the server itself meets EMFILE.
+    fn start_with_file_limit(
+        args: &[&str],
+        rust_log: &str,
+        stderr: Stderr,
+        max_files: u64,
+    ) -> Self {
+        use std::os::unix::process::CommandExt as _;
         let mut command = Command::new(SERVER_BIN);
+        // SAFETY: the closure runs in the forked child before exec and only makes the
+        // setrlimit system call, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                rlimit::setrlimit(rlimit::Resource::NOFILE, max_files, max_files)
+            });
+        }
+        Self::start_with(command, args, rust_log, stderr)
+    }
+
+    fn start_with(mut command: Command, args: &[&str], rust_log: &str, stderr: Stderr) -> Self {
         command
             .args(["--listen", "127.0.0.1:0", "--worker-threads", "2"])
             .args(args)
@@ -450,4 +473,36 @@ async fn process_keeps_ticking_while_nobody_reads_its_log_pipe() {
         "the log pipe is still full at the end"
     );
     tasks.abort_all();
+}
+
+#[tokio::test]
+async fn process_out_of_file_descriptors_keeps_serving_live_clients_and_recovers() {
+    // 64 files: the server's own (listener, epoll, runtime, pipes) leave room for a few dozen
+    // connections, and connections past that hit EMFILE on accept.
+    let mut server =
+        ServerProcess::start_with_file_limit(&["--tick-hz", "20"], "info", Stderr::Collect, 64);
+    let addr = server.wait_listening().await;
+    let (mut live, _, _) = Client::join_at(addr, Codec::MessagePack, "live", "live").await;
+    // Silent TCP connections: the kernel completes them all (the backlog is deep), the server
+    // accepts until it runs out of descriptors.
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    server.wait_log("accept failed").await;
+    // The accept loop backs off instead of spinning: the live lobby keeps its tick rate.
+    let started = Instant::now();
+    for _ in 0..20 {
+        live.next_snapshot().await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "20 snapshots at 20 Hz took {:?} while accept failed",
+        started.elapsed()
+    );
+    // Descriptors come back when the silent connections go, and a new client gets in.
+    drop(silent);
+    let (mut late, _, _) = Client::join_at(addr, Codec::MessagePack, "live", "late").await;
+    late.next_snapshot().await;
+    live.next_snapshot().await;
 }
