@@ -47,6 +47,14 @@ pub fn cpu_between(samples: &[Sample], start_ms: f64, end_ms: f64) -> Option<f64
     Some(cpu_at(samples, end_ms)? - cpu_at(samples, start_ms)?)
 }
 
+/// [`cpu_between`] for a process that has exited by now: a window that ends after its last
+/// sample (it exited within one sampling interval of the window's end) is counted up to that
+/// sample, an undercount of at most one interval. `None` only without samples in the window.
+pub fn cpu_between_until_exit(samples: &[Sample], start_ms: f64, end_ms: f64) -> Option<f64> {
+    let last = samples.last()?.unix_ms;
+    (last > start_ms).then(|| cpu_between(samples, start_ms, end_ms.min(last)))?
+}
+
 fn cpu_at(samples: &[Sample], at_ms: f64) -> Option<f64> {
     let after = samples.iter().position(|s| s.unix_ms >= at_ms)?;
     if after == 0 {
@@ -98,5 +106,38 @@ mod tests {
             "window must be covered"
         );
         assert_eq!(rss_at(&samples, 150.0), Some(2));
+    }
+
+    #[test]
+    fn a_window_past_the_last_sample_counts_up_to_it_only_for_an_exited_process() {
+        let samples = [
+            Sample {
+                unix_ms: 0.0,
+                cpu_us: 0.0,
+                rss_kib: 0,
+            },
+            Sample {
+                unix_ms: 100.0,
+                cpu_us: 1000.0,
+                rss_kib: 0,
+            },
+            Sample {
+                unix_ms: 200.0,
+                cpu_us: 2000.0,
+                rss_kib: 0,
+            },
+        ];
+        assert_eq!(cpu_between(&samples, 50.0, 150.0), Some(1000.0));
+        assert_eq!(
+            cpu_between(&samples, 50.0, 250.0),
+            None,
+            "a live process must be sampled"
+        );
+        assert_eq!(cpu_between_until_exit(&samples, 50.0, 250.0), Some(1500.0));
+        assert_eq!(
+            cpu_between_until_exit(&samples, 300.0, 400.0),
+            None,
+            "no sample in the window"
+        );
     }
 }

@@ -372,8 +372,11 @@ fn run_once(
     }
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
+    let mut samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // The sampler's last round may predate the load generators' window end by up to one
+    // interval; the server still runs, so one more sample always covers the window.
+    samples[0].extend(procfs::sample(server_pid));
     drop(server);
-    let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let reports: Vec<Report> = (0..workload.loadgens)
         .map(|shard| read_report(&dir.join(format!("shard{shard}.json"))))
         .collect::<anyhow::Result<_>>()?;
@@ -502,8 +505,11 @@ fn figures(
         .context("server CPU samples do not cover the window")?;
     let loadgen_cpu: f64 = samples[1..]
         .iter()
-        .map(|s| procfs::cpu_between(s, start, end).unwrap_or(0.0))
-        .sum();
+        .map(|s| {
+            procfs::cpu_between_until_exit(s, start, end)
+                .context("load generator CPU samples do not cover the window")
+        })
+        .sum::<anyhow::Result<f64>>()?;
     let server_rss = procfs::rss_at(&samples[0], end).unwrap_or(0);
     let joined = sum(&|r| r.clients_joined_at_end as f64);
     let expected = sum(&|r| r.counters.snapshots_expected as f64);
