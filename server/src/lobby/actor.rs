@@ -201,6 +201,8 @@ impl Actor {
         }
         let out = fan_out(&mut self.state, unix_micros());
         metrics.ticks.inc();
+        metrics.messages_in.inc_by(out.messages_in);
+        metrics.bytes_in.inc_by(out.bytes_in);
         metrics.snapshots_sent.inc_by(out.sent);
         metrics.snapshots_written_direct.inc_by(out.written);
         metrics.snapshots_coalesced.inc_by(out.coalesced);
@@ -234,7 +236,11 @@ impl Actor {
                 }
             }
             Command::Leave { key, id } => {
-                if self.state.leave(key, id).is_some() {
+                if let Some(member) = self.state.leave(key, id) {
+                    // What its connection received since the last tick.
+                    let counts = member.conn.input.take_counts();
+                    self.settings.metrics.messages_in.inc_by(counts.messages);
+                    self.settings.metrics.bytes_in.inc_by(counts.bytes);
                     self.broadcast(None, ServerMessage::MemberLeft { id });
                     self.info.set_roster(self.state.roster());
                 }
@@ -320,6 +326,10 @@ impl Actor {
 struct FanOut {
     /// States members sent since the previous tick (superseded ones included).
     states_in: u64,
+    /// Messages of any kind members' connections received since the previous tick, and
+    /// their bytes.
+    messages_in: u64,
+    bytes_in: u64,
     /// Members that were handed this tick's snapshot (written directly or queued).
     sent: u64,
     /// Of those, written straight into the socket by the tick, and their bytes.
@@ -366,10 +376,13 @@ fn outcome(pushed: Result<Pushed, PushError>) -> PushOutcome {
 fn fan_out(state: &mut LobbyState<Connection>, now_us: u64) -> FanOut {
     let mut out = FanOut::default();
     for (_, member) in state.members_mut() {
-        if let Some(taken) = member.conn.input.take() {
-            member.set_state(taken.seq, taken.data);
-            out.states_in += taken.received;
+        let taken = member.conn.input.take();
+        if let Some((seq, data)) = taken.state {
+            member.set_state(seq, data);
         }
+        out.states_in += taken.states;
+        out.messages_in += taken.counts.messages;
+        out.bytes_in += taken.counts.bytes;
     }
     let delta = state.tick(now_us);
     let keyframe_of = |state: &LobbyState<Connection>| {
@@ -454,7 +467,7 @@ pub fn bench_tick(
     move || {
         seq += 1;
         for (input, _) in handles.iter().take(changed) {
-            input.put(seq, data.clone());
+            input.put(seq, data.clone(), state_size);
         }
         if keyframes {
             state.members_mut().for_each(|(_, m)| m.mark_behind());
@@ -529,13 +542,13 @@ mod tests {
         let mut state = LobbyState::new(4);
         let (fast_input, fast) = member(&mut state, "fast");
         let (_, slow) = member(&mut state, "slow");
-        fast_input.put(1, Payload::from(vec![1]));
+        fast_input.put(1, Payload::from(vec![1]), 10);
         let first = fan_out(&mut state, 100);
         assert_eq!((first.sent, first.keyframes, first.coalesced), (2, 2, 0));
         assert!(drain(&fast)[0].keyframe, "joined: keyframe");
 
         // The slow member's keyframe is still unsent when the next tick's delta comes.
-        fast_input.put(2, Payload::from(vec![2]));
+        fast_input.put(2, Payload::from(vec![2]), 10);
         let second = fan_out(&mut state, 200);
         assert_eq!((second.sent, second.keyframes, second.coalesced), (2, 1, 1));
         let fast_got = drain(&fast);

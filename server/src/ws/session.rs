@@ -26,11 +26,6 @@ use crate::config::Config;
 use crate::lobby::{Command, InputSlot, JoinAccepted, JoinRefusal, JoinRequest, LobbyStopped};
 use crate::outbox::{DirectSink, Outbox};
 
-/// A connection counts its messages locally and adds them to the shared metrics at most this
-/// often (and when it ends): the per-message path touches no shared atomic, and `/metrics`
-/// lags by at most about this much.
-const COUNTER_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-
 /// How long, after the server decided to close, the reader waits for the client's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -113,6 +108,7 @@ pub(crate) async fn serve<R, W>(
     }
     let mut session = Session::new(&ctx, outbox.clone(), codec);
     let mut end = session.read_loop(&mut ws, &mut writer).await;
+    let player = session.player_id();
     if let Some(joined) = session.joined.take() {
         let _ = Box::pin(joined.lobby.send(Command::Leave {
             key: joined.key,
@@ -143,11 +139,14 @@ pub(crate) async fn serve<R, W>(
     if let Ok(Some(WriterEnd::Stalled)) = written {
         end = EndReason::WriteStalled;
     }
-    session.flush_counters();
+    // Whatever the lobby did not take (or all of it, if the connection never joined).
+    let counts = session.input.take_counts();
+    ctx.metrics.messages_in.inc_by(counts.messages);
+    ctx.metrics.bytes_in.inc_by(counts.bytes);
     ctx.metrics.disconnect(end.label());
     info!(
         %peer,
-        player = session.player_id,
+        player,
         reason = end.label(),
         messages_in = session.messages_in,
         "connection closed"
@@ -162,22 +161,16 @@ struct Joined {
 
 struct Session<'a> {
     ctx: &'a Arc<ServerContext>,
-    config: &'a Config,
     outbox: Arc<Outbox>,
     /// Where this player's states go once joined (the lobby takes the newest at each tick).
     input: Arc<InputSlot>,
     codec: Codec,
     joined: Option<Joined>,
-    player_id: Option<u32>,
     state_limit: RateLimit,
     event_limit: RateLimit,
     messages: Reassembler,
-    /// Messages received in all (for the log line).
+    /// Messages received in all (for the log line; the metrics count them through `input`).
     messages_in: u64,
-    /// Messages and their bytes not yet added to the shared metrics, and when they last were.
-    unflushed_messages: u64,
-    unflushed_bytes: u64,
-    flushed_at: Instant,
 }
 
 /// What [`Session::on_message`] did with a message.
@@ -203,12 +196,10 @@ impl<'a> Session<'a> {
         let now = std::time::Instant::now();
         Self {
             ctx,
-            config: &ctx.config,
             outbox,
             input: Arc::default(),
             codec,
             joined: None,
-            player_id: None,
             state_limit: RateLimit::new(ctx.config.max_state_rate, now),
             event_limit: RateLimit::new(ctx.config.max_event_rate, now),
             messages: Reassembler::new(
@@ -220,21 +211,11 @@ impl<'a> Session<'a> {
                 ctx.config.max_message_size,
             ),
             messages_in: 0,
-            unflushed_messages: 0,
-            unflushed_bytes: 0,
-            flushed_at: Instant::now(),
         }
     }
 
-    /// Adds the locally counted messages to the shared metrics.
-    fn flush_counters(&mut self) {
-        self.flushed_at = Instant::now();
-        if self.unflushed_messages > 0 {
-            self.ctx.metrics.messages_in.inc_by(self.unflushed_messages);
-            self.ctx.metrics.bytes_in.inc_by(self.unflushed_bytes);
-            self.unflushed_messages = 0;
-            self.unflushed_bytes = 0;
-        }
+    fn player_id(&self) -> Option<u32> {
+        self.joined.as_ref().map(|joined| joined.player_id)
     }
 
     fn close(&self, code: u16) -> Flow {
@@ -253,9 +234,12 @@ impl<'a> Session<'a> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let join_deadline = Instant::now() + self.config.handshake_timeout;
-        let ping_interval = self.config.ping_interval;
-        let mut next_ping = Instant::now() + ping_interval;
+        // Durations are read from the configuration where used, not copied into locals: every
+        // local that lives across an await widens every connection's task.
+        let ctx: &'a Arc<ServerContext> = self.ctx;
+        let config = &ctx.config;
+        let join_deadline = Instant::now() + config.handshake_timeout;
+        let mut next_ping = Instant::now() + config.ping_interval;
         let outbox = self.outbox.clone();
         // One timer, one cancellation future and one outbox waiter for the connection's whole
         // life: creating them per frame costs a timer-wheel insert and removal and a waiter
@@ -270,7 +254,6 @@ impl<'a> Session<'a> {
         let mut last_activity = Instant::now();
         loop {
             let joined = self.joined.is_some();
-            let idle_timeout = self.config.idle_timeout;
             let read = {
                 // next_frame is not cancel-safe: it stays alive across timer checks, and every
                 // branch that drops it ends the read loop, so a half-read frame is never resumed.
@@ -295,16 +278,15 @@ impl<'a> Session<'a> {
                             Some(WriterEnd::Stalled) => return EndReason::WriteStalled,
                         },
                         () = &mut deadline => {
-                            self.flush_counters();
                             let now = Instant::now();
                             if now >= next_ping {
                                 // Through the outbox, so the ping never interleaves with a
                                 // direct write.
                                 outbox.push_ping();
-                                next_ping = now + ping_interval;
+                                next_ping = now + config.ping_interval;
                             }
                             let (due, code) = if joined {
-                                (last_activity + idle_timeout, close::IDLE_TIMEOUT)
+                                (last_activity + config.idle_timeout, close::IDLE_TIMEOUT)
                             } else {
                                 (join_deadline, close::JOIN_TIMEOUT)
                             };
@@ -326,7 +308,10 @@ impl<'a> Session<'a> {
                 Kind::Close => self.on_close(frame.payload.freeze()),
                 Kind::Ping => {
                     // Pings count against the event rate: each one costs a pong write.
-                    if !self.event_limit.allow(std::time::Instant::now()) {
+                    if !self
+                        .event_limit
+                        .allow(std::time::Instant::now(), self.ctx.config.max_event_rate)
+                    {
                         self.close(close::RATE_LIMITED)
                     } else {
                         self.outbox.push_pong(frame.payload.freeze());
@@ -355,17 +340,7 @@ impl<'a> Session<'a> {
             if !joined && self.joined.is_some() {
                 deadline
                     .as_mut()
-                    .reset((last_activity + self.config.idle_timeout).min(next_ping));
-            }
-            if self.unflushed_messages > 0 {
-                let flush_due = self.flushed_at + COUNTER_FLUSH_INTERVAL;
-                if last_activity >= flush_due {
-                    self.flush_counters();
-                } else if deadline.deadline() > flush_due {
-                    // Make sure the timer flushes these in time even if nothing else arrives
-                    // (at most one timer change per interval: after it, the timer is due).
-                    deadline.as_mut().reset(flush_due);
-                }
+                    .reset((last_activity + config.idle_timeout).min(next_ping));
             }
         }
     }
@@ -395,13 +370,17 @@ impl<'a> Session<'a> {
     /// back to the caller for [`on_lobby_message`](Self::on_lobby_message).
     fn on_message(&mut self, message: &[u8]) -> Handled {
         self.messages_in += 1;
-        self.unflushed_messages += 1;
-        self.unflushed_bytes += message.len() as u64;
         // Most messages are states: decode those without the general decoder's buffering.
         let decoded = match self.codec.decode_state(message) {
             Some((seq, data)) => Ok(ClientMessage::State { seq, data }),
             None => self.codec.decode_client(message),
         };
+        // Every message is counted in the member's input slot, which the tick empties into
+        // the metrics: states when they are put there, everything else here.
+        if !matches!(decoded, Ok(ClientMessage::State { .. })) {
+            self.input.count(message.len());
+        }
+        let bytes = message.len();
         let message = match decoded {
             Ok(message) => message,
             Err(DecodeError::UnknownType(t)) => {
@@ -422,23 +401,25 @@ impl<'a> Session<'a> {
                 return Handled::ForLobby(LobbyRequest::Join { lobby, name });
             }
             ClientMessage::Event { data } => {
-                if !self.event_limit.allow(now) {
+                if !self.event_limit.allow(now, self.ctx.config.max_event_rate) {
                     return Handled::Done(self.close(close::RATE_LIMITED));
                 }
                 return Handled::ForLobby(LobbyRequest::Event(data));
             }
             ClientMessage::State { seq, data } => {
-                if !self.state_limit.allow(now) {
+                if !self.state_limit.allow(now, self.ctx.config.max_state_rate) {
+                    self.input.count(bytes);
                     self.close(close::RATE_LIMITED)
                 } else if self.joined.is_none() {
+                    self.input.count(bytes);
                     self.not_joined()
                 } else {
-                    self.input.put(seq, data);
+                    self.input.put(seq, data, bytes);
                     Flow::Continue
                 }
             }
             ClientMessage::Ping { client_time } => {
-                if !self.event_limit.allow(now) {
+                if !self.event_limit.allow(now, self.ctx.config.max_event_rate) {
                     self.close(close::RATE_LIMITED)
                 } else {
                     let pong = ServerMessage::Pong {
@@ -492,7 +473,6 @@ impl<'a> Session<'a> {
                 key,
                 player_id,
             }) => {
-                self.player_id = Some(player_id);
                 self.joined = Some(Joined {
                     lobby,
                     key,
@@ -534,7 +514,7 @@ impl<'a> Session<'a> {
     /// Refuses one request. Logged at debug only: `tickrelay_errors_sent` counts these, and a
     /// misbehaving client must not be able to flood the log.
     fn send_error(&self, code: ErrorCode, message: String) {
-        debug!(player = self.player_id, code = code.as_str(), %message, "refused client request");
+        debug!(player = self.player_id(), code = code.as_str(), %message, "refused client request");
         self.ctx.metrics.error_sent(code.as_str());
         self.send(&ServerMessage::Error { code, message });
     }
