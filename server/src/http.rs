@@ -29,7 +29,7 @@ pub(crate) async fn route(
     let response = match request.uri().path() {
         "/ws" => match ws::upgrade(&ctx, request, peer) {
             Ok(switching) => switching,
-            Err(refusal) => render_refusal(&refusal),
+            Err(refusal) => render_refusal(refusal),
         },
         "/healthz" => text_response(StatusCode::OK, "ok\n"),
         "/lobbies" => json_response(&stats::lobbies(&ctx), true),
@@ -58,8 +58,10 @@ pub(crate) async fn route(
 }
 
 /// An upgrade the WebSocket layer refused, as an HTTP response.
-fn render_refusal(refusal: &ws::Refusal) -> Response<Full<Bytes>> {
-    text_response(refusal.status, &refusal.body)
+fn render_refusal(refusal: ws::Refusal) -> Response<Full<Bytes>> {
+    let mut response = text_response(refusal.status, &refusal.body);
+    response.headers_mut().extend(refusal.headers);
+    response
 }
 
 fn text_response(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

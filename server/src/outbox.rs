@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tickrelay_protocol::framing::{FrameHead, Kind};
@@ -88,7 +88,7 @@ pub(crate) struct Outbox {
     inner: Mutex<Inner>,
     /// Where the tick may write directly (`None`: always through the writer), and the kind
     /// of data frames.
-    direct: Option<Box<dyn DirectSink>>,
+    direct: Option<Arc<dyn DirectSink>>,
     data_kind: Kind,
     wake_writer: Notify,
     /// Cancelled once a close is decided (or the server shuts down), so the reader stops
@@ -131,7 +131,7 @@ impl Outbox {
     pub(crate) fn new(
         max_reliable: usize,
         text: bool,
-        direct: Option<Box<dyn DirectSink>>,
+        direct: Option<Arc<dyn DirectSink>>,
         closing: CancellationToken,
     ) -> Self {
         Self {
@@ -353,16 +353,6 @@ mod direct_tests {
 
     use super::*;
 
-    /// A direct sink over a real TCP socket, as the connection's is.
-    struct Sink(Arc<tokio::net::tcp::OwnedWriteHalf>);
-
-    impl DirectSink for Sink {
-        fn try_write(&self, head: &[u8], payload: &[u8]) -> io::Result<usize> {
-            let stream: &TcpStream = (*self.0).as_ref();
-            stream.try_write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(payload)])
-        }
-    }
-
     async fn socket_pair() -> (TcpStream, Arc<tokio::net::tcp::OwnedWriteHalf>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
@@ -376,12 +366,7 @@ mod direct_tests {
     #[tokio::test]
     async fn idle_socket_gets_the_snapshot_directly_and_busy_writer_forces_queueing() {
         let (mut client, socket) = socket_pair().await;
-        let outbox = Outbox::new(
-            4,
-            false,
-            Some(Box::new(Sink(socket))),
-            CancellationToken::new(),
-        );
+        let outbox = Outbox::new(4, false, Some(socket), CancellationToken::new());
         assert_eq!(
             outbox.push_snapshot(Bytes::from_static(b"abc")),
             Ok(Pushed::Written)
@@ -414,12 +399,7 @@ mod direct_tests {
     async fn a_full_socket_leaves_the_tail_for_the_writer_and_frames_stay_whole() {
         let (mut client, socket) = socket_pair().await;
         let writer_side: &TcpStream = (*socket).as_ref();
-        let outbox = Outbox::new(
-            4,
-            false,
-            Some(Box::new(Sink(socket.clone()))),
-            CancellationToken::new(),
-        );
+        let outbox = Outbox::new(4, false, Some(socket.clone()), CancellationToken::new());
         const SIZE: usize = 256 * 1024;
         let big = Bytes::from(vec![0x5a; SIZE]);
         let mut batch = Batch::default();

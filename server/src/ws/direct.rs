@@ -17,8 +17,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::outbox::DirectSink;
 
-/// The TCP write half, shared by the connection's writer (as `AsyncWrite`) and the tick's
-/// direct writes (as the outbox's [`DirectSink`]).
+/// The TCP write half as the connection's writer uses it (`AsyncWrite`); the tick's direct
+/// writes use the same `Arc` as the outbox's [`DirectSink`].
 #[derive(Clone)]
 pub(crate) struct SharedTcpWrite(pub(crate) Arc<OwnedWriteHalf>);
 
@@ -28,10 +28,10 @@ impl SharedTcpWrite {
     }
 }
 
-impl DirectSink for SharedTcpWrite {
+impl DirectSink for OwnedWriteHalf {
     fn try_write(&self, head: &[u8], payload: &[u8]) -> io::Result<usize> {
-        self.stream()
-            .try_write_vectored(&[IoSlice::new(head), IoSlice::new(payload)])
+        let stream: &TcpStream = self.as_ref();
+        stream.try_write_vectored(&[IoSlice::new(head), IoSlice::new(payload)])
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use hyper::header::{HeaderName, HeaderValue, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tickrelay_protocol::{Codec, close};
@@ -33,6 +33,8 @@ use direct::SharedTcpWrite;
 #[derive(Debug)]
 pub(crate) struct Refusal {
     pub(crate) status: StatusCode,
+    /// Headers the answer must carry (`Upgrade` on a 426; later `Retry-After` on a 503).
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     pub(crate) body: String,
 }
 
@@ -40,7 +42,16 @@ impl Refusal {
     /// A refusal, counted in `tickrelay_upgrades_refused{reason}`.
     fn new(ctx: &ServerContext, status: StatusCode, reason: &'static str, body: String) -> Self {
         ctx.metrics.upgrade_refused(reason);
-        Self { status, body }
+        Self {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    fn with_header(mut self, name: HeaderName, value: &'static str) -> Self {
+        self.headers.push((name, HeaderValue::from_static(value)));
+        self
     }
 }
 
@@ -51,12 +62,14 @@ pub(crate) fn upgrade(
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, Refusal> {
     if !fastwebsockets::upgrade::is_upgrade_request(&request) {
+        // A 426 names the protocol to upgrade to (RFC 9110 15.5.22).
         return Err(Refusal::new(
             ctx,
             StatusCode::UPGRADE_REQUIRED,
             "not_websocket",
             "this endpoint speaks WebSocket: connect with a WebSocket client\n".into(),
-        ));
+        )
+        .with_header(UPGRADE, "websocket"));
     }
     let offered = offered_subprotocols(&request);
     let codec = Codec::negotiate(offered.as_deref()).map_err(|err| {
@@ -130,8 +143,11 @@ fn run_connection(
             drop(parts.read_buf);
             let read = std::io::Cursor::new(early).chain(read);
             // Shared between the connection's writer and direct writes from the lobby's tick.
-            let write = SharedTcpWrite(Arc::new(write));
-            let direct: Option<Box<dyn crate::outbox::DirectSink>> = Some(Box::new(write.clone()));
+            let write = Arc::new(write);
+            // The same allocation as the sink the tick writes through: no extra one per
+            // connection.
+            let direct: Option<Arc<dyn crate::outbox::DirectSink>> = Some(write.clone());
+            let write = SharedTcpWrite(write);
             Either::Left(session::serve(
                 ctx.clone(),
                 read,

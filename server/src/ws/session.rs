@@ -74,7 +74,7 @@ pub(crate) async fn serve<R, W>(
     ctx: Arc<ServerContext>,
     read: R,
     write: W,
-    direct: Option<Box<dyn DirectSink>>,
+    direct: Option<Arc<dyn DirectSink>>,
     codec: Codec,
     peer: SocketAddr,
     refuse: Option<u16>,

@@ -84,8 +84,12 @@ async fn unknown_subprotocol_is_refused_with_400() {
 #[tokio::test]
 async fn plain_get_on_ws_and_unknown_paths_are_explained() {
     let server = spawn_server(test_config()).await;
-    let (status, body) = server.http_get("/ws").await;
+    let (status, head, body) = http_get_with_headers(server.addr, "/ws", &[]).await;
     assert_eq!(status, 426);
+    assert!(
+        head.contains("\r\nupgrade: websocket"),
+        "a 426 names the protocol: {head}"
+    );
     assert!(body.contains("WebSocket"));
     let (status, body) = server.http_get("/nope").await;
     assert_eq!(status, 404);
