@@ -20,8 +20,8 @@ use crate::clock::ClockEstimator;
 use crate::net::{self, Reader, Writer};
 use crate::plan::{ClientSpec, Plan, Target, backoff_delay};
 use crate::stats::{Counters, Histograms, Metric};
-use tickrelay_protocol::framing::Kind;
 use tickrelay_protocol::framing::reader::ReadError;
+use tickrelay_protocol::framing::{self, Kind};
 
 /// States remembered per client for input-to-visible latency (by `seq % SEQ_WINDOW`).
 const SEQ_WINDOW: usize = 64;
@@ -449,10 +449,8 @@ async fn read_loop(shared: Rc<Shared>, state: Rc<SessionState>, mut reader: Read
                 return;
             }
             Kind::Close => {
-                let code = frame
-                    .payload
-                    .get(..2)
-                    .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
+                // No code in the frame is reported as 1005, "no status received" (RFC 6455 7.1.5).
+                let code = framing::close_code(&frame.payload).unwrap_or(1005);
                 let leaving = state.leaving.get();
                 shared.count(|c| {
                     *c.close_codes.entry(code).or_default() += 1;

@@ -148,7 +148,8 @@ pub(crate) async fn connect(
     // Copied, so a slice of hyper's larger read buffer is not kept alive for the connection.
     let early = Bytes::copy_from_slice(&parts.read_buf);
     let read = tokio::io::AsyncReadExt::chain(io::Cursor::new(early), read);
-    // fastwebsockets writes (and masks); our own small-buffer reader reads (see frames.rs).
+    // fastwebsockets writes (and masks); the protocol crate's small-buffer
+    // reader reads (see `tickrelay_protocol::framing::reader`).
     let (_, writer) =
         fastwebsockets::after_handshake_split(tokio::io::empty(), write, Role::Client);
     Ok((

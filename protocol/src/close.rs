@@ -19,7 +19,8 @@ pub const INTERNAL_ERROR: u16 = 1011;
 pub const TRY_AGAIN_LATER: u16 = 1013;
 /// The client sent `state` or `event` messages faster than the server's per-connection limit.
 pub const RATE_LIMITED: u16 = 4001;
-/// The client did not read fast enough: its reliable queue (events, joins, leaves) overflowed.
+/// The client did not read fast enough: its reliable queue (events, joins, leaves) overflowed,
+/// or its socket took no byte for the write timeout.
 pub const SLOW_CONSUMER: u16 = 4002;
 /// Nothing was received for longer than the idle timeout (pings went unanswered).
 pub const IDLE_TIMEOUT: u16 = 4003;
@@ -38,7 +39,7 @@ pub fn reason(code: u16) -> &'static str {
         INTERNAL_ERROR => "internal error",
         TRY_AGAIN_LATER => "server full",
         RATE_LIMITED => "message rate limit exceeded",
-        SLOW_CONSUMER => "reliable queue overflow: client reads too slowly",
+        SLOW_CONSUMER => "client reads too slowly",
         IDLE_TIMEOUT => "idle timeout",
         JOIN_TIMEOUT => "no join within handshake timeout",
         _ => "",

@@ -73,6 +73,14 @@ impl Codec {
         matches!(self, Self::Json)
     }
 
+    /// The WebSocket frame kind its messages travel in.
+    pub const fn frame_kind(self) -> crate::framing::Kind {
+        match self {
+            Self::MessagePack => crate::framing::Kind::Binary,
+            Self::Json => crate::framing::Kind::Text,
+        }
+    }
+
     /// Small dense index (0 or 1) for per-codec arrays.
     pub const fn index(self) -> usize {
         match self {

@@ -180,6 +180,13 @@ impl Config {
                 return fail(flag, "must be between 1ms and 24h");
             }
         }
+        if self.ping_interval >= self.idle_timeout {
+            // The server's pings are what keeps a quiet but live client from going idle.
+            return fail(
+                "ping-interval",
+                "must be shorter than --idle-timeout, or quiet live clients are closed as idle",
+            );
+        }
         if self.shutdown_timeout > day {
             return fail("shutdown-timeout", "must be at most 24h");
         }
@@ -211,7 +218,8 @@ mod tests {
     #[test]
     fn values_that_would_spin_or_panic_later_are_refused_at_start() {
         let huge = usize::MAX.to_string();
-        let cases: [(&[&str], &str); 9] = [
+        let cases: [(&[&str], &str); 10] = [
+            (&["--idle-timeout", "5s"], "ping-interval"),
             (&["--ping-interval", "0s"], "ping-interval"),
             (&["--idle-timeout", "0s"], "idle-timeout"),
             (&["--write-timeout", "0ms"], "write-timeout"),

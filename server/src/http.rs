@@ -13,7 +13,8 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, X_CONTENT_TYPE_OPT
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use crate::{ServerContext, assets, stats, ws};
+use crate::context::ServerContext;
+use crate::{assets, stats, ws};
 
 pub(crate) async fn route(
     ctx: Arc<ServerContext>,

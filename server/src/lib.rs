@@ -7,11 +7,13 @@
 mod assets;
 mod clock;
 pub mod config;
+mod context;
 mod http;
 mod lobby;
 pub mod metrics;
 mod outbox;
 mod stats;
+mod sync;
 mod ws;
 
 use std::io;
@@ -29,28 +31,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use crate::config::{Config, ConfigError, LogFormat};
+use crate::context::ServerContext;
 #[doc(hidden)]
 pub use crate::lobby::bench_tick;
 pub use crate::metrics::Metrics;
 
 /// Connections the kernel queues before `accept` (somaxconn on this machine kind is 4096).
 const LISTEN_BACKLOG: u32 = 4096;
-
-/// Everything the server's tasks share. Built once by [`run`].
-pub(crate) struct ServerContext {
-    pub(crate) config: Config,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) directory: Box<dyn lobby::Directory>,
-    /// Cancelled to shut down: see [`run`].
-    pub(crate) shutdown: CancellationToken,
-    /// Every task the server spawns, so shutdown can wait for all of them.
-    pub(crate) tracker: TaskTracker,
-    /// One permit per WebSocket connection allowed (`--max-connections`), held by each
-    /// connection's `ConnectionGuard`.
-    pub(crate) connection_slots: Arc<Semaphore>,
-    /// When `run` started, for `/stats`' uptime.
-    pub(crate) started: Instant,
-}
 
 /// Binds a listener with a deep accept backlog, for connection storms.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -94,6 +81,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let settings = lobby::LobbySettings {
         tick_hz: config.tick_hz,
+        tick_period: config.tick_period(),
         max_members: config.max_lobby_size,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
@@ -105,16 +93,17 @@ pub async fn run(
             tracker.clone(),
         )),
         connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+        pending_slots: Arc::new(Semaphore::new(config.max_pending_connections)),
         metrics,
         shutdown: shutdown.clone(),
         tracker,
         started: Instant::now(),
         config,
     });
-    // Connections not yet upgraded hold one of these from before `accept` until they end or
-    // upgrade: at the limit the loop stops accepting (the kernel's backlog waits) instead of
-    // spending file descriptors that live clients need.
-    let pending = Arc::new(Semaphore::new(ctx.config.max_pending_connections));
+    // Connections not yet upgraded hold a pending permit from before `accept` until they end
+    // or upgrade: at the limit the loop stops accepting (the kernel's backlog waits) instead
+    // of spending file descriptors that live clients need.
+    let pending = ctx.pending_slots.clone();
     info!(addr = %listener.local_addr()?, tick_hz = ctx.config.tick_hz, "tickrelay listening");
     loop {
         let permit = tokio::select! {
@@ -133,7 +122,7 @@ pub async fn run(
                 // Typically EMFILE at the open-file limit: back off instead of spinning, so
                 // the accept loop never takes the workers from live connections.
                 warn!(%err, "accept failed");
-                ctx.metrics.upgrade_refused("accept_failed");
+                ctx.metrics.accept_errors.inc();
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -205,12 +194,4 @@ fn serve_http(
         // Upgraded (the WebSocket runs in its own task, under its own guard) or finished.
         drop(pending);
     });
-}
-
-/// Locks a mutex whose critical sections cannot panic midway: a poisoned lock only means a
-/// panic elsewhere in the holder's task, and the data is still consistent, so it is used.
-pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

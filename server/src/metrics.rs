@@ -29,6 +29,7 @@ pub struct Metrics {
     pub(crate) snapshots_coalesced: Counter,
     pub(crate) keyframes_sent: Counter,
     pub(crate) connections_pending: Gauge,
+    pub(crate) accept_errors: Counter,
     pub(crate) disconnects: Family<Labels, Counter>,
     pub(crate) errors_sent: Family<Labels, Counter>,
     pub(crate) upgrades_refused: Family<Labels, Counter>,
@@ -62,6 +63,7 @@ impl Metrics {
             snapshots_coalesced: Counter::default(),
             keyframes_sent: Counter::default(),
             connections_pending: Gauge::default(),
+            accept_errors: Counter::default(),
             disconnects: Family::default(),
             errors_sent: Family::default(),
             upgrades_refused: Family::default(),
@@ -133,6 +135,11 @@ impl Metrics {
             "keyframes_sent",
             "Keyframe snapshots handed to members' connections (joins and catch-ups)",
             metrics.keyframes_sent.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "accept(2) failures, e.g. EMFILE at the open-file limit (the server backs off 50 ms)",
+            metrics.accept_errors.clone(),
         );
         registry.register(
             "connections_pending",

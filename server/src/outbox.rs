@@ -2,8 +2,9 @@
 //!
 //! Producers (the lobby's tick, the lobby's event fan-out, the connection's own reader) push
 //! already-encoded frames and never wait; the connection's writer drains. Snapshots do not
-//! queue: a newer one replaces an unsent one (counted as coalesced), and the lobby then sends a
-//! keyframe. Reliable messages queue up to a bound; overflowing it closes the connection with
+//! queue: at most one waits. A delta never replaces a waiting snapshot (it would lack that
+//! one's changes); the lobby then sends that tick's keyframe, which does (counted as
+//! coalesced). Reliable messages queue up to a bound; overflowing it closes the connection with
 //! 4002 rather than dropping anything silently.
 //!
 //! Fast path: when nothing is pending and the writer is idle, a snapshot is written straight
@@ -73,6 +74,15 @@ pub(crate) enum PushError {
     Overflow,
 }
 
+/// What a snapshot push does with an older snapshot still waiting unsent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IfUnsent {
+    /// Replace it (the new one stands alone: a keyframe).
+    Replace,
+    /// Keep it and refuse the new one (a delta, which would lack the waiting one's changes).
+    Keep,
+}
+
 /// What happened to a pushed snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pushed {
@@ -82,6 +92,8 @@ pub(crate) enum Pushed {
     Queued,
     /// Queued, replacing an unsent older snapshot (coalesced).
     Replaced,
+    /// Not taken: an older snapshot waits unsent, and the push said to keep it.
+    Kept,
 }
 
 pub(crate) struct Outbox {
@@ -124,20 +136,20 @@ impl Inner {
 }
 
 impl Outbox {
-    /// An outbox for a connection whose data frames are text (`text`) or binary, with the
+    /// An outbox for a connection whose data frames are of `data_kind` (text or binary), with the
     /// socket the tick may write to directly (`None`: always through the writer). `closing` is
     /// cancelled when a close is decided; a child of the server's shutdown token ends the
     /// connection on shutdown too.
     pub(crate) fn new(
         max_reliable: usize,
-        text: bool,
+        data_kind: Kind,
         direct: Option<Arc<dyn DirectSink>>,
         closing: CancellationToken,
     ) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             direct,
-            data_kind: if text { Kind::Text } else { Kind::Binary },
+            data_kind,
             wake_writer: Notify::new(),
             closing,
             max_reliable,
@@ -145,16 +157,24 @@ impl Outbox {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        crate::lock(&self.inner)
+        crate::sync::lock(&self.inner)
     }
 
     /// Hands a snapshot to the connection: written at once if the socket is idle and takes
-    /// it, otherwise queued for the writer, replacing any unsent one (coalesced). Never blocks.
-    pub(crate) fn push_snapshot(&self, frame: Bytes) -> Result<Pushed, PushError> {
+    /// it, otherwise queued for the writer. An unsent older snapshot is replaced (coalesced)
+    /// or kept, as `if_unsent` says. Never blocks.
+    pub(crate) fn push_snapshot(
+        &self,
+        frame: Bytes,
+        if_unsent: IfUnsent,
+    ) -> Result<Pushed, PushError> {
         let pushed = {
             let mut inner = self.lock();
             if inner.close.is_some() {
                 return Err(PushError::Closed);
+            }
+            if if_unsent == IfUnsent::Keep && inner.snapshot.is_some() {
+                return Ok(Pushed::Kept);
             }
             if let Some(sink) = &self.direct
                 && inner.idle()
@@ -287,17 +307,23 @@ mod tests {
     }
 
     #[test]
-    fn newer_snapshot_replaces_unsent_one() {
-        let outbox = Outbox::new(4, false, None, CancellationToken::new());
-        assert_eq!(outbox.push_snapshot(frame("s1")), Ok(Pushed::Queued));
-        assert_eq!(outbox.push_snapshot(frame("s2")), Ok(Pushed::Replaced));
+    fn a_keyframe_replaces_an_unsent_snapshot_and_a_delta_keeps_it() {
+        let outbox = Outbox::new(4, Kind::Binary, None, CancellationToken::new());
+        let push = |name, if_unsent| outbox.push_snapshot(frame(name), if_unsent);
+        assert_eq!(push("k1", IfUnsent::Replace), Ok(Pushed::Queued));
+        assert_eq!(push("d2", IfUnsent::Keep), Ok(Pushed::Kept));
+        assert_eq!(push("k2", IfUnsent::Replace), Ok(Pushed::Replaced));
         let mut batch = Batch::default();
         outbox.drain_into(&mut batch);
-        assert_eq!(batch.messages, vec![frame("s2")]);
+        assert_eq!(
+            batch.messages,
+            vec![frame("k2")],
+            "the kept push never queued"
+        );
         batch.clear();
         outbox.drain_into(&mut batch);
         assert_eq!(
-            outbox.push_snapshot(frame("s3")),
+            push("d3", IfUnsent::Keep),
             Ok(Pushed::Queued),
             "nothing unsent"
         );
@@ -305,8 +331,8 @@ mod tests {
 
     #[test]
     fn reliable_messages_keep_order_and_precede_the_snapshot() {
-        let outbox = Outbox::new(4, false, None, CancellationToken::new());
-        outbox.push_snapshot(frame("snap")).unwrap();
+        let outbox = Outbox::new(4, Kind::Binary, None, CancellationToken::new());
+        outbox.push_snapshot(frame("snap"), IfUnsent::Keep).unwrap();
         outbox.push_reliable(frame("e1")).unwrap();
         outbox.push_reliable(frame("e2")).unwrap();
         let mut batch = Batch::default();
@@ -319,7 +345,7 @@ mod tests {
 
     #[test]
     fn reliable_overflow_closes_with_slow_consumer() {
-        let outbox = Outbox::new(2, false, None, CancellationToken::new());
+        let outbox = Outbox::new(2, Kind::Binary, None, CancellationToken::new());
         outbox.push_reliable(frame("1")).unwrap();
         outbox.push_reliable(frame("2")).unwrap();
         assert_eq!(outbox.push_reliable(frame("3")), Err(PushError::Overflow));
@@ -328,7 +354,10 @@ mod tests {
             Some(tickrelay_protocol::close::SLOW_CONSUMER)
         );
         assert!(outbox.closing().is_cancelled());
-        assert_eq!(outbox.push_snapshot(frame("s")), Err(PushError::Closed));
+        assert_eq!(
+            outbox.push_snapshot(frame("s"), IfUnsent::Replace),
+            Err(PushError::Closed)
+        );
         let mut batch = Batch::default();
         outbox.drain_into(&mut batch);
         assert_eq!(&batch.close.unwrap()[..2], &4002u16.to_be_bytes());
@@ -336,7 +365,7 @@ mod tests {
 
     #[test]
     fn first_close_decision_wins() {
-        let outbox = Outbox::new(2, false, None, CancellationToken::new());
+        let outbox = Outbox::new(2, Kind::Binary, None, CancellationToken::new());
         outbox.close(1001);
         outbox.close(4001);
         assert_eq!(outbox.close_code(), Some(1001));
@@ -366,9 +395,9 @@ mod direct_tests {
     #[tokio::test]
     async fn idle_socket_gets_the_snapshot_directly_and_busy_writer_forces_queueing() {
         let (mut client, socket) = socket_pair().await;
-        let outbox = Outbox::new(4, false, Some(socket), CancellationToken::new());
+        let outbox = Outbox::new(4, Kind::Binary, Some(socket), CancellationToken::new());
         assert_eq!(
-            outbox.push_snapshot(Bytes::from_static(b"abc")),
+            outbox.push_snapshot(Bytes::from_static(b"abc"), IfUnsent::Keep),
             Ok(Pushed::Written)
         );
         let mut frame = [0u8; 5];
@@ -382,7 +411,7 @@ mod direct_tests {
         // A reliable message is pending: the snapshot must queue behind it, not overtake it.
         outbox.push_reliable(Bytes::from_static(b"event")).unwrap();
         assert_eq!(
-            outbox.push_snapshot(Bytes::from_static(b"s")),
+            outbox.push_snapshot(Bytes::from_static(b"s"), IfUnsent::Keep),
             Ok(Pushed::Queued)
         );
         let mut batch = Batch::default();
@@ -390,7 +419,7 @@ mod direct_tests {
         assert_eq!(batch.messages.len(), 2);
         // While the writer holds that batch, nothing is written directly.
         assert_eq!(
-            outbox.push_snapshot(Bytes::from_static(b"t")),
+            outbox.push_snapshot(Bytes::from_static(b"t"), IfUnsent::Replace),
             Ok(Pushed::Queued)
         );
     }
@@ -399,7 +428,12 @@ mod direct_tests {
     async fn a_full_socket_leaves_the_tail_for_the_writer_and_frames_stay_whole() {
         let (mut client, socket) = socket_pair().await;
         let writer_side: &TcpStream = (*socket).as_ref();
-        let outbox = Outbox::new(4, false, Some(socket.clone()), CancellationToken::new());
+        let outbox = Outbox::new(
+            4,
+            Kind::Binary,
+            Some(socket.clone()),
+            CancellationToken::new(),
+        );
         const SIZE: usize = 256 * 1024;
         let big = Bytes::from(vec![0x5a; SIZE]);
         let mut batch = Batch::default();
@@ -407,7 +441,9 @@ mod direct_tests {
         // batch (partial), or the snapshot was queued because the socket took nothing.
         let mut frames = 0;
         loop {
-            let pushed = outbox.push_snapshot(big.clone()).unwrap();
+            let pushed = outbox
+                .push_snapshot(big.clone(), IfUnsent::Replace)
+                .unwrap();
             frames += 1;
             outbox.drain_into(&mut batch);
             if batch.partial.is_some() || pushed != Pushed::Written {
@@ -417,7 +453,7 @@ mod direct_tests {
         }
         // The writer holds a batch: a new snapshot must queue, not be written directly.
         assert_eq!(
-            outbox.push_snapshot(Bytes::from_static(b"x")),
+            outbox.push_snapshot(Bytes::from_static(b"x"), IfUnsent::Replace),
             Ok(Pushed::Queued)
         );
         // The client reads every frame whole while the "writer" finishes the batch.

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tickrelay_protocol::Member;
 
-use crate::ServerContext;
+use crate::context::ServerContext;
 use crate::lobby::{LobbyInfo, TrafficCounts};
 use crate::metrics::Sample;
 

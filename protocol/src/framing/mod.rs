@@ -172,6 +172,8 @@ impl Decoder {
             _ => {}
         }
         let (length, mut head_len) = match second & 0x7F {
+            // Lengths in a longer form than needed (RFC 6455 5.2 says "minimal") are accepted,
+            // as the common implementations do: they carry the same length.
             126 => {
                 let Some(&[a, b]) = bytes.get(2..4) else {
                     return Ok(None);
@@ -278,12 +280,20 @@ pub enum CloseCheck {
     Invalid(u16),
 }
 
+/// The status code a close frame's payload carries (its first two bytes), if any.
+pub fn close_code(payload: &[u8]) -> Option<u16> {
+    match payload {
+        [high, low, ..] => Some(u16::from_be_bytes([*high, *low])),
+        _ => None,
+    }
+}
+
 /// Validates a received close frame's payload (RFC 6455 5.5.1, 7.4).
 pub fn check_close(payload: &[u8]) -> CloseCheck {
-    let code = match payload {
-        [] => return CloseCheck::Valid(close::NORMAL),
-        [_] => return CloseCheck::Invalid(close::PROTOCOL_ERROR),
-        [high, low, ..] => u16::from_be_bytes([*high, *low]),
+    let code = match (payload.len(), close_code(payload)) {
+        (0, _) => return CloseCheck::Valid(close::NORMAL),
+        (_, None) => return CloseCheck::Invalid(close::PROTOCOL_ERROR),
+        (_, Some(code)) => code,
     };
     if !close_code_allowed(code) {
         return CloseCheck::Invalid(close::PROTOCOL_ERROR);
@@ -306,8 +316,9 @@ pub const fn close_code_allowed(code: u16) -> bool {
 pub struct Reassembler {
     expected: Kind,
     max_message: usize,
-    /// A fragmented message being reassembled: its kind and the bytes so far.
-    fragments: Option<(Kind, BytesMut)>,
+    /// The bytes so far of a fragmented message being reassembled (its first frame's kind was
+    /// checked when it came).
+    fragments: Option<BytesMut>,
 }
 
 impl Reassembler {
@@ -325,7 +336,7 @@ impl Reassembler {
     pub fn push(&mut self, kind: Kind, fin: bool, payload: BytesMut) -> Result<Option<Bytes>, u16> {
         match (kind, self.fragments.as_mut()) {
             (Kind::Continuation, None) => Err(close::PROTOCOL_ERROR),
-            (Kind::Continuation, Some((_, buffer))) => {
+            (Kind::Continuation, Some(buffer)) => {
                 if buffer.len() + payload.len() > self.max_message {
                     return Err(close::MESSAGE_TOO_BIG);
                 }
@@ -333,17 +344,14 @@ impl Reassembler {
                 if !fin {
                     return Ok(None);
                 }
-                match self.fragments.take() {
-                    Some((kind, buffer)) if kind == self.expected => Ok(Some(buffer.freeze())),
-                    _ => Err(close::UNSUPPORTED_DATA),
-                }
+                Ok(self.fragments.take().map(BytesMut::freeze))
             }
             (_, Some(_)) => Err(close::PROTOCOL_ERROR),
             (kind, None) if kind != self.expected => Err(close::UNSUPPORTED_DATA),
             // A whole message in one frame: the frame's own bytes, no copy.
             (_, None) if fin => Ok(Some(payload.freeze())),
-            (kind, None) => {
-                self.fragments = Some((kind, payload));
+            (_, None) => {
+                self.fragments = Some(payload);
                 Ok(None)
             }
         }

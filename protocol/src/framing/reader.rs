@@ -49,8 +49,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// The next whole frame. Not cancel-safe: a caller that drops the future mid-read must
-    /// not read again.
+    /// The next whole frame. Cancel-safe: bytes land in the reader's buffer in the same poll
+    /// that reads them, so dropping the future loses nothing and the next call resumes the
+    /// frame (unlike fastwebsockets' `read_frame`).
     pub async fn next_frame(&mut self) -> Result<Frame, ReadError> {
         loop {
             if let Some(frame) = self.decoder.decode(&mut self.buffer)? {
@@ -146,6 +147,23 @@ mod tests {
         assert!(frames[2].payload.iter().all(|&b| b == 7), "unmasked");
         assert!(matches!(end, ReadError::Eof));
         assert_eq!(capacity, 0, "nothing buffered once every frame is out");
+    }
+
+    #[tokio::test]
+    async fn a_read_dropped_mid_frame_loses_nothing() {
+        use tokio::io::AsyncWriteExt;
+        let wire = encode_frame(0x82, &[5u8; 3000], Some([1, 2, 3, 4]));
+        let (mut tx, rx) = tokio::io::duplex(8192);
+        let mut reader = FrameReader::new(rx, Role::Server, 1 << 20);
+        tx.write_all(&wire[..1000]).await.unwrap();
+        // The read has taken the first 1,000 bytes and waits for more when it is dropped.
+        let dropped =
+            tokio::time::timeout(std::time::Duration::from_millis(50), reader.next_frame());
+        assert!(dropped.await.is_err(), "the frame is not complete yet");
+        tx.write_all(&wire[1000..]).await.unwrap();
+        let frame = reader.next_frame().await.unwrap();
+        assert_eq!(frame.payload.len(), 3000);
+        assert!(frame.payload.iter().all(|&b| b == 5));
     }
 
     #[tokio::test]

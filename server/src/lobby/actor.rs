@@ -20,7 +20,7 @@ use super::schedule::{Fired, TickSchedule};
 use super::state::{Delivery, JoinRefused, LobbyState, MemberKey, PushOutcome};
 use crate::clock::unix_micros;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, PushError, Pushed};
+use crate::outbox::{IfUnsent, Outbox, PushError, Pushed};
 
 /// Bound of a lobby's command inbox. A full inbox makes senders wait, which backpressures the
 /// sending connections' reads, never the tick.
@@ -102,15 +102,11 @@ pub(crate) trait Registration: Send + Sync + 'static {
 #[derive(Clone)]
 pub(crate) struct LobbySettings {
     pub(crate) tick_hz: u32,
+    /// `1 s / tick_hz` (`Config::tick_period`).
+    pub(crate) tick_period: Duration,
     pub(crate) max_members: usize,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: CancellationToken,
-}
-
-impl LobbySettings {
-    fn tick_period(&self) -> Duration {
-        Duration::from_secs(1) / self.tick_hz.max(1)
-    }
 }
 
 /// What the lobby keeps per member besides its game state: how to reach it.
@@ -158,8 +154,9 @@ impl Actor {
     pub(crate) async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
         // Lobbies are created at arbitrary instants, so their tick phases spread over the
         // period by themselves instead of all lobbies ticking at once.
-        let mut schedule =
-            TickSchedule::new(std::time::Instant::now(), self.settings.tick_period());
+        // tokio's clock, the one the timer runs on (paused time in tests included).
+        let now = || tokio::time::Instant::now().into_std();
+        let mut schedule = TickSchedule::new(now(), self.settings.tick_period);
         let timer = sleep_until(schedule.due().into());
         tokio::pin!(timer);
         // Grows on demand: most lobbies receive a handful of commands per wake-up.
@@ -170,7 +167,7 @@ impl Actor {
             tokio::select! {
                 biased;
                 () = &mut timer => {
-                    let fired = schedule.fire(std::time::Instant::now());
+                    let fired = schedule.fire(now());
                     self.on_tick(fired);
                     timer.as_mut().reset(fired.next_due.into());
                 }
@@ -346,7 +343,7 @@ struct FanOut {
 impl FanOut {
     fn record(&mut self, outcome: PushOutcome, len: u64) {
         match outcome {
-            PushOutcome::Refused => return,
+            PushOutcome::Refused | PushOutcome::Kept => return,
             PushOutcome::Written => {
                 self.written += 1;
                 self.written_bytes += len;
@@ -365,6 +362,7 @@ fn outcome(pushed: Result<Pushed, PushError>) -> PushOutcome {
         Ok(Pushed::Written) => PushOutcome::Written,
         Ok(Pushed::Queued) => PushOutcome::Queued,
         Ok(Pushed::Replaced) => PushOutcome::Replaced,
+        Ok(Pushed::Kept) => PushOutcome::Kept,
         // Closing: its reader sends `Leave` shortly.
         Err(PushError::Closed | PushError::Overflow) => PushOutcome::Refused,
     }
@@ -402,25 +400,29 @@ fn fan_out(state: &mut LobbyState<Connection>, now_us: u64) -> FanOut {
         };
         let frame = frames.get(member.conn.codec);
         let len = frame.len() as u64;
-        let outcome = outcome(member.conn.outbox.push_snapshot(frame));
+        let if_unsent = match delivery {
+            Delivery::Keyframe => IfUnsent::Replace,
+            Delivery::Delta => IfUnsent::Keep,
+        };
+        let outcome = outcome(member.conn.outbox.push_snapshot(frame, if_unsent));
         out.record(outcome, len);
-        out.keyframes +=
-            u64::from(delivery == Delivery::Keyframe && outcome != PushOutcome::Refused);
+        out.keyframes += u64::from(
+            delivery == Delivery::Keyframe
+                && !matches!(outcome, PushOutcome::Refused | PushOutcome::Kept),
+        );
         resend |= member.delivered(delivery, outcome);
     }
     if resend {
-        // Slow readers whose unsent snapshot this tick's delta replaced: the delta lacks the
-        // lost snapshot's changes, so this tick's keyframe replaces it at once (the member
-        // was already counted as sent and coalesced).
+        // Slow readers whose connection still holds an unsent snapshot: this tick's delta was
+        // kept out (it would lack that snapshot's changes), and this tick's keyframe replaces
+        // what waits. Until then the member's writer can only send the older, whole snapshot.
         let keyframe = keyframe.get_or_insert_with(|| keyframe_of(state));
         for (_, member) in state.members_mut() {
             if member.delivery() == Delivery::Keyframe {
-                let outcome = outcome(
-                    member
-                        .conn
-                        .outbox
-                        .push_snapshot(keyframe.get(member.conn.codec)),
-                );
+                let frame = keyframe.get(member.conn.codec);
+                let len = frame.len() as u64;
+                let outcome = outcome(member.conn.outbox.push_snapshot(frame, IfUnsent::Replace));
+                out.record(outcome, len);
                 out.keyframes += u64::from(outcome != PushOutcome::Refused);
                 member.delivered(Delivery::Keyframe, outcome);
             }
@@ -450,7 +452,12 @@ pub fn bench_tick(
         } else {
             Codec::MessagePack
         };
-        let outbox = Arc::new(Outbox::new(16, codec.is_text(), None, Default::default()));
+        let outbox = Arc::new(Outbox::new(
+            16,
+            codec.frame_kind(),
+            None,
+            Default::default(),
+        ));
         let input = Arc::new(InputSlot::default());
         let connection = Connection {
             outbox: outbox.clone(),
@@ -513,7 +520,12 @@ mod tests {
     /// A member whose outbox has no direct sink: every snapshot queues, as for a socket that
     /// is full, and only `drain` (the writer) takes it out.
     fn member(state: &mut LobbyState<Connection>, name: &str) -> (Arc<InputSlot>, Arc<Outbox>) {
-        let outbox = Arc::new(Outbox::new(16, false, None, CancellationToken::new()));
+        let outbox = Arc::new(Outbox::new(
+            16,
+            Codec::MessagePack.frame_kind(),
+            None,
+            CancellationToken::new(),
+        ));
         let input = Arc::new(InputSlot::default());
         let connection = Connection {
             outbox: outbox.clone(),

@@ -24,7 +24,7 @@ use super::actor::{
     Registration,
 };
 use super::info::LobbyInfo;
-use crate::lock;
+use crate::sync::lock;
 
 /// A join's eventual answer.
 pub(crate) type JoinFuture<'a> =
@@ -129,6 +129,11 @@ impl Directory for LocalDirectory {
     fn join(&self, request: JoinRequest) -> JoinFuture<'_> {
         Box::pin(async move {
             let entry = self.route(&request.lobby)?;
+            let pending = PendingJoin {
+                shared: &self.shared,
+                entry: &entry,
+                delivered: false,
+            };
             let (reply, accepted) = oneshot::channel();
             let stopped = || JoinRefusal {
                 code: ErrorCode::Unknown,
@@ -139,6 +144,7 @@ impl Directory for LocalDirectory {
                 reply,
             };
             entry.handle.send(command).await.map_err(|_| stopped())?;
+            pending.delivered();
             accepted.await.map_err(|_| stopped())?
         })
     }
@@ -150,6 +156,30 @@ impl Directory for LocalDirectory {
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
+    }
+}
+
+/// A join counted as pending on its lobby's entry. Once the command is delivered the actor
+/// takes the count back (`join_processed`); if it never is (the lobby stopped, or the caller
+/// gave up on the join midway), dropping this does, so the lobby can still retire.
+struct PendingJoin<'a> {
+    shared: &'a Shared,
+    entry: &'a Entry,
+    delivered: bool,
+}
+
+impl PendingJoin<'_> {
+    fn delivered(mut self) {
+        self.delivered = true;
+    }
+}
+
+impl Drop for PendingJoin<'_> {
+    fn drop(&mut self) {
+        if !self.delivered {
+            let _lobbies = lock(&self.shared.lobbies);
+            self.entry.pending_joins.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

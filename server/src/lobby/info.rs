@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use tickrelay_protocol::Member;
 
-use crate::lock;
+use crate::sync::lock;
 
 /// A lobby as the directory (and `/lobbies`) sees it.
 pub(crate) struct LobbyInfo {

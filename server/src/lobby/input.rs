@@ -81,7 +81,7 @@ impl InputSlot {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        crate::lock(&self.pending)
+        crate::sync::lock(&self.pending)
     }
 }
 

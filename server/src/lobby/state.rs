@@ -63,6 +63,8 @@ pub(crate) enum PushOutcome {
     Queued,
     /// Queued, replacing a snapshot that never went out.
     Replaced,
+    /// Not taken: a snapshot that has not gone out yet waits, and a delta must not replace it.
+    Kept,
     /// Refused: the connection is closing (its leave follows).
     Refused,
 }
@@ -99,16 +101,17 @@ impl<C> MemberState<C> {
     }
 
     /// Records what happened to the snapshot just handed out. Returns `true` when the member
-    /// must get this tick's keyframe at once: a delta replaced an unsent snapshot, so what
-    /// now waits for the member lacks that snapshot's changes.
+    /// must get this tick's keyframe at once (it replaces what waits): its connection still
+    /// holds an unsent snapshot, so this tick's delta alone would lack that one's changes.
     pub(crate) fn delivered(&mut self, sent: Delivery, outcome: PushOutcome) -> bool {
         let (phase, resend) = match (outcome, sent) {
             (PushOutcome::Refused, _) => (self.phase, false),
-            (PushOutcome::Replaced, Delivery::Delta) => (Phase::Behind, true),
-            // A keyframe stands alone, whatever it replaced.
-            (PushOutcome::Written | PushOutcome::Queued | PushOutcome::Replaced, _) => {
-                (Phase::InSync, false)
+            (PushOutcome::Kept, _) | (PushOutcome::Replaced, Delivery::Delta) => {
+                (Phase::Behind, true)
             }
+            // A keyframe stands alone, whatever it replaced.
+            (PushOutcome::Written | PushOutcome::Queued, _)
+            | (PushOutcome::Replaced, Delivery::Keyframe) => (Phase::InSync, false),
         };
         self.phase = phase;
         resend
@@ -336,19 +339,19 @@ mod tests {
     }
 
     #[test]
-    fn a_delta_that_replaced_an_unsent_snapshot_is_followed_by_a_keyframe_at_once() {
+    fn a_delta_kept_out_by_an_unsent_snapshot_is_followed_by_a_keyframe_at_once() {
         let mut lobby = LobbyState::new(8);
         let (a, _) = lobby.join("a".into(), ()).unwrap();
         let member = member(&mut lobby, a);
         member.delivered(Delivery::Keyframe, PushOutcome::Queued);
-        // The reader is slow: the next delta replaces the keyframe still waiting.
+        // The reader is slow: the keyframe still waits, and the next delta is kept out.
         assert!(
-            member.delivered(Delivery::Delta, PushOutcome::Replaced),
-            "the replacing delta lacks the lost snapshot's changes: resend a keyframe now"
+            member.delivered(Delivery::Delta, PushOutcome::Kept),
+            "the delta alone would lack the waiting snapshot's changes: a keyframe now"
         );
         assert_eq!(member.phase(), Phase::Behind);
         assert_eq!(member.delivery(), Delivery::Keyframe);
-        // The keyframe replaces that delta: nothing is missing any more.
+        // The keyframe replaces the waiting snapshot: nothing is missing any more.
         assert!(!member.delivered(Delivery::Keyframe, PushOutcome::Replaced));
         assert_eq!(member.delivery(), Delivery::Delta);
     }

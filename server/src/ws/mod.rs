@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tracing::info;
 
-use crate::ServerContext;
+use crate::context::ServerContext;
 use direct::SharedTcpWrite;
 
 /// An upgrade request the server refuses: what the HTTP layer answers instead of 101.
@@ -99,7 +99,16 @@ pub(crate) fn upgrade(
     // Over the limit: the session closes at once with 1013 (try again later), which a browser
     // can see, unlike an HTTP error status on the upgrade. The guard holds the slot (if any)
     // and the gauges for the connection's whole life, and gives them back however it ends.
-    let guard = ConnectionGuard::open(&ctx.connection_slots, &ctx.metrics);
+    let Some(guard) =
+        ConnectionGuard::open(&ctx.connection_slots, &ctx.pending_slots, &ctx.metrics)
+    else {
+        return Err(Refusal::new(
+            ctx,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_full",
+            "server full: every connection slot and every pending slot is taken\n".into(),
+        ));
+    };
     let refuse = (!guard.has_slot()).then_some(close::TRY_AGAIN_LATER);
     let task_ctx = ctx.clone();
     ctx.tracker.spawn(async move {

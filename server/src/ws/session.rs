@@ -20,9 +20,9 @@ use tracing::{debug, info};
 
 use super::rate::RateLimit;
 use super::writer::{WriteSide, Writer, WriterEnd};
-use crate::ServerContext;
 use crate::clock::unix_micros;
 use crate::config::Config;
+use crate::context::ServerContext;
 use crate::lobby::{Command, InputSlot, JoinAccepted, JoinRefusal, JoinRequest, LobbyStopped};
 use crate::outbox::{DirectSink, Outbox};
 
@@ -87,7 +87,7 @@ pub(crate) async fn serve<R, W>(
     // decision, and the loop turns it into 1001.
     let outbox = Arc::new(Outbox::new(
         config.max_queued_messages,
-        codec.is_text(),
+        codec.frame_kind(),
         direct,
         ctx.shutdown.child_token(),
     ));
@@ -202,14 +202,7 @@ impl<'a> Session<'a> {
             joined: None,
             state_limit: RateLimit::new(ctx.config.max_state_rate, now),
             event_limit: RateLimit::new(ctx.config.max_event_rate, now),
-            messages: Reassembler::new(
-                if codec.is_text() {
-                    Kind::Text
-                } else {
-                    Kind::Binary
-                },
-                ctx.config.max_message_size,
-            ),
+            messages: Reassembler::new(codec.frame_kind(), ctx.config.max_message_size),
             messages_in: 0,
         }
     }
@@ -218,9 +211,10 @@ impl<'a> Session<'a> {
         self.joined.as_ref().map(|joined| joined.player_id)
     }
 
+    /// Decides to close with `code`. The first decision wins (an overflow in the lobby's
+    /// fan-out may have come first), and the reason reported is the code actually sent.
     fn close(&self, code: u16) -> Flow {
-        self.outbox.close(code);
-        Flow::End(EndReason::ServerClosed(code))
+        Flow::End(close_with(&self.outbox, code))
     }
 
     /// Reads and handles messages until the connection ends, and meanwhile flushes the outbox
@@ -255,17 +249,18 @@ impl<'a> Session<'a> {
         loop {
             let joined = self.joined.is_some();
             let read = {
-                // next_frame is not cancel-safe: it stays alive across timer checks, and every
-                // branch that drops it ends the read loop, so a half-read frame is never resumed.
+                // One read future stays alive across timer checks and flushes (creating one per
+                // wake-up would cost more); it is cancel-safe, so the close linger after the
+                // loop resumes whatever frame it had begun.
                 let read = ws.next_frame();
                 tokio::pin!(read);
                 loop {
                     tokio::select! {
                         biased;
                         () = &mut closing => {
-                            // No close decided: the server is shutting down.
-                            outbox.close(close::GOING_AWAY);
-                            return EndReason::ServerClosed(outbox.close_code().unwrap_or(close::NORMAL));
+                            // A close was decided elsewhere (the lobby's fan-out: that code
+                            // stands), or the server is shutting down (1001).
+                            return close_with(&outbox, close::GOING_AWAY);
                         }
                         read = &mut read => break read,
                         () = &mut pushed, if !writer.is_flushing() => {
@@ -291,8 +286,7 @@ impl<'a> Session<'a> {
                                 (join_deadline, close::JOIN_TIMEOUT)
                             };
                             if now >= due {
-                                outbox.close(code);
-                                return EndReason::ServerClosed(code);
+                                return close_with(&outbox, code);
                             }
                             deadline.as_mut().reset(due.min(next_ping));
                         }
@@ -346,12 +340,10 @@ impl<'a> Session<'a> {
     }
 
     fn on_read_error(&self, err: ReadError) -> EndReason {
-        let code = match err {
-            ReadError::Eof | ReadError::Io(_) => return EndReason::PeerVanished,
-            ReadError::Frame(err) => err.close_code(),
-        };
-        self.close(code);
-        EndReason::ServerClosed(self.outbox.close_code().unwrap_or(code))
+        match err {
+            ReadError::Eof | ReadError::Io(_) => EndReason::PeerVanished,
+            ReadError::Frame(err) => close_with(&self.outbox, err.close_code()),
+        }
     }
 
     /// The client closes: echo its close (RFC 6455 5.5.1), or answer an invalid one with 1002
@@ -518,6 +510,13 @@ impl<'a> Session<'a> {
         self.ctx.metrics.error_sent(code.as_str());
         self.send(&ServerMessage::Error { code, message });
     }
+}
+
+/// Decides to close with `code` and returns the reason to report: the code the close frame
+/// carries, which is an earlier decision's if there was one.
+fn close_with(outbox: &Outbox, code: u16) -> EndReason {
+    outbox.close(code);
+    EndReason::ServerClosed(outbox.close_code().unwrap_or(code))
 }
 
 fn validate_name(what: &str, value: &str, max: usize) -> Result<(), String> {

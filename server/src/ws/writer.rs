@@ -98,11 +98,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Writer<W> {
     }
 
     fn frames<'b>(&self, batch: &'b Batch) -> Vec<(Kind, &'b [u8])> {
-        let data_kind = if self.codec.is_text() {
-            Kind::Text
-        } else {
-            Kind::Binary
-        };
+        let data_kind = self.codec.frame_kind();
         let mut frames = Vec::with_capacity(batch.messages.len() + 3);
         if batch.ping {
             frames.push((Kind::Ping, &[][..]));
@@ -237,7 +233,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_but_moving_reader_is_never_cut_and_a_stopped_one_is() {
         let (server, mut client) = tokio::io::duplex(256);
-        let outbox = Arc::new(Outbox::new(64, false, None, CancellationToken::new()));
+        let outbox = Arc::new(Outbox::new(
+            64,
+            Kind::Binary,
+            None,
+            CancellationToken::new(),
+        ));
         for _ in 0..10 {
             outbox.push_reliable(Bytes::from(vec![1u8; 1000])).unwrap();
         }

@@ -7,7 +7,9 @@ use futures_util::SinkExt;
 use tickrelay_protocol::{ClientMessage, Codec, ErrorCode, ServerMessage, close};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Client, WAIT_TIMEOUT, payload, spawn_server, test_config, wait_until};
+use crate::support::{
+    Client, WAIT_TIMEOUT, http_get_with_headers, payload, spawn_server, test_config, wait_until,
+};
 
 async fn expect_error(client: &mut Client) -> ErrorCode {
     client
@@ -148,6 +150,33 @@ async fn connection_limit_closes_extra_connections_with_1013() {
     .await;
     let (mut c, _, _) = Client::join(&server, Codec::MessagePack, "arena", "c").await;
     c.next_snapshot().await;
+}
+
+#[tokio::test]
+async fn an_upgrade_with_no_slot_and_no_pending_room_is_refused_with_503() {
+    let mut config = test_config();
+    config.max_connections = 1;
+    config.max_pending_connections = 1;
+    let server = spawn_server(config).await;
+    let (mut a, _, _) = Client::join(&server, Codec::MessagePack, "arena", "a").await;
+    // The upgrade request's own HTTP connection holds the only pending permit, so a refused
+    // session would have none to close in: the refusal is an HTTP answer instead.
+    let upgrade = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    let (status, _, body) = http_get_with_headers(server.addr, "/ws", &upgrade).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("server full"), "{body}");
+    assert_eq!(
+        server
+            .metric("tickrelay_upgrades_refused_total{reason=\"server_full\"}")
+            .await,
+        Some(1.0)
+    );
+    a.next_snapshot().await;
 }
 
 #[tokio::test]
