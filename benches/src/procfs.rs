@@ -78,27 +78,19 @@ pub fn rss_at(samples: &[Sample], at_ms: f64) -> Option<u64> {
 mod tests {
     use super::*;
 
+    fn at(unix_ms: f64, cpu_us: f64, rss_kib: u64) -> Sample {
+        Sample {
+            unix_ms,
+            cpu_us,
+            rss_kib,
+        }
+    }
+
     #[test]
     fn reads_this_process_and_interpolates() {
         let me = sample(std::process::id()).unwrap();
         assert!(me.rss_kib > 0);
-        let samples = [
-            Sample {
-                unix_ms: 0.0,
-                cpu_us: 0.0,
-                rss_kib: 1,
-            },
-            Sample {
-                unix_ms: 100.0,
-                cpu_us: 1000.0,
-                rss_kib: 2,
-            },
-            Sample {
-                unix_ms: 200.0,
-                cpu_us: 1000.0,
-                rss_kib: 3,
-            },
-        ];
+        let samples = [at(0.0, 0.0, 1), at(100.0, 1000.0, 2), at(200.0, 1000.0, 3)];
         assert_eq!(cpu_between(&samples, 50.0, 150.0), Some(500.0));
         assert_eq!(
             cpu_between(&samples, 0.0, 300.0),
@@ -110,23 +102,7 @@ mod tests {
 
     #[test]
     fn a_window_past_the_last_sample_counts_up_to_it_only_for_an_exited_process() {
-        let samples = [
-            Sample {
-                unix_ms: 0.0,
-                cpu_us: 0.0,
-                rss_kib: 0,
-            },
-            Sample {
-                unix_ms: 100.0,
-                cpu_us: 1000.0,
-                rss_kib: 0,
-            },
-            Sample {
-                unix_ms: 200.0,
-                cpu_us: 2000.0,
-                rss_kib: 0,
-            },
-        ];
+        let samples = [at(0.0, 0.0, 0), at(100.0, 1000.0, 0), at(200.0, 2000.0, 0)];
         assert_eq!(cpu_between(&samples, 50.0, 150.0), Some(1000.0));
         assert_eq!(
             cpu_between(&samples, 50.0, 250.0),

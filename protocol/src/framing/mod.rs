@@ -478,52 +478,47 @@ mod tests {
 
     #[test]
     fn violations_are_refused_from_the_header() {
-        let cases: [(Role, Vec<u8>, FrameError); 8] = [
+        let unmasked = |first, payload: &[u8]| encode_frame(first, payload, None);
+        let masked = |first, payload: &[u8]| encode_frame(first, payload, MASK);
+        let too_long = vec![0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0];
+        let cases = [
             (
                 Role::Server,
-                encode_frame(0x82, b"x", None),
-                FrameError::Protocol("unmasked frame from a client"),
+                unmasked(0x82, b"x"),
+                "unmasked frame from a client",
             ),
             (
                 Role::Client,
-                encode_frame(0x82, b"x", MASK),
-                FrameError::Protocol("masked frame from a server"),
+                masked(0x82, b"x"),
+                "masked frame from a server",
             ),
             (
                 Role::Server,
-                encode_frame(0xC2, b"x", MASK),
-                FrameError::Protocol("reserved bits set without an extension"),
+                masked(0xC2, b"x"),
+                "reserved bits set without an extension",
+            ),
+            (Role::Server, masked(0x83, b"x"), "reserved opcode"),
+            (Role::Server, masked(0x8B, b"x"), "reserved opcode"),
+            (
+                Role::Server,
+                masked(0x09, b"x"),
+                "fragmented or oversized control frame",
             ),
             (
                 Role::Server,
-                encode_frame(0x83, b"x", MASK),
-                FrameError::Protocol("reserved opcode"),
-            ),
-            (
-                Role::Server,
-                encode_frame(0x8B, b"x", MASK),
-                FrameError::Protocol("reserved opcode"),
-            ),
-            (
-                Role::Server,
-                encode_frame(0x09, b"x", MASK),
-                FrameError::Protocol("fragmented or oversized control frame"),
-            ),
-            (
-                Role::Server,
-                encode_frame(0x89, &[0; 126], MASK),
-                FrameError::Protocol("fragmented or oversized control frame"),
+                masked(0x89, &[0; 126]),
+                "fragmented or oversized control frame",
             ),
             (
                 Role::Client,
-                vec![0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0],
-                FrameError::Protocol("payload length with the top bit set"),
+                too_long,
+                "payload length with the top bit set",
             ),
         ];
         for (role, wire, expected) in cases {
             let (frames, end) = decode_all(role, &wire, 1 << 20);
             assert!(frames.is_empty());
-            assert_eq!(end, Err(expected));
+            assert_eq!(end, Err(FrameError::Protocol(expected)));
         }
         // Too large is refused from the first bytes of the header, before the payload arrives
         // and before any room is reserved for it.
