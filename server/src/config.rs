@@ -18,6 +18,12 @@ pub struct Config {
     #[arg(long, env = "TICKRELAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Serve the admin endpoints (/metrics, /stats, /lobbies, /monitor) on this address
+    /// instead of the public one, which then serves only /ws, /healthz and the demo. Without
+    /// it everything is on --listen (fine on loopback; warned about on a public address).
+    #[arg(long, env = "TICKRELAY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Snapshot ticks per second in every lobby.
     #[arg(long, env = "TICKRELAY_TICK_HZ", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub tick_hz: u32,

@@ -13,13 +13,18 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, X_CONTENT_TYPE_OPT
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
+use crate::Surface;
 use crate::context::ServerContext;
 use crate::{assets, stats, ws};
+
+/// The routes only the admin surface serves (on their own listener with `--admin-listen`).
+const ADMIN_PATHS: [&str; 4] = ["/lobbies", "/stats", "/metrics", "/monitor"];
 
 pub(crate) async fn route(
     ctx: Arc<ServerContext>,
     request: Request<Incoming>,
     peer: SocketAddr,
+    surface: Surface,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.method() != Method::GET {
         return Ok(text_response(
@@ -27,13 +32,26 @@ pub(crate) async fn route(
             "only GET is served\n",
         ));
     }
-    let response = match request.uri().path() {
+    let path = request.uri().path();
+    let admin_path = ADMIN_PATHS.contains(&path);
+    let served = match surface {
+        Surface::All => true,
+        Surface::Public => !admin_path,
+        Surface::Admin => admin_path || path == "/healthz",
+    };
+    if !served {
+        return Ok(not_found(surface));
+    }
+    let response = match path {
         "/ws" => match ws::upgrade(&ctx, request, peer) {
             Ok(switching) => switching,
             Err(refusal) => render_refusal(refusal),
         },
         "/healthz" => text_response(StatusCode::OK, "ok\n"),
-        "/lobbies" => json_response(&stats::lobbies(&ctx), true),
+        "/lobbies" => match stats::lobbies(&ctx, request.uri().query()) {
+            Ok(page) => json_response(&page, false),
+            Err(problem) => text_response(StatusCode::BAD_REQUEST, &format!("{problem}\n")),
+        },
         // Polled every second by the monitor: compact.
         "/stats" => json_response(&stats::stats(&ctx), false),
         "/metrics" => {
@@ -48,14 +66,28 @@ pub(crate) async fn route(
         }
         path => match assets::find(path) {
             Some(asset) => asset_response(&asset),
-            None => text_response(
-                StatusCode::NOT_FOUND,
-                "not found: this server serves /ws, /healthz, /lobbies, /stats, /metrics, \
-                 / (demo), /monitor and /tickrelay.js\n",
-            ),
+            None => not_found(surface),
         },
     };
     Ok(response)
+}
+
+/// A 404 that lists what this listener does serve.
+fn not_found(surface: Surface) -> Response<Full<Bytes>> {
+    let served = match surface {
+        Surface::All => {
+            "/ws, /healthz, /lobbies, /stats, /metrics, / (demo), /monitor and /tickrelay.js"
+        }
+        Surface::Public => {
+            "/ws, /healthz, / (demo) and /tickrelay.js (the admin endpoints are on the admin \
+             listener)"
+        }
+        Surface::Admin => "/healthz, /lobbies, /stats, /metrics and /monitor",
+    };
+    text_response(
+        StatusCode::NOT_FOUND,
+        &format!("not found: this listener serves {served}\n"),
+    )
 }
 
 /// An upgrade the WebSocket layer refused, as an HTTP response.

@@ -65,13 +65,51 @@ pub enum RunError {
     Io(#[from] io::Error),
 }
 
-/// Runs the server on `listener` until `shutdown` is cancelled.
-///
-/// Shutdown is one mechanism: cancelling the token stops the accept loop, makes every
-/// connection's writer send close 1001, stops every lobby, and lets idle HTTP connections
-/// finish; `run` then waits for all tracked tasks, at most `config.shutdown_timeout`.
+/// Where the server listens: the public listener (WebSocket, demo) and, when the operator
+/// gives one, a separate admin listener (metrics, stats, lobbies, monitor).
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+/// Which routes a listener serves (see `http::route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Surface {
+    /// Everything: the default, one listener.
+    All,
+    /// The WebSocket, the demo and the health check; the admin routes are on another listener.
+    Public,
+    /// The admin routes and the health check.
+    Admin,
+}
+
+/// Runs the server on `listener` (and on `--admin-listen`, bound here, if set) until
+/// `shutdown` is cancelled. See [`serve`].
 pub async fn run(
     listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    config.validate()?;
+    let admin = config.admin_listen.map(bind).transpose()?;
+    serve(
+        Listeners {
+            public: listener,
+            admin,
+        },
+        config,
+        shutdown,
+    )
+    .await
+}
+
+/// Runs the server on `listeners` until `shutdown` is cancelled.
+///
+/// Shutdown is one mechanism: cancelling the token stops the accept loops, makes every
+/// connection's writer send close 1001, stops every lobby, and lets idle HTTP connections
+/// finish; `serve` then waits for all tracked tasks, at most `config.shutdown_timeout`.
+pub async fn serve(
+    listeners: Listeners,
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
@@ -100,34 +138,38 @@ pub async fn run(
         started: Instant::now(),
         config,
     });
-    // Connections not yet upgraded hold a pending permit from before `accept` until they end
-    // or upgrade: at the limit the loop stops accepting (the kernel's backlog waits) instead
-    // of spending file descriptors that live clients need.
-    let pending = ctx.pending_slots.clone();
-    info!(addr = %listener.local_addr()?, tick_hz = ctx.config.tick_hz, "tickrelay listening");
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = pending.clone().acquire_owned() => permit,
-        };
-        // Invariant: the semaphore is never closed.
-        let permit = permit.expect("the pending-connection semaphore stays open");
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => serve_http(&ctx, stream, peer, PendingGuard::new(&ctx, permit)),
-            Err(err) => {
-                // Typically EMFILE at the open-file limit: back off instead of spinning, so
-                // the accept loop never takes the workers from live connections.
-                warn!(%err, "accept failed");
-                ctx.metrics.accept_errors.inc();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+    let public_addr = listeners.public.local_addr()?;
+    info!(addr = %public_addr, tick_hz = ctx.config.tick_hz, "tickrelay listening");
+    let admin = match listeners.admin {
+        Some(admin) => {
+            info!(addr = %admin.local_addr()?, "admin endpoints (/metrics, /stats, /lobbies, /monitor) listening");
+            Some(admin)
         }
-    }
-    drop(listener);
+        None => {
+            if !public_addr.ip().is_loopback() {
+                warn!(
+                    addr = %public_addr,
+                    "admin endpoints (/metrics, /stats, /lobbies, /monitor) are served on a \
+                     public address: give them their own with --admin-listen"
+                );
+            }
+            None
+        }
+    };
+    let public_surface = if admin.is_some() {
+        Surface::Public
+    } else {
+        Surface::All
+    };
+    let admin_loop = async {
+        if let Some(admin) = admin {
+            accept_loop(&ctx, admin, Surface::Admin).await;
+        }
+    };
+    tokio::join!(
+        accept_loop(&ctx, listeners.public, public_surface),
+        admin_loop
+    );
     ctx.tracker.close();
     info!(connections = ctx.tracker.len(), "shutting down");
     if tokio::time::timeout(shutdown_timeout, ctx.tracker.wait())
@@ -140,6 +182,38 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+/// Accepts connections on `listener` until shutdown, each served with the routes of
+/// `surface`. Connections not yet upgraded hold a pending permit from before `accept` until
+/// they end or upgrade: at the limit the loop stops accepting (the kernel's backlog waits)
+/// instead of spending file descriptors that live clients need.
+async fn accept_loop(ctx: &Arc<ServerContext>, listener: TcpListener, surface: Surface) {
+    let shutdown = &ctx.shutdown;
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = ctx.pending_slots.clone().acquire_owned() => permit,
+        };
+        // Invariant: the semaphore is never closed.
+        let permit = permit.expect("the pending-connection semaphore stays open");
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                serve_http(ctx, stream, peer, surface, PendingGuard::new(ctx, permit));
+            }
+            Err(err) => {
+                // Typically EMFILE at the open-file limit: back off instead of spinning, so
+                // the accept loop never takes the workers from live connections.
+                warn!(%err, "accept failed");
+                ctx.metrics.accept_errors.inc();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// A TCP connection that is not a WebSocket connection (yet): its permit of
@@ -169,6 +243,7 @@ fn serve_http(
     ctx: &Arc<ServerContext>,
     stream: TcpStream,
     peer: SocketAddr,
+    surface: Surface,
     pending: PendingGuard,
 ) {
     // Snapshots are small and latency-bound: never wait to coalesce them in the kernel.
@@ -177,7 +252,8 @@ fn serve_http(
     ctx.tracker.spawn(async move {
         let ctx = conn_ctx;
         let service_ctx = ctx.clone();
-        let service = service_fn(move |request| http::route(service_ctx.clone(), request, peer));
+        let service =
+            service_fn(move |request| http::route(service_ctx.clone(), request, peer, surface));
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(ctx.config.handshake_timeout)

@@ -1,4 +1,5 @@
-//! The server's JSON views: `GET /lobbies` (every lobby with its members and traffic) and
+//! The server's JSON views: `GET /lobbies` (lobbies with their members and traffic, a page
+//! at a time) and
 //! `GET /stats` (counters, tick timing, disconnects and errors, the busiest lobbies), which
 //! feeds the live monitor page. Both are read-only snapshots built on request from the
 //! metrics and the lobby directory; `/stats` is cheap enough to poll every second.
@@ -50,13 +51,59 @@ impl LobbyView {
     }
 }
 
-/// `GET /lobbies`: every lobby, sorted by name, with its whole roster.
-pub(crate) fn lobbies(ctx: &ServerContext) -> Vec<LobbyView> {
-    ctx.directory
-        .list()
-        .iter()
-        .map(|info| LobbyView::new(info, usize::MAX))
-        .collect()
+/// Lobbies per `/lobbies` page unless the request asks for fewer (`limit`).
+const LOBBIES_PAGE_DEFAULT: usize = 100;
+/// The most lobbies one `/lobbies` page lists, whatever the request asks.
+pub(crate) const LOBBIES_PAGE_MAX: usize = 1000;
+
+/// One page of `GET /lobbies`.
+#[derive(Serialize)]
+pub(crate) struct LobbyPage {
+    /// Lobbies running now, in all.
+    total: usize,
+    /// The page size used (the request's `limit`, capped at `LOBBIES_PAGE_MAX`).
+    limit: usize,
+    /// Lobbies after the request's `after`, sorted by name, each with its whole roster.
+    lobbies: Vec<LobbyView>,
+    /// The `after` of the next page, or `null` on the last one. A name cursor, so lobbies
+    /// coming and going between requests never shift a page.
+    next: Option<String>,
+}
+
+/// `GET /lobbies?after=NAME&limit=N`: one page of lobbies, sorted by name.
+pub(crate) fn lobbies(ctx: &ServerContext, query: Option<&str>) -> Result<LobbyPage, String> {
+    let mut after = None;
+    let mut limit = LOBBIES_PAGE_DEFAULT;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "after" => after = Some(value.into_owned()),
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("limit must be a positive number, not {value:?}"))?
+                    .min(LOBBIES_PAGE_MAX);
+            }
+            other => return Err(format!("unknown parameter {other:?}: use after and limit")),
+        }
+    }
+    let listed = ctx.directory.list();
+    let total = listed.len();
+    let start = after.map_or(0, |after| listed.partition_point(|info| info.name <= after));
+    let page: Vec<_> = listed[start..].iter().take(limit).collect();
+    let next = (start + page.len() < total)
+        .then(|| page.last().map(|info| info.name.clone()))
+        .flatten();
+    Ok(LobbyPage {
+        total,
+        limit,
+        lobbies: page
+            .into_iter()
+            .map(|info| LobbyView::new(info, usize::MAX))
+            .collect(),
+        next,
+    })
 }
 
 /// `GET /stats`, version 1. Counters are totals since the server started (the monitor

@@ -3,8 +3,8 @@
 use tickrelay_protocol::{ClientMessage, Codec, ServerMessage};
 
 use crate::support::{
-    Client, RECV_TIMEOUT, WAIT_TIMEOUT, http_get, http_get_with_headers, spawn_server, test_config,
-    wait_until,
+    Client, RECV_TIMEOUT, WAIT_TIMEOUT, http_get, http_get_with_headers, spawn_server,
+    spawn_server_with_admin, test_config, wait_until,
 };
 
 #[tokio::test]
@@ -16,8 +16,12 @@ async fn healthz_lobbies_and_metrics_are_served() {
     let (_bob, _, _) = Client::join(&server, Codec::Json, "arena", "bob").await;
     let (status, body) = server.http_get("/lobbies").await;
     assert_eq!(status, 200);
-    let lobbies: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let arena = &lobbies[0];
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (page["total"].as_u64(), page["next"].is_null()),
+        (Some(1), true)
+    );
+    let arena = &page["lobbies"][0];
     assert_eq!(arena["name"], "arena");
     assert_eq!(arena["member_count"], 2);
     assert_eq!(arena["tick_hz"], 50);
@@ -205,4 +209,75 @@ async fn stats_report_counters_tick_timing_and_per_lobby_traffic() {
     let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(stats["disconnects"]["peer_vanished"], 1, "{stats}");
     assert_eq!(stats["connections"], 1);
+}
+
+#[tokio::test]
+async fn lobbies_are_listed_a_page_at_a_time_by_name() {
+    let server = spawn_server(test_config()).await;
+    let mut members = Vec::new();
+    for name in ["e", "b", "d", "a", "c"] {
+        members.push(Client::join(&server, Codec::MessagePack, name, "p").await);
+    }
+    let page = async |query: &str| server.http_get(&format!("/lobbies{query}")).await;
+    let names = |body: &str| -> (Vec<String>, serde_json::Value) {
+        let page: serde_json::Value = serde_json::from_str(body).unwrap();
+        let names = page["lobbies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["name"].as_str().unwrap().to_owned())
+            .collect();
+        (names, page)
+    };
+    let (status, body) = page("?limit=2").await;
+    assert_eq!(status, 200);
+    assert!(!body.contains('\n'), "compact JSON: {body}");
+    let (first, json) = names(&body);
+    assert_eq!(first, ["a", "b"]);
+    assert_eq!(
+        (json["total"].as_u64(), json["next"].as_str()),
+        (Some(5), Some("b"))
+    );
+    let (_, body) = page("?limit=2&after=b").await;
+    let (second, json) = names(&body);
+    assert_eq!(second, ["c", "d"]);
+    let (_, body) = page(&format!(
+        "?limit=2&after={}",
+        json["next"].as_str().unwrap()
+    ))
+    .await;
+    let (last, json) = names(&body);
+    assert_eq!(last, ["e"]);
+    assert!(json["next"].is_null(), "the last page has no next");
+    // The page size is capped, however much is asked; nonsense is refused.
+    let (_, body) = page("?limit=1000000").await;
+    assert_eq!(names(&body).1["limit"], 1000);
+    for bad in ["?limit=0", "?limit=many", "?page=2"] {
+        assert_eq!(page(bad).await.0, 400, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn with_an_admin_listener_the_admin_endpoints_leave_the_public_one() {
+    let (server, admin) = spawn_server_with_admin(test_config()).await;
+    // The public listener: the WebSocket, the demo, the health check; no admin endpoint.
+    let (mut client, _, _) = Client::join(&server, Codec::MessagePack, "arena", "ann").await;
+    client.next_snapshot().await;
+    for (path, status) in [("/healthz", 200), ("/", 200), ("/tickrelay.js", 200)] {
+        assert_eq!(server.http_get(path).await.0, status, "public {path}");
+    }
+    for path in ["/metrics", "/stats", "/lobbies", "/monitor"] {
+        let (status, body) = server.http_get(path).await;
+        assert_eq!(status, 404, "public {path}");
+        assert!(body.contains("admin listener"), "{body}");
+    }
+    // The admin listener: those, and nothing a player uses.
+    for path in ["/metrics", "/stats", "/lobbies", "/monitor", "/healthz"] {
+        assert_eq!(http_get(admin, path, &[]).await.0, 200, "admin {path}");
+    }
+    for path in ["/ws", "/", "/tickrelay.js"] {
+        assert_eq!(http_get(admin, path, &[]).await.0, 404, "admin {path}");
+    }
+    let (_, metrics) = http_get(admin, "/metrics", &[]).await;
+    assert!(metrics.contains("tickrelay_connections 1"), "{metrics}");
 }

@@ -63,7 +63,8 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the binary with `args` after `--listen 127.0.0.1:0 --worker-threads 2` (two
+    /// Starts the binary with `args` after `--listen 127.0.0.1:0` (unless `args` give one)
+    /// and `--worker-threads 2` (two
     /// workers: when both block, nothing in the server runs) and `RUST_LOG=rust_log`. The
     /// caller's `TICKRELAY_*` and `NO_COLOR` variables are not passed on, so neither can change
     /// what a test sees.
@@ -92,8 +93,11 @@ impl ServerProcess {
     }
 
     fn start_with(mut command: Command, args: &[&str], rust_log: &str, stderr: Stderr) -> Self {
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["--listen", "127.0.0.1:0", "--worker-threads", "2"])
+            .args(["--worker-threads", "2"])
             .args(args)
             .env("RUST_LOG", rust_log)
             .env_remove("NO_COLOR")
@@ -505,4 +509,22 @@ async fn process_out_of_file_descriptors_keeps_serving_live_clients_and_recovers
     let (mut late, _, _) = Client::join_at(addr, Codec::MessagePack, "live", "late").await;
     late.next_snapshot().await;
     live.next_snapshot().await;
+}
+
+#[tokio::test]
+async fn process_warns_when_admin_endpoints_are_on_a_public_address() {
+    // A wildcard address is not loopback: without --admin-listen the server says so.
+    let mut server = ServerProcess::start(&["--listen", "0.0.0.0:0"], "info", Stderr::Collect);
+    server.wait_listening().await;
+    server.wait_log("--admin-listen").await;
+    // On loopback (the quickstart) it does not.
+    let mut quiet = ServerProcess::start(&[], "info", Stderr::Collect);
+    let addr = quiet.wait_listening().await;
+    join_and_close(addr, "a").await;
+    quiet.wait_log("connection closed").await;
+    assert!(
+        !quiet.log.text().contains("--admin-listen"),
+        "{}",
+        quiet.log.text()
+    );
 }

@@ -113,6 +113,26 @@ pub(crate) async fn spawn_server(config: Config) -> TestServer {
     }
 }
 
+/// A server whose admin endpoints are on a listener of their own; returns the admin address
+/// beside the server (whose `addr` is the public one).
+pub(crate) async fn spawn_server_with_admin(config: Config) -> (TestServer, SocketAddr) {
+    let public = tickrelay_server::bind(config.listen).expect("bind loopback");
+    let admin = tickrelay_server::bind(config.listen).expect("bind loopback");
+    let (addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let listeners = tickrelay_server::Listeners {
+        public,
+        admin: Some(admin),
+    };
+    let task = tokio::spawn(tickrelay_server::serve(listeners, config, shutdown.clone()));
+    let server = TestServer {
+        addr,
+        shutdown,
+        task,
+    };
+    (server, admin_addr)
+}
+
 pub(crate) async fn http_get(
     addr: SocketAddr,
     path: &str,
