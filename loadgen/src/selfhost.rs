@@ -27,6 +27,9 @@ impl SelfHosted {
             listen: "127.0.0.1:0".parse().context("loopback address")?,
             tick_hz: args.tick_hz,
             max_lobby_size: Config::default().max_lobby_size.max(args.lobby_size),
+            // The planned sizes always fit (the message limit still applies).
+            max_state_size: Config::default().max_state_size.max(args.state_size),
+            max_event_size: Config::default().max_event_size.max(args.event_size),
             // Leave headroom over the planned rates so the limits never trip by accident.
             max_state_rate: (args.state_rate * 2.0).ceil().max(120.0) as u32,
             max_event_rate: ((args.event_rate + per_second(args.ping_interval)) * 2.0)

@@ -117,6 +117,10 @@ pub enum ErrorCode {
     TooManyLobbies,
     /// Lobby or player name empty, too long or with control characters.
     InvalidJoin,
+    /// A `state` whose data is larger than the server's state size limit; it was dropped.
+    StateTooLarge,
+    /// An `event` whose data is larger than the server's event size limit; it was dropped.
+    EventTooLarge,
     /// Any code added by a newer server; clients should treat it as a generic error.
     #[serde(other)]
     Unknown,
@@ -133,6 +137,8 @@ impl ErrorCode {
             Self::LobbyFull => "lobby_full",
             Self::TooManyLobbies => "too_many_lobbies",
             Self::InvalidJoin => "invalid_join",
+            Self::StateTooLarge => "state_too_large",
+            Self::EventTooLarge => "event_too_large",
             Self::Unknown => "unknown",
         }
     }

@@ -32,6 +32,17 @@ pub struct Config {
     #[arg(long, env = "TICKRELAY_MAX_MESSAGE_SIZE", default_value_t = 16 * 1024)]
     pub max_message_size: usize,
 
+    /// Largest `state` data accepted, in bytes (larger: `error` state_too_large, dropped). A
+    /// state is in every keyframe of its lobby: this bounds what one player makes everyone
+    /// download.
+    #[arg(long, env = "TICKRELAY_MAX_STATE_SIZE", default_value_t = 4096)]
+    pub max_state_size: usize,
+
+    /// Largest `event` data accepted, in bytes (larger: `error` event_too_large, dropped).
+    /// Every member of the lobby receives each event.
+    #[arg(long, env = "TICKRELAY_MAX_EVENT_SIZE", default_value_t = 4096)]
+    pub max_event_size: usize,
+
     /// Most members one lobby holds (more: `error` lobby_full).
     #[arg(long, env = "TICKRELAY_MAX_LOBBY_SIZE", default_value_t = 256)]
     pub max_lobby_size: usize,
@@ -58,6 +69,11 @@ pub struct Config {
     /// as too slow and is closed with 4002. Snapshots never queue: the newest replaces the older.
     #[arg(long, env = "TICKRELAY_MAX_QUEUED_MESSAGES", default_value_t = 512)]
     pub max_queued_messages: usize,
+
+    /// Bytes of reliable messages queued for one client before it counts as too slow and is
+    /// closed with 4002 (the message bound alone would let large events pile up).
+    #[arg(long, env = "TICKRELAY_MAX_QUEUED_BYTES", default_value_t = 1 << 20)]
+    pub max_queued_bytes: usize,
 
     /// Time allowed for the HTTP upgrade request to arrive, and then for the `join` message
     /// (too slow: connection dropped, or close 4004 after the upgrade).
@@ -167,6 +183,24 @@ impl Config {
                 return fail(flag, &format!("must be 1 to {}", Self::COUNT_LIMIT));
             }
         }
+        for (flag, value) in [
+            ("max-state-size", self.max_state_size),
+            ("max-event-size", self.max_event_size),
+        ] {
+            // Above --max-message-size it has no effect (the message limit comes first).
+            if !(1..=Self::MAX_MESSAGE_SIZE_LIMIT).contains(&value) {
+                return fail(
+                    flag,
+                    &format!("must be 1 to {} bytes", Self::MAX_MESSAGE_SIZE_LIMIT),
+                );
+            }
+        }
+        if !(1..=Self::MAX_MESSAGE_SIZE_LIMIT * 16).contains(&self.max_queued_bytes) {
+            return fail(
+                "max-queued-bytes",
+                &format!("must be 1 to {} bytes", Self::MAX_MESSAGE_SIZE_LIMIT * 16),
+            );
+        }
         if self.max_state_rate == 0 {
             return fail("max-state-rate", "must be at least 1 per second");
         }
@@ -224,7 +258,7 @@ mod tests {
     #[test]
     fn values_that_would_spin_or_panic_later_are_refused_at_start() {
         let huge = usize::MAX.to_string();
-        let cases: [(&[&str], &str); 10] = [
+        let cases: [(&[&str], &str); 12] = [
             (&["--idle-timeout", "5s"], "ping-interval"),
             (&["--ping-interval", "0s"], "ping-interval"),
             (&["--idle-timeout", "0s"], "idle-timeout"),
@@ -238,6 +272,8 @@ mod tests {
             (&["--max-message-size", &huge], "max-message-size"),
             (&["--max-lobby-size", &huge], "max-lobby-size"),
             (&["--max-state-rate", "0"], "max-state-rate"),
+            (&["--max-state-size", "0"], "max-state-size"),
+            (&["--max-queued-bytes", "0"], "max-queued-bytes"),
         ];
         for (args, flag) in cases {
             let err = parse(args).validate().expect_err("refused");

@@ -107,6 +107,7 @@ pub(crate) struct Outbox {
     /// handling messages.
     closing: CancellationToken,
     max_reliable: usize,
+    max_reliable_bytes: usize,
 }
 
 #[derive(Default)]
@@ -117,6 +118,8 @@ struct Inner {
     ping: bool,
     snapshot: Option<Bytes>,
     reliable: VecDeque<Bytes>,
+    /// The bytes of `reliable`.
+    reliable_bytes: usize,
     /// Only the latest ping is answered (RFC 6455 5.5.3), so a ping flood cannot grow memory.
     pong: Option<Bytes>,
     /// The close code and frame payload, once a close is decided (the first decision wins).
@@ -142,6 +145,7 @@ impl Outbox {
     /// connection on shutdown too.
     pub(crate) fn new(
         max_reliable: usize,
+        max_reliable_bytes: usize,
         data_kind: Kind,
         direct: Option<Arc<dyn DirectSink>>,
         closing: CancellationToken,
@@ -153,6 +157,7 @@ impl Outbox {
             wake_writer: Notify::new(),
             closing,
             max_reliable,
+            max_reliable_bytes,
         }
     }
 
@@ -213,7 +218,8 @@ impl Outbox {
         self.wake_writer.notify_one();
     }
 
-    /// Queues a message that must not be lost. On overflow the connection is closed with
+    /// Queues a message that must not be lost. On overflow (too many messages, or too many
+    /// bytes) the connection is closed with
     /// [`SLOW_CONSUMER`](tickrelay_protocol::close::SLOW_CONSUMER).
     pub(crate) fn push_reliable(&self, frame: Bytes) -> Result<(), PushError> {
         {
@@ -221,11 +227,14 @@ impl Outbox {
             if inner.close.is_some() {
                 return Err(PushError::Closed);
             }
-            if inner.reliable.len() >= self.max_reliable {
+            if inner.reliable.len() >= self.max_reliable
+                || inner.reliable_bytes + frame.len() > self.max_reliable_bytes
+            {
                 drop(inner);
                 self.close(tickrelay_protocol::close::SLOW_CONSUMER);
                 return Err(PushError::Overflow);
             }
+            inner.reliable_bytes += frame.len();
             inner.reliable.push_back(frame);
         }
         self.wake_writer.notify_one();
@@ -281,6 +290,7 @@ impl Outbox {
             batch.pong = Some(pong);
         }
         batch.messages.extend(inner.reliable.drain(..));
+        inner.reliable_bytes = 0;
         batch.messages.extend(inner.snapshot.take());
         if !inner.close_taken
             && let Some((_, payload)) = &inner.close
@@ -308,7 +318,7 @@ mod tests {
 
     #[test]
     fn a_keyframe_replaces_an_unsent_snapshot_and_a_delta_keeps_it() {
-        let outbox = Outbox::new(4, Kind::Binary, None, CancellationToken::new());
+        let outbox = Outbox::new(4, 1 << 20, Kind::Binary, None, CancellationToken::new());
         let push = |name, if_unsent| outbox.push_snapshot(frame(name), if_unsent);
         assert_eq!(push("k1", IfUnsent::Replace), Ok(Pushed::Queued));
         assert_eq!(push("d2", IfUnsent::Keep), Ok(Pushed::Kept));
@@ -331,7 +341,7 @@ mod tests {
 
     #[test]
     fn reliable_messages_keep_order_and_precede_the_snapshot() {
-        let outbox = Outbox::new(4, Kind::Binary, None, CancellationToken::new());
+        let outbox = Outbox::new(4, 1 << 20, Kind::Binary, None, CancellationToken::new());
         outbox.push_snapshot(frame("snap"), IfUnsent::Keep).unwrap();
         outbox.push_reliable(frame("e1")).unwrap();
         outbox.push_reliable(frame("e2")).unwrap();
@@ -345,7 +355,7 @@ mod tests {
 
     #[test]
     fn reliable_overflow_closes_with_slow_consumer() {
-        let outbox = Outbox::new(2, Kind::Binary, None, CancellationToken::new());
+        let outbox = Outbox::new(2, 1 << 20, Kind::Binary, None, CancellationToken::new());
         outbox.push_reliable(frame("1")).unwrap();
         outbox.push_reliable(frame("2")).unwrap();
         assert_eq!(outbox.push_reliable(frame("3")), Err(PushError::Overflow));
@@ -364,8 +374,27 @@ mod tests {
     }
 
     #[test]
+    fn the_reliable_queue_is_bounded_in_bytes_too() {
+        let outbox = Outbox::new(100, 10, Kind::Binary, None, CancellationToken::new());
+        outbox.push_reliable(frame("12345")).unwrap();
+        outbox.push_reliable(frame("67890")).unwrap();
+        let mut batch = Batch::default();
+        outbox.drain_into(&mut batch);
+        // Drained: the budget is free again.
+        outbox.push_reliable(frame("123456")).unwrap();
+        assert_eq!(
+            outbox.push_reliable(frame("12345")),
+            Err(PushError::Overflow)
+        );
+        assert_eq!(
+            outbox.close_code(),
+            Some(tickrelay_protocol::close::SLOW_CONSUMER)
+        );
+    }
+
+    #[test]
     fn first_close_decision_wins() {
-        let outbox = Outbox::new(2, Kind::Binary, None, CancellationToken::new());
+        let outbox = Outbox::new(2, 1 << 20, Kind::Binary, None, CancellationToken::new());
         outbox.close(1001);
         outbox.close(4001);
         assert_eq!(outbox.close_code(), Some(1001));
@@ -395,7 +424,13 @@ mod direct_tests {
     #[tokio::test]
     async fn idle_socket_gets_the_snapshot_directly_and_busy_writer_forces_queueing() {
         let (mut client, socket) = socket_pair().await;
-        let outbox = Outbox::new(4, Kind::Binary, Some(socket), CancellationToken::new());
+        let outbox = Outbox::new(
+            4,
+            1 << 20,
+            Kind::Binary,
+            Some(socket),
+            CancellationToken::new(),
+        );
         assert_eq!(
             outbox.push_snapshot(Bytes::from_static(b"abc"), IfUnsent::Keep),
             Ok(Pushed::Written)
@@ -430,6 +465,7 @@ mod direct_tests {
         let writer_side: &TcpStream = (*socket).as_ref();
         let outbox = Outbox::new(
             4,
+            1 << 20,
             Kind::Binary,
             Some(socket.clone()),
             CancellationToken::new(),

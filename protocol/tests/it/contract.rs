@@ -184,6 +184,8 @@ fn error_code_wire_names() {
         (ErrorCode::LobbyFull, "lobby_full"),
         (ErrorCode::TooManyLobbies, "too_many_lobbies"),
         (ErrorCode::InvalidJoin, "invalid_join"),
+        (ErrorCode::StateTooLarge, "state_too_large"),
+        (ErrorCode::EventTooLarge, "event_too_large"),
         (ErrorCode::Unknown, "unknown"),
     ];
     for (code, name) in all {

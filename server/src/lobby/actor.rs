@@ -454,6 +454,7 @@ pub fn bench_tick(
         };
         let outbox = Arc::new(Outbox::new(
             16,
+            1 << 20,
             codec.frame_kind(),
             None,
             Default::default(),
@@ -522,6 +523,7 @@ mod tests {
     fn member(state: &mut LobbyState<Connection>, name: &str) -> (Arc<InputSlot>, Arc<Outbox>) {
         let outbox = Arc::new(Outbox::new(
             16,
+            1 << 20,
             Codec::MessagePack.frame_kind(),
             None,
             CancellationToken::new(),

@@ -87,6 +87,7 @@ pub(crate) async fn serve<R, W>(
     // decision, and the loop turns it into 1001.
     let outbox = Arc::new(Outbox::new(
         config.max_queued_messages,
+        config.max_queued_bytes,
         codec.frame_kind(),
         direct,
         ctx.shutdown.child_token(),
@@ -396,6 +397,17 @@ impl<'a> Session<'a> {
                 if !self.event_limit.allow(now, self.ctx.config.max_event_rate) {
                     return Handled::Done(self.close(close::RATE_LIMITED));
                 }
+                let limit = self.ctx.config.max_event_size;
+                if data.len() > limit {
+                    self.send_error(
+                        ErrorCode::EventTooLarge,
+                        format!(
+                            "event of {} bytes is over the limit of {limit}; dropped",
+                            data.len()
+                        ),
+                    );
+                    return Handled::Done(Flow::Continue);
+                }
                 return Handled::ForLobby(LobbyRequest::Event(data));
             }
             ClientMessage::State { seq, data } => {
@@ -405,6 +417,17 @@ impl<'a> Session<'a> {
                 } else if self.joined.is_none() {
                     self.input.count(bytes);
                     self.not_joined()
+                } else if data.len() > self.ctx.config.max_state_size {
+                    self.input.count(bytes);
+                    let limit = self.ctx.config.max_state_size;
+                    self.send_error(
+                        ErrorCode::StateTooLarge,
+                        format!(
+                            "state of {} bytes is over the limit of {limit}; dropped",
+                            data.len()
+                        ),
+                    );
+                    Flow::Continue
                 } else {
                     self.input.put(seq, data, bytes);
                     Flow::Continue

@@ -235,6 +235,7 @@ mod tests {
         let (server, mut client) = tokio::io::duplex(256);
         let outbox = Arc::new(Outbox::new(
             64,
+            1 << 20,
             Kind::Binary,
             None,
             CancellationToken::new(),

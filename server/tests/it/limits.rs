@@ -62,6 +62,52 @@ async fn oversized_fragmented_message_closes_with_1009() {
 }
 
 #[tokio::test]
+async fn oversized_states_and_events_are_refused_and_the_connection_stays() {
+    let mut config = test_config();
+    config.max_state_size = 100;
+    config.max_event_size = 50;
+    let server = spawn_server(config).await;
+    let (mut ann, ann_id, _) = Client::join(&server, Codec::MessagePack, "arena", "ann").await;
+    let (mut bob, _, _) = Client::join(&server, Codec::Json, "arena", "bob").await;
+    ann.send_state(1, &[7; 101]).await;
+    assert_eq!(expect_error(&mut ann).await, ErrorCode::StateTooLarge);
+    ann.send(&ClientMessage::Event {
+        data: payload(&[7; 51]),
+    })
+    .await;
+    assert_eq!(expect_error(&mut ann).await, ErrorCode::EventTooLarge);
+    // At the limits both go through (the event first: it reaches bob before the tick that
+    // carries the state), and the refused ones never reached the lobby.
+    ann.send(&ClientMessage::Event {
+        data: payload(&[8; 50]),
+    })
+    .await;
+    ann.send_state(2, &[8; 100]).await;
+    let event = bob
+        .recv_until(|m| match m {
+            ServerMessage::Event { from, data } if from == ann_id => Some(data),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        event,
+        payload(&[8; 50]),
+        "the oversized event was never relayed"
+    );
+    let seq = bob
+        .recv_until(|m| match m {
+            ServerMessage::Snapshot(s) => s.players.iter().find(|p| p.id == ann_id).map(|p| p.seq),
+            _ => None,
+        })
+        .await;
+    assert_eq!(seq, 2, "the oversized state never reached a snapshot");
+    for code in ["state_too_large", "event_too_large"] {
+        let series = format!("tickrelay_errors_sent_total{{code=\"{code}\"}}");
+        assert_eq!(server.metric(&series).await, Some(1.0), "{series}");
+    }
+}
+
+#[tokio::test]
 async fn full_lobby_refuses_with_lobby_full_and_keeps_the_connection() {
     let mut config = test_config();
     config.max_lobby_size = 2;

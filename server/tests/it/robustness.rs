@@ -194,9 +194,13 @@ async fn shutdown_racing_events_closes_every_client_with_1001_not_1011() {
     for round in 0..ROUNDS {
         let mut config = test_config();
         config.max_message_size = 128 * 1024;
+        // Large states and events on purpose: the per-kind limits as large as a message.
+        config.max_state_size = config.max_message_size;
+        config.max_event_size = config.max_message_size;
         config.max_event_rate = 1_000_000;
         // The echoes of a client's own events must never make it a slow consumer.
         config.max_queued_messages = 1_000_000;
+        config.max_queued_bytes = 1 << 30;
         config.shutdown_timeout = Duration::from_secs(3);
         let server = spawn_server(config).await;
         let sent = Arc::new(AtomicUsize::new(0));

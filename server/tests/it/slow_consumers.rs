@@ -8,6 +8,8 @@ use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
+use tickrelay_server::Config;
+
 use crate::support::{Client, TestServer, payload, spawn_server, test_config};
 
 /// A client whose socket has a tiny receive buffer, so the server's writes to it block soon
@@ -46,6 +48,9 @@ fn age_ms(snapshot: &Snapshot) -> f64 {
 async fn stalled_reader_gets_keyframe_after_gap_and_never_delays_others() {
     let mut config = test_config();
     config.max_message_size = 128 * 1024;
+    // Large states and events on purpose: the per-kind limits as large as a message.
+    config.max_state_size = config.max_message_size;
+    config.max_event_size = config.max_message_size;
     let server = spawn_server(config).await;
     let mut stalled = join_with_small_buffer(&server, "stalled").await;
     let (mut mover, _, _) = Client::join(&server, Codec::MessagePack, "arena", "mover").await;
@@ -106,8 +111,25 @@ async fn stalled_reader_gets_keyframe_after_gap_and_never_delays_others() {
 #[tokio::test]
 async fn reliable_queue_overflow_closes_the_slow_reader_with_4002() {
     let mut config = test_config();
-    config.max_message_size = 64 * 1024;
     config.max_queued_messages = 16;
+    slow_reader_overflows(config).await;
+}
+
+#[tokio::test]
+async fn a_reliable_queue_over_its_bytes_closes_the_slow_reader_with_4002() {
+    let mut config = test_config();
+    // Two events of 32 KiB fill it; the message bound is out of reach.
+    config.max_queued_messages = 100_000;
+    config.max_queued_bytes = 64 * 1024;
+    slow_reader_overflows(config).await;
+}
+
+/// A member that stops reading while another sends large events is closed with 4002 once its
+/// reliable queue overflows `config`'s bounds, and leaves the lobby.
+async fn slow_reader_overflows(mut config: Config) {
+    config.max_message_size = 64 * 1024;
+    // Large events on purpose: the per-kind limit as large as a message.
+    config.max_event_size = config.max_message_size;
     config.max_event_rate = 10_000;
     let server = spawn_server(config).await;
     let mut slow = join_with_small_buffer(&server, "slow").await;
@@ -138,6 +160,9 @@ async fn reliable_queue_overflow_closes_the_slow_reader_with_4002() {
 async fn a_reader_whose_socket_stays_full_is_closed_as_write_stalled_while_it_keeps_sending() {
     let mut config = test_config();
     config.max_message_size = 128 * 1024;
+    // Large states and events on purpose: the per-kind limits as large as a message.
+    config.max_state_size = config.max_message_size;
+    config.max_event_size = config.max_message_size;
     // How long the socket may take no byte before the writer gives up.
     config.write_timeout = Duration::from_millis(800);
     let server = spawn_server(config).await;

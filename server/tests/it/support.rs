@@ -304,7 +304,14 @@ impl Client {
         &mut self,
         mut pick: impl FnMut(ServerMessage) -> Option<T>,
     ) -> T {
+        // A stream of snapshots never ends by itself: without a deadline a message that never
+        // comes would hang the test instead of failing it.
+        let deadline = tokio::time::Instant::now() + WAIT_TIMEOUT;
         loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the awaited message did not come within {WAIT_TIMEOUT:?}"
+            );
             if let Some(found) = pick(self.recv().await) {
                 return found;
             }
