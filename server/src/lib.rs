@@ -90,7 +90,6 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    config.validate()?;
     let admin = config.admin_listen.map(bind).transpose()?;
     serve(
         Listeners {

@@ -17,7 +17,7 @@ use tracing::debug;
 use super::info::{LobbyInfo, TrafficCounts};
 use super::input::InputSlot;
 use super::schedule::{Fired, TickSchedule};
-use super::state::{Delivery, JoinRefused, LobbyState, MemberKey, PushOutcome};
+use super::state::{Delivery, JoinRefused, LobbyState, MemberKey, MemberState, PushOutcome};
 use crate::clock::unix_micros;
 use crate::metrics::Metrics;
 use crate::outbox::{IfUnsent, Outbox, PushError, Pushed};
@@ -341,6 +341,30 @@ struct FanOut {
 }
 
 impl FanOut {
+    /// Hands `frame` (this tick's `delivery`) to the member's outbox, records what happened in
+    /// the counts and in the member's state, and returns whether the member must get the
+    /// keyframe at once (see `MemberState::delivered`). A keyframe replaces a waiting snapshot;
+    /// a delta never does.
+    fn deliver(
+        &mut self,
+        member: &mut MemberState<Connection>,
+        delivery: Delivery,
+        frame: Bytes,
+    ) -> bool {
+        let len = frame.len() as u64;
+        let if_unsent = match delivery {
+            Delivery::Keyframe => IfUnsent::Replace,
+            Delivery::Delta => IfUnsent::Keep,
+        };
+        let outcome = outcome(member.conn.outbox.push_snapshot(frame, if_unsent));
+        self.record(outcome, len);
+        self.keyframes += u64::from(
+            delivery == Delivery::Keyframe
+                && !matches!(outcome, PushOutcome::Refused | PushOutcome::Kept),
+        );
+        member.delivered(delivery, outcome)
+    }
+
     fn record(&mut self, outcome: PushOutcome, len: u64) {
         match outcome {
             PushOutcome::Refused | PushOutcome::Kept => return,
@@ -399,18 +423,7 @@ fn fan_out(state: &mut LobbyState<Connection>, now_us: u64) -> FanOut {
             _ => &mut delta,
         };
         let frame = frames.get(member.conn.codec);
-        let len = frame.len() as u64;
-        let if_unsent = match delivery {
-            Delivery::Keyframe => IfUnsent::Replace,
-            Delivery::Delta => IfUnsent::Keep,
-        };
-        let outcome = outcome(member.conn.outbox.push_snapshot(frame, if_unsent));
-        out.record(outcome, len);
-        out.keyframes += u64::from(
-            delivery == Delivery::Keyframe
-                && !matches!(outcome, PushOutcome::Refused | PushOutcome::Kept),
-        );
-        resend |= member.delivered(delivery, outcome);
+        resend |= out.deliver(member, delivery, frame);
     }
     if resend {
         // Slow readers whose connection still holds an unsent snapshot: this tick's delta was
@@ -420,11 +433,7 @@ fn fan_out(state: &mut LobbyState<Connection>, now_us: u64) -> FanOut {
         for (_, member) in state.members_mut() {
             if member.delivery() == Delivery::Keyframe {
                 let frame = keyframe.get(member.conn.codec);
-                let len = frame.len() as u64;
-                let outcome = outcome(member.conn.outbox.push_snapshot(frame, IfUnsent::Replace));
-                out.record(outcome, len);
-                out.keyframes += u64::from(outcome != PushOutcome::Refused);
-                member.delivered(Delivery::Keyframe, outcome);
+                out.deliver(member, Delivery::Keyframe, frame);
             }
         }
     }

@@ -397,42 +397,26 @@ impl<'a> Session<'a> {
                 if !self.event_limit.allow(now, self.ctx.config.max_event_rate) {
                     return Handled::Done(self.close(close::RATE_LIMITED));
                 }
-                let limit = self.ctx.config.max_event_size;
-                if data.len() > limit {
-                    self.send_error(
-                        ErrorCode::EventTooLarge,
-                        format!(
-                            "event of {} bytes is over the limit of {limit}; dropped",
-                            data.len()
-                        ),
-                    );
+                if self.over_size(
+                    ErrorCode::EventTooLarge,
+                    "event",
+                    &data,
+                    self.ctx.config.max_event_size,
+                ) {
                     return Handled::Done(Flow::Continue);
                 }
                 return Handled::ForLobby(LobbyRequest::Event(data));
             }
-            ClientMessage::State { seq, data } => {
-                if !self.state_limit.allow(now, self.ctx.config.max_state_rate) {
+            ClientMessage::State { seq, data } => match self.refuse_state(now, &data) {
+                Some(flow) => {
                     self.input.count(bytes);
-                    self.close(close::RATE_LIMITED)
-                } else if self.joined.is_none() {
-                    self.input.count(bytes);
-                    self.not_joined()
-                } else if data.len() > self.ctx.config.max_state_size {
-                    self.input.count(bytes);
-                    let limit = self.ctx.config.max_state_size;
-                    self.send_error(
-                        ErrorCode::StateTooLarge,
-                        format!(
-                            "state of {} bytes is over the limit of {limit}; dropped",
-                            data.len()
-                        ),
-                    );
-                    Flow::Continue
-                } else {
+                    flow
+                }
+                None => {
                     self.input.put(seq, data, bytes);
                     Flow::Continue
                 }
-            }
+            },
             ClientMessage::Ping { client_time } => {
                 if !self.event_limit.allow(now, self.ctx.config.max_event_rate) {
                     self.close(close::RATE_LIMITED)
@@ -448,6 +432,39 @@ impl<'a> Session<'a> {
             ClientMessage::Leave => self.close(close::NORMAL),
         };
         Handled::Done(flow)
+    }
+
+    /// Why a `state` does not go into the input slot, if it does not: over the rate (closes),
+    /// before `join`, or over the size limit (dropped).
+    fn refuse_state(&mut self, now: std::time::Instant, data: &Payload) -> Option<Flow> {
+        if !self.state_limit.allow(now, self.ctx.config.max_state_rate) {
+            Some(self.close(close::RATE_LIMITED))
+        } else if self.joined.is_none() {
+            Some(self.not_joined())
+        } else if self.over_size(
+            ErrorCode::StateTooLarge,
+            "state",
+            data,
+            self.ctx.config.max_state_size,
+        ) {
+            Some(Flow::Continue)
+        } else {
+            None
+        }
+    }
+
+    /// Refuses (with `code`) a `state` or `event` whose data is over its size limit; the
+    /// message is dropped and the connection stays.
+    fn over_size(&self, code: ErrorCode, kind: &str, data: &Payload, limit: usize) -> bool {
+        let over = data.len() > limit;
+        if over {
+            let size = data.len();
+            self.send_error(
+                code,
+                format!("{kind} of {size} bytes is over the limit of {limit}; dropped"),
+            );
+        }
+        over
     }
 
     /// Joins and events: both wait for the lobby.
