@@ -72,7 +72,8 @@ fn decode_client_messages(c: &mut Criterion) {
             ClientMessage::Join {
                 lobby: "arena-42".into(),
                 name: "player-one".into(),
-                token: None,
+                ticket: None,
+                role: None,
             },
         ),
     ];

@@ -37,8 +37,11 @@
  * Connection life. `connect` returns at once; the client opens the socket, sends `join`, and
  * after `welcome` flushes what was sent meanwhile. When the connection drops (server restart,
  * network loss, silence for `staleMs`) it reconnects with exponential backoff and full jitter,
- * then joins the same lobby with the same name. The server has no seat resumption yet, so the
- * player gets a new id on every `welcome`; see `#joinToken` for the hook a resume token will use.
+ * then joins the same lobby with the same name (and a fresh ticket, when `ticket` is a
+ * function). The server has no seat resumption yet, so the player gets a new id on every
+ * `welcome`; see `#resumeToken` for the hook a resume token will use. With tickets the seat
+ * belongs to the ticket's identity: a newer connection of the same identity takes it over, and
+ * the older client closes for good (close code 4006, `replaced`).
  *
  * Sending never throws. While not joined, `sendState` keeps only the latest state (sent right
  * after the next `welcome`) and `sendEvent` queues up to `maxQueuedEvents` events; an event
@@ -67,7 +70,12 @@ export const SUBPROTOCOL_MSGPACK = "tickrelay.v1.msgpack";
  * @typedef {object} ConnectOptions
  * @property {string} lobby Lobby to join (1 to 64 bytes of UTF-8, no control characters).
  * @property {string} name Display name (1 to 64 bytes of UTF-8, no control characters).
- * @property {string} [token] Sent as `join.token` (reserved by protocol v1, ignored today).
+ * @property {string | (() => string | Promise<string>)} [ticket] A signed join ticket from
+ *   the game's backend, sent as `join.ticket`; required when the server verifies tickets. A
+ *   function is called before every join (tickets expire: reconnections need fresh ones).
+ * @property {string} [token] Old name of `ticket` (protocol v1 reserved `join.token`).
+ * @property {"player" | "spectator"} [role] Join as a spectator: receive snapshots and events,
+ *   send neither. With tickets the ticket decides; a player may still choose to watch.
  * @property {"json" | MessagePackCodec} [codec] Default "json"; an encoder/decoder pair selects MessagePack.
  * @property {ReconnectOptions | false} [reconnect] Backoff settings, or false to never reconnect.
  * @property {number} [pingIntervalMs] Time between clock probes once the clock is measured (default 2000).
@@ -82,6 +90,7 @@ export const SUBPROTOCOL_MSGPACK = "tickrelay.v1.msgpack";
  * @typedef {object} Member
  * @property {number} id
  * @property {string} name
+ * @property {"player" | "spectator"} role
  */
 
 /**
@@ -115,8 +124,9 @@ export const SUBPROTOCOL_MSGPACK = "tickrelay.v1.msgpack";
 
 /**
  * @typedef {object} ClientError
- * @property {string} code A server error code (`lobby_full`, ...) or one of this library's:
- *   `event_dropped`, `reconnect_exhausted`, `bad_server_message`, `socket_error`.
+ * @property {string} code A server error code (`lobby_full`, `unauthorized`, ...) or one of
+ *   this library's: `event_dropped`, `reconnect_exhausted`, `bad_server_message`,
+ *   `socket_error`, `ticket_failed` (the `ticket` function threw), `replaced`.
  * @property {string} message
  */
 
@@ -185,7 +195,7 @@ export class TickrelayClient {
     eventsDropped: 0,
   };
 
-  /** @type {Required<Omit<ConnectOptions, "token" | "codec" | "reconnect" | "maxStateHz" | "WebSocket">> & ConnectOptions} */
+  /** @type {Required<Omit<ConnectOptions, "ticket" | "token" | "role" | "codec" | "reconnect" | "maxStateHz" | "WebSocket">> & ConnectOptions} */
   #options;
   #url;
   /** @type {Codec} */
@@ -222,8 +232,8 @@ export class TickrelayClient {
   /**
    * SEAT RESUME HOOK. The server cannot give a reconnecting player its old seat yet, so this
    * stays null and every reconnection is a fresh join. When the protocol gains resumption,
-   * store the token the server hands out (e.g. read it from `welcome` in `#onWelcome`) here:
-   * `#joinToken()` then sends it as `join.token` on every reconnection.
+   * store the token the server hands out (e.g. read it from `welcome` in `#onWelcome`) here,
+   * and `#joinMessage()` sends it on every reconnection.
    * @type {string | null}
    */
   #resumeToken = null;
@@ -385,9 +395,20 @@ export class TickrelayClient {
     this.#staleTimer = setInterval(() => this.#checkStale(), 1000);
     ws.onopen = () => {
       this.#lastReceiveAt = performance.now();
-      this.#send({ t: "join", lobby: this.#options.lobby, name: this.#options.name, ...this.#joinToken() });
-      this.#probeClock();
       this.#emit("open", { protocol: ws.protocol });
+      this.#joinMessage().then(
+        (join) => {
+          // The socket may have closed (or been replaced) while a ticket was fetched.
+          if (this.#ws !== ws) return;
+          this.#send(join);
+          this.#probeClock();
+        },
+        (err) => {
+          if (this.#ws !== ws) return;
+          this.#emit("error", { code: "ticket_failed", message: `the ticket function failed: ${err}` });
+          this.#drop(1000, "no ticket");
+        },
+      );
     };
     ws.onmessage = (message) => this.#onFrame(message.data);
     ws.onclose = (closed) => this.#onSocketClosed(closed.code, closed.reason, closed.wasClean);
@@ -395,10 +416,15 @@ export class TickrelayClient {
     ws.onerror = () => {};
   }
 
-  /** `join.token`: the resume token once the server supports seats (see `#resumeToken`). */
-  #joinToken() {
-    const token = this.#resumeToken ?? this.#options.token;
-    return token === undefined || token === null ? {} : { token };
+  /** The `join` message: lobby, name, the ticket (fetched anew when it is a function), role. */
+  async #joinMessage() {
+    /** @type {Record<string, unknown>} */
+    const join = { t: "join", lobby: this.#options.lobby, name: this.#options.name };
+    const source = this.#options.ticket ?? this.#options.token;
+    const ticket = typeof source === "function" ? await source() : source;
+    if (ticket !== undefined && ticket !== null) join.ticket = String(ticket);
+    if (this.#options.role !== undefined) join.role = this.#options.role;
+    return join;
   }
 
   /**
@@ -412,6 +438,12 @@ export class TickrelayClient {
     this.#ws = null;
     this.#clearTimers();
     if (this.#closedByUser) return;
+    if (code === 4006) {
+      // Another connection of this identity (another tab, another device) took the seat:
+      // reconnecting would take it back, and the two would evict each other forever.
+      this.#reconnect = null;
+      this.#emit("error", { code: "replaced", message: "a newer connection took this seat over" });
+    }
     const willReconnect = this.#reconnect !== null && this.#attempt < this.#reconnect.maxAttempts;
     this.readyState = willReconnect ? "reconnecting" : "closed";
     if (!willReconnect) {
@@ -553,14 +585,14 @@ export class TickrelayClient {
         this.#emit("event", { from: message.from, data: message.data });
         break;
       case "member_joined": {
-        const member = { id: Number(message.id), name: String(message.name) };
+        const member = toMember(message);
         this.members.set(member.id, member);
         this.#emit("member_joined", member);
         break;
       }
       case "member_left": {
         const id = Number(message.id);
-        const member = this.members.get(id) ?? { id, name: "" };
+        const member = this.members.get(id) ?? { id, name: "", role: "player" };
         this.members.delete(id);
         this.players.delete(id);
         this.#emit("member_left", member);
@@ -587,7 +619,7 @@ export class TickrelayClient {
     this.tickHz = Number(message.tick_hz);
     this.tick = null;
     this.members = new Map(
-      (message.members ?? []).map((/** @type {any} */ m) => [Number(m.id), { id: Number(m.id), name: String(m.name) }]),
+      (message.members ?? []).map((/** @type {any} */ m) => [Number(m.id), toMember(m)]),
     );
     // The first snapshot is a keyframe; until then this membership has seen nobody's state.
     this.players = new Map();
@@ -664,12 +696,15 @@ export class TickrelayClient {
   #onServerError(code, message) {
     this.#emit("error", { code, message });
     if (this.readyState === "open") return;
-    // A refused join. An invalid name or lobby cannot succeed later: stop for good. A full
-    // lobby or server might accept a later attempt: reconnect with backoff.
-    if (code === "invalid_join") {
+    // A refused join. An invalid name or lobby, or a role the ticket does not allow, cannot
+    // succeed later: stop for good. So does a refused ticket, unless `ticket` is a function
+    // that can fetch a fresh one. A full lobby or server might accept a later attempt:
+    // reconnect with backoff.
+    const freshTicket = typeof (this.#options.ticket ?? this.#options.token) === "function";
+    if (code === "invalid_join" || code === "forbidden" || (code === "unauthorized" && !freshTicket)) {
       this.#reconnect = null;
       this.#drop(1000, "join refused");
-    } else if (code === "lobby_full" || code === "too_many_lobbies") {
+    } else if (code === "lobby_full" || code === "too_many_lobbies" || code === "unauthorized") {
       this.#drop(1000, "join refused");
     }
   }
@@ -690,6 +725,15 @@ export class TickrelayClient {
       }
     }
   }
+}
+
+/**
+ * A member as `welcome` and `member_joined` describe it (older servers send no role).
+ * @param {any} m
+ * @returns {Member}
+ */
+function toMember(m) {
+  return { id: Number(m.id), name: String(m.name), role: m.role === "spectator" ? "spectator" : "player" };
 }
 
 // ---- payload helpers -------------------------------------------------------------------

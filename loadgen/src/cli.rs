@@ -96,6 +96,21 @@ pub(crate) struct RunArgs {
     )]
     pub(crate) url: Option<String>,
 
+    /// Sign a join ticket for every client (HS256; `sub` is the client's name, one seat each)
+    /// for servers that require tickets. With --self-host the server requires them too.
+    #[arg(
+        long,
+        env = "TICKRELAY_TICKET_SECRET",
+        hide_env_values = true,
+        conflicts_with = "ticket_private_key"
+    )]
+    pub(crate) ticket_secret: Option<String>,
+
+    /// Sign join tickets with EdDSA using this Ed25519 private key (PEM, PKCS#8), for servers
+    /// started with the matching --ticket-public-key (not with --self-host).
+    #[arg(long, value_name = "FILE", conflicts_with = "self_host")]
+    pub(crate) ticket_private_key: Option<PathBuf>,
+
     /// Start an in-process tickrelay server on loopback and run against it.
     #[arg(long)]
     pub(crate) self_host: bool,

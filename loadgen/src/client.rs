@@ -178,7 +178,8 @@ async fn connect_and_join(
     let join = ClientMessage::Join {
         lobby: spec.lobby.clone(),
         name: spec.name.clone(),
-        token: None,
+        ticket: plan.ticket(spec, unix_micros() / 1_000_000),
+        role: None,
     };
     let mut buffer = Vec::with_capacity(64);
     let join_sent = Instant::now();

@@ -2,11 +2,13 @@
 //! shard slice, client list, pacing) before any connection is made.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use serde::Serialize;
 use tickrelay_protocol::Codec;
+use tickrelay_protocol::ticket::{TicketClaims, TicketSigner};
 
 use crate::cli::{ClockCorrection, CodecArg, RunArgs, Scenario};
 
@@ -74,8 +76,38 @@ pub(crate) struct Plan {
     pub(crate) lobby_prefix: String,
     pub(crate) threads: usize,
     pub(crate) clock_correction: ClockCorrection,
+    /// Signs each client's join ticket (`--ticket-secret`, `--ticket-private-key`).
+    #[serde(serialize_with = "signer_algorithm")]
+    pub(crate) tickets: Option<Arc<TicketSigner>>,
     #[serde(skip)]
     pub(crate) clients: Vec<ClientSpec>,
+}
+
+/// How long each signed ticket is valid: generous, for clocks a little apart.
+const TICKET_TTL_SECS: u64 = 300;
+
+fn signer_algorithm<S: serde::Serializer>(
+    signer: &Option<Arc<TicketSigner>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match signer {
+        Some(signer) => s.serialize_some(signer.algorithm()),
+        None => s.serialize_none(),
+    }
+}
+
+fn ticket_signer(args: &RunArgs) -> anyhow::Result<Option<TicketSigner>> {
+    if let Some(path) = &args.ticket_private_key {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("--ticket-private-key {}", path.display()))?;
+        return TicketSigner::ed25519_pem(&pem)
+            .map(Some)
+            .context("--ticket-private-key");
+    }
+    args.ticket_secret
+        .as_ref()
+        .map(|secret| TicketSigner::hs256(secret.as_bytes()).context("--ticket-secret"))
+        .transpose()
 }
 
 fn codec_name<S: serde::Serializer>(codec: &Codec, s: S) -> Result<S::Ok, S::Error> {
@@ -160,10 +192,24 @@ impl Plan {
                 args.threads
             },
             clock_correction: args.clock_correction,
+            tickets: ticket_signer(args)?.map(Arc::new),
             clients,
         };
         plan.check_machine_limits()?;
         Ok(plan)
+    }
+
+    /// A freshly signed ticket for `spec`'s join, if tickets are on (`now_secs`: Unix seconds).
+    pub(crate) fn ticket(&self, spec: &ClientSpec, now_secs: u64) -> Option<String> {
+        let signer = self.tickets.as_ref()?;
+        Some(signer.sign(&TicketClaims {
+            sub: spec.name.clone(),
+            lobby: spec.lobby.clone(),
+            exp: now_secs + TICKET_TTL_SECS,
+            nbf: None,
+            name: None,
+            role: None,
+        }))
     }
 
     /// Fails early, with the way out, when this process cannot hold its share of sockets.

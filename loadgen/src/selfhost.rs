@@ -35,6 +35,11 @@ impl SelfHosted {
             max_event_rate: ((args.event_rate + per_second(args.ping_interval)) * 2.0)
                 .ceil()
                 .max(60.0) as u32,
+            // The clients sign tickets with this secret: the server verifies them.
+            ticket_secret: tickrelay_server::config::TicketSecret {
+                ticket_secret: args.ticket_secret.clone(),
+                ticket_secret_file: None,
+            },
             ..Config::default()
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -27,6 +27,11 @@ pub const IDLE_TIMEOUT: u16 = 4003;
 /// No `join` arrived within the handshake timeout after the WebSocket opened.
 pub const JOIN_TIMEOUT: u16 = 4004;
 
+/// The join's ticket was refused (preceded by `error` `unauthorized` with the reason).
+pub const UNAUTHORIZED: u16 = 4005;
+/// Another connection joined with the same identity (ticket `sub`) and took this seat over.
+pub const REPLACED: u16 = 4006;
+
 /// The short reason sent with a close code (fits the 123-byte limit of a close frame).
 pub fn reason(code: u16) -> &'static str {
     match code {
@@ -42,6 +47,8 @@ pub fn reason(code: u16) -> &'static str {
         SLOW_CONSUMER => "client reads too slowly",
         IDLE_TIMEOUT => "idle timeout",
         JOIN_TIMEOUT => "no join within handshake timeout",
+        UNAUTHORIZED => "ticket refused",
+        REPLACED => "seat taken over by a newer connection",
         _ => "",
     }
 }

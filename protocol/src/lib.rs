@@ -12,10 +12,12 @@ mod fast;
 pub mod framing;
 mod messages;
 mod payload;
+#[cfg(feature = "ticket")]
+pub mod ticket;
 
 pub use codec::{Codec, DecodeError, EncodeError, NegotiationError};
 pub use fast::{PlayerSeq, SnapshotSummary};
 pub use messages::{
-    ClientMessage, ErrorCode, Member, PlayerId, PlayerState, ServerMessage, Snapshot,
+    ClientMessage, ErrorCode, Member, PlayerId, PlayerState, Role, ServerMessage, Snapshot,
 };
 pub use payload::Payload;

@@ -16,9 +16,14 @@ pub enum ClientMessage {
     Join {
         lobby: String,
         name: String,
-        /// Reserved for signed join tickets; accepted and ignored in v1.
+        /// A signed join ticket (a JWT), required when the server verifies tickets. `token`,
+        /// the name v1 reserved for it, is accepted as an alias.
+        #[serde(default, alias = "token", skip_serializing_if = "Option::is_none")]
+        ticket: Option<String>,
+        /// Join as a spectator. Without tickets the client chooses; with tickets the ticket's
+        /// `role` decides, and a player may only ask to watch.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        token: Option<String>,
+        role: Option<Role>,
     },
     /// This player's latest state; supersedes the previous one. `seq` is chosen by the client
     /// (normally increasing) and echoed in snapshots so it can measure input-to-visible time.
@@ -52,6 +57,9 @@ pub enum ServerMessage {
     MemberJoined {
         id: PlayerId,
         name: String,
+        /// Absent from older servers' messages: a player.
+        #[serde(default)]
+        role: Role,
     },
     MemberLeft {
         id: PlayerId,
@@ -97,6 +105,30 @@ pub struct PlayerState {
 pub struct Member {
     pub id: PlayerId,
     pub name: String,
+    /// Absent from older servers' messages: a player.
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// What a member does in its lobby.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Sends states and events and appears in snapshots.
+    #[default]
+    Player,
+    /// Receives snapshots and events, never appears in `players`, may send neither.
+    Spectator,
+}
+
+impl Role {
+    /// The wire name, e.g. `spectator`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Player => "player",
+            Self::Spectator => "spectator",
+        }
+    }
 }
 
 /// Stable machine-readable reason carried by an `error` message.
@@ -121,6 +153,12 @@ pub enum ErrorCode {
     StateTooLarge,
     /// An `event` whose data is larger than the server's event size limit; it was dropped.
     EventTooLarge,
+    /// A join without a valid ticket while the server requires one (missing, forged, expired,
+    /// not yet valid, for another lobby); the connection is closed right after (close 4005).
+    Unauthorized,
+    /// A request the member's role does not allow (a spectator sending `state` or `event`);
+    /// the message was dropped.
+    Forbidden,
     /// Any code added by a newer server; clients should treat it as a generic error.
     #[serde(other)]
     Unknown,
@@ -139,6 +177,8 @@ impl ErrorCode {
             Self::InvalidJoin => "invalid_join",
             Self::StateTooLarge => "state_too_large",
             Self::EventTooLarge => "event_too_large",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::Unknown => "unknown",
         }
     }

@@ -2,9 +2,11 @@
 //! environment fallback. Passed explicitly; there are no globals.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
+use tickrelay_protocol::ticket::TicketVerifier;
 
 /// tickrelay: a tick-based game-state relay over WebSockets.
 ///
@@ -113,10 +115,106 @@ pub struct Config {
     #[arg(long, env = "TICKRELAY_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 
+    /// Require a signed join ticket (a JWT in `join.ticket`) from every client; `ticket` prints
+    /// one for testing. Without a key every join is accepted (the default).
+    #[command(flatten)]
+    pub ticket_secret: TicketSecret,
+
+    /// Verify EdDSA (Ed25519) tickets with this public key (PEM, `BEGIN PUBLIC KEY`), so relay
+    /// nodes never hold the signing key. Instead of --ticket-secret.
+    #[arg(
+        long,
+        env = "TICKRELAY_TICKET_PUBLIC_KEY",
+        value_name = "FILE",
+        conflicts_with_all = ["ticket_secret", "ticket_secret_file"]
+    )]
+    pub ticket_public_key: Option<PathBuf>,
+
+    /// Clock skew allowed when checking tickets' `exp` and `nbf`.
+    #[arg(long, env = "TICKRELAY_TICKET_LEEWAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub ticket_leeway: Duration,
+
+    /// Most spectators per lobby, besides its --max-lobby-size players (more: `error`
+    /// lobby_full). 0 refuses spectators.
+    #[arg(long, env = "TICKRELAY_MAX_SPECTATORS", default_value_t = 64)]
+    pub max_spectators: usize,
+
     /// Log line format on stderr: `text` for people, `json` (one object per line) for log
     /// pipelines. Filter with RUST_LOG (default `info`).
     #[arg(long, env = "TICKRELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// The HS256 ticket secret, shared by the server and the `ticket` subcommand.
+#[derive(Clone, Default, Args)]
+pub struct TicketSecret {
+    /// The HS256 secret join tickets are signed with (at least 32 bytes): the server then
+    /// requires a ticket from every join, and `ticket` signs with it. Prefer the environment
+    /// or --ticket-secret-file: other users of the machine can read command lines.
+    #[arg(
+        long,
+        env = "TICKRELAY_TICKET_SECRET",
+        hide_env_values = true,
+        conflicts_with = "ticket_secret_file"
+    )]
+    pub ticket_secret: Option<String>,
+
+    /// Read the HS256 ticket secret from this file (one trailing newline is ignored).
+    #[arg(long, env = "TICKRELAY_TICKET_SECRET_FILE", value_name = "FILE")]
+    pub ticket_secret_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for TicketSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret itself.
+        f.debug_struct("TicketSecret")
+            .field(
+                "ticket_secret",
+                &self.ticket_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ticket_secret_file", &self.ticket_secret_file)
+            .finish()
+    }
+}
+
+impl TicketSecret {
+    /// The secret, from the flag or the file; `None` when neither is given.
+    pub fn load(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        if let Some(secret) = &self.ticket_secret {
+            return Ok(Some(secret.clone().into_bytes()));
+        }
+        let Some(path) = &self.ticket_secret_file else {
+            return Ok(None);
+        };
+        let mut secret = read_file("ticket-secret-file", path)?;
+        if secret.last() == Some(&b'\n') {
+            secret.pop();
+            if secret.last() == Some(&b'\r') {
+                secret.pop();
+            }
+        }
+        Ok(Some(secret))
+    }
+
+    /// The flag a problem with the secret is reported under.
+    pub fn flag(&self) -> &'static str {
+        if self.ticket_secret.is_some() {
+            "ticket-secret"
+        } else {
+            "ticket-secret-file"
+        }
+    }
+}
+
+/// Reads a file a flag names, or says which flag and why not.
+pub(crate) fn read_file(
+    flag: &'static str,
+    path: &std::path::Path,
+) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|err| ConfigError {
+        flag,
+        problem: format!("{}: {err}", path.display()),
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -233,7 +331,39 @@ impl Config {
         if self.worker_threads > 1024 {
             return fail("worker-threads", "must be 0 (one per core) to 1024");
         }
+        if self.max_spectators > Self::COUNT_LIMIT {
+            return fail(
+                "max-spectators",
+                &format!("must be 0 to {}", Self::COUNT_LIMIT),
+            );
+        }
+        if self.ticket_leeway > Duration::from_secs(3600) {
+            return fail("ticket-leeway", "must be at most 1h");
+        }
         Ok(())
+    }
+
+    /// The ticket verifier for the configured key (reading its file), or `None` when joins
+    /// need no ticket.
+    pub fn ticket_verifier(&self) -> Result<Option<TicketVerifier>, ConfigError> {
+        let invalid = |flag| {
+            move |err: tickrelay_protocol::ticket::KeyError| ConfigError {
+                flag,
+                problem: err.to_string(),
+            }
+        };
+        if let Some(path) = &self.ticket_public_key {
+            let pem = read_file("ticket-public-key", path)?;
+            return TicketVerifier::ed25519_pem(&pem, self.ticket_leeway)
+                .map(Some)
+                .map_err(invalid("ticket-public-key"));
+        }
+        match self.ticket_secret.load()? {
+            None => Ok(None),
+            Some(secret) => TicketVerifier::hs256(&secret, self.ticket_leeway)
+                .map(Some)
+                .map_err(invalid(self.ticket_secret.flag())),
+        }
     }
 
     /// Time between two ticks.
@@ -258,7 +388,8 @@ mod tests {
     #[test]
     fn values_that_would_spin_or_panic_later_are_refused_at_start() {
         let huge = usize::MAX.to_string();
-        let cases: [(&[&str], &str); 12] = [
+        let cases: [(&[&str], &str); 13] = [
+            (&["--ticket-leeway", "2h"], "ticket-leeway"),
             (&["--idle-timeout", "5s"], "ping-interval"),
             (&["--ping-interval", "0s"], "ping-interval"),
             (&["--idle-timeout", "0s"], "idle-timeout"),
@@ -283,5 +414,46 @@ mod tests {
                     .starts_with(&format!("invalid configuration: --{flag} "))
             );
         }
+    }
+
+    #[test]
+    fn ticket_keys_are_loaded_and_checked_at_start() {
+        assert!(Config::default().ticket_verifier().unwrap().is_none());
+        let short = parse(&["--ticket-secret", "short"]).ticket_verifier();
+        assert_eq!(short.unwrap_err().flag, "ticket-secret");
+        let missing = parse(&["--ticket-public-key", "/nonexistent/key.pem"]).ticket_verifier();
+        assert_eq!(missing.unwrap_err().flag, "ticket-public-key");
+
+        let dir = std::env::temp_dir().join(format!("tickrelay-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, format!("{}\n", "s".repeat(32))).unwrap();
+        let from_file = parse(&["--ticket-secret-file", file.to_str().unwrap()]);
+        assert_eq!(
+            from_file.ticket_secret.load().unwrap(),
+            Some(vec![b's'; 32])
+        );
+        assert_eq!(
+            from_file.ticket_verifier().unwrap().unwrap().algorithm(),
+            "HS256"
+        );
+        let public = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../protocol/tests/keys/ed25519-test.pub.pem"
+        );
+        let eddsa = parse(&["--ticket-public-key", public]).ticket_verifier();
+        assert_eq!(eddsa.unwrap().unwrap().algorithm(), "EdDSA");
+        // One key only: clap refuses two.
+        assert!(
+            Config::try_parse_from([
+                "tickrelay-server",
+                "--ticket-secret",
+                "x",
+                "--ticket-public-key",
+                public
+            ])
+            .is_err()
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tickrelay_protocol::ticket::TicketVerifier;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,6 +18,8 @@ pub(crate) struct ServerContext {
     pub(crate) config: Config,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) directory: Box<dyn lobby::Directory>,
+    /// Verifies join tickets; `None` when joins need none (`--ticket-secret` and the like).
+    pub(crate) tickets: Option<TicketVerifier>,
     /// Cancelled to shut down: see [`run`].
     pub(crate) shutdown: CancellationToken,
     /// Every task the server spawns, so shutdown can wait for all of them.

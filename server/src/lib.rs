@@ -11,6 +11,7 @@ mod context;
 mod http;
 mod lobby;
 pub mod metrics;
+mod mint;
 mod outbox;
 mod stats;
 mod sync;
@@ -35,6 +36,7 @@ use crate::context::ServerContext;
 #[doc(hidden)]
 pub use crate::lobby::bench_tick;
 pub use crate::metrics::Metrics;
+pub use crate::mint::TicketCommand;
 
 /// Connections the kernel queues before `accept` (somaxconn on this machine kind is 4096).
 const LISTEN_BACKLOG: u32 = 4096;
@@ -113,6 +115,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     config.validate()?;
+    let tickets = config.ticket_verifier()?;
     let shutdown_timeout = config.shutdown_timeout;
     let metrics = Arc::new(Metrics::new());
     let tracker = TaskTracker::new();
@@ -120,6 +123,7 @@ pub async fn serve(
         tick_hz: config.tick_hz,
         tick_period: config.tick_period(),
         max_members: config.max_lobby_size,
+        max_spectators: config.max_spectators,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     };
@@ -132,6 +136,7 @@ pub async fn serve(
         connection_slots: Arc::new(Semaphore::new(config.max_connections)),
         pending_slots: Arc::new(Semaphore::new(config.max_pending_connections)),
         metrics,
+        tickets,
         shutdown: shutdown.clone(),
         tracker,
         started: Instant::now(),
@@ -139,6 +144,18 @@ pub async fn serve(
     });
     let public_addr = listeners.public.local_addr()?;
     info!(addr = %public_addr, tick_hz = ctx.config.tick_hz, "tickrelay listening");
+    match &ctx.tickets {
+        Some(tickets) => info!(
+            algorithm = tickets.algorithm(),
+            "joins require a signed ticket"
+        ),
+        None if !public_addr.ip().is_loopback() => warn!(
+            addr = %public_addr,
+            "joins are unauthenticated: anyone who reaches this address may join any lobby \
+             under any name (require tickets with --ticket-secret or --ticket-public-key)"
+        ),
+        None => {}
+    }
     let admin = match listeners.admin {
         Some(admin) => {
             info!(addr = %admin.local_addr()?, "admin endpoints (/metrics, /stats, /lobbies, /monitor) listening");

@@ -4,8 +4,8 @@
 use std::io::IsTerminal as _;
 
 use anyhow::Context as _;
-use clap::Parser as _;
-use tickrelay_server::{Config, LogFormat};
+use clap::{Parser, Subcommand};
+use tickrelay_server::{Config, LogFormat, TicketCommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -22,8 +22,41 @@ fn main() {
     }
 }
 
+/// tickrelay: a tick-based game-state relay over WebSockets.
+///
+/// Clients open `ws://HOST:PORT/ws`, join a lobby and send their state; every tick the server
+/// broadcasts one snapshot of the lobby to all its members. Also serves /healthz, /lobbies,
+/// /stats, /monitor and /metrics (Prometheus). Durations take units (`500ms`, `10s`), sizes
+/// are bytes. Every flag has a TICKRELAY_* environment fallback.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tickrelay-server",
+    version,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Ticket(TicketCommand),
+}
+
 fn real_main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let cli = Cli::parse();
+    if let Some(Command::Ticket(ticket)) = cli.command {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("the system clock is before 1970")?;
+        println!("{}", ticket.sign(now.as_secs())?);
+        return Ok(());
+    }
+    let config = cli.config;
     config.validate()?;
     // Held for the whole run: dropping it flushes the log lines still queued.
     let _log_flush = init_logging(config.log_format);

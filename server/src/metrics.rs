@@ -33,6 +33,9 @@ pub struct Metrics {
     pub(crate) disconnects: Family<Labels, Counter>,
     pub(crate) errors_sent: Family<Labels, Counter>,
     pub(crate) upgrades_refused: Family<Labels, Counter>,
+    pub(crate) tickets_accepted: Counter,
+    pub(crate) tickets_refused: Family<Labels, Counter>,
+    pub(crate) seats_replaced: Counter,
 }
 
 impl Default for Metrics {
@@ -67,6 +70,9 @@ impl Metrics {
             disconnects: Family::default(),
             errors_sent: Family::default(),
             upgrades_refused: Family::default(),
+            tickets_accepted: Counter::default(),
+            tickets_refused: Family::default(),
+            seats_replaced: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -161,6 +167,21 @@ impl Metrics {
             "WebSocket upgrade requests refused by reason",
             metrics.upgrades_refused.clone(),
         );
+        registry.register(
+            "tickets_accepted",
+            "Join tickets that verified",
+            metrics.tickets_accepted.clone(),
+        );
+        registry.register(
+            "tickets_refused",
+            "Joins refused for their ticket, by reason (missing, expired, bad_signature, ...)",
+            metrics.tickets_refused.clone(),
+        );
+        registry.register(
+            "seats_replaced",
+            "Seats taken over by a newer connection of the same identity (the older one closed 4006)",
+            metrics.seats_replaced.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -173,6 +194,12 @@ impl Metrics {
 
     pub(crate) fn error_sent(&self, code: &'static str) {
         self.errors_sent.get_or_create(&[("code", code)]).inc();
+    }
+
+    pub(crate) fn ticket_refused(&self, reason: &'static str) {
+        self.tickets_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     pub(crate) fn upgrade_refused(&self, reason: &'static str) {

@@ -12,7 +12,7 @@
 // TICKRELAY_E2E_OUT (screenshots; default target/browser-e2e). Exit status 0 means every
 // test passed. Everything is bounded in time, and the server is killed on every exit path.
 
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
@@ -41,6 +41,8 @@ const CHROMIUM_ARGS = [
 ];
 
 let server = null;
+/** A second server that requires tickets. */
+let ticketServer = null;
 let browser = null;
 const pageErrors = [];
 /** Recent console lines of every page, printed when a test fails. */
@@ -61,7 +63,11 @@ main().then(
 
 for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => finish(130));
 // Last resort: never leave the server running, whatever ends this process.
-process.on("exit", () => server?.kill());
+process.on("exit", () => {
+  server?.kill();
+  ticketServer?.kill();
+  ticketServer?.kill();
+});
 
 async function main() {
   if (!SERVER_BIN || !existsSync(SERVER_BIN)) {
@@ -82,6 +88,7 @@ async function main() {
 
   await test("library: JSON and MessagePack clients in one lobby", () => libraryTest(base, port));
   await test("library: safe sends while disconnected, bounded event queue", () => offlineTest(base));
+  await test("library: tickets, one seat per identity, spectators", () => ticketTest());
   const demo = await test("demo: a key press in one tab moves the dot in the other", () => demoMoveTest(base));
   await test("demo: both tabs reconnect after a server restart and see each other", () => restartTest(demo));
   await test("screenshots: demo and monitor are rendered", () => screenshotTest(base, demo));
@@ -99,13 +106,7 @@ async function libraryTest(base, port) {
   const results = await page.evaluate(async ({ wsUrl }) => {
     const { connect, decodeJSON, SUBPROTOCOL_MSGPACK } = await import("/tickrelay.js");
     const msgpack = await import("/__e2e__/msgpack/index.mjs");
-    const until = async (what, predicate, ms = 10000) => {
-      const deadline = performance.now() + ms;
-      while (!predicate()) {
-        if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-        await new Promise((r) => setTimeout(r, 15));
-      }
-    };
+    const until = window.e2eUntil;
     const record = (client) => {
       const log = { events: [], joined: [], left: [], errors: [] };
       client.on("event", (e) => log.events.push(e));
@@ -204,6 +205,74 @@ async function libraryTest(base, port) {
   assertEqual(results.errors, [], "no errors on healthy clients");
   await page.close();
   return `rtt ${results.rtt.map((r) => r.toFixed(2)).join("/")} ms, offset ${results.clockOffset.toFixed(2)} ms`;
+}
+
+async function ticketTest() {
+  // A server that requires tickets; the page gets them from the real `ticket` subcommand.
+  const secret = "browser-test-secret-0123456789abcdef";
+  const port = await freePort();
+  ticketServer = new Server(SERVER_BIN, port, { TICKRELAY_TICKET_SECRET: secret });
+  await ticketServer.start();
+  const base = `http://127.0.0.1:${port}`;
+  const page = await blankPage(base);
+  let minted = 0;
+  await page.exposeFunction("mintTicket", (lobby, sub, role) => {
+    minted += 1;
+    const args = ["ticket", "--lobby", lobby, "--sub", sub, "--name", `N-${sub}`, "--role", role];
+    return execFileSync(SERVER_BIN, args, { env: { ...process.env, TICKRELAY_TICKET_SECRET: secret } }).toString().trim();
+  });
+  const results = await page.evaluate(async ({ wsUrl }) => {
+    const { connect } = await import("/tickrelay.js");
+    const until = window.e2eUntil;
+    const errorsOf = (client) => {
+      const codes = [];
+      client.on("error", (e) => codes.push(e.code));
+      return codes;
+    };
+    const lobby = `tix-${Math.random().toString(36).slice(2, 8)}`;
+    // No ticket: refused for good (a fixed ticket cannot get better), no reconnect loop.
+    const anon = connect(wsUrl, { lobby, name: "anon" });
+    const anonErrors = errorsOf(anon);
+    await until("the anonymous join is refused", () => anon.readyState === "closed");
+
+    const ticket = (sub, role = "player") => () => window.mintTicket(lobby, sub, role);
+    const ann = connect(wsUrl, { lobby, name: "ignored", ticket: ticket("ann") });
+    const annErrors = errorsOf(ann);
+    await until("ann's welcome", () => ann.readyState === "open");
+    const eve = connect(wsUrl, { lobby, name: "ignored", ticket: ticket("eve", "spectator") });
+    await until("eve's welcome", () => eve.readyState === "open");
+    await until("ann sees the spectator", () => ann.members.has(eve.playerId));
+    ann.sendState({ x: 1 });
+    await until("eve watches ann", () => eve.players.has(ann.playerId));
+
+    // Ann opens a second tab: it takes her seat over, the first tab stops for good.
+    const annToo = connect(wsUrl, { lobby, name: "ignored", ticket: ticket("ann") });
+    await until("the second tab's welcome", () => annToo.readyState === "open");
+    await until("the first tab is closed", () => ann.readyState === "closed");
+    const result = {
+      anonErrors,
+      annErrors,
+      sameSeat: annToo.playerId === ann.playerId,
+      annName: annToo.members.get(annToo.playerId).name,
+      eveRole: annToo.members.get(eve.playerId).role,
+      evePlayers: [...eve.players.keys()],
+      eveId: eve.playerId,
+    };
+    annToo.close();
+    eve.close();
+    return result;
+  }, { wsUrl: `ws://127.0.0.1:${port}/ws` });
+  assert(results.anonErrors.includes("unauthorized"), `no ticket: ${results.anonErrors}`);
+  assert(results.annErrors.includes("replaced"), `the first tab learns why: ${results.annErrors}`);
+  assert(results.sameSeat, "the second tab has the same player id");
+  assertEqual(results.annName, "N-ann", "the name comes from the ticket");
+  assertEqual(results.eveRole, "spectator", "members carry their role");
+  assert(!results.evePlayers.includes(results.eveId), "a spectator is never in the players");
+  assert(minted >= 3, `one ticket per join: ${minted}`);
+  await page.close();
+  await ticketServer.stop();
+  ticketServer = null;
+  return `${minted} tickets minted`;
 }
 
 async function offlineTest(base) {
@@ -373,6 +442,16 @@ async function track(page, label) {
 async function blankPage(base) {
   const context = await newContext();
   const page = await track(await context.newPage(), "library page");
+  // The wait helper the tests' page scripts share: polls `predicate` until it holds.
+  await page.addInitScript(() => {
+    window.e2eUntil = async (what, predicate, ms = 10000) => {
+      const deadline = performance.now() + ms;
+      while (!predicate()) {
+        if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+        await new Promise((r) => setTimeout(r, 15));
+      }
+    };
+  });
   // A page the server itself serves: Chromium's local network access checks block a page
   // that did not come from a loopback address (a Playwright-fulfilled one) from opening
   // WebSockets to loopback.
@@ -447,9 +526,10 @@ async function waitFor(page, what, predicate, arg, timeout = WAIT_MS) {
 // ---- the server process ----------------------------------------------------------------
 
 class Server {
-  constructor(bin, port) {
+  constructor(bin, port, env = {}) {
     this.bin = bin;
     this.port = port;
+    this.env = env;
     this.child = null;
     this.log = [];
   }
@@ -459,7 +539,7 @@ class Server {
       "--listen", `127.0.0.1:${this.port}`,
       "--tick-hz", String(TICK_HZ),
       "--shutdown-timeout", "2s",
-    ], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" } });
+    ], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info", ...this.env } });
     this.child = child;
     const keep = (chunk) => {
       this.log.push(...chunk.toString().split("\n").filter(Boolean));
@@ -528,6 +608,7 @@ async function finish(code) {
     console.error(`\n--- server log (last lines) ---\n${server.log.slice(-40).join("\n")}`);
   }
   server?.kill();
+  ticketServer?.kill();
   try {
     await Promise.race([browser?.close(), sleep(5_000)]);
   } catch {

@@ -6,5 +6,7 @@ mod support;
 #[cfg(feature = "self-host")]
 mod runs;
 mod slo_gates;
+#[cfg(feature = "self-host")]
+mod tickets;
 #[cfg(not(feature = "self-host"))]
 mod without_self_host;

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 use tickrelay_protocol::{
-    ClientMessage, Codec, DecodeError, ErrorCode, Payload, ServerMessage, close,
+    ClientMessage, Codec, DecodeError, ErrorCode, Payload, Role, ServerMessage, close,
 };
 
 use crate::msgpack;
@@ -14,8 +14,12 @@ use crate::strategies::{client_examples, server_examples};
 /// here (and to PROTOCOL.md) before this compiles.
 fn client_contract(message: &ClientMessage) -> (&'static str, Vec<&'static str>) {
     match message {
-        ClientMessage::Join { token: None, .. } => ("join", vec!["t", "lobby", "name"]),
-        ClientMessage::Join { token: Some(_), .. } => ("join", vec!["t", "lobby", "name", "token"]),
+        ClientMessage::Join { ticket, role, .. } => {
+            let mut keys = vec!["t", "lobby", "name"];
+            keys.extend(ticket.as_ref().map(|_| "ticket"));
+            keys.extend(role.as_ref().map(|_| "role"));
+            ("join", keys)
+        }
         ClientMessage::State { .. } => ("state", vec!["t", "seq", "data"]),
         ClientMessage::Event { .. } => ("event", vec!["t", "data"]),
         ClientMessage::Leave => ("leave", vec!["t"]),
@@ -41,7 +45,7 @@ fn server_contract(message: &ServerMessage) -> (&'static str, Vec<&'static str>)
             ],
         ),
         ServerMessage::Event { .. } => ("event", vec!["t", "from", "data"]),
-        ServerMessage::MemberJoined { .. } => ("member_joined", vec!["t", "id", "name"]),
+        ServerMessage::MemberJoined { .. } => ("member_joined", vec!["t", "id", "name", "role"]),
         ServerMessage::MemberLeft { .. } => ("member_left", vec!["t", "id"]),
         ServerMessage::Pong { .. } => ("pong", vec!["t", "client_time", "server_time_us"]),
         ServerMessage::Error { .. } => ("error", vec!["t", "code", "message"]),
@@ -122,12 +126,18 @@ fn server_tags_and_field_names() {
 fn nested_objects_and_value_types() {
     let welcome = server_examples().remove(0);
     let value = json_of(&welcome);
-    assert_eq!(value["members"], json!([{"id": 3, "name": "bob"}]));
+    assert_eq!(
+        value["members"],
+        json!([
+            {"id": 3, "name": "bob", "role": "player"},
+            {"id": 4, "name": "eve", "role": "spectator"}
+        ])
+    );
     assert_eq!(value["player_id"], 7);
     assert_eq!(value["tick_hz"], 30);
     let packed = msgpack_of(&welcome);
     match packed.get("members") {
-        msgpack::Value::Array(members) => assert_eq!(members[0].keys(), ["id", "name"]),
+        msgpack::Value::Array(members) => assert_eq!(members[0].keys(), ["id", "name", "role"]),
         other => panic!("members is {other:?}"),
     }
 
@@ -186,6 +196,8 @@ fn error_code_wire_names() {
         (ErrorCode::InvalidJoin, "invalid_join"),
         (ErrorCode::StateTooLarge, "state_too_large"),
         (ErrorCode::EventTooLarge, "event_too_large"),
+        (ErrorCode::Unauthorized, "unauthorized"),
+        (ErrorCode::Forbidden, "forbidden"),
         (ErrorCode::Unknown, "unknown"),
     ];
     for (code, name) in all {
@@ -305,21 +317,50 @@ fn integral_client_time_is_accepted() {
 }
 
 #[test]
-fn optional_join_token() {
+fn join_ticket_role_and_the_token_alias() {
     let with = ClientMessage::Join {
         lobby: "a".into(),
         name: "b".into(),
-        token: Some("tok".into()),
+        ticket: Some("tok".into()),
+        role: Some(Role::Spectator),
     };
-    assert_eq!(json_of(&with)["token"], "tok");
+    assert_eq!(json_of(&with)["ticket"], "tok");
+    assert_eq!(json_of(&with)["role"], "spectator");
+    let decode = |json: &str| Codec::Json.decode_client(json.as_bytes());
+    let join = |ticket: Option<&str>| ClientMessage::Join {
+        lobby: "a".into(),
+        name: "b".into(),
+        ticket: ticket.map(Into::into),
+        role: None,
+    };
     assert_eq!(
-        Codec::Json
-            .decode_client(br#"{"t":"join","lobby":"a","name":"b","token":null}"#)
-            .unwrap(),
-        ClientMessage::Join {
-            lobby: "a".into(),
-            name: "b".into(),
-            token: None
+        decode(r#"{"t":"join","lobby":"a","name":"b","token":null}"#).unwrap(),
+        join(None)
+    );
+    // v1's reserved `token` is an alias of `ticket`.
+    assert_eq!(
+        decode(r#"{"t":"join","lobby":"a","name":"b","token":"tok"}"#).unwrap(),
+        join(Some("tok"))
+    );
+    assert!(matches!(
+        decode(r#"{"t":"join","lobby":"a","name":"b","token":"x","ticket":"y"}"#),
+        Err(DecodeError::Malformed { .. })
+    ));
+    assert!(matches!(
+        decode(r#"{"t":"join","lobby":"a","name":"b","role":"admin"}"#),
+        Err(DecodeError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn members_from_older_servers_are_players() {
+    let old = br#"{"t":"member_joined","id":3,"name":"bob"}"#;
+    assert_eq!(
+        Codec::Json.decode_server(old).unwrap(),
+        ServerMessage::MemberJoined {
+            id: 3,
+            name: "bob".into(),
+            role: Role::Player
         }
     );
 }
@@ -360,6 +401,8 @@ fn close_codes_and_reasons() {
         (close::SLOW_CONSUMER, 4002),
         (close::IDLE_TIMEOUT, 4003),
         (close::JOIN_TIMEOUT, 4004),
+        (close::UNAUTHORIZED, 4005),
+        (close::REPLACED, 4006),
     ];
     for (code, number) in table {
         assert_eq!(code, number);

@@ -12,7 +12,8 @@ pub(crate) fn golden_join() -> ClientMessage {
     ClientMessage::Join {
         lobby: "arena".into(),
         name: "ann".into(),
-        token: None,
+        ticket: None,
+        role: None,
     }
 }
 

@@ -5,7 +5,7 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 use tickrelay_protocol::{
-    ClientMessage, ErrorCode, Member, Payload, PlayerId, PlayerState, ServerMessage, Snapshot,
+    ClientMessage, ErrorCode, Member, Payload, PlayerId, PlayerState, Role, ServerMessage, Snapshot,
 };
 
 /// Any string: empty, ASCII, control characters, multi-byte and astral-plane characters.
@@ -80,8 +80,16 @@ pub(crate) fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::LobbyFull),
         Just(ErrorCode::TooManyLobbies),
         Just(ErrorCode::InvalidJoin),
+        Just(ErrorCode::StateTooLarge),
+        Just(ErrorCode::EventTooLarge),
+        Just(ErrorCode::Unauthorized),
+        Just(ErrorCode::Forbidden),
         Just(ErrorCode::Unknown),
     ]
+}
+
+pub(crate) fn role() -> impl Strategy<Value = Role> {
+    prop_oneof![Just(Role::Player), Just(Role::Spectator)]
 }
 
 pub(crate) fn player_id() -> impl Strategy<Value = PlayerId> {
@@ -113,8 +121,18 @@ pub(crate) fn snapshot() -> impl Strategy<Value = Snapshot> {
 
 pub(crate) fn client_message() -> impl Strategy<Value = ClientMessage> {
     prop_oneof![
-        (text(), text(), proptest::option::of(text()))
-            .prop_map(|(lobby, name, token)| ClientMessage::Join { lobby, name, token }),
+        (
+            text(),
+            text(),
+            proptest::option::of(text()),
+            proptest::option::of(role())
+        )
+            .prop_map(|(lobby, name, ticket, role)| ClientMessage::Join {
+                lobby,
+                name,
+                ticket,
+                role
+            }),
         (u64_value(), payload()).prop_map(|(seq, data)| ClientMessage::State { seq, data }),
         payload().prop_map(|data| ClientMessage::Event { data }),
         Just(ClientMessage::Leave),
@@ -129,7 +147,11 @@ pub(crate) fn server_message() -> impl Strategy<Value = ServerMessage> {
             text(),
             u32_value(),
             vec(
-                (player_id(), text()).prop_map(|(id, name)| Member { id, name }),
+                (player_id(), text(), role()).prop_map(|(id, name, role)| Member {
+                    id,
+                    name,
+                    role
+                }),
                 0..5
             ),
         )
@@ -143,7 +165,11 @@ pub(crate) fn server_message() -> impl Strategy<Value = ServerMessage> {
             ),
         snapshot().prop_map(ServerMessage::Snapshot),
         (player_id(), payload()).prop_map(|(from, data)| ServerMessage::Event { from, data }),
-        (player_id(), text()).prop_map(|(id, name)| ServerMessage::MemberJoined { id, name }),
+        (player_id(), text(), role()).prop_map(|(id, name, role)| ServerMessage::MemberJoined {
+            id,
+            name,
+            role
+        }),
         player_id().prop_map(|id| ServerMessage::MemberLeft { id }),
         (finite_f64(), u64_value()).prop_map(|(client_time, server_time_us)| {
             ServerMessage::Pong {
@@ -161,12 +187,14 @@ pub(crate) fn client_examples() -> Vec<ClientMessage> {
         ClientMessage::Join {
             lobby: "arena".into(),
             name: "ann".into(),
-            token: None,
+            ticket: None,
+            role: None,
         },
         ClientMessage::Join {
             lobby: "lobby 🎮".into(),
             name: "игрок".into(),
-            token: Some("ticket".into()),
+            ticket: Some("ticket".into()),
+            role: Some(Role::Spectator),
         },
         ClientMessage::State {
             seq: u64::MAX,
@@ -191,10 +219,18 @@ pub(crate) fn server_examples() -> Vec<ServerMessage> {
             player_id: 7,
             lobby: "arena".into(),
             tick_hz: 30,
-            members: vec![Member {
-                id: 3,
-                name: "bob".into(),
-            }],
+            members: vec![
+                Member {
+                    id: 3,
+                    name: "bob".into(),
+                    role: Role::Player,
+                },
+                Member {
+                    id: 4,
+                    name: "eve".into(),
+                    role: Role::Spectator,
+                },
+            ],
         },
         ServerMessage::Snapshot(Snapshot {
             tick: 42,
@@ -215,6 +251,7 @@ pub(crate) fn server_examples() -> Vec<ServerMessage> {
         ServerMessage::MemberJoined {
             id: 9,
             name: "zoë".into(),
+            role: Role::Spectator,
         },
         ServerMessage::MemberLeft { id: 9 },
         ServerMessage::Pong {

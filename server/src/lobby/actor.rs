@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tickrelay_protocol::{Codec, ErrorCode, Payload, PlayerId, ServerMessage};
+use tickrelay_protocol::{Codec, ErrorCode, Payload, Role, ServerMessage, close};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,9 @@ use tracing::debug;
 use super::info::{LobbyInfo, TrafficCounts};
 use super::input::InputSlot;
 use super::schedule::{Fired, TickSchedule};
-use super::state::{Delivery, JoinRefused, LobbyState, MemberKey, MemberState, PushOutcome};
+use super::state::{
+    Delivery, JoinRefused, Joiner, LobbyState, MemberKey, MemberState, PushOutcome, Seat,
+};
 use crate::clock::unix_micros;
 use crate::metrics::Metrics;
 use crate::outbox::{IfUnsent, Outbox, PushError, Pushed};
@@ -31,7 +33,7 @@ const COMMAND_BATCH: usize = 32;
 /// What a connection asks for when it joins.
 pub(crate) struct JoinRequest {
     pub(crate) lobby: String,
-    pub(crate) name: String,
+    pub(crate) joiner: Joiner,
     pub(crate) codec: Codec,
     pub(crate) outbox: Arc<Outbox>,
     /// Where the connection puts its states for the lobby to take at tick time.
@@ -41,8 +43,7 @@ pub(crate) struct JoinRequest {
 /// A successful join: where to send this player's commands from now on.
 pub(crate) struct JoinAccepted {
     pub(crate) lobby: LobbyHandle,
-    pub(crate) key: MemberKey,
-    pub(crate) player_id: PlayerId,
+    pub(crate) seat: Seat,
 }
 
 /// A refused join: the `error` the client gets.
@@ -61,13 +62,11 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<JoinAccepted, JoinRefusal>>,
     },
     Event {
-        key: MemberKey,
-        id: PlayerId,
+        seat: Seat,
         data: Payload,
     },
     Leave {
-        key: MemberKey,
-        id: PlayerId,
+        seat: Seat,
     },
 }
 
@@ -104,7 +103,9 @@ pub(crate) struct LobbySettings {
     pub(crate) tick_hz: u32,
     /// `1 s / tick_hz` (`Config::tick_period`).
     pub(crate) tick_period: Duration,
+    /// Players per lobby (`--max-lobby-size`).
     pub(crate) max_members: usize,
+    pub(crate) max_spectators: usize,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: CancellationToken,
 }
@@ -142,7 +143,7 @@ impl Actor {
         handle: LobbyHandle,
     ) -> Self {
         Self {
-            state: LobbyState::new(settings.max_members),
+            state: LobbyState::new(settings.max_members, settings.max_spectators),
             settings,
             info,
             registration,
@@ -226,28 +227,36 @@ impl Actor {
                 // The connection may have gone while waiting; its outbox is then closed anyway.
                 let _ = reply.send(result);
             }
-            Command::Event { key, id, data } => {
-                if self.state.member(key, id).is_some() {
+            Command::Event { seat, data } => {
+                // Spectators' events are refused by their session already.
+                if self
+                    .state
+                    .member(seat)
+                    .is_some_and(|m| m.role == Role::Player)
+                {
                     self.traffic.events_in += 1;
-                    self.broadcast(None, ServerMessage::Event { from: id, data });
+                    let from = seat.id;
+                    self.broadcast(None, ServerMessage::Event { from, data });
                 }
             }
-            Command::Leave { key, id } => {
-                if let Some(member) = self.state.leave(key, id) {
-                    // What its connection received since the last tick.
-                    let counts = member.conn.input.take_counts();
-                    self.settings.metrics.messages_in.inc_by(counts.messages);
-                    self.settings.metrics.bytes_in.inc_by(counts.bytes);
-                    self.broadcast(None, ServerMessage::MemberLeft { id });
-                    self.info.set_roster(self.state.roster());
-                }
-            }
+            Command::Leave { seat } => self.leave(seat),
+        }
+    }
+
+    fn leave(&mut self, seat: Seat) {
+        if let Some(member) = self.state.leave(seat) {
+            // What its connection received since the last tick.
+            let counts = member.conn.input.take_counts();
+            self.settings.metrics.messages_in.inc_by(counts.messages);
+            self.settings.metrics.bytes_in.inc_by(counts.bytes);
+            self.broadcast(None, ServerMessage::MemberLeft { id: seat.id });
+            self.info.set_roster(self.state.roster());
         }
     }
 
     fn join(&mut self, request: JoinRequest) -> Result<JoinAccepted, JoinRefusal> {
         let JoinRequest {
-            name,
+            joiner,
             codec,
             outbox,
             input,
@@ -258,20 +267,40 @@ impl Actor {
             input,
             codec,
         };
-        let (key, player_id) = match self.state.join(name.clone(), connection) {
-            Ok(joined) => joined,
-            Err(JoinRefused::LobbyFull) => {
-                return Err(JoinRefusal {
-                    code: ErrorCode::LobbyFull,
-                    message: format!(
-                        "lobby {:?} already has its maximum of {} members",
-                        self.info.name, self.settings.max_members
-                    ),
-                });
+        // One seat per identity: a newer connection takes it over, unnoticed by the others
+        // when the role is the same; with another role the old seat leaves first.
+        let held = joiner
+            .identity
+            .as_deref()
+            .and_then(|identity| self.state.seat_of(identity))
+            .map(|(seat, member)| (seat, member.role));
+        let takeover = match held {
+            Some((seat, role)) if role == joiner.role => Some(seat),
+            Some((seat, _)) => {
+                if let Some(member) = self.state.member(seat) {
+                    self.replaced(&member.conn);
+                }
+                self.leave(seat);
+                None
             }
+            None => None,
+        };
+        let announce = takeover
+            .is_none()
+            .then(|| (joiner.name.clone(), joiner.role));
+        let seat = match takeover {
+            Some(seat) => {
+                let (seat, old) = self.state.take_over(seat, connection);
+                self.replaced(&old);
+                seat
+            }
+            None => self
+                .state
+                .join(joiner, connection)
+                .map_err(|refused| self.refusal(refused))?,
         };
         let welcome = ServerMessage::Welcome {
-            player_id,
+            player_id: seat.id,
             lobby: self.info.name.clone(),
             tick_hz: self.settings.tick_hz,
             members: self.state.roster(),
@@ -283,19 +312,36 @@ impl Actor {
             self.traffic.messages_out += 1;
             self.traffic.bytes_out += len;
         }
-        self.broadcast(
-            Some(key),
-            ServerMessage::MemberJoined {
-                id: player_id,
-                name,
-            },
-        );
-        self.info.set_roster(self.state.roster());
+        if let Some((name, role)) = announce {
+            let id = seat.id;
+            let joined = ServerMessage::MemberJoined { id, name, role };
+            self.broadcast(Some(seat.key), joined);
+            self.info.set_roster(self.state.roster());
+        }
         Ok(JoinAccepted {
             lobby: self.handle.clone(),
-            key,
-            player_id,
+            seat,
         })
+    }
+
+    /// Closes a connection whose seat a newer connection of the same identity took.
+    fn replaced(&self, old: &Connection) {
+        old.outbox.close(close::REPLACED);
+        self.settings.metrics.seats_replaced.inc();
+    }
+
+    fn refusal(&self, refused: JoinRefused) -> JoinRefusal {
+        let (what, max) = match refused {
+            JoinRefused::LobbyFull => ("players", self.settings.max_members),
+            JoinRefused::SpectatorsFull => ("spectators", self.settings.max_spectators),
+        };
+        JoinRefusal {
+            code: ErrorCode::LobbyFull,
+            message: format!(
+                "lobby {:?} already has its maximum of {max} {what}",
+                self.info.name
+            ),
+        }
     }
 
     /// Queues a reliable message for every member except `skip`, encoded once per codec. A
@@ -453,7 +499,7 @@ pub fn bench_tick(
     json_every: usize,
     keyframes: bool,
 ) -> impl FnMut() -> u64 {
-    let mut state = LobbyState::new(members);
+    let mut state = LobbyState::new(members, 0);
     let mut handles = Vec::with_capacity(members);
     for i in 0..members {
         let codec = if json_every > 0 && i % json_every == 0 {
@@ -474,7 +520,10 @@ pub fn bench_tick(
             input: input.clone(),
             codec,
         };
-        if state.join(format!("p{i}"), connection).is_ok() {
+        if state
+            .join(Joiner::player(format!("p{i}")), connection)
+            .is_ok()
+        {
             handles.push((input, outbox));
         }
     }
@@ -543,7 +592,7 @@ mod tests {
             input: input.clone(),
             codec: Codec::MessagePack,
         };
-        state.join(name.into(), connection).unwrap();
+        state.join(Joiner::player(name.into()), connection).unwrap();
         (input, outbox)
     }
 
@@ -562,7 +611,7 @@ mod tests {
 
     #[test]
     fn a_slow_member_gets_the_keyframe_in_the_tick_its_snapshot_was_replaced() {
-        let mut state = LobbyState::new(4);
+        let mut state = LobbyState::new(4, 0);
         let (fast_input, fast) = member(&mut state, "fast");
         let (_, slow) = member(&mut state, "slow");
         fast_input.put(1, Payload::from(vec![1]), 10);

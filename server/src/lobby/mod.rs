@@ -17,3 +17,4 @@ pub(crate) use actor::{
 pub(crate) use directory::{Directory, LocalDirectory};
 pub(crate) use info::{LobbyInfo, TrafficCounts};
 pub(crate) use input::InputSlot;
+pub(crate) use state::{Joiner, Seat};

@@ -5,15 +5,47 @@
 //! only reports what each push did.
 
 use slab::Slab;
-use tickrelay_protocol::{Member, Payload, PlayerId, PlayerState, Snapshot};
+use tickrelay_protocol::{Member, Payload, PlayerId, PlayerState, Role, Snapshot};
 
 /// A member's handle inside its lobby (a slab key). Only valid until that member leaves.
 pub(crate) type MemberKey = usize;
 
+/// What one connection holds: a seat (slab key and player id) and which of the connections
+/// that held it this is. A newer connection of the same identity takes the seat over and bumps
+/// `holder`, so the replaced connection's late commands (its leave above all) match nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seat {
+    pub(crate) key: MemberKey,
+    pub(crate) id: PlayerId,
+    pub(crate) holder: u32,
+}
+
+/// Who asks for a seat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Joiner {
+    pub(crate) name: String,
+    /// A ticket's `sub`: one seat per identity. `None` for anonymous joins (no tickets).
+    pub(crate) identity: Option<String>,
+    pub(crate) role: Role,
+}
+
+impl Joiner {
+    /// An anonymous player.
+    pub(crate) fn player(name: String) -> Self {
+        Self {
+            name,
+            identity: None,
+            role: Role::Player,
+        }
+    }
+}
+
 /// One lobby. `C` is whatever the owner attaches to each member (its connection's outbox);
 /// the state stores it but never uses it.
 pub(crate) struct LobbyState<C> {
-    max_members: usize,
+    max_players: usize,
+    max_spectators: usize,
+    spectators: usize,
     next_player_id: PlayerId,
     tick: u64,
     members: Slab<MemberState<C>>,
@@ -24,6 +56,10 @@ pub(crate) struct LobbyState<C> {
 pub(crate) struct MemberState<C> {
     pub(crate) id: PlayerId,
     pub(crate) name: String,
+    pub(crate) identity: Option<String>,
+    pub(crate) role: Role,
+    /// Which connection holds the seat (see [`Seat`]).
+    holder: u32,
     pub(crate) conn: C,
     /// Where the member is in its life cycle, and so what its next snapshot must be.
     phase: Phase,
@@ -70,6 +106,14 @@ pub(crate) enum PushOutcome {
 }
 
 impl<C> MemberState<C> {
+    fn seat(&self, key: MemberKey) -> Seat {
+        Seat {
+            key,
+            id: self.id,
+            holder: self.holder,
+        }
+    }
+
     /// Records this player's latest state, superseding the previous one; the next delta
     /// carries it.
     pub(crate) fn set_state(&mut self, seq: u64, data: Payload) {
@@ -120,13 +164,18 @@ impl<C> MemberState<C> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JoinRefused {
+    /// Every player seat is taken.
     LobbyFull,
+    /// Every spectator seat is taken.
+    SpectatorsFull,
 }
 
 impl<C> LobbyState<C> {
-    pub(crate) fn new(max_members: usize) -> Self {
+    pub(crate) fn new(max_players: usize, max_spectators: usize) -> Self {
         Self {
-            max_members,
+            max_players,
+            max_spectators,
+            spectators: 0,
             next_player_id: 1,
             tick: 0,
             members: Slab::new(),
@@ -143,33 +192,62 @@ impl<C> LobbyState<C> {
         self.tick
     }
 
-    /// Adds a member and assigns its player id.
-    pub(crate) fn join(
-        &mut self,
-        name: String,
-        conn: C,
-    ) -> Result<(MemberKey, PlayerId), JoinRefused> {
-        if self.members.len() >= self.max_members {
+    /// Adds a member in a new seat and assigns its player id. Players and spectators are
+    /// limited separately.
+    pub(crate) fn join(&mut self, joiner: Joiner, conn: C) -> Result<Seat, JoinRefused> {
+        let spectator = joiner.role == Role::Spectator;
+        if spectator && self.spectators >= self.max_spectators {
+            return Err(JoinRefused::SpectatorsFull);
+        }
+        if !spectator && self.members.len() - self.spectators >= self.max_players {
             return Err(JoinRefused::LobbyFull);
         }
+        self.spectators += usize::from(spectator);
         let id = self.next_player_id;
         self.next_player_id = self.next_player_id.wrapping_add(1).max(1);
         let key = self.members.insert(MemberState {
             id,
-            name,
+            name: joiner.name,
+            identity: joiner.identity,
+            role: joiner.role,
+            holder: 0,
             conn,
             phase: Phase::Joining,
             latest: None,
             dirty: false,
         });
-        Ok((key, id))
+        Ok(Seat { key, id, holder: 0 })
+    }
+
+    /// The seat `identity` holds, if any.
+    pub(crate) fn seat_of(&self, identity: &str) -> Option<(Seat, &MemberState<C>)> {
+        self.members
+            .iter()
+            .find(|(_, m)| m.identity.as_deref() == Some(identity))
+            .map(|(key, m)| (m.seat(key), m))
+    }
+
+    /// Gives `seat` (current: just found with [`seat_of`](Self::seat_of)) to a new
+    /// connection: same player, same state, nothing for the others to see. The new connection
+    /// starts with a keyframe. Returns its seat and the replaced connection.
+    pub(crate) fn take_over(&mut self, seat: Seat, conn: C) -> (Seat, C) {
+        let member = self
+            .members
+            .get_mut(seat.key)
+            .filter(|m| m.id == seat.id && m.holder == seat.holder)
+            .expect("take_over is given a current seat");
+        member.holder = member.holder.wrapping_add(1);
+        member.phase = Phase::Joining;
+        let old = std::mem::replace(&mut member.conn, conn);
+        (member.seat(seat.key), old)
     }
 
     /// Removes a member; its id goes into the next delta's `removed`. Returns the member, or
-    /// `None` when `key` does not hold player `id` (a stale handle).
-    pub(crate) fn leave(&mut self, key: MemberKey, id: PlayerId) -> Option<MemberState<C>> {
-        self.member(key, id)?;
-        let member = self.members.remove(key);
+    /// `None` when `seat` is stale (that member left, or another connection holds the seat).
+    pub(crate) fn leave(&mut self, seat: Seat) -> Option<MemberState<C>> {
+        self.member(seat)?;
+        let member = self.members.remove(seat.key);
+        self.spectators -= usize::from(member.role == Role::Spectator);
         if member.latest.is_some() {
             self.removed_since_tick.push(member.id);
         }
@@ -214,8 +292,11 @@ impl<C> LobbyState<C> {
         }
     }
 
-    pub(crate) fn member(&self, key: MemberKey, id: PlayerId) -> Option<&MemberState<C>> {
-        self.members.get(key).filter(|m| m.id == id)
+    /// The member holding `seat`, unless the handle is stale.
+    pub(crate) fn member(&self, seat: Seat) -> Option<&MemberState<C>> {
+        self.members
+            .get(seat.key)
+            .filter(|m| m.id == seat.id && m.holder == seat.holder)
     }
 
     pub(crate) fn members(&self) -> impl Iterator<Item = (MemberKey, &MemberState<C>)> {
@@ -233,6 +314,7 @@ impl<C> LobbyState<C> {
             .map(|(_, m)| Member {
                 id: m.id,
                 name: m.name.clone(),
+                role: m.role,
             })
             .collect()
     }
@@ -258,15 +340,24 @@ mod tests {
             .expect("a member")
     }
 
+    fn player(name: &str) -> Joiner {
+        Joiner::player(name.into())
+    }
+
+    fn join(lobby: &mut LobbyState<()>, name: &str) -> (MemberKey, PlayerId) {
+        let seat = lobby.join(player(name), ()).unwrap();
+        (seat.key, seat.id)
+    }
+
     fn ids(snapshot: &Snapshot) -> Vec<(PlayerId, u64)> {
         snapshot.players.iter().map(|p| (p.id, p.seq)).collect()
     }
 
     #[test]
     fn delta_carries_only_changes_and_keyframe_carries_everyone() {
-        let mut lobby = LobbyState::new(8);
-        let (a, id_a) = lobby.join("a".into(), ()).unwrap();
-        let (b, id_b) = lobby.join("b".into(), ()).unwrap();
+        let mut lobby = LobbyState::new(8, 8);
+        let (a, id_a) = join(&mut lobby, "a");
+        let (b, id_b) = join(&mut lobby, "b");
         assert_ne!(id_a, id_b);
 
         set(&mut lobby, a, 1, b"a1");
@@ -293,12 +384,17 @@ mod tests {
 
     #[test]
     fn leaving_player_is_listed_once_in_removed() {
-        let mut lobby = LobbyState::new(8);
-        let (a, id_a) = lobby.join("a".into(), ()).unwrap();
+        let mut lobby = LobbyState::new(8, 8);
+        let (a, id_a) = join(&mut lobby, "a");
         set(&mut lobby, a, 1, b"x");
         lobby.tick(1);
-        assert!(lobby.leave(a, id_a).is_some());
-        assert!(lobby.leave(a, id_a).is_none(), "second leave is stale");
+        let seat = Seat {
+            key: a,
+            id: id_a,
+            holder: 0,
+        };
+        assert!(lobby.leave(seat).is_some());
+        assert!(lobby.leave(seat).is_none(), "second leave is stale");
         assert_eq!(lobby.tick(2).removed, vec![id_a]);
         assert!(lobby.tick(3).removed.is_empty());
         assert!(lobby.is_empty());
@@ -306,23 +402,20 @@ mod tests {
 
     #[test]
     fn stale_handle_does_not_reach_the_member_that_reuses_its_key() {
-        let mut lobby = LobbyState::new(8);
-        let (a, id_a) = lobby.join("a".into(), ()).unwrap();
-        lobby.leave(a, id_a);
-        let (b, id_b) = lobby.join("b".into(), ()).unwrap();
-        assert_eq!(a, b, "slab reuses the key");
-        assert!(lobby.member(b, id_a).is_none());
-        assert!(
-            lobby.leave(b, id_a).is_none(),
-            "a stale leave removes nobody"
-        );
-        assert_eq!(lobby.member(b, id_b).map(|m| m.id), Some(id_b));
+        let mut lobby = LobbyState::new(8, 8);
+        let a = lobby.join(player("a"), ()).unwrap();
+        lobby.leave(a);
+        let b = lobby.join(player("b"), ()).unwrap();
+        assert_eq!(a.key, b.key, "slab reuses the key");
+        assert!(lobby.member(a).is_none());
+        assert!(lobby.leave(a).is_none(), "a stale leave removes nobody");
+        assert_eq!(lobby.member(b).map(|m| m.id), Some(b.id));
     }
 
     #[test]
     fn a_new_member_gets_a_keyframe_then_deltas() {
-        let mut lobby = LobbyState::new(8);
-        let (a, _) = lobby.join("a".into(), ()).unwrap();
+        let mut lobby = LobbyState::new(8, 8);
+        let (a, _) = join(&mut lobby, "a");
         let member = member(&mut lobby, a);
         assert_eq!(member.phase(), Phase::Joining);
         assert_eq!(member.delivery(), Delivery::Keyframe);
@@ -340,8 +433,8 @@ mod tests {
 
     #[test]
     fn a_delta_kept_out_by_an_unsent_snapshot_is_followed_by_a_keyframe_at_once() {
-        let mut lobby = LobbyState::new(8);
-        let (a, _) = lobby.join("a".into(), ()).unwrap();
+        let mut lobby = LobbyState::new(8, 8);
+        let (a, _) = join(&mut lobby, "a");
         let member = member(&mut lobby, a);
         member.delivered(Delivery::Keyframe, PushOutcome::Queued);
         // The reader is slow: the keyframe still waits, and the next delta is kept out.
@@ -358,8 +451,8 @@ mod tests {
 
     #[test]
     fn a_refused_push_changes_nothing() {
-        let mut lobby = LobbyState::new(8);
-        let (a, _) = lobby.join("a".into(), ()).unwrap();
+        let mut lobby = LobbyState::new(8, 8);
+        let (a, _) = join(&mut lobby, "a");
         let member = member(&mut lobby, a);
         assert!(!member.delivered(Delivery::Keyframe, PushOutcome::Refused));
         assert_eq!(member.phase(), Phase::Joining);
@@ -369,9 +462,66 @@ mod tests {
     }
 
     #[test]
-    fn full_lobby_refuses_joins() {
-        let mut lobby = LobbyState::new(1);
-        lobby.join("a".into(), ()).unwrap();
-        assert_eq!(lobby.join("b".into(), ()), Err(JoinRefused::LobbyFull));
+    fn players_and_spectators_are_limited_separately() {
+        let mut lobby = LobbyState::new(1, 1);
+        let spectator = |name: &str| Joiner {
+            role: Role::Spectator,
+            ..player(name)
+        };
+        join(&mut lobby, "a");
+        assert_eq!(lobby.join(player("b"), ()), Err(JoinRefused::LobbyFull));
+        let watcher = lobby.join(spectator("w"), ()).unwrap();
+        assert_eq!(
+            lobby.join(spectator("x"), ()),
+            Err(JoinRefused::SpectatorsFull)
+        );
+        lobby.leave(watcher);
+        lobby.join(spectator("x"), ()).unwrap();
+        assert_eq!(lobby.join(player("b"), ()), Err(JoinRefused::LobbyFull));
+    }
+
+    #[test]
+    fn a_takeover_keeps_the_player_and_its_state_and_makes_the_old_handle_stale() {
+        let mut lobby: LobbyState<&str> = LobbyState::new(8, 8);
+        let ann = Joiner {
+            identity: Some("user-1".into()),
+            ..player("ann")
+        };
+        let old = lobby.join(ann, "first").unwrap();
+        lobby.members_mut().for_each(|(_, m)| {
+            m.set_state(1, data(b"x"));
+            m.delivered(Delivery::Keyframe, PushOutcome::Written);
+        });
+        lobby.tick(1);
+
+        let (seat, _) = lobby.seat_of("user-1").expect("the identity has a seat");
+        assert_eq!(seat, old);
+        assert!(lobby.seat_of("user-2").is_none());
+        let (new, replaced) = lobby.take_over(seat, "second");
+        assert_eq!(replaced, "first");
+        assert_eq!(
+            (new.key, new.id),
+            (old.key, old.id),
+            "same seat, same player"
+        );
+        assert_ne!(new.holder, old.holder);
+
+        assert!(
+            lobby.leave(old).is_none(),
+            "the replaced connection's leave is stale"
+        );
+        let member = lobby.member(new).expect("the new holder");
+        assert_eq!(member.conn, "second");
+        assert_eq!(
+            member.delivery(),
+            Delivery::Keyframe,
+            "it starts with a keyframe"
+        );
+        assert_eq!(
+            ids(&lobby.keyframe(2)),
+            vec![(old.id, 1)],
+            "its state stays"
+        );
+        assert!(lobby.tick(2).removed.is_empty(), "nobody left");
     }
 }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tickrelay_protocol::framing::reader::{FrameReader, ReadError};
-use tickrelay_protocol::framing::{CloseCheck, Kind, Reassembler, Role, check_close};
+use tickrelay_protocol::framing::{self, CloseCheck, Kind, Reassembler, check_close};
 use tickrelay_protocol::{
-    ClientMessage, Codec, DecodeError, ErrorCode, Payload, ServerMessage, close,
+    ClientMessage, Codec, DecodeError, ErrorCode, Payload, Role, ServerMessage, close,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, timeout};
@@ -23,7 +23,9 @@ use super::writer::{WriteSide, Writer, WriterEnd};
 use crate::clock::unix_micros;
 use crate::config::Config;
 use crate::context::ServerContext;
-use crate::lobby::{Command, InputSlot, JoinAccepted, JoinRefusal, JoinRequest, LobbyStopped};
+use crate::lobby::{
+    Command, InputSlot, JoinAccepted, JoinRefusal, JoinRequest, Joiner, LobbyStopped, Seat,
+};
 use crate::outbox::{DirectSink, Outbox};
 
 /// How long, after the server decided to close, the reader waits for the client's close frame.
@@ -60,6 +62,8 @@ impl EndReason {
                 close::SLOW_CONSUMER => "slow_consumer",
                 close::IDLE_TIMEOUT => "idle_timeout",
                 close::JOIN_TIMEOUT => "join_timeout",
+                close::UNAUTHORIZED => "unauthorized",
+                close::REPLACED => "replaced",
                 _ => "internal_error",
             },
         }
@@ -102,7 +106,7 @@ pub(crate) async fn serve<R, W>(
 
     // Frames larger than a whole message are refused from their header; messages reassembled
     // from several frames are checked by the session's `Reassembler`.
-    let mut ws = FrameReader::new(read, Role::Server, config.max_message_size);
+    let mut ws = FrameReader::new(read, framing::Role::Server, config.max_message_size);
 
     if let Some(code) = refuse {
         outbox.close(code);
@@ -111,11 +115,7 @@ pub(crate) async fn serve<R, W>(
     let mut end = session.read_loop(&mut ws, &mut writer).await;
     let player = session.player_id();
     if let Some(joined) = session.joined.take() {
-        let _ = Box::pin(joined.lobby.send(Command::Leave {
-            key: joined.key,
-            id: joined.player_id,
-        }))
-        .await;
+        let _ = Box::pin(joined.lobby.send(Command::Leave { seat: joined.seat })).await;
     }
     // Write what is left, ending with the close frame. After a server-side close, meanwhile
     // keep reading (and discarding) until the client answers it, so the kernel does not reset
@@ -156,8 +156,8 @@ pub(crate) async fn serve<R, W>(
 
 struct Joined {
     lobby: crate::lobby::LobbyHandle,
-    key: usize,
-    player_id: u32,
+    seat: Seat,
+    role: Role,
 }
 
 struct Session<'a> {
@@ -182,7 +182,12 @@ enum Handled {
 }
 
 enum LobbyRequest {
-    Join { lobby: String, name: String },
+    Join {
+        lobby: String,
+        name: String,
+        ticket: Option<String>,
+        role: Option<Role>,
+    },
     Event(Payload),
 }
 
@@ -209,7 +214,7 @@ impl<'a> Session<'a> {
     }
 
     fn player_id(&self) -> Option<u32> {
-        self.joined.as_ref().map(|joined| joined.player_id)
+        self.joined.as_ref().map(|joined| joined.seat.id)
     }
 
     /// Decides to close with `code`. The first decision wins (an overflow in the lobby's
@@ -390,12 +395,30 @@ impl<'a> Session<'a> {
         };
         let now = std::time::Instant::now();
         let flow = match message {
-            ClientMessage::Join { lobby, name, .. } => {
-                return Handled::ForLobby(LobbyRequest::Join { lobby, name });
+            ClientMessage::Join {
+                lobby,
+                name,
+                ticket,
+                role,
+            } => {
+                // A refused join costs a token too: verifying a ticket is CPU an attacker
+                // could otherwise spend at will.
+                if !self.event_limit.allow(now, self.ctx.config.max_event_rate) {
+                    return Handled::Done(self.close(close::RATE_LIMITED));
+                }
+                return Handled::ForLobby(LobbyRequest::Join {
+                    lobby,
+                    name,
+                    ticket,
+                    role,
+                });
             }
             ClientMessage::Event { data } => {
                 if !self.event_limit.allow(now, self.ctx.config.max_event_rate) {
                     return Handled::Done(self.close(close::RATE_LIMITED));
+                }
+                if self.spectating("event") {
+                    return Handled::Done(Flow::Continue);
                 }
                 if self.over_size(
                     ErrorCode::EventTooLarge,
@@ -435,22 +458,39 @@ impl<'a> Session<'a> {
     }
 
     /// Why a `state` does not go into the input slot, if it does not: over the rate (closes),
-    /// before `join`, or over the size limit (dropped).
+    /// before `join`, from a spectator or over the size limit (dropped).
     fn refuse_state(&mut self, now: std::time::Instant, data: &Payload) -> Option<Flow> {
         if !self.state_limit.allow(now, self.ctx.config.max_state_rate) {
             Some(self.close(close::RATE_LIMITED))
         } else if self.joined.is_none() {
             Some(self.not_joined())
-        } else if self.over_size(
-            ErrorCode::StateTooLarge,
-            "state",
-            data,
-            self.ctx.config.max_state_size,
-        ) {
+        } else if self.spectating("state")
+            || self.over_size(
+                ErrorCode::StateTooLarge,
+                "state",
+                data,
+                self.ctx.config.max_state_size,
+            )
+        {
             Some(Flow::Continue)
         } else {
             None
         }
+    }
+
+    /// Refuses (`forbidden`) a `state` or `event` from a spectator; the message is dropped.
+    fn spectating(&self, kind: &str) -> bool {
+        let spectator = self
+            .joined
+            .as_ref()
+            .is_some_and(|joined| joined.role == Role::Spectator);
+        if spectator {
+            self.send_error(
+                ErrorCode::Forbidden,
+                format!("spectators may not send {kind}; dropped"),
+            );
+        }
+        spectator
     }
 
     /// Refuses (with `code`) a `state` or `event` whose data is over its size limit; the
@@ -470,15 +510,26 @@ impl<'a> Session<'a> {
     /// Joins and events: both wait for the lobby.
     async fn on_lobby_message(&mut self, request: LobbyRequest) -> Flow {
         match request {
-            LobbyRequest::Join { lobby, name } => self.on_join(lobby, name).await,
+            LobbyRequest::Join {
+                lobby,
+                name,
+                ticket,
+                role,
+            } => self.on_join(lobby, name, ticket, role).await,
             LobbyRequest::Event(data) => {
-                self.forward_to_lobby(|key, id| Command::Event { key, id, data })
+                self.forward_to_lobby(|seat| Command::Event { seat, data })
                     .await
             }
         }
     }
 
-    async fn on_join(&mut self, lobby: String, name: String) -> Flow {
+    async fn on_join(
+        &mut self,
+        lobby: String,
+        name: String,
+        ticket: Option<String>,
+        role: Option<Role>,
+    ) -> Flow {
         if self.joined.is_some() {
             self.send_error(
                 ErrorCode::AlreadyJoined,
@@ -486,45 +537,92 @@ impl<'a> Session<'a> {
             );
             return Flow::Continue;
         }
-        if let Err(problem) = validate_name("lobby", &lobby, Config::MAX_LOBBY_NAME)
-            .and_then(|()| validate_name("name", &name, Config::MAX_PLAYER_NAME))
-        {
+        if let Err(problem) = validate_name("lobby", &lobby, Config::MAX_LOBBY_NAME) {
             self.send_error(ErrorCode::InvalidJoin, problem);
             return Flow::Continue;
         }
+        let joiner = match self.joiner(&lobby, name, ticket, role) {
+            Ok(joiner) => joiner,
+            Err(flow) => return flow,
+        };
+        let role = joiner.role;
         let request = JoinRequest {
             lobby,
-            name,
+            joiner,
             codec: self.codec,
             outbox: self.outbox.clone(),
             input: self.input.clone(),
         };
         match self.ctx.directory.join(request).await {
-            Ok(JoinAccepted {
-                lobby,
-                key,
-                player_id,
-            }) => {
-                self.joined = Some(Joined {
-                    lobby,
-                    key,
-                    player_id,
-                });
+            Ok(JoinAccepted { lobby, seat }) => {
+                self.joined = Some(Joined { lobby, seat, role });
             }
             Err(JoinRefusal { code, message }) => self.send_error(code, message),
         }
         Flow::Continue
     }
 
-    async fn forward_to_lobby(&mut self, command: impl FnOnce(usize, u32) -> Command) -> Flow {
+    /// Who joins: from the ticket when the server requires one (a refused ticket closes the
+    /// connection with 4005), else as the client says.
+    fn joiner(
+        &self,
+        lobby: &str,
+        name: String,
+        ticket: Option<String>,
+        asked: Option<Role>,
+    ) -> Result<Joiner, Flow> {
+        let Some(verifier) = &self.ctx.tickets else {
+            if let Err(problem) = validate_name("name", &name, Config::MAX_PLAYER_NAME) {
+                self.send_error(ErrorCode::InvalidJoin, problem);
+                return Err(Flow::Continue);
+            }
+            return Ok(Joiner {
+                name,
+                identity: None,
+                role: asked.unwrap_or_default(),
+            });
+        };
+        let now_secs = unix_micros() / 1_000_000;
+        let verified = verifier
+            .verify(ticket.as_deref(), lobby, now_secs)
+            .and_then(|ticket| {
+                validate_name("name", &ticket.name, Config::MAX_PLAYER_NAME)
+                    .map(|()| ticket)
+                    .map_err(tickrelay_protocol::ticket::TicketRefusal::BadClaims)
+            });
+        let ticket = match verified {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                self.ctx.metrics.ticket_refused(refused.reason());
+                self.send_error(ErrorCode::Unauthorized, refused.to_string());
+                return Err(self.close(close::UNAUTHORIZED));
+            }
+        };
+        self.ctx.metrics.tickets_accepted.inc();
+        // A player may choose to watch; a spectator's ticket never makes a player.
+        let role = match (ticket.role, asked) {
+            (Role::Spectator, Some(Role::Player)) => {
+                self.send_error(
+                    ErrorCode::Forbidden,
+                    "this ticket admits a spectator, not a player".into(),
+                );
+                return Err(Flow::Continue);
+            }
+            (role, None) => role,
+            (_, Some(asked)) => asked,
+        };
+        Ok(Joiner {
+            name: ticket.name,
+            identity: Some(ticket.sub),
+            role,
+        })
+    }
+
+    async fn forward_to_lobby(&mut self, command: impl FnOnce(Seat) -> Command) -> Flow {
         let Some(joined) = &self.joined else {
             return self.not_joined();
         };
-        match joined
-            .lobby
-            .send(command(joined.key, joined.player_id))
-            .await
-        {
+        match joined.lobby.send(command(joined.seat)).await {
             Ok(()) => Flow::Continue,
             // The lobby stops first when the server shuts down: that is a shutdown (1001),
             // not an internal error.

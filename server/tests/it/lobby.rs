@@ -32,7 +32,7 @@ async fn existing_members_are_told_who_joins_and_leaves() {
     let (mut bob, bob_id, _) = Client::join(&server, Codec::MessagePack, "arena", "bob").await;
     let joined = ann
         .recv_until(|m| match m {
-            ServerMessage::MemberJoined { id, name } => Some((id, name)),
+            ServerMessage::MemberJoined { id, name, .. } => Some((id, name)),
             _ => None,
         })
         .await;

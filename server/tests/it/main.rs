@@ -9,3 +9,4 @@ mod lobby;
 mod process;
 mod robustness;
 mod slow_consumers;
+mod tickets;

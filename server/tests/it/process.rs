@@ -69,7 +69,7 @@ impl ServerProcess {
     /// caller's `TICKRELAY_*` and `NO_COLOR` variables are not passed on, so neither can change
     /// what a test sees.
     fn start(args: &[&str], rust_log: &str, stderr: Stderr) -> Self {
-        Self::start_with(Command::new(SERVER_BIN), args, rust_log, stderr)
+        Self::start_with(Command::new(SERVER_BIN), args, &[], rust_log, stderr)
     }
 
     /// [`start`](Self::start), with the child's open-file limit (soft and hard) set to
@@ -89,10 +89,21 @@ impl ServerProcess {
                 rlimit::setrlimit(rlimit::Resource::NOFILE, max_files, max_files)
             });
         }
-        Self::start_with(command, args, rust_log, stderr)
+        Self::start_with(command, args, &[], rust_log, stderr)
     }
 
-    fn start_with(mut command: Command, args: &[&str], rust_log: &str, stderr: Stderr) -> Self {
+    /// [`start`](Self::start) at `info`, collecting stderr, with `env` set for the child.
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_with(Command::new(SERVER_BIN), args, env, "info", Stderr::Collect)
+    }
+
+    fn start_with(
+        mut command: Command,
+        args: &[&str],
+        env: &[(&str, &str)],
+        rust_log: &str,
+        stderr: Stderr,
+    ) -> Self {
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
@@ -104,11 +115,7 @@ impl ServerProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("TICKRELAY_") {
-                command.env_remove(name);
-            }
-        }
+        without_tickrelay_env(&mut command).envs(env.iter().copied());
         let mut child = command.spawn().expect("start the server binary");
         let pipe = BufReader::new(child.stderr.take().expect("stderr is piped"));
         let log = Arc::new(Log::default());
@@ -512,19 +519,101 @@ async fn process_out_of_file_descriptors_keeps_serving_live_clients_and_recovers
 }
 
 #[tokio::test]
-async fn process_warns_when_admin_endpoints_are_on_a_public_address() {
-    // A wildcard address is not loopback: without --admin-listen the server says so.
+async fn process_warns_when_admin_endpoints_or_unauthenticated_joins_are_public() {
+    let unauthenticated = "joins are unauthenticated";
+    // A wildcard address is not loopback: without --admin-listen and without a ticket key
+    // the server says so.
     let mut server = ServerProcess::start(&["--listen", "0.0.0.0:0"], "info", Stderr::Collect);
     server.wait_listening().await;
     server.wait_log("--admin-listen").await;
-    // On loopback (the quickstart) it does not.
+    server.wait_log(unauthenticated).await;
+    // With a ticket key it says that joins need tickets instead.
+    let mut ticketed = ServerProcess::start_with_env(
+        &["--listen", "0.0.0.0:0"],
+        &[("TICKRELAY_TICKET_SECRET", TICKET_SECRET)],
+    );
+    ticketed.wait_listening().await;
+    ticketed.wait_log("joins require a signed ticket").await;
+    assert!(!ticketed.log.text().contains(unauthenticated));
+    // On loopback (the quickstart) it warns about neither.
     let mut quiet = ServerProcess::start(&[], "info", Stderr::Collect);
     let addr = quiet.wait_listening().await;
     join_and_close(addr, "a").await;
     quiet.wait_log("connection closed").await;
+    let text = quiet.log.text();
     assert!(
-        !quiet.log.text().contains("--admin-listen"),
-        "{}",
-        quiet.log.text()
+        !text.contains("--admin-listen") && !text.contains(unauthenticated),
+        "{text}"
     );
+}
+
+const TICKET_SECRET: &str = "process-test-secret-0123456789abcdef";
+
+/// `tickrelay-server ticket` with `args`, the secret in the environment; returns its stdout.
+fn mint(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(SERVER_BIN);
+    command.arg("ticket").args(args);
+    without_tickrelay_env(&mut command)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the ticket subcommand")
+}
+
+/// The caller's `TICKRELAY_*` variables are not passed on, so none can change what a test sees.
+fn without_tickrelay_env(command: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TICKRELAY_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+#[tokio::test]
+async fn process_ticket_subcommand_signs_tickets_the_server_accepts() {
+    let env = [("TICKRELAY_TICKET_SECRET", TICKET_SECRET)];
+    let mut server = ServerProcess::start_with_env(&[], &env);
+    let addr = server.wait_listening().await;
+    let out = mint(&["--lobby", "arena", "--sub", "u1", "--name", "Ann"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ticket = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut client = Client::connect_to(addr, Codec::MessagePack).await;
+    client
+        .send(&tickrelay_protocol::ClientMessage::Join {
+            lobby: "arena".into(),
+            name: "whatever".into(),
+            ticket: Some(ticket),
+            role: None,
+        })
+        .await;
+    match client.recv().await {
+        ServerMessage::Welcome { members, .. } => assert_eq!(members[0].name, "Ann"),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+
+    // An Ed25519 key signs as well; no key at all, or a short secret, is a clear error.
+    let keys = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../protocol/tests/keys/ed25519-test.pem"
+    );
+    let ed = mint(&["--lobby", "a", "--sub", "u", "--private-key", keys], &[]);
+    assert!(
+        ed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ed.stderr)
+    );
+    assert_eq!(String::from_utf8(ed.stdout).unwrap().split('.').count(), 3);
+    let none = mint(&["--lobby", "a", "--sub", "u"], &[]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("--ticket-secret"));
+    let short = mint(
+        &["--lobby", "a", "--sub", "u", "--ticket-secret", "short"],
+        &[],
+    );
+    assert_eq!(short.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 32"));
 }

@@ -267,7 +267,8 @@ async fn fastwebsockets_client_joins_and_receives_snapshots() {
         .encode(&ClientMessage::Join {
             lobby: "fast".into(),
             name: "fws".into(),
-            token: None,
+            ticket: None,
+            role: None,
         })
         .unwrap();
     ws.write_frame(Frame::binary(Payload::Owned(join)))

@@ -256,11 +256,21 @@ impl Client {
         self.ws.send(frame).await.expect("send");
     }
 
+    /// Sends `json` as it is, in a text frame (for a JSON-codec client).
+    pub(crate) async fn send_raw_json(&mut self, json: &str) {
+        assert!(self.codec.is_text(), "raw JSON on a msgpack connection");
+        self.ws
+            .send(Message::Text(json.to_owned().into()))
+            .await
+            .expect("send");
+    }
+
     pub(crate) async fn send_join(&mut self, lobby: &str, name: &str) {
         self.send(&ClientMessage::Join {
             lobby: lobby.into(),
             name: name.into(),
-            token: None,
+            ticket: None,
+            role: None,
         })
         .await;
     }

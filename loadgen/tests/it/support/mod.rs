@@ -11,7 +11,7 @@ use std::process::Output;
 use std::time::Duration;
 
 #[cfg(feature = "self-host")]
-pub(crate) use server::spawn_server;
+pub(crate) use server::{spawn_server, spawn_server_with};
 pub(crate) use silent::spawn_silent_server;
 
 /// A debug build on a busy two-core box can be slow; a run that takes longer than this hangs.
@@ -55,6 +55,23 @@ pub(crate) async fn loadgen_with_open_file_limit(args: &[&str], max_open_files: 
         });
     }
     finish(command).await
+}
+
+/// Runs the loadgen binary quietly with `args` plus `--json FILE`; returns its output and the
+/// JSON report it wrote.
+pub(crate) async fn loadgen_report(args: &[&str]) -> (Output, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = temp_path(&dir, "report.json");
+    let mut args = args.to_vec();
+    args.extend(["--quiet", "--json", json.to_str().unwrap()]);
+    let output = loadgen(&args).await;
+    assert!(
+        json.exists(),
+        "no report written
+{}",
+        describe(&output)
+    );
+    (output, read_json(&json))
 }
 
 pub(crate) fn read_json(path: &Path) -> serde_json::Value {

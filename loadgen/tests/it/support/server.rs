@@ -23,10 +23,18 @@ impl Drop for TestServer {
 }
 
 pub(crate) async fn spawn_server(tick_hz: u32) -> TestServer {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
+    spawn_server_with(Config {
         tick_hz,
         ..Config::default()
+    })
+    .await
+}
+
+/// A server with `config`, on an ephemeral loopback port whatever `config.listen` says.
+pub(crate) async fn spawn_server_with(config: Config) -> TestServer {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..config
     };
     let listener = tickrelay_server::bind(config.listen).unwrap();
     let addr = listener.local_addr().unwrap();
