@@ -128,6 +128,7 @@ export const SUBPROTOCOL_MSGPACK = "tickrelay.v1.msgpack";
  *   this library's: `event_dropped`, `reconnect_exhausted`, `bad_server_message`,
  *   `socket_error`, `ticket_failed` (the `ticket` function threw), `replaced`.
  * @property {string} message
+ * @property {number} [retryAfterMs] With `overloaded`: the wait the server asked for.
  */
 
 /**
@@ -227,6 +228,8 @@ export class TickrelayClient {
   #lastStateSentAt = -Infinity;
   /** @type {ReturnType<typeof setTimeout> | null} */
   #stateTimer = null;
+  /** The wait the server asked for before the next attempt (`overloaded`), in ms. */
+  #retryAfterMs = 0;
   /** Events sent while not joined, in order. @type {Uint8Array[]} */
   #queuedEvents = [];
   /**
@@ -477,9 +480,11 @@ export class TickrelayClient {
   #scheduleReconnect() {
     const reconnect = this.#reconnect;
     if (reconnect === null) return;
-    // Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)].
+    // Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)], on top
+    // of the wait the server asked for (`overloaded`), so a crowd told the same time spreads.
     const ceiling = Math.min(reconnect.maxMs, reconnect.baseMs * 2 ** Math.min(this.#attempt, 30));
-    const delayMs = Math.round(Math.random() * ceiling);
+    const delayMs = this.#retryAfterMs + Math.round(Math.random() * ceiling);
+    this.#retryAfterMs = 0;
     this.#attempt += 1;
     this.stats.reconnects += 1;
     this.#emit("reconnecting", { attempt: this.#attempt, delayMs });
@@ -602,7 +607,7 @@ export class TickrelayClient {
         this.#onPong(Number(message.client_time), Number(message.server_time_us));
         break;
       case "error":
-        this.#onServerError(String(message.code), String(message.message ?? ""));
+        this.#onServerError(String(message.code), String(message.message ?? ""), Number(message.retry_after_ms ?? 0));
         break;
       default:
         // Newer servers may add message types: ignore them (protocol: compatibility).
@@ -692,9 +697,14 @@ export class TickrelayClient {
   /**
    * @param {string} code
    * @param {string} message
+   * @param {number} retryAfterMs The server's hint with `overloaded` (0: none).
    */
-  #onServerError(code, message) {
-    this.#emit("error", { code, message });
+  #onServerError(code, message, retryAfterMs) {
+    if (code === "overloaded" && Number.isFinite(retryAfterMs) && retryAfterMs > 0) {
+      // The next reconnection waits at least this long (the server closes with 1013 next).
+      this.#retryAfterMs = Math.min(retryAfterMs, 60_000);
+    }
+    this.#emit("error", retryAfterMs > 0 ? { code, message, retryAfterMs } : { code, message });
     if (this.readyState === "open") return;
     // A refused join. An invalid name or lobby, or a role the ticket does not allow, cannot
     // succeed later: stop for good. So does a refused ticket, unless `ticket` is a function
@@ -704,7 +714,7 @@ export class TickrelayClient {
     if (code === "invalid_join" || code === "forbidden" || (code === "unauthorized" && !freshTicket)) {
       this.#reconnect = null;
       this.#drop(1000, "join refused");
-    } else if (code === "lobby_full" || code === "too_many_lobbies" || code === "unauthorized") {
+    } else if (code === "lobby_full" || code === "too_many_lobbies" || code === "unauthorized" || code === "overloaded") {
       this.#drop(1000, "join refused");
     }
   }

@@ -104,16 +104,21 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
     let source =
         (!plan.source_ips.is_empty()).then(|| plan.source_ips[spec.index % plan.source_ips.len()]);
     let mut attempt: u32 = 0;
+    // What the server last asked to wait before trying again (503 Retry-After, `overloaded`).
+    let mut retry_after = None;
     let mut ever_joined = false;
     // When the client lost its connection, for the reconnect-time metric.
     let mut outage_since: Option<Instant> = None;
     loop {
         if attempt > 0 || outage_since.is_some() {
-            let delay = backoff_delay(
-                plan.backoff_base,
-                plan.backoff_max,
-                attempt.saturating_sub(1),
-            );
+            // The server's hint is the floor; the jittered backoff on top spreads a crowd told
+            // the same time so it does not come back all at once.
+            let delay = retry_after.take().unwrap_or_default()
+                + backoff_delay(
+                    plan.backoff_base,
+                    plan.backoff_max,
+                    attempt.saturating_sub(1),
+                );
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = sleep(delay) => {}
@@ -122,11 +127,14 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
         if stop.is_cancelled() {
             return;
         }
-        let Some((reader, writer, player_id)) = connect_and_join(&spec, &shared, source).await
-        else {
-            attempt += 1;
-            outage_since.get_or_insert_with(Instant::now);
-            continue;
+        let (reader, writer, player_id) = match connect_and_join(&spec, &shared, source).await {
+            Ok(joined) => joined,
+            Err(hint) => {
+                retry_after = hint;
+                attempt += 1;
+                outage_since.get_or_insert_with(Instant::now);
+                continue;
+            }
         };
         if ever_joined {
             shared.count(|c| c.reconnects += 1);
@@ -148,12 +156,13 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
     }
 }
 
-/// Connects and joins; counts and records everything, returns None on failure.
+/// Connects and joins; counts and records everything. On failure, returns how long the server
+/// asked to wait, if it did.
 async fn connect_and_join(
     spec: &ClientSpec,
     shared: &Shared,
     source: Option<std::net::Ipv4Addr>,
-) -> Option<(Reader, Writer, PlayerId)> {
+) -> Result<(Reader, Writer, PlayerId), Option<Duration>> {
     let plan = &shared.plan;
     let started = Instant::now();
     let connected = timeout(
@@ -165,11 +174,14 @@ async fn connect_and_join(
         Ok(Ok(halves)) => halves,
         Ok(Err(err)) => {
             shared.count(|c| c.error(err.kind()));
-            return None;
+            return Err(match err {
+                net::ConnectError::Shed(retry_after) => retry_after,
+                _ => None,
+            });
         }
         Err(_) => {
             shared.count(|c| c.error(net::ConnectError::Timeout.kind()));
-            return None;
+            return Err(None);
         }
     };
     shared.record(Metric::Connect, started.elapsed().as_micros() as u64);
@@ -188,7 +200,7 @@ async fn connect_and_join(
         .is_err()
     {
         shared.count(|c| c.error("join_send_failed"));
-        return None;
+        return Err(None);
     }
     let welcome = timeout(plan.connect_timeout, async {
         loop {
@@ -203,7 +215,11 @@ async fn connect_and_join(
                 Ok(ServerMessage::Welcome {
                     player_id, tick_hz, ..
                 }) => return Some(Ok((player_id, tick_hz))),
-                Ok(ServerMessage::Error { code, .. }) => return Some(Err(code)),
+                Ok(ServerMessage::Error {
+                    code,
+                    retry_after_ms,
+                    ..
+                }) => return Some(Err((code, retry_after_ms))),
                 _ => {}
             }
         }
@@ -213,19 +229,19 @@ async fn connect_and_join(
         Ok(Some(Ok((player_id, tick_hz)))) => {
             shared.record(Metric::Join, join_sent.elapsed().as_micros() as u64);
             shared.recorder.borrow_mut().tick_hz = Some(tick_hz);
-            Some((reader, writer, player_id))
+            Ok((reader, writer, player_id))
         }
-        Ok(Some(Err(code))) => {
+        Ok(Some(Err((code, retry_after_ms)))) => {
             shared.count(|c| c.error(format!("join_refused:{}", code.as_str())));
-            None
+            Err(retry_after_ms.map(Duration::from_millis))
         }
         Ok(None) => {
             shared.count(|c| c.error("join_connection_lost"));
-            None
+            Err(None)
         }
         Err(_) => {
             shared.count(|c| c.error("join_timeout"));
-            None
+            Err(None)
         }
     }
 }

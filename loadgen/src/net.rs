@@ -5,13 +5,14 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{Role, WebSocketWrite};
 use http_body_util::Empty;
-use hyper::Request;
-use hyper::header::{CONNECTION, HOST, UPGRADE};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::header::{CONNECTION, HOST, RETRY_AFTER, UPGRADE};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
 use tickrelay_protocol::Codec;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -39,6 +40,9 @@ pub(crate) enum ConnectError {
     Timeout,
     #[error("websocket handshake failed: {0}")]
     Handshake(String),
+    /// HTTP 503: the server shed the attempt, with the `Retry-After` it gave (if any).
+    #[error("server busy (503)")]
+    Shed(Option<Duration>),
     #[error("{0}")]
     Io(io::Error),
 }
@@ -51,6 +55,7 @@ impl ConnectError {
             Self::TooManyFiles => "connect_too_many_files",
             Self::Timeout => "connect_timeout",
             Self::Handshake(_) => "connect_handshake",
+            Self::Shed(_) => "connect_shed_503",
             Self::Io(_) => "connect_io",
         }
     }
@@ -123,12 +128,29 @@ pub(crate) async fn connect(
         .header("Sec-WebSocket-Protocol", codec.subprotocol())
         .body(Empty::<Bytes>::new())
         .map_err(|err| ConnectError::Handshake(err.to_string()))?;
-    let (ws, response) = fastwebsockets::handshake::client(&TokioExecutor::new(), request, stream)
+    // hyper's client connection directly rather than fastwebsockets' handshake helper, which
+    // keeps only the status of a refusal: a 503's Retry-After is what the backoff needs.
+    let handshake = |err: hyper::Error| ConnectError::Handshake(err.to_string());
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|err| match err {
-            fastwebsockets::WebSocketError::IoError(io) => ConnectError::from(io),
-            other => ConnectError::Handshake(other.to_string()),
-        })?;
+        .map_err(handshake)?;
+    // Polled until the upgrade hands the socket back (its error, if any, shows in the response).
+    tokio::spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    let mut response = sender.send_request(request).await.map_err(handshake)?;
+    match response.status() {
+        StatusCode::SWITCHING_PROTOCOLS => {}
+        StatusCode::SERVICE_UNAVAILABLE => {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|value| value.to_str().ok()?.trim().parse().ok())
+                .map(Duration::from_secs);
+            return Err(ConnectError::Shed(retry_after));
+        }
+        status => return Err(ConnectError::Handshake(format!("HTTP {status}"))),
+    }
     let agreed = response
         .headers()
         .get("Sec-WebSocket-Protocol")
@@ -139,8 +161,8 @@ pub(crate) async fn connect(
             codec.subprotocol()
         )));
     }
+    let upgraded = hyper::upgrade::on(&mut response).await.map_err(handshake)?;
     // Back to the plain TcpStream: lock-free owned halves for the reader and writer tasks.
-    let upgraded = ws.into_inner().into_inner();
     let parts = upgraded
         .downcast::<TokioIo<TcpStream>>()
         .map_err(|_| ConnectError::Handshake("unexpected upgraded stream type".into()))?;

@@ -30,6 +30,13 @@ impl SelfHosted {
             // The planned sizes always fit (the message limit still applies).
             max_state_size: Config::default().max_state_size.max(args.state_size),
             max_event_size: Config::default().max_event_size.max(args.event_size),
+            max_snapshot_size: Config::default()
+                .max_snapshot_size
+                .max(args.lobby_size * args.state_size),
+            max_lobby_event_bytes: Config::default().max_lobby_event_bytes.max(
+                (args.lobby_size as f64 * args.event_rate * args.event_size as f64 * 2.0).ceil()
+                    as usize,
+            ),
             // Leave headroom over the planned rates so the limits never trip by accident.
             max_state_rate: (args.state_rate * 2.0).ceil().max(120.0) as u32,
             max_event_rate: ((args.event_rate + per_second(args.ping_interval)) * 2.0)

@@ -213,7 +213,8 @@ mod tests {
             Codec::Json.decode_server(newer).unwrap(),
             ServerMessage::Error {
                 code: ErrorCode::Unknown,
-                message: "x".into()
+                message: "x".into(),
+                retry_after_ms: None,
             }
         );
     }

@@ -72,6 +72,9 @@ pub enum ServerMessage {
     Error {
         code: ErrorCode,
         message: String,
+        /// With `overloaded`: how long to wait before trying again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -159,6 +162,9 @@ pub enum ErrorCode {
     /// A request the member's role does not allow (a spectator sending `state` or `event`);
     /// the message was dropped.
     Forbidden,
+    /// The server (or the lobby) is over a budget; `retry_after_ms` says when to come back. A
+    /// close follows when the connection itself was shed (close 1013).
+    Overloaded,
     /// Any code added by a newer server; clients should treat it as a generic error.
     #[serde(other)]
     Unknown,
@@ -179,6 +185,7 @@ impl ErrorCode {
             Self::EventTooLarge => "event_too_large",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
+            Self::Overloaded => "overloaded",
             Self::Unknown => "unknown",
         }
     }

@@ -1,11 +1,12 @@
 //! The server's whole configuration: one clap struct, every flag with a `TICKRELAY_*`
 //! environment fallback. Passed explicitly; there are no globals.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
+use ipnet::IpNet;
 use tickrelay_protocol::ticket::TicketVerifier;
 
 /// tickrelay: a tick-based game-state relay over WebSockets.
@@ -44,6 +45,18 @@ pub struct Config {
     /// Every member of the lobby receives each event.
     #[arg(long, env = "TICKRELAY_MAX_EVENT_SIZE", default_value_t = 4096)]
     pub max_event_size: usize,
+
+    /// Most bytes of player states one lobby's keyframe carries (the sum of its players' latest
+    /// states): a state that would push it past this is refused with `error` state_too_large.
+    /// Every member downloads every keyframe: this bounds what a lobby costs to send.
+    #[arg(long, env = "TICKRELAY_MAX_SNAPSHOT_SIZE", default_value_t = 256 * 1024)]
+    pub max_snapshot_size: usize,
+
+    /// Event bytes per second one lobby relays, shared equally by its players (each share
+    /// with one second of burst): over its share a player's event is dropped with `error`
+    /// overloaded and `retry_after_ms`. Each event goes to every member.
+    #[arg(long, env = "TICKRELAY_MAX_LOBBY_EVENT_BYTES", default_value_t = 256 * 1024)]
+    pub max_lobby_event_bytes: usize,
 
     /// Most members one lobby holds (more: `error` lobby_full).
     #[arg(long, env = "TICKRELAY_MAX_LOBBY_SIZE", default_value_t = 256)]
@@ -139,6 +152,47 @@ pub struct Config {
     #[arg(long, env = "TICKRELAY_MAX_SPECTATORS", default_value_t = 64)]
     pub max_spectators: usize,
 
+    /// Browser origins allowed to open WebSockets, comma-separated (e.g.
+    /// `https://game.example,https://www.game.example`); others get HTTP 403 before the upgrade.
+    /// Requests without `Origin` (not from a browser) are not affected. Default: any origin.
+    #[arg(long, env = "TICKRELAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Most WebSocket connections from one client IP (more: HTTP 503 with Retry-After); 0: no limit.
+    #[arg(long, env = "TICKRELAY_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+
+    /// Most WebSocket handshakes per second from one client IP, with one second of burst (more:
+    /// HTTP 503 with Retry-After); 0: no limit.
+    #[arg(long, env = "TICKRELAY_MAX_HANDSHAKES_PER_IP", default_value_t = 20)]
+    pub max_handshakes_per_ip: u32,
+
+    /// Most WebSocket handshakes per second in all, with one second of burst (more: HTTP 503
+    /// with Retry-After), so a reconnect storm is spread out instead of starving the lobbies
+    /// already running; 0: no limit.
+    #[arg(
+        long,
+        env = "TICKRELAY_MAX_HANDSHAKES_PER_SECOND",
+        default_value_t = 5000
+    )]
+    pub max_handshakes_per_second: u32,
+
+    /// Proxies (addresses or CIDR networks, comma-separated) whose `X-Forwarded-For` names the
+    /// client. From anyone else the header is ignored: a client could write any address there.
+    #[arg(long, env = "TICKRELAY_TRUSTED_PROXIES", default_value = "", value_parser = parse_networks)]
+    pub trusted_proxies: Networks,
+
+    /// Client addresses the per-IP limits do not apply to (comma-separated networks; "" for
+    /// none). Loopback by default: a local load test or a proxy on the same host without
+    /// --trusted-proxies would otherwise share one IP's limits.
+    #[arg(
+        long,
+        env = "TICKRELAY_IP_LIMIT_EXEMPT",
+        default_value = "127.0.0.0/8,::1",
+        value_parser = parse_networks
+    )]
+    pub ip_limit_exempt: Networks,
+
     /// Log line format on stderr: `text` for people, `json` (one object per line) for log
     /// pipelines. Filter with RUST_LOG (default `info`).
     #[arg(long, env = "TICKRELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -215,6 +269,21 @@ pub(crate) fn read_file(
         flag,
         problem: format!("{}: {err}", path.display()),
     })
+}
+
+/// A list of IP networks; a bare address is a network of one.
+pub type Networks = Vec<IpNet>;
+
+fn parse_networks(list: &str) -> Result<Networks, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<IpNet>()
+                .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("{item:?} is not an IP address or network (e.g. 10.0.0.0/8)"))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -330,6 +399,18 @@ impl Config {
         }
         if self.worker_threads > 1024 {
             return fail("worker-threads", "must be 0 (one per core) to 1024");
+        }
+        if self.max_snapshot_size < self.max_state_size {
+            return fail(
+                "max-snapshot-size",
+                "must be at least --max-state-size, or no state of the largest size ever fits",
+            );
+        }
+        if self.max_lobby_event_bytes == 0 {
+            return fail(
+                "max-lobby-event-bytes",
+                "must be at least 1 byte per second",
+            );
         }
         if self.max_spectators > Self::COUNT_LIMIT {
             return fail(

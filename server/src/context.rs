@@ -9,7 +9,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::admission::Admission;
+use crate::config::{Config, ConfigError};
 use crate::lobby;
 use crate::metrics::Metrics;
 
@@ -31,6 +32,47 @@ pub(crate) struct ServerContext {
     /// (`--max-pending-connections`): HTTP connections until they upgrade or end, and
     /// refused (1013) sessions until they end.
     pub(crate) pending_slots: Arc<Semaphore>,
+    /// Origins, handshake rates and per-IP connection counts, checked before each upgrade.
+    pub(crate) admission: Admission,
     /// When `run` started, for `/stats`' uptime.
     pub(crate) started: Instant,
+}
+
+impl ServerContext {
+    /// Everything the server's tasks share, for a validated `config` (the ticket key is loaded
+    /// here). Lobbies stop when `shutdown` is cancelled.
+    pub(crate) fn new(
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, ConfigError> {
+        let tickets = config.ticket_verifier()?;
+        let metrics = Arc::new(Metrics::new());
+        let tracker = TaskTracker::new();
+        let settings = lobby::LobbySettings {
+            tick_hz: config.tick_hz,
+            tick_period: config.tick_period(),
+            max_members: config.max_lobby_size,
+            max_spectators: config.max_spectators,
+            max_snapshot_bytes: config.max_snapshot_size,
+            max_lobby_event_bytes: config.max_lobby_event_bytes,
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        };
+        Ok(Arc::new(Self {
+            directory: Box::new(lobby::LocalDirectory::new(
+                settings,
+                config.max_lobbies,
+                tracker.clone(),
+            )),
+            connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+            pending_slots: Arc::new(Semaphore::new(config.max_pending_connections)),
+            admission: Admission::new(&config),
+            metrics,
+            tickets,
+            shutdown,
+            tracker,
+            started: Instant::now(),
+            config,
+        }))
+    }
 }

@@ -4,6 +4,7 @@
 //! `run` is the whole server; the binary, the tests, the benchmarks and the load generator's
 //! `--self-host` all call it with their own listener, config and shutdown token.
 
+mod admission;
 mod assets;
 mod clock;
 pub mod config;
@@ -20,15 +21,14 @@ mod ws;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use crate::config::{Config, ConfigError, LogFormat};
@@ -115,33 +115,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     config.validate()?;
-    let tickets = config.ticket_verifier()?;
     let shutdown_timeout = config.shutdown_timeout;
-    let metrics = Arc::new(Metrics::new());
-    let tracker = TaskTracker::new();
-    let settings = lobby::LobbySettings {
-        tick_hz: config.tick_hz,
-        tick_period: config.tick_period(),
-        max_members: config.max_lobby_size,
-        max_spectators: config.max_spectators,
-        metrics: metrics.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let ctx = Arc::new(ServerContext {
-        directory: Box::new(lobby::LocalDirectory::new(
-            settings,
-            config.max_lobbies,
-            tracker.clone(),
-        )),
-        connection_slots: Arc::new(Semaphore::new(config.max_connections)),
-        pending_slots: Arc::new(Semaphore::new(config.max_pending_connections)),
-        metrics,
-        tickets,
-        shutdown: shutdown.clone(),
-        tracker,
-        started: Instant::now(),
-        config,
-    });
+    let ctx = ServerContext::new(config, shutdown.clone())?;
     let public_addr = listeners.public.local_addr()?;
     info!(addr = %public_addr, tick_hz = ctx.config.tick_hz, "tickrelay listening");
     match &ctx.tickets {

@@ -211,7 +211,8 @@ async function ticketTest() {
   // A server that requires tickets; the page gets them from the real `ticket` subcommand.
   const secret = "browser-test-secret-0123456789abcdef";
   const port = await freePort();
-  ticketServer = new Server(SERVER_BIN, port, { TICKRELAY_TICKET_SECRET: secret });
+  // Three connections at most: the last step sees the server shed a fourth.
+  ticketServer = new Server(SERVER_BIN, port, { TICKRELAY_TICKET_SECRET: secret, TICKRELAY_MAX_CONNECTIONS: "3" });
   await ticketServer.start();
   const base = `http://127.0.0.1:${port}`;
   const page = await blankPage(base);
@@ -249,7 +250,24 @@ async function ticketTest() {
     const annToo = connect(wsUrl, { lobby, name: "ignored", ticket: ticket("ann") });
     await until("the second tab's welcome", () => annToo.readyState === "open");
     await until("the first tab is closed", () => ann.readyState === "closed");
+    // Ann's first tab is gone; annToo and eve hold two of the three connections. A fourth
+    // client is shed after the upgrade (error overloaded with retry_after_ms, close 1013) and
+    // waits at least that long before trying again, then gets in once a place frees.
+    const third = connect(wsUrl, { lobby, name: "x", ticket: ticket("third") });
+    await until("the third connection's welcome", () => third.readyState === "open");
+    const fourth = connect(wsUrl, { lobby, name: "x", ticket: ticket("fourth"), reconnect: { baseMs: 50, maxMs: 100 } });
+    const fourthErrors = [];
+    fourth.on("error", (e) => fourthErrors.push(e));
+    const delays = [];
+    fourth.on("reconnecting", (r) => delays.push(r.delayMs));
+    await until("the fourth is shed", () => delays.length > 0);
+    third.close();
+    await until("the fourth gets in once a place is free", () => fourth.readyState === "open", 15000);
+    const overloaded = fourthErrors.find((e) => e.code === "overloaded");
+    fourth.close();
     const result = {
+      overloadedHint: overloaded?.retryAfterMs ?? null,
+      firstDelay: delays[0],
       anonErrors,
       annErrors,
       sameSeat: annToo.playerId === ann.playerId,
@@ -268,7 +286,9 @@ async function ticketTest() {
   assertEqual(results.annName, "N-ann", "the name comes from the ticket");
   assertEqual(results.eveRole, "spectator", "members carry their role");
   assert(!results.evePlayers.includes(results.eveId), "a spectator is never in the players");
-  assert(minted >= 3, `one ticket per join: ${minted}`);
+  assert(minted >= 5, `one ticket per join: ${minted}`);
+  assert(results.overloadedHint > 0, `overloaded carries retry_after_ms: ${results.overloadedHint}`);
+  assert(results.firstDelay >= results.overloadedHint, `the backoff honours the hint: ${results.firstDelay} ms`);
   await page.close();
   await ticketServer.stop();
   ticketServer = null;

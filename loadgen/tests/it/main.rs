@@ -7,6 +7,8 @@ mod support;
 mod runs;
 mod slo_gates;
 #[cfg(feature = "self-host")]
+mod storm;
+#[cfg(feature = "self-host")]
 mod tickets;
 #[cfg(not(feature = "self-host"))]
 mod without_self_host;

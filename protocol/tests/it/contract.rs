@@ -48,7 +48,11 @@ fn server_contract(message: &ServerMessage) -> (&'static str, Vec<&'static str>)
         ServerMessage::MemberJoined { .. } => ("member_joined", vec!["t", "id", "name", "role"]),
         ServerMessage::MemberLeft { .. } => ("member_left", vec!["t", "id"]),
         ServerMessage::Pong { .. } => ("pong", vec!["t", "client_time", "server_time_us"]),
-        ServerMessage::Error { .. } => ("error", vec!["t", "code", "message"]),
+        ServerMessage::Error { retry_after_ms, .. } => {
+            let mut keys = vec!["t", "code", "message"];
+            keys.extend(retry_after_ms.as_ref().map(|_| "retry_after_ms"));
+            ("error", keys)
+        }
     }
 }
 
@@ -176,6 +180,7 @@ fn nested_objects_and_value_types() {
     let error = ServerMessage::Error {
         code: ErrorCode::TooManyLobbies,
         message: "m".into(),
+        retry_after_ms: None,
     };
     assert_eq!(json_of(&error)["code"], "too_many_lobbies");
     assert_eq!(
@@ -198,6 +203,7 @@ fn error_code_wire_names() {
         (ErrorCode::EventTooLarge, "event_too_large"),
         (ErrorCode::Unauthorized, "unauthorized"),
         (ErrorCode::Forbidden, "forbidden"),
+        (ErrorCode::Overloaded, "overloaded"),
         (ErrorCode::Unknown, "unknown"),
     ];
     for (code, name) in all {

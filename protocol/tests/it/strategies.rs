@@ -84,6 +84,7 @@ pub(crate) fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::EventTooLarge),
         Just(ErrorCode::Unauthorized),
         Just(ErrorCode::Forbidden),
+        Just(ErrorCode::Overloaded),
         Just(ErrorCode::Unknown),
     ]
 }
@@ -177,7 +178,13 @@ pub(crate) fn server_message() -> impl Strategy<Value = ServerMessage> {
                 server_time_us,
             }
         }),
-        (error_code(), text()).prop_map(|(code, message)| ServerMessage::Error { code, message }),
+        (error_code(), text(), proptest::option::of(u64_value())).prop_map(
+            |(code, message, retry_after_ms)| ServerMessage::Error {
+                code,
+                message,
+                retry_after_ms
+            }
+        ),
     ]
 }
 
@@ -261,6 +268,12 @@ pub(crate) fn server_examples() -> Vec<ServerMessage> {
         ServerMessage::Error {
             code: ErrorCode::LobbyFull,
             message: "lobby arena is full (16/16)".into(),
+            retry_after_ms: None,
+        },
+        ServerMessage::Error {
+            code: ErrorCode::Overloaded,
+            message: "server full".into(),
+            retry_after_ms: Some(1500),
         },
     ]
 }

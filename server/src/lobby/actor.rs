@@ -106,6 +106,10 @@ pub(crate) struct LobbySettings {
     /// Players per lobby (`--max-lobby-size`).
     pub(crate) max_members: usize,
     pub(crate) max_spectators: usize,
+    /// Most state bytes in one keyframe (`--max-snapshot-size`).
+    pub(crate) max_snapshot_bytes: usize,
+    /// Event bytes per second per lobby, shared by its players (`--max-lobby-event-bytes`).
+    pub(crate) max_lobby_event_bytes: usize,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: CancellationToken,
 }
@@ -197,7 +201,18 @@ impl Actor {
         if fired.skipped > 0 {
             metrics.ticks_missed.inc_by(fired.skipped);
         }
-        let out = fan_out(&mut self.state, unix_micros());
+        let out = fan_out(
+            &mut self.state,
+            unix_micros(),
+            self.settings.max_snapshot_bytes,
+        );
+        if out.over_budget > 0 {
+            self.settings
+                .metrics
+                .errors_sent
+                .get_or_create(&[("code", ErrorCode::StateTooLarge.as_str())])
+                .inc_by(out.over_budget);
+        }
         metrics.ticks.inc();
         metrics.messages_in.inc_by(out.messages_in);
         metrics.bytes_in.inc_by(out.bytes_in);
@@ -229,15 +244,27 @@ impl Actor {
             }
             Command::Event { seat, data } => {
                 // Spectators' events are refused by their session already.
-                if self
+                if !self
                     .state
                     .member(seat)
                     .is_some_and(|m| m.role == Role::Player)
                 {
-                    self.traffic.events_in += 1;
-                    let from = seat.id;
-                    self.broadcast(None, ServerMessage::Event { from, data });
+                    return;
                 }
+                let now = tokio::time::Instant::now().into_std();
+                let budget = self.settings.max_lobby_event_bytes;
+                if let Err(wait) = self.state.charge_event(seat, data.len(), budget, now) {
+                    self.refuse(
+                        seat,
+                        ErrorCode::Overloaded,
+                        format!("the lobby's event budget ({budget} bytes/s) is spent; dropped"),
+                        Some(wait),
+                    );
+                    return;
+                }
+                self.traffic.events_in += 1;
+                let from = seat.id;
+                self.broadcast(None, ServerMessage::Event { from, data });
             }
             Command::Leave { seat } => self.leave(seat),
         }
@@ -324,6 +351,23 @@ impl Actor {
         })
     }
 
+    /// Sends one member an `error` (the lobby refused something it sent), counted.
+    fn refuse(&self, seat: Seat, code: ErrorCode, message: String, retry_after: Option<Duration>) {
+        let Some(member) = self.state.member(seat) else {
+            return;
+        };
+        self.settings.metrics.error_sent(code.as_str());
+        let error = ServerMessage::Error {
+            code,
+            message,
+            retry_after_ms: retry_after.map(|wait| wait.as_millis().max(1) as u64),
+        };
+        let _ = member
+            .conn
+            .outbox
+            .push_reliable(member.conn.codec.encode_server(&error));
+    }
+
     /// Closes a connection whose seat a newer connection of the same identity took.
     fn replaced(&self, old: &Connection) {
         old.outbox.close(close::REPLACED);
@@ -384,6 +428,8 @@ struct FanOut {
     keyframes: u64,
     /// Bytes of the snapshots handed out.
     bytes: u64,
+    /// States refused because the lobby's keyframe would outgrow `--max-snapshot-size`.
+    over_budget: u64,
 }
 
 impl FanOut {
@@ -438,15 +484,35 @@ fn outcome(pushed: Result<Pushed, PushError>) -> PushOutcome {
     }
 }
 
-/// The work of one tick: take each member's newest state, advance the state, build the delta
-/// (and the keyframe if any member needs it), encode each once per codec, and hand the shared
-/// bytes to every member's outbox, each member getting what the state's delivery rule says.
-fn fan_out(state: &mut LobbyState<Connection>, now_us: u64) -> FanOut {
+/// The work of one tick: take each member's newest state (refusing one that would make the
+/// keyframe's states exceed `max_snapshot_bytes`), advance the state, build the delta (and the
+/// keyframe if any member needs it), encode each once per codec, and hand the shared bytes to
+/// every member's outbox, each member getting what the state's delivery rule says.
+fn fan_out(state: &mut LobbyState<Connection>, now_us: u64, max_snapshot_bytes: usize) -> FanOut {
     let mut out = FanOut::default();
+    let mut state_bytes = state.state_bytes();
     for (_, member) in state.members_mut() {
         let taken = member.conn.input.take();
         if let Some((seq, data)) = taken.state {
-            member.set_state(seq, data);
+            let grown = state_bytes - member.state_len() + data.len();
+            if grown <= max_snapshot_bytes {
+                state_bytes = grown;
+                member.set_state(seq, data);
+            } else {
+                out.over_budget += 1;
+                let error = ServerMessage::Error {
+                    code: ErrorCode::StateTooLarge,
+                    message: format!(
+                        "a state of {} bytes would make this lobby's keyframe exceed {max_snapshot_bytes} bytes of states; dropped",
+                        data.len()
+                    ),
+                    retry_after_ms: None,
+                };
+                let _ = member
+                    .conn
+                    .outbox
+                    .push_reliable(member.conn.codec.encode_server(&error));
+            }
         }
         out.states_in += taken.states;
         out.messages_in += taken.counts.messages;
@@ -538,7 +604,7 @@ pub fn bench_tick(
         if keyframes {
             state.members_mut().for_each(|(_, m)| m.mark_behind());
         }
-        let out = fan_out(&mut state, unix_micros());
+        let out = fan_out(&mut state, unix_micros(), usize::MAX);
         for (_, outbox) in &handles {
             outbox.drain_into(&mut batch);
             batch.clear();
@@ -615,13 +681,13 @@ mod tests {
         let (fast_input, fast) = member(&mut state, "fast");
         let (_, slow) = member(&mut state, "slow");
         fast_input.put(1, Payload::from(vec![1]), 10);
-        let first = fan_out(&mut state, 100);
+        let first = fan_out(&mut state, 100, usize::MAX);
         assert_eq!((first.sent, first.keyframes, first.coalesced), (2, 2, 0));
         assert!(drain(&fast)[0].keyframe, "joined: keyframe");
 
         // The slow member's keyframe is still unsent when the next tick's delta comes.
         fast_input.put(2, Payload::from(vec![2]), 10);
-        let second = fan_out(&mut state, 200);
+        let second = fan_out(&mut state, 200, usize::MAX);
         assert_eq!((second.sent, second.keyframes, second.coalesced), (2, 1, 1));
         let fast_got = drain(&fast);
         assert_eq!(fast_got.len(), 1);
@@ -637,7 +703,7 @@ mod tests {
         assert_eq!(slow_got[0].players[0].seq, 2);
 
         // Caught up: deltas again for both.
-        let third = fan_out(&mut state, 300);
+        let third = fan_out(&mut state, 300, usize::MAX);
         assert_eq!((third.sent, third.keyframes, third.coalesced), (2, 0, 0));
         assert!(!drain(&slow)[0].keyframe);
     }

@@ -4,6 +4,8 @@
 //! It also owns each member's life cycle and the delivery rule (delta or keyframe): the shell
 //! only reports what each push did.
 
+use std::time::{Duration, Instant};
+
 use slab::Slab;
 use tickrelay_protocol::{Member, Payload, PlayerId, PlayerState, Role, Snapshot};
 
@@ -67,6 +69,9 @@ pub(crate) struct MemberState<C> {
     latest: Option<PlayerState>,
     /// Whether `latest` changed since the last tick.
     dirty: bool,
+    /// When this member's share of the lobby's event budget is spent up to (GCRA's theoretical
+    /// arrival time); `None` before its first event.
+    events_spent_until: Option<Instant>,
 }
 
 /// A member's life cycle as far as snapshots go. (The seat-resume work adds an `Away` phase
@@ -123,6 +128,11 @@ impl<C> MemberState<C> {
             data,
         });
         self.dirty = true;
+    }
+
+    /// Bytes of its latest state's data (0 without one): what it adds to every keyframe.
+    pub(crate) fn state_len(&self) -> usize {
+        self.latest.as_ref().map_or(0, |state| state.data.len())
     }
 
     /// The member missed something: its next snapshot is a keyframe.
@@ -215,8 +225,43 @@ impl<C> LobbyState<C> {
             phase: Phase::Joining,
             latest: None,
             dirty: false,
+            events_spent_until: None,
         });
         Ok(Seat { key, id, holder: 0 })
+    }
+
+    /// Charges an event of `len` bytes to the sender's share of the lobby's event budget
+    /// (`per_second` bytes for the whole lobby, shared equally by its players, each share with
+    /// one second of burst and never below `len`). `Err` says how long until it would fit: a
+    /// member that floods spends only its own share.
+    pub(crate) fn charge_event(
+        &mut self,
+        seat: Seat,
+        len: usize,
+        per_second: usize,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let players = (self.members.len() - self.spectators).max(1);
+        let share = (per_second / players).max(len).max(1) as f64;
+        let member = self
+            .members
+            .get_mut(seat.key)
+            .filter(|m| m.id == seat.id && m.holder == seat.holder)
+            .ok_or(Duration::ZERO)?;
+        let cost = Duration::from_secs_f64(len as f64 / share);
+        let spent = member.events_spent_until.map_or(now, |t| t.max(now)) + cost;
+        // One second of burst: the share may be spent up to a second ahead.
+        let ahead = spent.saturating_duration_since(now);
+        if ahead > Duration::from_secs(1) {
+            return Err(ahead - Duration::from_secs(1));
+        }
+        member.events_spent_until = Some(spent);
+        Ok(())
+    }
+
+    /// Bytes of every player's latest state: roughly what a keyframe carries.
+    pub(crate) fn state_bytes(&self) -> usize {
+        self.members.iter().map(|(_, m)| m.state_len()).sum()
     }
 
     /// The seat `identity` holds, if any.
@@ -478,6 +523,38 @@ mod tests {
         lobby.leave(watcher);
         lobby.join(spectator("x"), ()).unwrap();
         assert_eq!(lobby.join(player("b"), ()), Err(JoinRefused::LobbyFull));
+    }
+
+    #[test]
+    fn each_player_spends_only_its_share_of_the_lobby_event_budget() {
+        let mut lobby = LobbyState::new(8, 8);
+        let flood = lobby.join(player("flood"), ()).unwrap();
+        let calm = lobby.join(player("calm"), ()).unwrap();
+        let start = Instant::now();
+        // 2,000 bytes/s for two players: 1,000 each, with a second of burst.
+        let charge = |lobby: &mut LobbyState<()>, seat, len, at: u64| {
+            lobby.charge_event(seat, len, 2000, start + Duration::from_millis(at))
+        };
+        assert_eq!(charge(&mut lobby, flood, 600, 0), Ok(()));
+        assert_eq!(
+            charge(&mut lobby, flood, 400, 0),
+            Ok(()),
+            "a second of burst"
+        );
+        let wait = charge(&mut lobby, flood, 500, 0).unwrap_err();
+        assert_eq!(
+            wait,
+            Duration::from_millis(500),
+            "half a second until 500 bytes fit"
+        );
+        assert_eq!(
+            charge(&mut lobby, calm, 1000, 0),
+            Ok(()),
+            "the flood spent only its share"
+        );
+        assert_eq!(charge(&mut lobby, flood, 500, 500), Ok(()), "refilled");
+        // An event larger than a share still gets through on its own.
+        assert_eq!(charge(&mut lobby, calm, 5000, 10_000), Ok(()));
     }
 
     #[test]

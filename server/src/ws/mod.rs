@@ -13,11 +13,14 @@ pub(crate) use guard::ConnectionGuard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+use hyper::header::{
+    HeaderName, HeaderValue, ORIGIN, RETRY_AFTER, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tickrelay_protocol::{Codec, close};
@@ -49,11 +52,29 @@ impl Refusal {
         }
     }
 
-    fn with_header(mut self, name: HeaderName, value: &'static str) -> Self {
-        self.headers.push((name, HeaderValue::from_static(value)));
+    fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
         self
     }
+
+    /// A 503 that says when to come back (`Retry-After`, whole seconds, at least 1).
+    fn unavailable(
+        ctx: &ServerContext,
+        reason: &'static str,
+        body: String,
+        retry_after: Duration,
+    ) -> Self {
+        let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        Self::new(ctx, StatusCode::SERVICE_UNAVAILABLE, reason, body)
+            .with_header(RETRY_AFTER, HeaderValue::from(seconds))
+    }
 }
+
+/// What a client shed for want of a connection slot is told to wait (nothing says when a
+/// slot frees; clients add their own jitter).
+pub(crate) const FULL_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Handles `GET /ws`: validates the upgrade, answers 101 and spawns the connection.
 pub(crate) fn upgrade(
@@ -69,25 +90,26 @@ pub(crate) fn upgrade(
             "not_websocket",
             "this endpoint speaks WebSocket: connect with a WebSocket client\n".into(),
         )
-        .with_header(UPGRADE, "websocket"));
+        .with_header(UPGRADE, HeaderValue::from_static("websocket")));
     }
+    let ip_slot = admit(ctx, &request, peer)?;
     let offered = offered_subprotocols(&request);
-    let codec = Codec::negotiate(offered.as_deref()).map_err(|err| {
-        Refusal::new(
-            ctx,
-            StatusCode::BAD_REQUEST,
-            "subprotocol",
-            format!("{err}\n"),
-        )
-    })?;
-    let (response, upgraded) = fastwebsockets::upgrade::upgrade(&mut request).map_err(|err| {
-        Refusal::new(
-            ctx,
-            StatusCode::BAD_REQUEST,
-            "bad_handshake",
-            format!("invalid websocket handshake: {err}\n"),
-        )
-    })?;
+    let negotiated = Codec::negotiate(offered.as_deref())
+        .map_err(|err| (StatusCode::BAD_REQUEST, "subprotocol", format!("{err}\n")))
+        .and_then(|codec| {
+            let upgrade = fastwebsockets::upgrade::upgrade(&mut request).map_err(|err| {
+                let body = format!("invalid websocket handshake: {err}\n");
+                (StatusCode::BAD_REQUEST, "bad_handshake", body)
+            })?;
+            Ok((codec, upgrade))
+        });
+    let (codec, (response, upgraded)) = match negotiated {
+        Ok(negotiated) => negotiated,
+        Err((status, reason, body)) => {
+            ctx.admission.release(ip_slot);
+            return Err(Refusal::new(ctx, status, reason, body));
+        }
+    };
     let (mut parts, _) = response.into_parts();
     // Echo the chosen subprotocol only if the client offered any (RFC 6455 4.2.2).
     if offered.is_some() {
@@ -99,16 +121,14 @@ pub(crate) fn upgrade(
     // Over the limit: the session closes at once with 1013 (try again later), which a browser
     // can see, unlike an HTTP error status on the upgrade. The guard holds the slot (if any)
     // and the gauges for the connection's whole life, and gives them back however it ends.
-    let Some(guard) =
-        ConnectionGuard::open(&ctx.connection_slots, &ctx.pending_slots, &ctx.metrics)
-    else {
-        return Err(Refusal::new(
+    let guard = ConnectionGuard::open(ctx, ip_slot).ok_or_else(|| {
+        Refusal::unavailable(
             ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
             "server_full",
             "server full: every connection slot and every pending slot is taken\n".into(),
-        ));
-    };
+            FULL_RETRY_AFTER,
+        )
+    })?;
     let refuse = (!guard.has_slot()).then_some(close::TRY_AGAIN_LATER);
     let task_ctx = ctx.clone();
     ctx.tracker.spawn(async move {
@@ -183,11 +203,40 @@ fn run_connection(
     }
 }
 
+/// Admission (origin, handshake rates, the IP's connection count) for the client behind
+/// `peer`: its place in its IP's count, or the refusal (403 for an origin, 503 with
+/// `Retry-After` for the rest).
+fn admit(
+    ctx: &ServerContext,
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<crate::admission::IpSlot, Refusal> {
+    let forwarded = joined_header(request, X_FORWARDED_FOR);
+    let ip = ctx.admission.client_ip(peer.ip(), forwarded.as_deref());
+    let origin = request
+        .headers()
+        .get(ORIGIN)
+        .map(|value| value.to_str().unwrap_or("(not text)"));
+    ctx.admission.admit(ip, origin).map_err(|refused| {
+        let body = format!("{refused}\n");
+        match refused.retry_after() {
+            None => Refusal::new(ctx, StatusCode::FORBIDDEN, refused.reason(), body),
+            Some(wait) => Refusal::unavailable(ctx, refused.reason(), body, wait),
+        }
+    })
+}
+
 /// All `Sec-WebSocket-Protocol` request headers joined into one comma-separated list.
 fn offered_subprotocols(request: &Request<Incoming>) -> Option<String> {
+    joined_header(request, SEC_WEBSOCKET_PROTOCOL)
+}
+
+/// Every value of header `name` joined into one comma-separated list (RFC 9110 5.3), or
+/// `None` when the request has none.
+fn joined_header(request: &Request<Incoming>, name: HeaderName) -> Option<String> {
     let values: Vec<&str> = request
         .headers()
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .get_all(name)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .collect();

@@ -109,6 +109,14 @@ pub(crate) async fn serve<R, W>(
     let mut ws = FrameReader::new(read, framing::Role::Server, config.max_message_size);
 
     if let Some(code) = refuse {
+        // Shed after the upgrade (a browser cannot read an HTTP status): say when to return.
+        let overloaded = ServerMessage::Error {
+            code: ErrorCode::Overloaded,
+            message: "server full: no connection slot free".into(),
+            retry_after_ms: Some(super::FULL_RETRY_AFTER.as_millis() as u64),
+        };
+        ctx.metrics.error_sent(ErrorCode::Overloaded.as_str());
+        let _ = outbox.push_reliable(codec.encode_server(&overloaded));
         outbox.close(code);
     }
     let mut session = Session::new(&ctx, outbox.clone(), codec);
@@ -646,7 +654,11 @@ impl<'a> Session<'a> {
     fn send_error(&self, code: ErrorCode, message: String) {
         debug!(player = self.player_id(), code = code.as_str(), %message, "refused client request");
         self.ctx.metrics.error_sent(code.as_str());
-        self.send(&ServerMessage::Error { code, message });
+        self.send(&ServerMessage::Error {
+            code,
+            message,
+            retry_after_ms: None,
+        });
     }
 }
 

@@ -185,6 +185,15 @@ async fn connection_limit_closes_extra_connections_with_1013() {
     let (mut a, _, _) = Client::join(&server, Codec::MessagePack, "arena", "a").await;
     let _b = Client::join(&server, Codec::MessagePack, "arena", "b").await;
     let mut extra = Client::connect(&server, Codec::MessagePack).await;
+    // It learns when to come back, then the close.
+    match extra.recv().await {
+        ServerMessage::Error {
+            code: ErrorCode::Overloaded,
+            retry_after_ms: Some(wait),
+            ..
+        } => assert!(wait > 0),
+        other => panic!("expected error overloaded, got {other:?}"),
+    }
     assert_eq!(extra.expect_close_code().await, close::TRY_AGAIN_LATER);
     a.next_snapshot().await;
     // Slots come back when connections end, however they end: after `a` and the refused one
@@ -217,9 +226,10 @@ async fn an_upgrade_with_no_slot_and_no_pending_room_is_refused_with_503() {
         ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
         ("Sec-WebSocket-Version", "13"),
     ];
-    let (status, _, body) = http_get_with_headers(server.addr, "/ws", &upgrade).await;
+    let (status, head, body) = http_get_with_headers(server.addr, "/ws", &upgrade).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("server full"), "{body}");
+    assert!(head.contains("retry-after: 2"), "{head}");
     assert_eq!(
         server
             .metric("tickrelay_upgrades_refused_total{reason=\"server_full\"}")
@@ -404,5 +414,107 @@ async fn protocol_misuse_gets_error_messages_and_keeps_the_connection() {
     assert!(
         metrics.contains("tickrelay_errors_sent_total{code=\"invalid_join\"} 4"),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_state_that_would_outgrow_the_lobby_keyframe_is_refused_and_only_its_sender_is() {
+    let mut config = test_config();
+    config.max_state_size = 600;
+    config.max_snapshot_size = 1000;
+    let server = spawn_server(config).await;
+    let (mut witness, _, _) = Client::join(&server, Codec::MessagePack, "witness", "w").await;
+    let (mut ann, ann_id, _) = Client::join(&server, Codec::MessagePack, "arena", "ann").await;
+    let (mut bob, bob_id, _) = Client::join(&server, Codec::MessagePack, "arena", "bob").await;
+    ann.send_state(1, &[1; 600]).await;
+    let seen = |id, seq| {
+        move |m: ServerMessage| match m {
+            ServerMessage::Snapshot(s) => s
+                .players
+                .iter()
+                .any(|p| p.id == id && p.seq == seq)
+                .then_some(()),
+            _ => None,
+        }
+    };
+    bob.recv_until(seen(ann_id, 1)).await;
+    // 600 + 600 would be 1,200 bytes of states in every keyframe: refused, dropped.
+    bob.send_state(1, &[2; 600]).await;
+    assert_eq!(expect_error(&mut bob).await, ErrorCode::StateTooLarge);
+    // What fits goes through; ann, under budget all along, was never refused.
+    bob.send_state(2, &[2; 400]).await;
+    ann.recv_until(seen(bob_id, 2)).await;
+    let keyframe_states: usize = {
+        let (mut late, _, _) = Client::join(&server, Codec::MessagePack, "arena", "late").await;
+        let keyframe = late.next_snapshot().await;
+        assert!(keyframe.keyframe);
+        keyframe.players.iter().map(|p| p.data.len()).sum()
+    };
+    assert_eq!(keyframe_states, 1000);
+    let series = "tickrelay_errors_sent_total{code=\"state_too_large\"}";
+    assert_eq!(server.metric(series).await, Some(1.0));
+    witness.next_snapshot().await;
+}
+
+#[tokio::test]
+async fn a_player_flooding_events_spends_only_its_share_of_the_lobby_budget() {
+    let mut config = test_config();
+    config.max_lobby_event_bytes = 2000;
+    let server = spawn_server(config).await;
+    let (mut flood, _, _) = Client::join(&server, Codec::MessagePack, "arena", "flood").await;
+    let (mut calm, calm_id, _) = Client::join(&server, Codec::MessagePack, "arena", "calm").await;
+    // Two players: 1,000 bytes/s each, a second of burst. Ten 500-byte events at once: two
+    // fit, the rest are dropped with a time to wait.
+    for _ in 0..10 {
+        flood
+            .send(&ClientMessage::Event {
+                data: payload(&[9; 500]),
+            })
+            .await;
+    }
+    let mut refused = 0;
+    let mut relayed = 0;
+    flood
+        .recv_until(|m| {
+            match m {
+                ServerMessage::Error {
+                    code: ErrorCode::Overloaded,
+                    retry_after_ms: Some(wait),
+                    ..
+                } => {
+                    assert!(wait > 0 && wait <= 1000, "{wait}");
+                    refused += 1;
+                }
+                ServerMessage::Event { .. } => relayed += 1,
+                _ => {}
+            }
+            (refused + relayed == 10).then_some(())
+        })
+        .await;
+    // Exactly 2 and 8 when the ten arrive within a few milliseconds; a slow machine spreading
+    // them out refills the share a little.
+    assert!(
+        relayed >= 2 && refused >= 5,
+        "relayed {relayed}, refused {refused}"
+    );
+    // The other player's share is untouched: its event goes through at once.
+    calm.send(&ClientMessage::Event {
+        data: payload(&[7; 500]),
+    })
+    .await;
+    let from = flood
+        .recv_until(|m| match m {
+            ServerMessage::Event { from, data } if data.len() == 500 && from == calm_id => {
+                Some(from)
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(from, calm_id);
+    assert_eq!(
+        server
+            .metric("tickrelay_errors_sent_total{code=\"overloaded\"}")
+            .await,
+        Some(f64::from(refused))
     );
 }

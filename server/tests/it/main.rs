@@ -2,6 +2,7 @@
 
 mod support;
 
+mod admission;
 mod browser;
 mod http;
 mod limits;

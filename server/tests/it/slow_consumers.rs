@@ -131,6 +131,7 @@ async fn slow_reader_overflows(mut config: Config) {
     // Large events on purpose: the per-kind limit as large as a message.
     config.max_event_size = config.max_message_size;
     config.max_event_rate = 10_000;
+    config.max_lobby_event_bytes = 1 << 30;
     let server = spawn_server(config).await;
     let mut slow = join_with_small_buffer(&server, "slow").await;
     let (mut shouter, _, _) = Client::join(&server, Codec::MessagePack, "arena", "shouter").await;

@@ -160,7 +160,7 @@ async fn joins_without_a_valid_ticket_are_refused_closed_and_counted_by_reason()
     for (what, ticket, reason) in cases {
         let (mut client, answer) = try_join(&server, &join("arena", ticket, None)).await;
         match answer {
-            ServerMessage::Error { code, message } => {
+            ServerMessage::Error { code, message, .. } => {
                 assert_eq!(code, ErrorCode::Unauthorized, "{what}: {message}");
             }
             other => panic!("{what}: expected error unauthorized, got {other:?}"),
