@@ -74,6 +74,8 @@ fn decode_client_messages(c: &mut Criterion) {
                 name: "player-one".into(),
                 ticket: None,
                 role: None,
+                resume: None,
+                offset: None,
             },
         ),
     ];

@@ -192,6 +192,8 @@ async fn connect_and_join(
         name: spec.name.clone(),
         ticket: plan.ticket(spec, unix_micros() / 1_000_000),
         role: None,
+        resume: None,
+        offset: None,
     };
     let mut buffer = Vec::with_capacity(64);
     let join_sent = Instant::now();
@@ -579,6 +581,8 @@ fn on_message(shared: &Shared, state: &SessionState, message: ServerMessage, rec
         }
         ServerMessage::Welcome { .. }
         | ServerMessage::MemberJoined { .. }
-        | ServerMessage::MemberLeft { .. } => {}
+        | ServerMessage::MemberLeft { .. }
+        | ServerMessage::MemberAway { .. }
+        | ServerMessage::MemberBack { .. } => {}
     }
 }

@@ -24,6 +24,13 @@ pub enum ClientMessage {
         /// `role` decides, and a player may only ask to watch.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         role: Option<Role>,
+        /// Take back a seat this client held: the `resume` token of its last `welcome`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
+        /// With `resume`: the `offset` of the last reliable message received (or of the
+        /// `welcome`, if none came after it); the server replays what came after it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
     },
     /// This player's latest state; supersedes the previous one. `seq` is chosen by the client
     /// (normally increasing) and echoed in snapshots so it can measure input-to-visible time.
@@ -46,6 +53,20 @@ pub enum ServerMessage {
         lobby: String,
         tick_hz: u32,
         members: Vec<Member>,
+        /// The lobby's reliable-message offset now: the next reliable message carries more.
+        #[serde(default)]
+        offset: u64,
+        /// A single-use token to take this seat back after a dropped connection (absent when
+        /// the server does not resume seats).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
+        /// True when this `welcome` answers a resume: same `player_id`, and the reliable
+        /// messages missed follow.
+        #[serde(default)]
+        resumed: bool,
+        /// On a resume: reliable messages that could not be replayed (0 normally).
+        #[serde(default)]
+        lost: u64,
     },
     /// One lobby tick. See [`Snapshot`].
     Snapshot(Snapshot),
@@ -53,6 +74,9 @@ pub enum ServerMessage {
     Event {
         from: PlayerId,
         data: Payload,
+        /// The lobby's reliable-message offset (absent from older servers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
     },
     MemberJoined {
         id: PlayerId,
@@ -60,10 +84,19 @@ pub enum ServerMessage {
         /// Absent from older servers' messages: a player.
         #[serde(default)]
         role: Role,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
     },
     MemberLeft {
         id: PlayerId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
     },
+    /// A member's connection dropped; its seat waits for it to resume (it stays in snapshots
+    /// with its last state). `member_back` or `member_left` follows.
+    MemberAway { id: PlayerId, offset: u64 },
+    /// An away member resumed its seat.
+    MemberBack { id: PlayerId, offset: u64 },
     Pong {
         client_time: f64,
         server_time_us: u64,
@@ -111,6 +144,9 @@ pub struct Member {
     /// Absent from older servers' messages: a player.
     #[serde(default)]
     pub role: Role,
+    /// Its connection dropped and its seat waits for it to resume (sent only when true).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub away: bool,
 }
 
 /// What a member does in its lobby.
@@ -165,6 +201,9 @@ pub enum ErrorCode {
     /// The server (or the lobby) is over a budget; `retry_after_ms` says when to come back. A
     /// close follows when the connection itself was shed (close 1013).
     Overloaded,
+    /// A `join` with `resume` whose seat cannot be taken back (expired, already used, forged,
+    /// for another lobby, or the lobby is gone). The connection stays: join afresh.
+    SeatExpired,
     /// Any code added by a newer server; clients should treat it as a generic error.
     #[serde(other)]
     Unknown,
@@ -186,6 +225,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::Overloaded => "overloaded",
+            Self::SeatExpired => "seat_expired",
             Self::Unknown => "unknown",
         }
     }
@@ -204,6 +244,8 @@ impl ServerMessage {
         "event",
         "member_joined",
         "member_left",
+        "member_away",
+        "member_back",
         "pong",
         "error",
     ];

@@ -152,6 +152,26 @@ pub struct Config {
     #[arg(long, env = "TICKRELAY_MAX_SPECTATORS", default_value_t = 64)]
     pub max_spectators: usize,
 
+    /// How long the seat of a connection that dropped without `leave` waits for the client to
+    /// resume it (same player id, missed reliable messages replayed); the others see
+    /// `member_away`, then `member_back` or `member_left`. 0 turns resume off.
+    #[arg(long, env = "TICKRELAY_RESUME_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub resume_grace: Duration,
+
+    /// Reliable messages (events, member changes) each lobby keeps to replay to resuming
+    /// members; what falls out is reported to them as `lost`.
+    #[arg(long, env = "TICKRELAY_RESUME_HISTORY", default_value_t = 1024)]
+    pub resume_history: usize,
+
+    /// Bytes of reliable messages each lobby keeps to replay (with --resume-history).
+    #[arg(long, env = "TICKRELAY_RESUME_HISTORY_BYTES", default_value_t = 256 * 1024)]
+    pub resume_history_bytes: usize,
+
+    /// Secret that signs resume tokens. Nodes sharing it accept each other's tokens; default:
+    /// random at each start (a restarted server refuses older tokens with seat_expired).
+    #[arg(long, env = "TICKRELAY_RESUME_SECRET", hide_env_values = true)]
+    pub resume_secret: Option<String>,
+
     /// Browser origins allowed to open WebSockets, comma-separated (e.g.
     /// `https://game.example,https://www.game.example`); others get HTTP 403 before the upgrade.
     /// Requests without `Origin` (not from a browser) are not affected. Default: any origin.
@@ -417,6 +437,17 @@ impl Config {
                 "max-spectators",
                 &format!("must be 0 to {}", Self::COUNT_LIMIT),
             );
+        }
+        if self.resume_grace > Duration::from_secs(3600) {
+            return fail("resume-grace", "must be at most 1h (0 turns resume off)");
+        }
+        for (flag, value) in [
+            ("resume-history", self.resume_history),
+            ("resume-history-bytes", self.resume_history_bytes),
+        ] {
+            if value > Self::COUNT_LIMIT * 16 {
+                return fail(flag, &format!("must be at most {}", Self::COUNT_LIMIT * 16));
+            }
         }
         if self.ticket_leeway > Duration::from_secs(3600) {
             return fail("ticket-leeway", "must be at most 1h");

@@ -13,6 +13,7 @@ use crate::admission::Admission;
 use crate::config::{Config, ConfigError};
 use crate::lobby;
 use crate::metrics::Metrics;
+use crate::resume::ResumeKeys;
 
 /// Everything the server's tasks share. Built once by [`run`].
 pub(crate) struct ServerContext {
@@ -34,6 +35,8 @@ pub(crate) struct ServerContext {
     pub(crate) pending_slots: Arc<Semaphore>,
     /// Origins, handshake rates and per-IP connection counts, checked before each upgrade.
     pub(crate) admission: Admission,
+    /// Signs and verifies resume tokens.
+    pub(crate) resume_keys: Arc<ResumeKeys>,
     /// When `run` started, for `/stats`' uptime.
     pub(crate) started: Instant,
 }
@@ -48,6 +51,20 @@ impl ServerContext {
         let tickets = config.ticket_verifier()?;
         let metrics = Arc::new(Metrics::new());
         let tracker = TaskTracker::new();
+        let resume_keys = Arc::new(ResumeKeys::new(
+            config.resume_secret.as_deref().map(str::as_bytes),
+        ));
+        let resume = (!config.resume_grace.is_zero()).then(|| lobby::ResumeSettings {
+            grace: config.resume_grace,
+            history: lobby::HistoryLimits {
+                messages: config.resume_history,
+                bytes: config.resume_history_bytes,
+                // The oldest message a resuming member can lack: it stopped reading at most
+                // an idle timeout (or a write timeout) before its seat went away.
+                age: config.idle_timeout.max(config.write_timeout) + config.resume_grace,
+            },
+            keys: resume_keys.clone(),
+        });
         let settings = lobby::LobbySettings {
             tick_hz: config.tick_hz,
             tick_period: config.tick_period(),
@@ -55,6 +72,7 @@ impl ServerContext {
             max_spectators: config.max_spectators,
             max_snapshot_bytes: config.max_snapshot_size,
             max_lobby_event_bytes: config.max_lobby_event_bytes,
+            resume,
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         };
@@ -67,6 +85,7 @@ impl ServerContext {
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
             pending_slots: Arc::new(Semaphore::new(config.max_pending_connections)),
             admission: Admission::new(&config),
+            resume_keys,
             metrics,
             tickets,
             shutdown,

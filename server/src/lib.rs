@@ -14,6 +14,7 @@ mod lobby;
 pub mod metrics;
 mod mint;
 mod outbox;
+mod resume;
 mod stats;
 mod sync;
 mod ws;

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub(crate) tickets_accepted: Counter,
     pub(crate) tickets_refused: Family<Labels, Counter>,
     pub(crate) seats_replaced: Counter,
+    pub(crate) resumes: Family<Labels, Counter>,
+    pub(crate) seats_expired: Counter,
 }
 
 impl Default for Metrics {
@@ -73,6 +75,8 @@ impl Metrics {
             tickets_accepted: Counter::default(),
             tickets_refused: Family::default(),
             seats_replaced: Counter::default(),
+            resumes: Family::default(),
+            seats_expired: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -182,6 +186,16 @@ impl Metrics {
             "Seats taken over by a newer connection of the same identity (the older one closed 4006)",
             metrics.seats_replaced.clone(),
         );
+        registry.register(
+            "resumes",
+            "Resume attempts by result: resumed, resumed_lossy (some reliable messages could not be replayed), expired",
+            metrics.resumes.clone(),
+        );
+        registry.register(
+            "seats_expired",
+            "Away seats nobody resumed within --resume-grace (they left)",
+            metrics.seats_expired.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -194,6 +208,10 @@ impl Metrics {
 
     pub(crate) fn error_sent(&self, code: &'static str) {
         self.errors_sent.get_or_create(&[("code", code)]).inc();
+    }
+
+    pub(crate) fn resume(&self, result: &'static str) {
+        self.resumes.get_or_create(&[("result", result)]).inc();
     }
 
     pub(crate) fn ticket_refused(&self, reason: &'static str) {

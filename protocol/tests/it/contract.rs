@@ -14,10 +14,18 @@ use crate::strategies::{client_examples, server_examples};
 /// here (and to PROTOCOL.md) before this compiles.
 fn client_contract(message: &ClientMessage) -> (&'static str, Vec<&'static str>) {
     match message {
-        ClientMessage::Join { ticket, role, .. } => {
+        ClientMessage::Join {
+            ticket,
+            role,
+            resume,
+            offset,
+            ..
+        } => {
             let mut keys = vec!["t", "lobby", "name"];
             keys.extend(ticket.as_ref().map(|_| "ticket"));
             keys.extend(role.as_ref().map(|_| "role"));
+            keys.extend(resume.as_ref().map(|_| "resume"));
+            keys.extend(offset.as_ref().map(|_| "offset"));
             ("join", keys)
         }
         ClientMessage::State { .. } => ("state", vec!["t", "seq", "data"]),
@@ -29,10 +37,12 @@ fn client_contract(message: &ClientMessage) -> (&'static str, Vec<&'static str>)
 
 fn server_contract(message: &ServerMessage) -> (&'static str, Vec<&'static str>) {
     match message {
-        ServerMessage::Welcome { .. } => (
-            "welcome",
-            vec!["t", "player_id", "lobby", "tick_hz", "members"],
-        ),
+        ServerMessage::Welcome { resume, .. } => {
+            let mut keys = vec!["t", "player_id", "lobby", "tick_hz", "members", "offset"];
+            keys.extend(resume.as_ref().map(|_| "resume"));
+            keys.extend(["resumed", "lost"]);
+            ("welcome", keys)
+        }
         ServerMessage::Snapshot(_) => (
             "snapshot",
             vec![
@@ -44,9 +54,18 @@ fn server_contract(message: &ServerMessage) -> (&'static str, Vec<&'static str>)
                 "removed",
             ],
         ),
-        ServerMessage::Event { .. } => ("event", vec!["t", "from", "data"]),
-        ServerMessage::MemberJoined { .. } => ("member_joined", vec!["t", "id", "name", "role"]),
-        ServerMessage::MemberLeft { .. } => ("member_left", vec!["t", "id"]),
+        ServerMessage::Event { offset, .. } => {
+            ("event", with_offset(vec!["t", "from", "data"], offset))
+        }
+        ServerMessage::MemberJoined { offset, .. } => (
+            "member_joined",
+            with_offset(vec!["t", "id", "name", "role"], offset),
+        ),
+        ServerMessage::MemberLeft { offset, .. } => {
+            ("member_left", with_offset(vec!["t", "id"], offset))
+        }
+        ServerMessage::MemberAway { .. } => ("member_away", vec!["t", "id", "offset"]),
+        ServerMessage::MemberBack { .. } => ("member_back", vec!["t", "id", "offset"]),
         ServerMessage::Pong { .. } => ("pong", vec!["t", "client_time", "server_time_us"]),
         ServerMessage::Error { retry_after_ms, .. } => {
             let mut keys = vec!["t", "code", "message"];
@@ -54,6 +73,11 @@ fn server_contract(message: &ServerMessage) -> (&'static str, Vec<&'static str>)
             ("error", keys)
         }
     }
+}
+
+fn with_offset(mut keys: Vec<&'static str>, offset: &Option<u64>) -> Vec<&'static str> {
+    keys.extend(offset.as_ref().map(|_| "offset"));
+    keys
 }
 
 fn json_of<T: serde::Serialize>(message: &T) -> Value {
@@ -119,6 +143,8 @@ fn server_tags_and_field_names() {
             "snapshot",
             "event",
             "member_joined",
+            "member_away",
+            "member_back",
             "member_left",
             "pong",
             "error"
@@ -134,7 +160,7 @@ fn nested_objects_and_value_types() {
         value["members"],
         json!([
             {"id": 3, "name": "bob", "role": "player"},
-            {"id": 4, "name": "eve", "role": "spectator"}
+            {"id": 4, "name": "eve", "role": "spectator", "away": true}
         ])
     );
     assert_eq!(value["player_id"], 7);
@@ -204,6 +230,7 @@ fn error_code_wire_names() {
         (ErrorCode::Unauthorized, "unauthorized"),
         (ErrorCode::Forbidden, "forbidden"),
         (ErrorCode::Overloaded, "overloaded"),
+        (ErrorCode::SeatExpired, "seat_expired"),
         (ErrorCode::Unknown, "unknown"),
     ];
     for (code, name) in all {
@@ -329,6 +356,8 @@ fn join_ticket_role_and_the_token_alias() {
         name: "b".into(),
         ticket: Some("tok".into()),
         role: Some(Role::Spectator),
+        resume: None,
+        offset: None,
     };
     assert_eq!(json_of(&with)["ticket"], "tok");
     assert_eq!(json_of(&with)["role"], "spectator");
@@ -338,6 +367,8 @@ fn join_ticket_role_and_the_token_alias() {
         name: "b".into(),
         ticket: ticket.map(Into::into),
         role: None,
+        resume: None,
+        offset: None,
     };
     assert_eq!(
         decode(r#"{"t":"join","lobby":"a","name":"b","token":null}"#).unwrap(),
@@ -366,7 +397,8 @@ fn members_from_older_servers_are_players() {
         ServerMessage::MemberJoined {
             id: 3,
             name: "bob".into(),
-            role: Role::Player
+            role: Role::Player,
+            offset: None,
         }
     );
 }

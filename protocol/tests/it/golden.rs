@@ -14,6 +14,8 @@ pub(crate) fn golden_join() -> ClientMessage {
         name: "ann".into(),
         ticket: None,
         role: None,
+        resume: None,
+        offset: None,
     }
 }
 

@@ -85,6 +85,7 @@ pub(crate) fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::Unauthorized),
         Just(ErrorCode::Forbidden),
         Just(ErrorCode::Overloaded),
+        Just(ErrorCode::SeatExpired),
         Just(ErrorCode::Unknown),
     ]
 }
@@ -126,13 +127,16 @@ pub(crate) fn client_message() -> impl Strategy<Value = ClientMessage> {
             text(),
             text(),
             proptest::option::of(text()),
-            proptest::option::of(role())
+            proptest::option::of(role()),
+            proptest::option::of((text(), u64_value()))
         )
-            .prop_map(|(lobby, name, ticket, role)| ClientMessage::Join {
+            .prop_map(|(lobby, name, ticket, role, resume)| ClientMessage::Join {
                 lobby,
                 name,
                 ticket,
-                role
+                role,
+                offset: resume.as_ref().map(|(_, offset)| *offset),
+                resume: resume.map(|(token, _)| token),
             }),
         (u64_value(), payload()).prop_map(|(seq, data)| ClientMessage::State { seq, data }),
         payload().prop_map(|data| ClientMessage::Event { data }),
@@ -141,51 +145,90 @@ pub(crate) fn client_message() -> impl Strategy<Value = ClientMessage> {
     ]
 }
 
-pub(crate) fn server_message() -> impl Strategy<Value = ServerMessage> {
+/// Boxed arms: inline, this union of strategies takes so much stack that a debug build's 2 MiB
+/// test thread overflows generating one.
+pub(crate) fn server_message() -> BoxedStrategy<ServerMessage> {
     prop_oneof![
-        (
+        ((
             player_id(),
             text(),
             u32_value(),
             vec(
-                (player_id(), text(), role()).prop_map(|(id, name, role)| Member {
-                    id,
-                    name,
-                    role
+                (player_id(), text(), role(), any::<bool>()).prop_map(|(id, name, role, away)| {
+                    Member {
+                        id,
+                        name,
+                        role,
+                        away,
+                    }
                 }),
                 0..5
             ),
+            (
+                u64_value(),
+                proptest::option::of(text()),
+                any::<bool>(),
+                u64_value()
+            ),
         )
             .prop_map(
-                |(player_id, lobby, tick_hz, members)| ServerMessage::Welcome {
-                    player_id,
-                    lobby,
-                    tick_hz,
-                    members,
+                |(player_id, lobby, tick_hz, members, (offset, resume, resumed, lost))| {
+                    ServerMessage::Welcome {
+                        player_id,
+                        lobby,
+                        tick_hz,
+                        members,
+                        offset,
+                        resume,
+                        resumed,
+                        lost,
+                    }
                 }
-            ),
-        snapshot().prop_map(ServerMessage::Snapshot),
-        (player_id(), payload()).prop_map(|(from, data)| ServerMessage::Event { from, data }),
-        (player_id(), text(), role()).prop_map(|(id, name, role)| ServerMessage::MemberJoined {
-            id,
-            name,
-            role
-        }),
-        player_id().prop_map(|id| ServerMessage::MemberLeft { id }),
-        (finite_f64(), u64_value()).prop_map(|(client_time, server_time_us)| {
+            ))
+        .boxed(),
+        (snapshot().prop_map(ServerMessage::Snapshot)).boxed(),
+        ((player_id(), payload(), proptest::option::of(u64_value()))
+            .prop_map(|(from, data, offset)| ServerMessage::Event { from, data, offset }))
+        .boxed(),
+        ((
+            player_id(),
+            text(),
+            role(),
+            proptest::option::of(u64_value())
+        )
+            .prop_map(|(id, name, role, offset)| ServerMessage::MemberJoined {
+                id,
+                name,
+                role,
+                offset
+            }))
+        .boxed(),
+        ((player_id(), proptest::option::of(u64_value()))
+            .prop_map(|(id, offset)| ServerMessage::MemberLeft { id, offset }))
+        .boxed(),
+        ((player_id(), u64_value())
+            .prop_map(|(id, offset)| ServerMessage::MemberAway { id, offset }))
+        .boxed(),
+        ((player_id(), u64_value())
+            .prop_map(|(id, offset)| ServerMessage::MemberBack { id, offset }))
+        .boxed(),
+        ((finite_f64(), u64_value()).prop_map(|(client_time, server_time_us)| {
             ServerMessage::Pong {
                 client_time,
                 server_time_us,
             }
-        }),
-        (error_code(), text(), proptest::option::of(u64_value())).prop_map(
+        }))
+        .boxed(),
+        ((error_code(), text(), proptest::option::of(u64_value())).prop_map(
             |(code, message, retry_after_ms)| ServerMessage::Error {
                 code,
                 message,
                 retry_after_ms
             }
-        ),
+        ))
+        .boxed(),
     ]
+    .boxed()
 }
 
 /// One fixed example of every message type, with non-trivial field values.
@@ -196,12 +239,16 @@ pub(crate) fn client_examples() -> Vec<ClientMessage> {
             name: "ann".into(),
             ticket: None,
             role: None,
+            resume: None,
+            offset: None,
         },
         ClientMessage::Join {
             lobby: "lobby 🎮".into(),
             name: "игрок".into(),
             ticket: Some("ticket".into()),
             role: Some(Role::Spectator),
+            resume: Some("resume-token".into()),
+            offset: Some(u64::MAX),
         },
         ClientMessage::State {
             seq: u64::MAX,
@@ -231,13 +278,19 @@ pub(crate) fn server_examples() -> Vec<ServerMessage> {
                     id: 3,
                     name: "bob".into(),
                     role: Role::Player,
+                    away: false,
                 },
                 Member {
                     id: 4,
                     name: "eve".into(),
                     role: Role::Spectator,
+                    away: true,
                 },
             ],
+            offset: 12,
+            resume: Some("token".into()),
+            resumed: true,
+            lost: 2,
         },
         ServerMessage::Snapshot(Snapshot {
             tick: 42,
@@ -254,13 +307,20 @@ pub(crate) fn server_examples() -> Vec<ServerMessage> {
         ServerMessage::Event {
             from: u32::MAX,
             data: Payload::from(&b"boom"[..]),
+            offset: Some(13),
         },
         ServerMessage::MemberJoined {
             id: 9,
             name: "zoë".into(),
             role: Role::Spectator,
+            offset: Some(14),
         },
-        ServerMessage::MemberLeft { id: 9 },
+        ServerMessage::MemberAway { id: 9, offset: 15 },
+        ServerMessage::MemberBack { id: 9, offset: 16 },
+        ServerMessage::MemberLeft {
+            id: 9,
+            offset: Some(17),
+        },
         ServerMessage::Pong {
             client_time: -0.5,
             server_time_us: u64::MAX,

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tickrelay_protocol::{Codec, ErrorCode, Payload, Role, ServerMessage, close};
+use tickrelay_protocol::{Codec, ErrorCode, Payload, PlayerId, Role, ServerMessage, close};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::history::{History, HistoryLimits};
 use super::info::{LobbyInfo, TrafficCounts};
 use super::input::InputSlot;
 use super::schedule::{Fired, TickSchedule};
@@ -23,6 +24,7 @@ use super::state::{
 use crate::clock::unix_micros;
 use crate::metrics::Metrics;
 use crate::outbox::{IfUnsent, Outbox, PushError, Pushed};
+use crate::resume::{self, ResumeKeys};
 
 /// Bound of a lobby's command inbox. A full inbox makes senders wait, which backpressures the
 /// sending connections' reads, never the tick.
@@ -38,12 +40,26 @@ pub(crate) struct JoinRequest {
     pub(crate) outbox: Arc<Outbox>,
     /// Where the connection puts its states for the lobby to take at tick time.
     pub(crate) input: Arc<InputSlot>,
+    /// Take back a seat (from a verified resume token) instead of joining afresh.
+    pub(crate) resume: Option<ResumeRequest>,
+}
+
+/// A seat to take back, as a verified resume token names it, and the last reliable offset the
+/// client received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ResumeRequest {
+    pub(crate) instance: u64,
+    pub(crate) player_id: PlayerId,
+    pub(crate) holder: u32,
+    pub(crate) offset: u64,
 }
 
 /// A successful join: where to send this player's commands from now on.
 pub(crate) struct JoinAccepted {
     pub(crate) lobby: LobbyHandle,
     pub(crate) seat: Seat,
+    /// The seat's role (a resumed seat keeps the one it had).
+    pub(crate) role: Role,
 }
 
 /// A refused join: the `error` the client gets.
@@ -66,6 +82,11 @@ pub(crate) enum Command {
         data: Payload,
     },
     Leave {
+        seat: Seat,
+    },
+    /// The connection dropped without `leave`: the seat waits for a resume (or leaves at once
+    /// when resume is off).
+    Away {
         seat: Seat,
     },
 }
@@ -110,8 +131,19 @@ pub(crate) struct LobbySettings {
     pub(crate) max_snapshot_bytes: usize,
     /// Event bytes per second per lobby, shared by its players (`--max-lobby-event-bytes`).
     pub(crate) max_lobby_event_bytes: usize,
+    /// Seat resume, unless `--resume-grace 0` turned it off.
+    pub(crate) resume: Option<ResumeSettings>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: CancellationToken,
+}
+
+/// How dropped seats wait to be taken back.
+#[derive(Clone)]
+pub(crate) struct ResumeSettings {
+    /// How long an away seat waits (`--resume-grace`).
+    pub(crate) grace: Duration,
+    pub(crate) history: HistoryLimits,
+    pub(crate) keys: Arc<ResumeKeys>,
 }
 
 /// What the lobby keeps per member besides its game state: how to reach it.
@@ -134,6 +166,10 @@ pub(crate) struct Actor {
     registration: Box<dyn Registration>,
     handle: LobbyHandle,
     state: LobbyState<Connection>,
+    /// Every reliable message broadcast, with its offset, for members that resume.
+    history: History,
+    /// This lobby among all that ever had its name: resume tokens name it.
+    instance: u64,
     /// Traffic since the last tick, added to the lobby's shared counters once per tick.
     traffic: TrafficCounts,
 }
@@ -146,8 +182,18 @@ impl Actor {
         registration: Box<dyn Registration>,
         handle: LobbyHandle,
     ) -> Self {
+        let limits = settings.resume.as_ref().map_or(
+            HistoryLimits {
+                messages: 0,
+                bytes: 0,
+                age: Duration::ZERO,
+            },
+            |resume| resume.history,
+        );
         Self {
             state: LobbyState::new(settings.max_members, settings.max_spectators),
+            history: History::new(limits),
+            instance: resume::new_instance(),
             settings,
             info,
             registration,
@@ -173,8 +219,12 @@ impl Actor {
                 biased;
                 () = &mut timer => {
                     let fired = schedule.fire(now());
+                    self.expire_away(now());
                     self.on_tick(fired);
                     timer.as_mut().reset(fired.next_due.into());
+                    if self.state.is_empty() && self.registration.try_retire() {
+                        break;
+                    }
                 }
                 received = inbox.recv_many(&mut commands, COMMAND_BATCH) => {
                     if received == 0 {
@@ -192,6 +242,15 @@ impl Actor {
         }
         self.settings.metrics.lobbies.dec();
         debug!(lobby = %self.info.name, ticks = self.state.tick_number(), "lobby stopped");
+    }
+
+    /// Away seats nobody took back in time leave; old history goes.
+    fn expire_away(&mut self, now: std::time::Instant) {
+        for seat in self.state.expired_away(now) {
+            self.settings.metrics.seats_expired.inc();
+            self.leave(seat);
+        }
+        self.history.trim(now);
     }
 
     fn on_tick(&mut self, fired: Fired) {
@@ -264,21 +323,52 @@ impl Actor {
                 }
                 self.traffic.events_in += 1;
                 let from = seat.id;
-                self.broadcast(None, ServerMessage::Event { from, data });
+                self.broadcast(None, None, data.len(), |offset| ServerMessage::Event {
+                    from,
+                    data,
+                    offset: Some(offset),
+                });
             }
             Command::Leave { seat } => self.leave(seat),
+            Command::Away { seat } => self.away(seat),
         }
     }
 
     fn leave(&mut self, seat: Seat) {
         if let Some(member) = self.state.leave(seat) {
-            // What its connection received since the last tick.
-            let counts = member.conn.input.take_counts();
-            self.settings.metrics.messages_in.inc_by(counts.messages);
-            self.settings.metrics.bytes_in.inc_by(counts.bytes);
-            self.broadcast(None, ServerMessage::MemberLeft { id: seat.id });
+            self.count_input(&member.conn);
+            let id = seat.id;
+            self.broadcast(None, None, 0, |offset| ServerMessage::MemberLeft {
+                id,
+                offset: Some(offset),
+            });
             self.info.set_roster(self.state.roster());
         }
+    }
+
+    /// What a departing connection received since the last tick.
+    fn count_input(&self, conn: &Connection) {
+        let counts = conn.input.take_counts();
+        self.settings.metrics.messages_in.inc_by(counts.messages);
+        self.settings.metrics.bytes_in.inc_by(counts.bytes);
+    }
+
+    fn away(&mut self, seat: Seat) {
+        let Some(grace) = self.settings.resume.as_ref().map(|r| r.grace) else {
+            return self.leave(seat);
+        };
+        let until = tokio::time::Instant::now().into_std() + grace;
+        if !self.state.set_away(seat, until) {
+            return;
+        }
+        if let Some(member) = self.state.member(seat) {
+            self.count_input(&member.conn);
+        }
+        let id = seat.id;
+        self.broadcast(Some(seat.key), Some(id), 0, |offset| {
+            ServerMessage::MemberAway { id, offset }
+        });
+        self.info.set_roster(self.state.roster());
     }
 
     fn join(&mut self, request: JoinRequest) -> Result<JoinAccepted, JoinRefusal> {
@@ -287,6 +377,7 @@ impl Actor {
             codec,
             outbox,
             input,
+            resume,
             ..
         } = request;
         let connection = Connection {
@@ -294,6 +385,9 @@ impl Actor {
             input,
             codec,
         };
+        if let Some(resume) = resume {
+            return self.resume(resume, connection);
+        }
         // One seat per identity: a newer connection takes it over, unnoticed by the others
         // when the role is the same; with another role the old seat leaves first.
         let held = joiner
@@ -312,43 +406,161 @@ impl Actor {
             }
             None => None,
         };
-        let announce = takeover
-            .is_none()
-            .then(|| (joiner.name.clone(), joiner.role));
         let seat = match takeover {
             Some(seat) => {
-                let (seat, old) = self.state.take_over(seat, connection);
+                let (seat, old, was_away) = self.take_over(seat, connection);
                 self.replaced(&old);
+                if was_away {
+                    self.back(seat);
+                }
                 seat
             }
-            None => self
-                .state
-                .join(joiner, connection)
-                .map_err(|refused| self.refusal(refused))?,
+            None => {
+                let (name, role) = (joiner.name.clone(), joiner.role);
+                let seat = self
+                    .state
+                    .join(joiner, connection)
+                    .map_err(|refused| self.refusal(refused))?;
+                // Before the welcome, whose offset then covers it.
+                let id = seat.id;
+                self.broadcast(Some(seat.key), Some(id), 0, |offset| {
+                    ServerMessage::MemberJoined {
+                        id,
+                        name,
+                        role,
+                        offset: Some(offset),
+                    }
+                });
+                seat
+            }
         };
+        self.info.set_roster(self.state.roster());
+        self.welcome(seat, &outbox, codec, false, 0);
+        Ok(self.accepted(seat))
+    }
+
+    /// Takes a seat back for a resuming connection: the same player, `welcome` with
+    /// `resumed`, then the reliable messages it missed, then (at the next tick) a keyframe.
+    /// The connection that held the seat, if it still looks open (half-open), is closed 4006.
+    fn resume(
+        &mut self,
+        resume: ResumeRequest,
+        connection: Connection,
+    ) -> Result<JoinAccepted, JoinRefusal> {
+        let expired = || {
+            Err(JoinRefusal {
+                code: ErrorCode::SeatExpired,
+                message: "this seat cannot be resumed (expired, used, or the lobby was \
+                          recreated): join afresh"
+                    .into(),
+            })
+        };
+        if resume.instance != self.instance {
+            self.settings.metrics.resume("expired");
+            return expired();
+        }
+        let Some((seat, _)) = self
+            .state
+            .seat_of_player(resume.player_id)
+            .filter(|(seat, _)| seat.holder == resume.holder)
+        else {
+            self.settings.metrics.resume("expired");
+            return expired();
+        };
+        let (outbox, codec) = (connection.outbox.clone(), connection.codec);
+        let (seat, old, was_away) = self.take_over(seat, connection);
+        // What it missed, before `member_back` takes an offset (and maybe a history slot).
+        let replay = self.history.since(resume.offset, seat.id);
+        let lost = replay.lost;
+        let frames: Vec<Bytes> = replay
+            .messages
+            .iter()
+            .map(|message| codec.encode_server(message))
+            .collect();
+        if was_away {
+            self.back(seat);
+        } else {
+            self.replaced(&old);
+        }
+        self.info.set_roster(self.state.roster());
+        self.welcome(seat, &outbox, codec, true, lost);
+        let (mut sent, mut bytes) = (0, 0);
+        for frame in frames {
+            let len = frame.len() as u64;
+            if outbox.push_reliable(frame).is_ok() {
+                sent += 1;
+                bytes += len;
+            }
+        }
+        self.traffic.messages_out += sent;
+        self.traffic.bytes_out += bytes;
+        self.settings.metrics.resume(if lost == 0 {
+            "resumed"
+        } else {
+            "resumed_lossy"
+        });
+        Ok(self.accepted(seat))
+    }
+
+    /// [`LobbyState::take_over`], carrying over the state the old connection received but
+    /// no tick took yet, so a quick reconnect loses nothing it sent.
+    fn take_over(&mut self, seat: Seat, connection: Connection) -> (Seat, Connection, bool) {
+        let input = connection.input.clone();
+        let (seat, old, was_away) = self.state.take_over(seat, connection);
+        let taken = old.input.take();
+        if let Some((seq, data)) = taken.state {
+            input.hand_over(seq, data);
+        }
+        self.settings
+            .metrics
+            .messages_in
+            .inc_by(taken.counts.messages);
+        self.settings.metrics.bytes_in.inc_by(taken.counts.bytes);
+        (seat, old, was_away)
+    }
+
+    fn accepted(&self, seat: Seat) -> JoinAccepted {
+        JoinAccepted {
+            lobby: self.handle.clone(),
+            seat,
+            role: self.state.member(seat).map_or(Role::Player, |m| m.role),
+        }
+    }
+
+    /// Tells the others that an away seat is taken again.
+    fn back(&mut self, seat: Seat) {
+        let id = seat.id;
+        self.broadcast(Some(seat.key), Some(id), 0, |offset| {
+            ServerMessage::MemberBack { id, offset }
+        });
+    }
+
+    /// Queues `welcome` for the connection now holding `seat`, with a fresh resume token.
+    /// Queued before any snapshot can be, so `welcome` is always the first message.
+    fn welcome(&mut self, seat: Seat, outbox: &Outbox, codec: Codec, resumed: bool, lost: u64) {
+        let name = &self.info.name;
+        let resume = self.settings.resume.as_ref().map(|resume| {
+            let now_secs = unix_micros() / 1_000_000;
+            resume
+                .keys
+                .issue(name, self.instance, seat.id, seat.holder, now_secs)
+        });
         let welcome = ServerMessage::Welcome {
             player_id: seat.id,
-            lobby: self.info.name.clone(),
+            lobby: name.clone(),
             tick_hz: self.settings.tick_hz,
             members: self.state.roster(),
+            offset: self.history.offset(),
+            resume,
+            resumed,
+            lost,
         };
-        // Queued before any snapshot can be, so `welcome` is always the first message.
         let frame = codec.encode_server(&welcome);
         let len = frame.len() as u64;
         if outbox.push_reliable(frame).is_ok() {
             self.traffic.messages_out += 1;
             self.traffic.bytes_out += len;
         }
-        if let Some((name, role)) = announce {
-            let id = seat.id;
-            let joined = ServerMessage::MemberJoined { id, name, role };
-            self.broadcast(Some(seat.key), joined);
-            self.info.set_roster(self.state.roster());
-        }
-        Ok(JoinAccepted {
-            lobby: self.handle.clone(),
-            seat,
-        })
     }
 
     /// Sends one member an `error` (the lobby refused something it sent), counted.
@@ -388,13 +600,29 @@ impl Actor {
         }
     }
 
-    /// Queues a reliable message for every member except `skip`, encoded once per codec. A
-    /// member whose queue overflows is closed by its outbox (4002) and leaves via its reader.
-    fn broadcast(&mut self, skip: Option<MemberKey>, message: ServerMessage) {
+    /// Gives the message `make` builds the lobby's next reliable offset, keeps it in the
+    /// history (`subject`: the member it must not be replayed to; `size`: what it costs to
+    /// keep, beyond a fixed overhead), and queues it for every connected member except `skip`,
+    /// encoded once per codec. A member whose queue overflows is closed by its outbox (4002)
+    /// and leaves (or goes away) via its reader.
+    fn broadcast(
+        &mut self,
+        skip: Option<MemberKey>,
+        subject: Option<PlayerId>,
+        size: usize,
+        make: impl FnOnce(u64) -> ServerMessage,
+    ) {
+        /// What keeping any message costs besides its payload.
+        const ENTRY_OVERHEAD: usize = 64;
+        let now = tokio::time::Instant::now().into_std();
+        let message = self
+            .history
+            .push(now, subject, ENTRY_OVERHEAD + size, make)
+            .clone();
         let mut frames = PerCodec::new(message);
         let (mut sent, mut bytes) = (0, 0);
         for (key, member) in self.state.members() {
-            if Some(key) != skip {
+            if Some(key) != skip && !member.is_away() {
                 let frame = frames.get(member.conn.codec);
                 let len = frame.len() as u64;
                 if member.conn.outbox.push_reliable(frame).is_ok() {
@@ -522,13 +750,14 @@ fn fan_out(state: &mut LobbyState<Connection>, now_us: u64, max_snapshot_bytes: 
     let keyframe_of = |state: &LobbyState<Connection>| {
         PerCodec::new(ServerMessage::Snapshot(state.keyframe(now_us)))
     };
+    // Away members get nothing: their connection is gone.
     let mut keyframe = state
         .members()
-        .any(|(_, m)| m.delivery() == Delivery::Keyframe)
+        .any(|(_, m)| !m.is_away() && m.delivery() == Delivery::Keyframe)
         .then(|| keyframe_of(state));
     let mut delta = PerCodec::new(ServerMessage::Snapshot(delta));
     let mut resend = false;
-    for (_, member) in state.members_mut() {
+    for (_, member) in state.members_mut().filter(|(_, m)| !m.is_away()) {
         let delivery = member.delivery();
         let frames = match (delivery, keyframe.as_mut()) {
             (Delivery::Keyframe, Some(keyframe)) => keyframe,
@@ -542,7 +771,7 @@ fn fan_out(state: &mut LobbyState<Connection>, now_us: u64, max_snapshot_bytes: 
         // kept out (it would lack that snapshot's changes), and this tick's keyframe replaces
         // what waits. Until then the member's writer can only send the older, whole snapshot.
         let keyframe = keyframe.get_or_insert_with(|| keyframe_of(state));
-        for (_, member) in state.members_mut() {
+        for (_, member) in state.members_mut().filter(|(_, m)| !m.is_away()) {
             if member.delivery() == Delivery::Keyframe {
                 let frame = keyframe.get(member.conn.codec);
                 out.deliver(member, Delivery::Keyframe, frame);

@@ -75,12 +75,19 @@ impl LocalDirectory {
         }
     }
 
-    /// Finds the lobby, or creates it, and counts a join on its way to it.
-    fn route(&self, name: &str) -> Result<Arc<Entry>, JoinRefusal> {
+    /// Finds the lobby, or creates it unless this is a resume (a resumed seat's lobby must
+    /// still be there), and counts a join on its way to it.
+    fn route(&self, name: &str, resume: bool) -> Result<Arc<Entry>, JoinRefusal> {
         let shared = &self.shared;
         let mut lobbies = lock(&shared.lobbies);
         let entry = match lobbies.get(name) {
             Some(entry) => entry.clone(),
+            None if resume => {
+                return Err(JoinRefusal {
+                    code: ErrorCode::SeatExpired,
+                    message: format!("lobby {name:?} is gone (its seats with it): join afresh"),
+                });
+            }
             None => {
                 if lobbies.len() >= shared.max_lobbies {
                     return Err(JoinRefusal {
@@ -128,7 +135,7 @@ impl LocalDirectory {
 impl Directory for LocalDirectory {
     fn join(&self, request: JoinRequest) -> JoinFuture<'_> {
         Box::pin(async move {
-            let entry = self.route(&request.lobby)?;
+            let entry = self.route(&request.lobby, request.resume.is_some())?;
             let pending = PendingJoin {
                 shared: &self.shared,
                 entry: &entry,

@@ -60,6 +60,15 @@ impl InputSlot {
         pending.counts.add(bytes);
     }
 
+    /// A state another slot received (and counted): it waits here for the next tick, unless
+    /// a newer one arrives first.
+    pub(crate) fn hand_over(&self, seq: u64, data: Payload) {
+        let mut pending = self.lock();
+        if pending.latest.is_none() {
+            pending.latest = Some((seq, data));
+        }
+    }
+
     /// Counts a message that is not a state.
     pub(crate) fn count(&self, bytes: usize) {
         self.lock().counts.add(bytes);

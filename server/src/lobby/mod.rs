@@ -5,6 +5,7 @@
 
 mod actor;
 mod directory;
+mod history;
 mod info;
 mod input;
 mod schedule;
@@ -13,8 +14,10 @@ mod state;
 pub use actor::bench_tick;
 pub(crate) use actor::{
     Command, JoinAccepted, JoinRefusal, JoinRequest, LobbyHandle, LobbySettings, LobbyStopped,
+    ResumeRequest, ResumeSettings,
 };
 pub(crate) use directory::{Directory, LocalDirectory};
+pub(crate) use history::HistoryLimits;
 pub(crate) use info::{LobbyInfo, TrafficCounts};
 pub(crate) use input::InputSlot;
 pub(crate) use state::{Joiner, Seat};

@@ -72,6 +72,9 @@ pub(crate) struct MemberState<C> {
     /// When this member's share of the lobby's event budget is spent up to (GCRA's theoretical
     /// arrival time); `None` before its first event.
     events_spent_until: Option<Instant>,
+    /// Its connection dropped: the seat waits until then for a resume (it gets nothing, and
+    /// stays in snapshots with its last state).
+    away_until: Option<Instant>,
 }
 
 /// A member's life cycle as far as snapshots go. (The seat-resume work adds an `Away` phase
@@ -128,6 +131,11 @@ impl<C> MemberState<C> {
             data,
         });
         self.dirty = true;
+    }
+
+    /// Whether its connection dropped and the seat waits for a resume.
+    pub(crate) fn is_away(&self) -> bool {
+        self.away_until.is_some()
     }
 
     /// Bytes of its latest state's data (0 without one): what it adds to every keyframe.
@@ -226,6 +234,7 @@ impl<C> LobbyState<C> {
             latest: None,
             dirty: false,
             events_spent_until: None,
+            away_until: None,
         });
         Ok(Seat { key, id, holder: 0 })
     }
@@ -272,10 +281,43 @@ impl<C> LobbyState<C> {
             .map(|(key, m)| (m.seat(key), m))
     }
 
+    /// The seat player `id` holds, if it is still in the lobby.
+    pub(crate) fn seat_of_player(&self, id: PlayerId) -> Option<(Seat, &MemberState<C>)> {
+        self.members
+            .iter()
+            .find(|(_, m)| m.id == id)
+            .map(|(key, m)| (m.seat(key), m))
+    }
+
+    /// Leaves `seat` away until `until`; false when the handle is stale.
+    pub(crate) fn set_away(&mut self, seat: Seat, until: Instant) -> bool {
+        match self
+            .members
+            .get_mut(seat.key)
+            .filter(|m| m.id == seat.id && m.holder == seat.holder)
+        {
+            Some(member) => {
+                member.away_until = Some(until);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The away seats whose wait is over at `now` (they are to leave).
+    pub(crate) fn expired_away(&self, now: Instant) -> Vec<Seat> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.away_until.is_some_and(|until| until <= now))
+            .map(|(key, m)| m.seat(key))
+            .collect()
+    }
+
     /// Gives `seat` (current: just found with [`seat_of`](Self::seat_of)) to a new
-    /// connection: same player, same state, nothing for the others to see. The new connection
-    /// starts with a keyframe. Returns its seat and the replaced connection.
-    pub(crate) fn take_over(&mut self, seat: Seat, conn: C) -> (Seat, C) {
+    /// connection: same player, same state, nothing for the others to see (but `member_back`
+    /// when it was away). The new connection starts with a keyframe. Returns its seat, the
+    /// replaced connection, and whether the seat was away.
+    pub(crate) fn take_over(&mut self, seat: Seat, conn: C) -> (Seat, C, bool) {
         let member = self
             .members
             .get_mut(seat.key)
@@ -283,8 +325,9 @@ impl<C> LobbyState<C> {
             .expect("take_over is given a current seat");
         member.holder = member.holder.wrapping_add(1);
         member.phase = Phase::Joining;
+        let was_away = member.away_until.take().is_some();
         let old = std::mem::replace(&mut member.conn, conn);
-        (member.seat(seat.key), old)
+        (member.seat(seat.key), old, was_away)
     }
 
     /// Removes a member; its id goes into the next delta's `removed`. Returns the member, or
@@ -360,6 +403,7 @@ impl<C> LobbyState<C> {
                 id: m.id,
                 name: m.name.clone(),
                 role: m.role,
+                away: m.is_away(),
             })
             .collect()
     }
@@ -558,6 +602,37 @@ mod tests {
     }
 
     #[test]
+    fn an_away_seat_waits_expires_or_is_taken_back() {
+        let mut lobby: LobbyState<&str> = LobbyState::new(8, 8);
+        let start = Instant::now();
+        let seat = lobby.join(player("ann"), "first").unwrap();
+        assert!(lobby.set_away(seat, start + Duration::from_secs(10)));
+        assert!(lobby.member(seat).unwrap().is_away());
+        assert!(
+            lobby
+                .expired_away(start + Duration::from_secs(9))
+                .is_empty()
+        );
+        assert_eq!(
+            lobby.expired_away(start + Duration::from_secs(10)),
+            vec![seat]
+        );
+        let (found, _) = lobby.seat_of_player(seat.id).unwrap();
+        let (back, _, was_away) = lobby.take_over(found, "second");
+        assert!(was_away);
+        assert!(!lobby.member(back).unwrap().is_away());
+        assert!(
+            lobby
+                .expired_away(start + Duration::from_secs(60))
+                .is_empty()
+        );
+        assert!(
+            !lobby.set_away(seat, start),
+            "the old holder's handle is stale"
+        );
+    }
+
+    #[test]
     fn a_takeover_keeps_the_player_and_its_state_and_makes_the_old_handle_stale() {
         let mut lobby: LobbyState<&str> = LobbyState::new(8, 8);
         let ann = Joiner {
@@ -574,7 +649,8 @@ mod tests {
         let (seat, _) = lobby.seat_of("user-1").expect("the identity has a seat");
         assert_eq!(seat, old);
         assert!(lobby.seat_of("user-2").is_none());
-        let (new, replaced) = lobby.take_over(seat, "second");
+        let (new, replaced, was_away) = lobby.take_over(seat, "second");
+        assert!(!was_away);
         assert_eq!(replaced, "first");
         assert_eq!(
             (new.key, new.id),

@@ -34,8 +34,8 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Why a connection ended, as logged and counted in `tickrelay_disconnects{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EndReason {
-    /// The client sent a close frame.
-    PeerClosed,
+    /// The client sent a close frame with this code (1000 for an empty one).
+    PeerClosed(u16),
     /// The socket ended without a close frame (crash, network loss).
     PeerVanished,
     /// The server closed with this code.
@@ -45,9 +45,18 @@ pub(crate) enum EndReason {
 }
 
 impl EndReason {
+    /// Whether the connection ended in a way its client did not choose and may resume from.
+    fn keeps_seat(self) -> bool {
+        match self {
+            Self::PeerVanished | Self::WriteStalled => true,
+            Self::PeerClosed(code) => code != close::NORMAL,
+            Self::ServerClosed(code) => matches!(code, close::IDLE_TIMEOUT | close::SLOW_CONSUMER),
+        }
+    }
+
     pub(crate) fn label(self) -> &'static str {
         match self {
-            Self::PeerClosed => "peer_closed",
+            Self::PeerClosed(_) => "peer_closed",
             Self::PeerVanished => "peer_vanished",
             Self::WriteStalled => "write_stalled",
             Self::ServerClosed(code) => match code {
@@ -123,7 +132,15 @@ pub(crate) async fn serve<R, W>(
     let mut end = session.read_loop(&mut ws, &mut writer).await;
     let player = session.player_id();
     if let Some(joined) = session.joined.take() {
-        let _ = Box::pin(joined.lobby.send(Command::Leave { seat: joined.seat })).await;
+        let seat = joined.seat;
+        // A connection that ends without meaning to (dropped, timed out, too slow) leaves its
+        // seat away for a resume; `leave`, a normal close and misbehaviour leave it for good.
+        let command = if end.keeps_seat() {
+            Command::Away { seat }
+        } else {
+            Command::Leave { seat }
+        };
+        let _ = Box::pin(joined.lobby.send(command)).await;
     }
     // Write what is left, ending with the close frame. After a server-side close, meanwhile
     // keep reading (and discarding) until the client answers it, so the kernel does not reset
@@ -190,13 +207,19 @@ enum Handled {
 }
 
 enum LobbyRequest {
-    Join {
-        lobby: String,
-        name: String,
-        ticket: Option<String>,
-        role: Option<Role>,
-    },
+    /// Boxed: the largest variant sets the size of what the read loop holds.
+    Join(Box<JoinMessage>),
     Event(Payload),
+}
+
+/// A `join`'s fields.
+struct JoinMessage {
+    lobby: String,
+    name: String,
+    ticket: Option<String>,
+    role: Option<Role>,
+    resume: Option<String>,
+    offset: Option<u64>,
 }
 
 /// What to do after one message.
@@ -366,7 +389,7 @@ impl<'a> Session<'a> {
         match check_close(&payload) {
             CloseCheck::Valid(code) => {
                 self.outbox.close_with_payload(code, payload);
-                Flow::End(EndReason::PeerClosed)
+                Flow::End(EndReason::PeerClosed(code))
             }
             CloseCheck::Invalid(code) => self.close(code),
         }
@@ -408,18 +431,22 @@ impl<'a> Session<'a> {
                 name,
                 ticket,
                 role,
+                resume,
+                offset,
             } => {
                 // A refused join costs a token too: verifying a ticket is CPU an attacker
                 // could otherwise spend at will.
                 if !self.event_limit.allow(now, self.ctx.config.max_event_rate) {
                     return Handled::Done(self.close(close::RATE_LIMITED));
                 }
-                return Handled::ForLobby(LobbyRequest::Join {
+                return Handled::ForLobby(LobbyRequest::Join(Box::new(JoinMessage {
                     lobby,
                     name,
                     ticket,
                     role,
-                });
+                    resume,
+                    offset,
+                })));
             }
             ClientMessage::Event { data } => {
                 if !self.event_limit.allow(now, self.ctx.config.max_event_rate) {
@@ -518,12 +545,7 @@ impl<'a> Session<'a> {
     /// Joins and events: both wait for the lobby.
     async fn on_lobby_message(&mut self, request: LobbyRequest) -> Flow {
         match request {
-            LobbyRequest::Join {
-                lobby,
-                name,
-                ticket,
-                role,
-            } => self.on_join(lobby, name, ticket, role).await,
+            LobbyRequest::Join(join) => self.on_join(*join).await,
             LobbyRequest::Event(data) => {
                 self.forward_to_lobby(|seat| Command::Event { seat, data })
                     .await
@@ -531,13 +553,15 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn on_join(
-        &mut self,
-        lobby: String,
-        name: String,
-        ticket: Option<String>,
-        role: Option<Role>,
-    ) -> Flow {
+    async fn on_join(&mut self, join: JoinMessage) -> Flow {
+        let JoinMessage {
+            lobby,
+            name,
+            ticket,
+            role,
+            resume,
+            offset,
+        } = join;
         if self.joined.is_some() {
             self.send_error(
                 ErrorCode::AlreadyJoined,
@@ -549,25 +573,62 @@ impl<'a> Session<'a> {
             self.send_error(ErrorCode::InvalidJoin, problem);
             return Flow::Continue;
         }
-        let joiner = match self.joiner(&lobby, name, ticket, role) {
-            Ok(joiner) => joiner,
-            Err(flow) => return flow,
+        // A resume token proves the seat: no ticket needed.
+        let (joiner, resume) = match resume {
+            Some(token) => match self.resume_request(&lobby, &token, offset) {
+                Some(resume) => (Joiner::player(name), Some(resume)),
+                None => return Flow::Continue,
+            },
+            None => match self.joiner(&lobby, name, ticket, role) {
+                Ok(joiner) => (joiner, None),
+                Err(flow) => return flow,
+            },
         };
-        let role = joiner.role;
         let request = JoinRequest {
             lobby,
             joiner,
             codec: self.codec,
             outbox: self.outbox.clone(),
             input: self.input.clone(),
+            resume,
         };
         match self.ctx.directory.join(request).await {
-            Ok(JoinAccepted { lobby, seat }) => {
+            Ok(JoinAccepted { lobby, seat, role }) => {
                 self.joined = Some(Joined { lobby, seat, role });
             }
             Err(JoinRefusal { code, message }) => self.send_error(code, message),
         }
         Flow::Continue
+    }
+
+    /// The seat a resume token names, for a join to `lobby`; refused (`seat_expired`, the
+    /// connection stays) when the token is not this server's or is for another lobby.
+    fn resume_request(
+        &self,
+        lobby: &str,
+        token: &str,
+        offset: Option<u64>,
+    ) -> Option<crate::lobby::ResumeRequest> {
+        let claims = self
+            .ctx
+            .resume_keys
+            .verify(token)
+            .filter(|claims| claims.lobby == lobby);
+        let Some(claims) = claims else {
+            self.ctx.metrics.resume("expired");
+            self.send_error(
+                ErrorCode::SeatExpired,
+                "this resume token is not valid for this lobby: join afresh".into(),
+            );
+            return None;
+        };
+        Some(crate::lobby::ResumeRequest {
+            instance: claims.instance,
+            player_id: claims.player_id,
+            holder: claims.holder,
+            // Without an offset, everything the history still holds.
+            offset: offset.unwrap_or(0),
+        })
     }
 
     /// Who joins: from the ticket when the server requires one (a refused ticket closes the

@@ -86,7 +86,7 @@ async fn oversized_states_and_events_are_refused_and_the_connection_stays() {
     let (mut event, mut seq) = (None, None);
     bob.recv_until(|m| {
         match m {
-            ServerMessage::Event { from, data } if from == ann_id => {
+            ServerMessage::Event { from, data, .. } if from == ann_id => {
                 event.get_or_insert(data);
             }
             ServerMessage::Snapshot(s) => {
@@ -504,7 +504,7 @@ async fn a_player_flooding_events_spends_only_its_share_of_the_lobby_budget() {
     .await;
     let from = flood
         .recv_until(|m| match m {
-            ServerMessage::Event { from, data } if data.len() == 500 && from == calm_id => {
+            ServerMessage::Event { from, data, .. } if data.len() == 500 && from == calm_id => {
                 Some(from)
             }
             _ => None,

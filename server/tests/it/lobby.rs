@@ -44,7 +44,7 @@ async fn existing_members_are_told_who_joins_and_leaves() {
     assert_eq!(bob.expect_close().await, Closed::Frame(1000, "bye".into()));
     let left = ann
         .recv_until(|m| match m {
-            ServerMessage::MemberLeft { id } => Some(id),
+            ServerMessage::MemberLeft { id, .. } => Some(id),
             _ => None,
         })
         .await;
@@ -68,7 +68,7 @@ async fn dropped_connection_produces_member_left() {
     drop(carl);
     let left = ann
         .recv_until(|m| match m {
-            ServerMessage::MemberLeft { id } => Some(id),
+            ServerMessage::MemberLeft { id, .. } => Some(id),
             _ => None,
         })
         .await;
@@ -208,7 +208,7 @@ async fn events_reach_every_member_in_order() {
     for client in [&mut ann, &mut bob, &mut cat] {
         let mut seen = Vec::new();
         while seen.len() < N as usize {
-            if let ServerMessage::Event { from, data } = client.recv().await {
+            if let ServerMessage::Event { from, data, .. } = client.recv().await {
                 assert_eq!(from, ann_id);
                 seen.push(u32::from_be_bytes(data.0[..].try_into().unwrap()));
             }
@@ -250,7 +250,7 @@ async fn json_and_msgpack_clients_share_a_lobby() {
                         state.get_or_insert((p.seq, p.data));
                     }
                 }
-                ServerMessage::Event { from, data } => event = Some((from, data)),
+                ServerMessage::Event { from, data, .. } => event = Some((from, data)),
                 _ => {}
             }
             (state.is_some() && event.is_some()).then_some(())

@@ -8,6 +8,7 @@ mod http;
 mod limits;
 mod lobby;
 mod process;
+mod resume;
 mod robustness;
 mod slow_consumers;
 mod tickets;

@@ -588,6 +588,8 @@ async fn process_ticket_subcommand_signs_tickets_the_server_accepts() {
             name: "whatever".into(),
             ticket: Some(ticket),
             role: None,
+            resume: None,
+            offset: None,
         })
         .await;
     match client.recv().await {

@@ -269,6 +269,8 @@ async fn fastwebsockets_client_joins_and_receives_snapshots() {
             name: "fws".into(),
             ticket: None,
             role: None,
+            resume: None,
+            offset: None,
         })
         .unwrap();
     ws.write_frame(Frame::binary(Payload::Owned(join)))

@@ -271,6 +271,8 @@ impl Client {
             name: name.into(),
             ticket: None,
             role: None,
+            resume: None,
+            offset: None,
         })
         .await;
     }

@@ -61,6 +61,8 @@ fn join(lobby: &str, ticket: Option<String>, role: Option<Role>) -> ClientMessag
         name: "ignored-with-tickets".into(),
         ticket,
         role,
+        resume: None,
+        offset: None,
     }
 }
 
@@ -316,7 +318,7 @@ async fn a_second_connection_of_one_identity_takes_the_seat_over_unnoticed() {
         })
         .await;
     bob.recv_until(|m| match m {
-        ServerMessage::MemberLeft { id } | ServerMessage::MemberJoined { id, .. } => {
+        ServerMessage::MemberLeft { id, .. } | ServerMessage::MemberJoined { id, .. } => {
             panic!("bob saw member {id} leave or join (he is {bob_id})")
         }
         ServerMessage::Event { from, .. } => (from == ann_id).then_some(()),
@@ -349,6 +351,8 @@ async fn spectators_watch_but_are_not_players_and_are_limited_separately() {
         name: name.into(),
         ticket: None,
         role: Some(Role::Spectator),
+        resume: None,
+        offset: None,
     };
     let (mut eve, welcome) = try_join(&server, &spectate("eve")).await;
     let ServerMessage::Welcome {
@@ -364,7 +368,8 @@ async fn spectators_watch_but_are_not_players_and_are_limited_separately() {
     assert!(members.contains(&Member {
         id: eve_id,
         name: "eve".into(),
-        role: Role::Spectator
+        role: Role::Spectator,
+        away: false,
     }));
     let joined = eve
         .recv_until(|m| match m {
@@ -460,6 +465,8 @@ async fn joins_are_charged_to_the_rate_limit() {
                 name: "x".into(),
                 ticket: None,
                 role: None,
+                resume: None,
+                offset: None,
             })
             .await;
     }

@@ -89,6 +89,10 @@ async fn welcome_and_stay_silent(stream: TcpStream, player_id: PlayerId) {
                 lobby,
                 tick_hz: 30,
                 members: Vec::new(),
+                offset: 0,
+                resume: None,
+                resumed: false,
+                lost: 0,
             },
             Ok(ClientMessage::Leave) => {
                 let close = CloseFrame {
