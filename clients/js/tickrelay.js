@@ -37,11 +37,15 @@
  * Connection life. `connect` returns at once; the client opens the socket, sends `join`, and
  * after `welcome` flushes what was sent meanwhile. When the connection drops (server restart,
  * network loss, silence for `staleMs`) it reconnects with exponential backoff and full jitter,
- * then joins the same lobby with the same name (and a fresh ticket, when `ticket` is a
- * function). The server has no seat resumption yet, so the player gets a new id on every
- * `welcome`; see `#resumeToken` for the hook a resume token will use. With tickets the seat
- * belongs to the ticket's identity: a newer connection of the same identity takes it over, and
- * the older client closes for good (close code 4006, `replaced`).
+ * then takes its seat back: it sends the `resume` token of its last `welcome` and the offset of
+ * the last reliable message it got, and the server answers with the same player id
+ * (`welcome.resumed`), replays the events and member changes missed (`welcome.lost` counts
+ * those it could not), then a keyframe. If the seat is gone (`seat_expired`: the server's
+ * grace ran out, or it restarted) the client joins afresh on the same connection, as a new
+ * player (and with a fresh ticket, when `ticket` is a function). Events the app sent that
+ * were already written to the dropped socket are not resent. With tickets the seat belongs to
+ * the ticket's identity: a newer connection of the same identity takes it over, and the older
+ * client closes for good (close code 4006, `replaced`).
  *
  * Sending never throws. While not joined, `sendState` keeps only the latest state (sent right
  * after the next `welcome`) and `sendEvent` queues up to `maxQueuedEvents` events; an event
@@ -91,6 +95,7 @@ export const SUBPROTOCOL_MSGPACK = "tickrelay.v1.msgpack";
  * @property {number} id
  * @property {string} name
  * @property {"player" | "spectator"} role
+ * @property {boolean} away Its connection dropped; its seat waits for it (it stays in `players`).
  */
 
 /**
@@ -120,6 +125,9 @@ export const SUBPROTOCOL_MSGPACK = "tickrelay.v1.msgpack";
  * @property {number} tick_hz
  * @property {Member[]} members
  * @property {boolean} rejoined True when this welcome follows a reconnection.
+ * @property {boolean} resumed True when the seat was taken back: same `player_id`, and the
+ *   events missed follow.
+ * @property {number} lost Events and member changes missed that could not be replayed.
  */
 
 /**
@@ -147,6 +155,8 @@ export const SUBPROTOCOL_MSGPACK = "tickrelay.v1.msgpack";
  * @property {{ from: number, data: Uint8Array }} event A lobby event (possibly our own).
  * @property {Member} member_joined
  * @property {Member} member_left
+ * @property {Member} member_away A member's connection dropped (it may come back).
+ * @property {Member} member_back An away member took its seat back.
  * @property {ClientError} error
  * @property {CloseInfo} close The socket closed.
  * @property {{ attempt: number, delayMs: number }} reconnecting A reconnection is scheduled.
@@ -232,14 +242,10 @@ export class TickrelayClient {
   #retryAfterMs = 0;
   /** Events sent while not joined, in order. @type {Uint8Array[]} */
   #queuedEvents = [];
-  /**
-   * SEAT RESUME HOOK. The server cannot give a reconnecting player its old seat yet, so this
-   * stays null and every reconnection is a fresh join. When the protocol gains resumption,
-   * store the token the server hands out (e.g. read it from `welcome` in `#onWelcome`) here,
-   * and `#joinMessage()` sends it on every reconnection.
-   * @type {string | null}
-   */
+  /** The `resume` token of the last `welcome`, sent on reconnection. @type {string | null} */
   #resumeToken = null;
+  /** The offset of the last reliable message received (welcome, events, member changes). */
+  #offset = 0;
 
   /**
    * @param {string} url
@@ -399,19 +405,8 @@ export class TickrelayClient {
     ws.onopen = () => {
       this.#lastReceiveAt = performance.now();
       this.#emit("open", { protocol: ws.protocol });
-      this.#joinMessage().then(
-        (join) => {
-          // The socket may have closed (or been replaced) while a ticket was fetched.
-          if (this.#ws !== ws) return;
-          this.#send(join);
-          this.#probeClock();
-        },
-        (err) => {
-          if (this.#ws !== ws) return;
-          this.#emit("error", { code: "ticket_failed", message: `the ticket function failed: ${err}` });
-          this.#drop(1000, "no ticket");
-        },
-      );
+      this.#sendJoin(ws, true);
+      this.#probeClock();
     };
     ws.onmessage = (message) => this.#onFrame(message.data);
     ws.onclose = (closed) => this.#onSocketClosed(closed.code, closed.reason, closed.wasClean);
@@ -419,10 +414,38 @@ export class TickrelayClient {
     ws.onerror = () => {};
   }
 
-  /** The `join` message: lobby, name, the ticket (fetched anew when it is a function), role. */
-  async #joinMessage() {
+  /**
+   * Sends `join` on `ws`: a resume of the last seat when there is one (and `resume` allows),
+   * else a fresh join with the ticket (fetched anew when it is a function).
+   * @param {WebSocket} ws
+   * @param {boolean} resume
+   */
+  #sendJoin(ws, resume) {
+    this.#joinMessage(resume).then(
+      (join) => {
+        // The socket may have closed (or been replaced) while a ticket was fetched.
+        if (this.#ws === ws) this.#send(join);
+      },
+      (err) => {
+        if (this.#ws !== ws) return;
+        this.#emit("error", { code: "ticket_failed", message: `the ticket function failed: ${err}` });
+        this.#drop(1000, "no ticket");
+      },
+    );
+  }
+
+  /**
+   * The `join` message: lobby, name, then either the seat to resume or the ticket and role.
+   * @param {boolean} resume
+   */
+  async #joinMessage(resume) {
     /** @type {Record<string, unknown>} */
     const join = { t: "join", lobby: this.#options.lobby, name: this.#options.name };
+    if (resume && this.#resumeToken !== null) {
+      join.resume = this.#resumeToken;
+      join.offset = this.#offset;
+      return join;
+    }
     const source = this.#options.ticket ?? this.#options.token;
     const ticket = typeof source === "function" ? await source() : source;
     if (ticket !== undefined && ticket !== null) join.ticket = String(ticket);
@@ -473,7 +496,8 @@ export class TickrelayClient {
     const ws = this.#ws;
     if (!ws) return;
     detach(ws);
-    safeClose(ws, 1000, reason);
+    // 4000, not 1000: a normal close gives the seat up, and this client means to resume it.
+    safeClose(ws, 4000, reason);
     this.#onSocketClosed(code, reason, false);
   }
 
@@ -584,20 +608,34 @@ export class TickrelayClient {
         this.#onSnapshot(message);
         break;
       case "event":
+        this.#sawOffset(message.offset);
         message.from = Number(message.from);
         message.data = toBytes(message.data);
         this.stats.eventsReceived += 1;
         this.#emit("event", { from: message.from, data: message.data });
         break;
       case "member_joined": {
+        this.#sawOffset(message.offset);
         const member = toMember(message);
         this.members.set(member.id, member);
         this.#emit("member_joined", member);
         break;
       }
-      case "member_left": {
+      case "member_away":
+      case "member_back": {
+        this.#sawOffset(message.offset);
         const id = Number(message.id);
-        const member = this.members.get(id) ?? { id, name: "", role: "player" };
+        const member = this.members.get(id);
+        if (member) {
+          member.away = message.t === "member_away";
+          this.#emit(message.t, member);
+        }
+        break;
+      }
+      case "member_left": {
+        this.#sawOffset(message.offset);
+        const id = Number(message.id);
+        const member = this.members.get(id) ?? { id, name: "", role: "player", away: false };
         this.members.delete(id);
         this.players.delete(id);
         this.#emit("member_left", member);
@@ -616,18 +654,29 @@ export class TickrelayClient {
     this.#emit("message", message);
   }
 
+  /** @param {unknown} offset A reliable message's offset (absent from older servers). */
+  #sawOffset(offset) {
+    if (offset !== undefined && offset !== null) this.#offset = Math.max(this.#offset, Number(offset));
+  }
+
   /** @param {any} message */
   #onWelcome(message) {
     this.readyState = "open";
     this.#attempt = 0;
+    const resumed = message.resumed === true;
     this.playerId = Number(message.player_id);
     this.tickHz = Number(message.tick_hz);
     this.tick = null;
+    this.#resumeToken = typeof message.resume === "string" ? message.resume : null;
+    // Everything up to the welcome's offset is known now: replayed right after it (resumed),
+    // counted in `lost`, or before this membership (fresh).
+    this.#offset = Number(message.offset ?? 0);
     this.members = new Map(
       (message.members ?? []).map((/** @type {any} */ m) => [Number(m.id), toMember(m)]),
     );
-    // The first snapshot is a keyframe; until then this membership has seen nobody's state.
-    this.players = new Map();
+    // A fresh membership has seen nobody's state until its first snapshot, a keyframe; a
+    // resumed one keeps its view until that keyframe replaces it.
+    if (!resumed) this.players = new Map();
     this.stats.welcomes += 1;
     const rejoined = this.#everJoined;
     this.#everJoined = true;
@@ -646,6 +695,8 @@ export class TickrelayClient {
       tick_hz: this.tickHz,
       members: [...this.members.values()],
       rejoined,
+      resumed,
+      lost: Number(message.lost ?? 0),
     });
   }
 
@@ -706,6 +757,12 @@ export class TickrelayClient {
     }
     this.#emit("error", retryAfterMs > 0 ? { code, message, retryAfterMs } : { code, message });
     if (this.readyState === "open") return;
+    if (code === "seat_expired") {
+      // The seat is gone; the connection stays: join afresh on it, as a new player.
+      this.#resumeToken = null;
+      if (this.#ws) this.#sendJoin(this.#ws, false);
+      return;
+    }
     // A refused join. An invalid name or lobby, or a role the ticket does not allow, cannot
     // succeed later: stop for good. So does a refused ticket, unless `ticket` is a function
     // that can fetch a fresh one. A full lobby or server might accept a later attempt:
@@ -743,7 +800,12 @@ export class TickrelayClient {
  * @returns {Member}
  */
 function toMember(m) {
-  return { id: Number(m.id), name: String(m.name), role: m.role === "spectator" ? "spectator" : "player" };
+  return {
+    id: Number(m.id),
+    name: String(m.name),
+    role: m.role === "spectator" ? "spectator" : "player",
+    away: m.away === true,
+  };
 }
 
 // ---- payload helpers -------------------------------------------------------------------

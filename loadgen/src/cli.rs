@@ -111,6 +111,11 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "self_host")]
     pub(crate) ticket_private_key: Option<PathBuf>,
 
+    /// Reconnect as new players instead of resuming seats (to compare; by default a client
+    /// that lost its connection takes its seat back with the welcome's resume token).
+    #[arg(long)]
+    pub(crate) no_resume: bool,
+
     /// Start an in-process tickrelay server on loopback and run against it.
     #[arg(long)]
     pub(crate) self_host: bool,

@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, Payload as WsPayload, WebSocketError};
-use tickrelay_protocol::{ClientMessage, Codec, Payload, PlayerId, ServerMessage, SnapshotSummary};
+use tickrelay_protocol::{
+    ClientMessage, Codec, ErrorCode, Payload, PlayerId, ServerMessage, SnapshotSummary,
+};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
@@ -107,6 +109,8 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
     // What the server last asked to wait before trying again (503 Retry-After, `overloaded`).
     let mut retry_after = None;
     let mut ever_joined = false;
+    // The seat to take back after a drop: the last welcome's token, the last offset seen.
+    let mut seat: Option<SeatToResume> = None;
     // When the client lost its connection, for the reconnect-time metric.
     let mut outage_since: Option<Instant> = None;
     loop {
@@ -127,7 +131,9 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
         if stop.is_cancelled() {
             return;
         }
-        let (reader, writer, player_id) = match connect_and_join(&spec, &shared, source).await {
+        let resume = seat.as_ref().filter(|_| plan.resume);
+        let (reader, writer, joined) = match connect_and_join(&spec, &shared, source, resume).await
+        {
             Ok(joined) => joined,
             Err(hint) => {
                 retry_after = hint;
@@ -144,8 +150,17 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
             shared.record(Metric::Reconnect, since.elapsed().as_micros() as u64);
         }
         shared.clients_joined.set(shared.clients_joined.get() + 1);
-        let end = session(&shared, reader, writer, player_id, &stop).await;
+        let (end, offset) = session(
+            &shared,
+            reader,
+            writer,
+            joined.player_id,
+            joined.offset,
+            &stop,
+        )
+        .await;
         shared.clients_joined.set(shared.clients_joined.get() - 1);
+        seat = joined.resume.map(|token| SeatToResume { token, offset });
         match end {
             SessionEnd::Stopped => return,
             SessionEnd::Dropped | SessionEnd::Lost => {
@@ -156,13 +171,29 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
     }
 }
 
-/// Connects and joins; counts and records everything. On failure, returns how long the server
-/// asked to wait, if it did.
+/// A seat this client may take back.
+struct SeatToResume {
+    token: String,
+    offset: u64,
+}
+
+/// What a `welcome` gave.
+struct Joined {
+    player_id: PlayerId,
+    /// The token to resume this seat with, if the server resumes seats.
+    resume: Option<String>,
+    offset: u64,
+}
+
+/// Connects and joins (resuming `seat` if given, joining afresh if the server refuses it);
+/// counts and records everything. On failure, returns how long the server asked to wait, if
+/// it did.
 async fn connect_and_join(
     spec: &ClientSpec,
     shared: &Shared,
     source: Option<std::net::Ipv4Addr>,
-) -> Result<(Reader, Writer, PlayerId), Option<Duration>> {
+    seat: Option<&SeatToResume>,
+) -> Result<(Reader, Writer, Joined), Option<Duration>> {
     let plan = &shared.plan;
     let started = Instant::now();
     let connected = timeout(
@@ -187,22 +218,63 @@ async fn connect_and_join(
     shared.record(Metric::Connect, started.elapsed().as_micros() as u64);
     shared.count(|c| c.connects += 1);
 
-    let join = ClientMessage::Join {
-        lobby: spec.lobby.clone(),
-        name: spec.name.clone(),
-        ticket: plan.ticket(spec, unix_micros() / 1_000_000),
-        role: None,
-        resume: None,
-        offset: None,
-    };
     let mut buffer = Vec::with_capacity(64);
+    let mut seat = seat;
+    loop {
+        let join = match seat {
+            Some(seat) => ClientMessage::Join {
+                lobby: spec.lobby.clone(),
+                name: spec.name.clone(),
+                ticket: None,
+                role: None,
+                resume: Some(seat.token.clone()),
+                offset: Some(seat.offset),
+            },
+            None => ClientMessage::Join {
+                lobby: spec.lobby.clone(),
+                name: spec.name.clone(),
+                ticket: plan.ticket(spec, unix_micros() / 1_000_000),
+                role: None,
+                resume: None,
+                offset: None,
+            },
+        };
+        match join_on(&mut reader, &mut writer, &join, &mut buffer, shared).await {
+            Err(JoinFailed::SeatExpired) if seat.is_some() => {
+                // The seat is gone; the connection stays: join afresh on it.
+                shared.count(|c| c.resumes_refused += 1);
+                seat = None;
+            }
+            Err(JoinFailed::SeatExpired) => return Err(None),
+            Err(JoinFailed::Retry(hint)) => return Err(hint),
+            Ok(joined) => return Ok((reader, writer, joined)),
+        }
+    }
+}
+
+/// Why [`join_on`] did not get a welcome.
+enum JoinFailed {
+    SeatExpired,
+    /// Anything else (counted); with the server's hint of when to try again.
+    Retry(Option<Duration>),
+}
+
+/// Sends `join` on an open connection and waits for the answer.
+async fn join_on(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    join: &ClientMessage,
+    buffer: &mut Vec<u8>,
+    shared: &Shared,
+) -> Result<Joined, JoinFailed> {
+    let plan = &shared.plan;
     let join_sent = Instant::now();
-    if send(&mut writer, plan.codec, &join, &mut buffer, shared)
+    if send(writer, plan.codec, join, buffer, shared)
         .await
         .is_err()
     {
         shared.count(|c| c.error("join_send_failed"));
-        return Err(None);
+        return Err(JoinFailed::Retry(None));
     }
     let welcome = timeout(plan.connect_timeout, async {
         loop {
@@ -215,8 +287,14 @@ async fn connect_and_join(
             }
             match plan.codec.decode_server(&frame.payload) {
                 Ok(ServerMessage::Welcome {
-                    player_id, tick_hz, ..
-                }) => return Some(Ok((player_id, tick_hz))),
+                    player_id,
+                    tick_hz,
+                    resume,
+                    offset,
+                    resumed,
+                    lost,
+                    ..
+                }) => return Some(Ok((player_id, tick_hz, resume, offset, resumed, lost))),
                 Ok(ServerMessage::Error {
                     code,
                     retry_after_ms,
@@ -228,22 +306,33 @@ async fn connect_and_join(
     })
     .await;
     match welcome {
-        Ok(Some(Ok((player_id, tick_hz)))) => {
+        Ok(Some(Ok((player_id, tick_hz, resume, offset, resumed, lost)))) => {
             shared.record(Metric::Join, join_sent.elapsed().as_micros() as u64);
             shared.recorder.borrow_mut().tick_hz = Some(tick_hz);
-            Ok((reader, writer, player_id))
+            if resumed {
+                shared.count(|c| {
+                    c.resumes += 1;
+                    c.resume_lost += lost;
+                });
+            }
+            Ok(Joined {
+                player_id,
+                resume,
+                offset,
+            })
         }
+        Ok(Some(Err((ErrorCode::SeatExpired, _)))) => Err(JoinFailed::SeatExpired),
         Ok(Some(Err((code, retry_after_ms)))) => {
             shared.count(|c| c.error(format!("join_refused:{}", code.as_str())));
-            Err(retry_after_ms.map(Duration::from_millis))
+            Err(JoinFailed::Retry(retry_after_ms.map(Duration::from_millis)))
         }
         Ok(None) => {
             shared.count(|c| c.error("join_connection_lost"));
-            Err(None)
+            Err(JoinFailed::Retry(None))
         }
         Err(_) => {
             shared.count(|c| c.error("join_timeout"));
-            Err(None)
+            Err(JoinFailed::Retry(None))
         }
     }
 }
@@ -283,17 +372,20 @@ struct SessionState {
     wake_writer: Notify,
     /// Set once we sent `leave`: the close that follows is expected.
     leaving: Cell<bool>,
+    /// The lobby's offset of the last reliable message received, for a resume.
+    offset: Cell<u64>,
     clock: RefCell<ClockEstimator>,
 }
 
+/// Plays one connection's life; returns how it ended and the last reliable offset it saw.
 async fn session(
     shared: &Rc<Shared>,
     reader: Reader,
-    mut writer: Writer,
+    writer: Writer,
     player_id: PlayerId,
+    offset: u64,
     stop: &CancellationToken,
-) -> SessionEnd {
-    let plan = shared.plan.clone();
+) -> (SessionEnd, u64) {
     let state = Rc::new(SessionState {
         player_id,
         intended: RefCell::new([(0, 0); SEQ_WINDOW]),
@@ -302,8 +394,21 @@ async fn session(
         pong_owed: RefCell::new(None),
         wake_writer: Notify::new(),
         leaving: Cell::new(false),
+        offset: Cell::new(offset),
         clock: RefCell::default(),
     });
+    let end = Box::pin(play(shared, &state, reader, writer, stop)).await;
+    (end, state.offset.get())
+}
+
+async fn play(
+    shared: &Rc<Shared>,
+    state: &Rc<SessionState>,
+    reader: Reader,
+    mut writer: Writer,
+    stop: &CancellationToken,
+) -> SessionEnd {
+    let plan = shared.plan.clone();
     let mut read_task = tokio::task::spawn_local(read_loop(shared.clone(), state.clone(), reader));
     let storm = shared.storm.borrow().clone();
     let mut buffer = Vec::with_capacity(64 + plan.state_size * 2);
@@ -550,7 +655,8 @@ fn on_message(shared: &Shared, state: &SessionState, message: ServerMessage, rec
                 received_us,
             );
         }
-        ServerMessage::Event { data, .. } => {
+        ServerMessage::Event { data, offset, .. } => {
+            saw_offset(state, offset);
             let mut recorder = shared.recorder.borrow_mut();
             recorder.counters.events_received += 1;
             if let Some(sent) = data.0.get(..8) {
@@ -579,10 +685,18 @@ fn on_message(shared: &Shared, state: &SessionState, message: ServerMessage, rec
         ServerMessage::Error { code, .. } => {
             shared.count(|c| c.error(format!("server_error:{}", code.as_str())))
         }
-        ServerMessage::Welcome { .. }
-        | ServerMessage::MemberJoined { .. }
-        | ServerMessage::MemberLeft { .. }
-        | ServerMessage::MemberAway { .. }
-        | ServerMessage::MemberBack { .. } => {}
+        ServerMessage::MemberJoined { offset, .. } | ServerMessage::MemberLeft { offset, .. } => {
+            saw_offset(state, offset);
+        }
+        ServerMessage::MemberAway { offset, .. } | ServerMessage::MemberBack { offset, .. } => {
+            saw_offset(state, Some(offset));
+        }
+        ServerMessage::Welcome { .. } => {}
+    }
+}
+
+fn saw_offset(state: &SessionState, offset: Option<u64>) {
+    if let Some(offset) = offset {
+        state.offset.set(state.offset.get().max(offset));
     }
 }

@@ -76,6 +76,8 @@ pub(crate) struct Plan {
     pub(crate) lobby_prefix: String,
     pub(crate) threads: usize,
     pub(crate) clock_correction: ClockCorrection,
+    /// Reconnecting clients resume their seats (not `--no-resume`).
+    pub(crate) resume: bool,
     /// Signs each client's join ticket (`--ticket-secret`, `--ticket-private-key`).
     #[serde(serialize_with = "signer_algorithm")]
     pub(crate) tickets: Option<Arc<TicketSigner>>,
@@ -192,6 +194,7 @@ impl Plan {
                 args.threads
             },
             clock_correction: args.clock_correction,
+            resume: !args.no_resume,
             tickets: ticket_signer(args)?.map(Arc::new),
             clients,
         };

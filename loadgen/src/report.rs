@@ -48,18 +48,30 @@ pub(crate) struct StormResult {
     pub(crate) clients_back: usize,
     /// From dropping every connection until all were joined again (None: not all came back).
     pub(crate) recovery_ms: Option<f64>,
+    /// Of the reconnections since the storm: those that took their seat back, those refused
+    /// (`seat_expired`, joined afresh), and the reliable messages the resumed seats lost.
+    pub(crate) resumed: u64,
+    pub(crate) resumes_refused: u64,
+    pub(crate) lost: u64,
 }
 
 impl StormResult {
     /// The storm's outcome in words.
     pub(crate) fn summary(&self) -> String {
-        match self.recovery_ms {
+        let back = match self.recovery_ms {
             Some(ms) => format!("all {} clients back after {ms:.0} ms", self.clients),
             None => format!(
                 "only {}/{} clients came back",
                 self.clients_back, self.clients
             ),
-        }
+        };
+        format!(
+            "{back}; {} resumed their seat ({:.1}%), {} refused (seat_expired), {} reliable messages lost",
+            self.resumed,
+            100.0 * self.resumed as f64 / self.clients.max(1) as f64,
+            self.resumes_refused,
+            self.lost
+        )
     }
 }
 

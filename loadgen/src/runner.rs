@@ -207,6 +207,7 @@ impl Coordinator {
     }
 
     async fn storm(&mut self, n_clients: usize) -> StormResult {
+        let before = self.cumulative.clone();
         self.broadcast(|| Command::Storm);
         let dropped_at = Instant::now();
         // Joined counts fall as sessions notice the drop; wait until they have.
@@ -223,10 +224,16 @@ impl Coordinator {
                 break;
             }
         }
+        // One more collection, so the last reconnections' counts are in.
+        self.tick().await;
+        let since = self.cumulative.since(&before);
         StormResult {
             clients: n_clients,
             clients_back: self.clients_joined,
             recovery_ms,
+            resumed: since.resumes,
+            resumes_refused: since.resumes_refused,
+            lost: since.resume_lost,
         }
     }
 

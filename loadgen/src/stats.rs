@@ -137,6 +137,12 @@ pub(crate) struct Counters {
     pub(crate) max_send_lag_us: u64,
     pub(crate) connects: u64,
     pub(crate) reconnects: u64,
+    /// Reconnections that took their seat back (`welcome.resumed`).
+    pub(crate) resumes: u64,
+    /// Resumes refused with `seat_expired` (the client then joined afresh).
+    pub(crate) resumes_refused: u64,
+    /// Reliable messages resumed seats reported as `lost` (0 while the history holds them).
+    pub(crate) resume_lost: u64,
     /// Errors by kind (`connect_refused`, `join_refused:lobby_full`, `closed:4002`, ...).
     pub(crate) errors: BTreeMap<String, u64>,
     /// Close codes received from the server, by code.
@@ -184,6 +190,9 @@ impl Counters {
             (&mut self.sends_skipped, other.sends_skipped),
             (&mut self.connects, other.connects),
             (&mut self.reconnects, other.reconnects),
+            (&mut self.resumes, other.resumes),
+            (&mut self.resumes_refused, other.resumes_refused),
+            (&mut self.resume_lost, other.resume_lost),
         ];
         for (mine, theirs) in pairs {
             *mine = op(*mine, theirs);

@@ -89,6 +89,7 @@ async function main() {
   await test("library: JSON and MessagePack clients in one lobby", () => libraryTest(base, port));
   await test("library: safe sends while disconnected, bounded event queue", () => offlineTest(base));
   await test("library: tickets, one seat per identity, spectators", () => ticketTest());
+  await test("library: a dropped socket resumes its seat and gets the events sent meanwhile", () => resumeTest(base, port));
   const demo = await test("demo: a key press in one tab moves the dot in the other", () => demoMoveTest(base));
   await test("demo: both tabs reconnect after a server restart and see each other", () => restartTest(demo));
   await test("screenshots: demo and monitor are rendered", () => screenshotTest(base, demo));
@@ -205,6 +206,107 @@ async function libraryTest(base, port) {
   assertEqual(results.errors, [], "no errors on healthy clients");
   await page.close();
   return `rtt ${results.rtt.map((r) => r.toFixed(2)).join("/")} ms, offset ${results.clockOffset.toFixed(2)} ms`;
+}
+
+async function resumeTest(base, port) {
+  // Ann reaches the server through a TCP proxy of the test's own: cutting it drops her socket
+  // (no server restart, no close frame), and while it is cut her reconnections are refused.
+  const proxy = await cuttableProxy(port);
+  const page = await blankPage(base);
+  await page.exposeFunction("cutAnn", () => proxy.cut());
+  await page.exposeFunction("healAnn", () => proxy.heal());
+  const results = await page.evaluate(async ({ proxied, direct }) => {
+    const { connect, decodeJSON } = await import("/tickrelay.js");
+    const until = window.e2eUntil;
+    const lobby = `resume-${Math.random().toString(36).slice(2, 8)}`;
+    const ann = connect(proxied, { lobby, name: "ann", reconnect: { baseMs: 50, maxMs: 200 } });
+    const welcomes = [];
+    ann.on("welcome", (w) => welcomes.push(w));
+    const annEvents = [];
+    ann.on("event", (e) => annEvents.push(decodeJSON(e.data)));
+    await until("ann's welcome", () => ann.readyState === "open");
+    const bob = connect(direct, { lobby, name: "bob" });
+    const away = [], back = [], left = [];
+    bob.on("member_away", (m) => away.push(m.id));
+    bob.on("member_back", (m) => back.push(m.id));
+    bob.on("member_left", (m) => left.push(m.id));
+    const bobEvents = [];
+    bob.on("event", (e) => bobEvents.push(decodeJSON(e.data)));
+    await until("bob's welcome", () => bob.readyState === "open");
+    ann.sendState({ x: 1 });
+    await until("ann's state at bob", () => bob.players.has(ann.playerId));
+    const annId = ann.playerId;
+
+    await window.cutAnn();
+    await until("bob sees ann away", () => away.includes(annId));
+    const awayShown = bob.members.get(annId)?.away === true;
+    for (const n of [1, 2, 3]) bob.sendEvent({ n });
+    await until("bob's own events", () => bobEvents.length === 3);
+    await window.healAnn();
+    await until("ann is back", () => welcomes.length === 2 && ann.readyState === "open", 15000);
+    await until("the events sent meanwhile reach ann", () => annEvents.length === 3);
+    await until("bob sees ann back", () => back.includes(annId));
+    const result = {
+      annId,
+      resumedId: ann.playerId,
+      resumed: welcomes[1].resumed,
+      lost: welcomes[1].lost,
+      annEvents,
+      left,
+      awayShown,
+      stillInView: bob.players.has(annId),
+    };
+    ann.close();
+    bob.close();
+    return result;
+  }, { proxied: `ws://127.0.0.1:${proxy.port}/ws`, direct: `ws://127.0.0.1:${port}/ws` });
+  await page.close();
+  await proxy.close();
+  assertEqual(results.resumedId, results.annId, "the same seat, the same player id");
+  assert(results.resumed, "welcome says resumed");
+  assertEqual(results.lost, 0, "nothing lost");
+  assertEqual(results.annEvents, [{ n: 1 }, { n: 2 }, { n: 3 }], "the events sent while she was away, in order");
+  assertEqual(results.left, [], "no member_left for a resumed seat");
+  assert(results.awayShown, "members mark the away player");
+  assert(results.stillInView, "an away player stays in the view with its last state");
+  return `player ${results.annId} back`;
+}
+
+/** A loopback TCP proxy to `target` whose connections the test can cut (and refuse) at will. */
+async function cuttableProxy(target) {
+  const sockets = new Set();
+  let cut = false;
+  const server = net.createServer((client) => {
+    if (cut) {
+      client.resetAndDestroy();
+      return;
+    }
+    const upstream = net.connect(target, "127.0.0.1");
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on("error", () => {});
+      socket.on("close", () => {
+        sockets.delete(socket);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    port: server.address().port,
+    cut() {
+      cut = true;
+      // RST both ways: neither end gets a close frame.
+      for (const socket of sockets) socket.resetAndDestroy();
+    },
+    heal() {
+      cut = false;
+    },
+    close: () => new Promise((resolve) => server.close(resolve)),
+  };
 }
 
 async function ticketTest() {

@@ -614,6 +614,9 @@ mod tests {
             clients: 30,
             clients_back: 30,
             recovery_ms: Some(812.0),
+            resumed: 30,
+            resumes_refused: 0,
+            lost: 0,
         });
         report.slo = Some(SloResult {
             spec: "broadcast.p99<1ms".to_owned(),

@@ -237,6 +237,64 @@ async fn storm_reconnects_every_client() {
     );
     assert_eq!(report["counters"]["reconnects"], 30);
     assert_eq!(report["latency"]["reconnect"]["count"], 30);
+    // By default every client took its seat back, with nothing lost.
+    assert_eq!(storm["resumed"], 30, "{storm}");
+    assert_eq!(storm["resumes_refused"], 0, "{storm}");
+    assert_eq!(storm["lost"], 0, "{storm}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("30 resumed their seat (100.0%)"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_with_no_resume_rejoins_as_new_players_and_events_survive_a_resume() {
+    let server = spawn_server(30).await;
+    let storm_args = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "--scenario",
+            "storm",
+            "--clients",
+            "16",
+            "--storm-after",
+            "1s",
+            "--duration",
+            "6s",
+            "--warmup",
+            "0s",
+            "--event-rate",
+            "5",
+            "--backoff-base",
+            "50ms",
+            "--backoff-max",
+            "300ms",
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let url = server.url();
+    let mut fresh = storm_args(&["--no-resume"]);
+    fresh.extend(["--url", &url]);
+    let (output, report) = crate::support::loadgen_report(&fresh).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let storm = &report["storm"];
+    assert_eq!(
+        (storm["clients_back"].as_u64(), storm["resumed"].as_u64()),
+        (Some(16), Some(0)),
+        "{storm}"
+    );
+    // With events flowing, a resumed storm loses none of them (the history holds them).
+    let mut resumed = storm_args(&[]);
+    resumed.extend(["--url", &url, "--lobby-prefix", "again"]);
+    let (output, report) = crate::support::loadgen_report(&resumed).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let storm = &report["storm"];
+    assert_eq!(
+        (storm["resumed"].as_u64(), storm["lost"].as_u64()),
+        (Some(16), Some(0)),
+        "{storm}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,7 @@ pub(crate) async fn loadgen(args: &[&str]) -> Output {
 
 /// Runs the loadgen binary with its RLIMIT_NOFILE (soft and hard) set to `max_open_files`,
 /// whatever this machine's limit is.
+#[cfg(feature = "self-host")]
 pub(crate) async fn loadgen_with_open_file_limit(args: &[&str], max_open_files: u64) -> Output {
     let mut command = loadgen_command(args);
     // SAFETY: the closure runs in the child between fork and exec; it only calls setrlimit,
@@ -59,6 +60,7 @@ pub(crate) async fn loadgen_with_open_file_limit(args: &[&str], max_open_files: 
 
 /// Runs the loadgen binary quietly with `args` plus `--json FILE`; returns its output and the
 /// JSON report it wrote.
+#[cfg(feature = "self-host")]
 pub(crate) async fn loadgen_report(args: &[&str]) -> (Output, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let json = temp_path(&dir, "report.json");
