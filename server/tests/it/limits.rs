@@ -460,7 +460,10 @@ async fn a_state_that_would_outgrow_the_lobby_keyframe_is_refused_and_only_its_s
 async fn a_player_flooding_events_spends_only_its_share_of_the_lobby_budget() {
     let mut config = test_config();
     config.max_lobby_event_bytes = 2000;
+    // A full lobby: the budget is shared by as many players as it can hold.
+    config.max_lobby_size = 2;
     let server = spawn_server(config).await;
+    let (mut witness, _, _) = Client::join(&server, Codec::MessagePack, "witness", "w").await;
     let (mut flood, _, _) = Client::join(&server, Codec::MessagePack, "arena", "flood").await;
     let (mut calm, calm_id, _) = Client::join(&server, Codec::MessagePack, "arena", "calm").await;
     // Two players: 1,000 bytes/s each, a second of burst. Ten 500-byte events at once: two
@@ -517,4 +520,5 @@ async fn a_player_flooding_events_spends_only_its_share_of_the_lobby_budget() {
             .await,
         Some(f64::from(refused))
     );
+    witness.next_snapshot().await;
 }
