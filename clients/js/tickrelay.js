@@ -751,12 +751,14 @@ export class TickrelayClient {
    * @param {number} retryAfterMs The server's hint with `overloaded` (0: none).
    */
   #onServerError(code, message, retryAfterMs) {
+    this.#emit("error", retryAfterMs > 0 ? { code, message, retryAfterMs } : { code, message });
+    // Once joined, `overloaded` is about a message (an event over the lobby's budget), not
+    // about this connection: it says nothing of when to reconnect.
+    if (this.readyState === "open") return;
     if (code === "overloaded" && Number.isFinite(retryAfterMs) && retryAfterMs > 0) {
-      // The next reconnection waits at least this long (the server closes with 1013 next).
+      // Shed: the next reconnection waits at least this long (the server closes with 1013).
       this.#retryAfterMs = Math.min(retryAfterMs, 60_000);
     }
-    this.#emit("error", retryAfterMs > 0 ? { code, message, retryAfterMs } : { code, message });
-    if (this.readyState === "open") return;
     if (code === "seat_expired") {
       // The seat is gone; the connection stays: join afresh on it, as a new player.
       this.#resumeToken = null;

@@ -137,29 +137,32 @@ impl Admission {
     }
 
     /// Admits a client at `ip` with `origin` (the request's `Origin` header, sent by
-    /// browsers): the origin, then the global rate, the IP's rate and its connection count.
-    /// A refused attempt still costs a token of the rates it reached.
+    /// browsers): the origin, then the IP's rate, the global rate and the IP's connection
+    /// count. An attempt refused by a later check still spends the earlier rates' tokens.
     pub(crate) fn admit(&self, ip: IpAddr, origin: Option<&str>) -> Result<IpSlot, Refused> {
         if let (Some(allowed), Some(origin)) = (&self.allowed_origins, origin)
             && !allowed.contains(&normalize_origin(origin))
         {
             return Err(Refused::Origin(origin.to_owned()));
         }
-        if let Some(global) = &self.global_rate {
-            global.check().map_err(|not_until| Refused::GlobalRate {
-                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
-            })?;
-        }
-        if self.exempt.iter().any(|net| net.contains(&ip)) {
-            return Ok(IpSlot(None));
-        }
-        if let Some(limiter) = &self.ip_rate {
+        // The per-IP rate first: one address's refused flood must not spend the global
+        // tokens everyone else needs.
+        let exempt = self.exempt.iter().any(|net| net.contains(&ip));
+        if let (false, Some(limiter)) = (exempt, &self.ip_rate) {
             self.retain_now_and_then(limiter);
             limiter
                 .check_key(&ip)
                 .map_err(|not_until| Refused::IpRate {
                     retry_after: not_until.wait_time_from(DefaultClock::default().now()),
                 })?;
+        }
+        if let Some(global) = &self.global_rate {
+            global.check().map_err(|not_until| Refused::GlobalRate {
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            })?;
+        }
+        if exempt {
+            return Ok(IpSlot(None));
         }
         if self.max_per_ip == 0 {
             return Ok(IpSlot(None));
@@ -293,6 +296,27 @@ mod tests {
             lock(&admission.per_ip).get(&a).is_none(),
             "no entry left behind"
         );
+    }
+
+    #[test]
+    fn one_address_over_its_rate_does_not_spend_the_global_rate() {
+        let admission = admission(&[
+            "--max-handshakes-per-ip",
+            "2",
+            "--max-handshakes-per-second",
+            "5",
+        ]);
+        let flood = ip("192.0.2.66");
+        for _ in 0..100 {
+            let _ = admission.admit(flood, None);
+        }
+        for n in 0..3 {
+            let other = ip(&format!("198.51.100.{n}"));
+            assert!(
+                admission.admit(other, None).is_ok(),
+                "the others still get in"
+            );
+        }
     }
 
     #[test]

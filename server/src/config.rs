@@ -160,7 +160,9 @@ pub struct Config {
 
     /// Reliable messages (events, member changes) each lobby keeps to replay to resuming
     /// members; what falls out is reported to them as `lost`.
-    #[arg(long, env = "TICKRELAY_RESUME_HISTORY", default_value_t = 1024)]
+    /// A replay is queued at once, so at most half of --max-queued-messages (and of
+    /// --max-queued-bytes) of it is sent; older messages count as `lost`.
+    #[arg(long, env = "TICKRELAY_RESUME_HISTORY", default_value_t = 256)]
     pub resume_history: usize,
 
     /// Bytes of reliable messages each lobby keeps to replay (with --resume-history).

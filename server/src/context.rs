@@ -64,6 +64,9 @@ impl ServerContext {
                 age: config.idle_timeout.max(config.write_timeout) + config.resume_grace,
             },
             keys: resume_keys.clone(),
+            // Half the reliable queue: the rest stays for what comes while it drains.
+            max_replay_messages: config.max_queued_messages / 2,
+            max_replay_bytes: config.max_queued_bytes / 2,
         });
         let settings = lobby::LobbySettings {
             tick_hz: config.tick_hz,

@@ -144,6 +144,10 @@ pub(crate) struct ResumeSettings {
     pub(crate) grace: Duration,
     pub(crate) history: HistoryLimits,
     pub(crate) keys: Arc<ResumeKeys>,
+    /// Most of a replay queued for one resuming connection (what fits its reliable queue);
+    /// older messages count as lost.
+    pub(crate) max_replay_messages: usize,
+    pub(crate) max_replay_bytes: usize,
 }
 
 /// What the lobby keeps per member besides its game state: how to reach it.
@@ -389,7 +393,8 @@ impl Actor {
             return self.resume(resume, connection);
         }
         // One seat per identity: a newer connection takes it over, unnoticed by the others
-        // when the role is the same; with another role the old seat leaves first.
+        // when the role is the same; with another role the old seat leaves first (once the
+        // new role is sure to have room, so the identity never ends up with no seat).
         let held = joiner
             .identity
             .as_deref()
@@ -398,7 +403,12 @@ impl Actor {
         let takeover = match held {
             Some((seat, role)) if role == joiner.role => Some(seat),
             Some((seat, _)) => {
-                if let Some(member) = self.state.member(seat) {
+                self.state
+                    .has_room(joiner.role)
+                    .map_err(|refused| self.refusal(refused))?;
+                if let Some(member) = self.state.member(seat)
+                    && !member.is_away()
+                {
                     self.replaced(&member.conn);
                 }
                 self.leave(seat);
@@ -409,9 +419,11 @@ impl Actor {
         let seat = match takeover {
             Some(seat) => {
                 let (seat, old, was_away) = self.take_over(seat, connection);
-                self.replaced(&old);
+                // An away seat's connection is gone already: nothing to replace.
                 if was_away {
                     self.back(seat);
+                } else {
+                    self.replaced(&old);
                 }
                 seat
             }
@@ -435,7 +447,7 @@ impl Actor {
             }
         };
         self.info.set_roster(self.state.roster());
-        self.welcome(seat, &outbox, codec, false, 0);
+        self.welcome(seat, &outbox, codec, None);
         Ok(self.accepted(seat))
     }
 
@@ -455,8 +467,8 @@ impl Actor {
                     .into(),
             })
         };
+        // Refusals are counted by the session, which sees every `seat_expired`.
         if resume.instance != self.instance {
-            self.settings.metrics.resume("expired");
             return expired();
         }
         let Some((seat, _)) = self
@@ -464,26 +476,45 @@ impl Actor {
             .seat_of_player(resume.player_id)
             .filter(|(seat, _)| seat.holder == resume.holder)
         else {
-            self.settings.metrics.resume("expired");
             return expired();
         };
         let (outbox, codec) = (connection.outbox.clone(), connection.codec);
         let (seat, old, was_away) = self.take_over(seat, connection);
         // What it missed, before `member_back` takes an offset (and maybe a history slot).
         let replay = self.history.since(resume.offset, seat.id);
-        let lost = replay.lost;
-        let frames: Vec<Bytes> = replay
+        let mut lost = replay.lost;
+        // The welcome's offset is where the replay starts: the replayed messages raise it,
+        // so a client that drops again mid-replay resumes from what it really got.
+        let from = resume.offset.min(self.history.offset());
+        let mut frames: Vec<Bytes> = replay
             .messages
             .iter()
             .map(|message| codec.encode_server(message))
             .collect();
+        // Only the newest of a long replay fit the connection's reliable queue; the older
+        // ones are reported as lost rather than overflowing it (4002).
+        if let Some(resume) = &self.settings.resume {
+            let mut bytes = 0;
+            let keep = frames
+                .iter()
+                .rev()
+                .take(resume.max_replay_messages)
+                .take_while(|frame| {
+                    bytes += frame.len();
+                    bytes <= resume.max_replay_bytes
+                })
+                .count();
+            let dropped = frames.len() - keep;
+            frames.drain(..dropped);
+            lost += dropped as u64;
+        }
         if was_away {
             self.back(seat);
         } else {
             self.replaced(&old);
         }
         self.info.set_roster(self.state.roster());
-        self.welcome(seat, &outbox, codec, true, lost);
+        self.welcome(seat, &outbox, codec, Some((from, lost)));
         let (mut sent, mut bytes) = (0, 0);
         for frame in frames {
             let len = frame.len() as u64;
@@ -535,9 +566,10 @@ impl Actor {
         });
     }
 
-    /// Queues `welcome` for the connection now holding `seat`, with a fresh resume token.
-    /// Queued before any snapshot can be, so `welcome` is always the first message.
-    fn welcome(&mut self, seat: Seat, outbox: &Outbox, codec: Codec, resumed: bool, lost: u64) {
+    /// Queues `welcome` for the connection now holding `seat`, with a fresh resume token;
+    /// `resumed` is the replay's start offset and what it lost. Queued before any snapshot
+    /// can be, so `welcome` is always the first message.
+    fn welcome(&mut self, seat: Seat, outbox: &Outbox, codec: Codec, resumed: Option<(u64, u64)>) {
         let name = &self.info.name;
         let resume = self.settings.resume.as_ref().map(|resume| {
             let now_secs = unix_micros() / 1_000_000;
@@ -550,10 +582,10 @@ impl Actor {
             lobby: name.clone(),
             tick_hz: self.settings.tick_hz,
             members: self.state.roster(),
-            offset: self.history.offset(),
+            offset: resumed.map_or(self.history.offset(), |(from, _)| from),
             resume,
-            resumed,
-            lost,
+            resumed: resumed.is_some(),
+            lost: resumed.map_or(0, |(_, lost)| lost),
         };
         let frame = codec.encode_server(&welcome);
         let len = frame.len() as u64;

@@ -77,8 +77,8 @@ pub(crate) struct MemberState<C> {
     away_until: Option<Instant>,
 }
 
-/// A member's life cycle as far as snapshots go. (The seat-resume work adds an `Away` phase
-/// here, whose expiry `tick(now)` decides.)
+/// A member's life cycle as far as snapshots go. (An away member, whose connection dropped,
+/// keeps its phase: it gets nothing until a resume restarts it at `Joining`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     /// Joined, and no snapshot has reached its connection yet.
@@ -210,16 +210,23 @@ impl<C> LobbyState<C> {
         self.tick
     }
 
-    /// Adds a member in a new seat and assigns its player id. Players and spectators are
-    /// limited separately.
+    /// Whether a new member of `role` fits: players and spectators are limited separately.
+    pub(crate) fn has_room(&self, role: Role) -> Result<(), JoinRefused> {
+        match role {
+            Role::Spectator if self.spectators >= self.max_spectators => {
+                Err(JoinRefused::SpectatorsFull)
+            }
+            Role::Player if self.members.len() - self.spectators >= self.max_players => {
+                Err(JoinRefused::LobbyFull)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds a member in a new seat and assigns its player id, if [`has_room`](Self::has_room).
     pub(crate) fn join(&mut self, joiner: Joiner, conn: C) -> Result<Seat, JoinRefused> {
+        self.has_room(joiner.role)?;
         let spectator = joiner.role == Role::Spectator;
-        if spectator && self.spectators >= self.max_spectators {
-            return Err(JoinRefused::SpectatorsFull);
-        }
-        if !spectator && self.members.len() - self.spectators >= self.max_players {
-            return Err(JoinRefused::LobbyFull);
-        }
         self.spectators += usize::from(spectator);
         let id = self.next_player_id;
         self.next_player_id = self.next_player_id.wrapping_add(1).max(1);

@@ -413,6 +413,13 @@ impl<'a> Session<'a> {
         let message = match decoded {
             Ok(message) => message,
             Err(DecodeError::UnknownType(t)) => {
+                // Each answer costs a write: charged like an event.
+                if !self
+                    .event_limit
+                    .allow(std::time::Instant::now(), self.ctx.config.max_event_rate)
+                {
+                    return Handled::Done(self.close(close::RATE_LIMITED));
+                }
                 self.send_error(
                     ErrorCode::UnknownMessage,
                     format!("unknown message type {t:?}, ignored"),
@@ -596,7 +603,12 @@ impl<'a> Session<'a> {
             Ok(JoinAccepted { lobby, seat, role }) => {
                 self.joined = Some(Joined { lobby, seat, role });
             }
-            Err(JoinRefusal { code, message }) => self.send_error(code, message),
+            Err(JoinRefusal { code, message }) => {
+                if code == ErrorCode::SeatExpired {
+                    self.ctx.metrics.resume("expired");
+                }
+                self.send_error(code, message);
+            }
         }
         Flow::Continue
     }

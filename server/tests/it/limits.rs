@@ -112,6 +112,19 @@ async fn oversized_states_and_events_are_refused_and_the_connection_stays() {
 }
 
 #[tokio::test]
+async fn unknown_messages_are_charged_to_the_event_rate() {
+    let mut config = test_config();
+    config.max_event_rate = 5;
+    let server = spawn_server(config).await;
+    let (mut client, _, _) = Client::join(&server, Codec::Json, "arena", "a").await;
+    // Each gets an `error` unknown_message: unbounded, that is a write per message for free.
+    for _ in 0..20 {
+        client.send_raw_json(r#"{"t":"teleport"}"#).await;
+    }
+    assert_eq!(client.expect_close_code().await, close::RATE_LIMITED);
+}
+
+#[tokio::test]
 async fn full_lobby_refuses_with_lobby_full_and_keeps_the_connection() {
     let mut config = test_config();
     config.max_lobby_size = 2;

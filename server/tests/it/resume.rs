@@ -149,6 +149,9 @@ async fn a_dropped_connection_resumes_its_seat_with_what_it_missed() {
     let seat = answer.expect("resumed");
     assert_eq!((seat.id, seat.resumed, seat.lost), (ann_seat.id, true, 0));
     assert_ne!(seat.token, ann_seat.token, "a fresh token at every welcome");
+    // The welcome's offset is where the replay starts: a drop mid-replay resumes from what
+    // the client really got.
+    assert_eq!(seat.offset, last_offset);
     // The three events, in order, with consecutive offsets, then a keyframe with its state.
     let replayed = events_until(&mut back, b"three").await;
     let data: Vec<_> = replayed.iter().map(|(d, _)| d.as_slice()).collect();
@@ -477,4 +480,32 @@ async fn with_tickets_on_a_resume_needs_no_new_ticket() {
         crate::resume::answer(&mut refused).await.unwrap_err(),
         ErrorCode::Unauthorized
     );
+}
+
+#[tokio::test]
+async fn a_replay_longer_than_the_reliable_queue_sends_the_newest_and_counts_the_rest() {
+    let server = spawn_server(Config {
+        max_queued_messages: 8,
+        max_event_rate: 1000,
+        ..config(Duration::from_secs(30))
+    })
+    .await;
+    let (ann, ann_seat) = join(&server, "arena", "ann").await;
+    let (mut bob, _) = join(&server, "arena", "bob").await;
+    vanish(ann);
+    // 20 events while ann is away; her queue holds 8, so a replay of 4 fits beside the rest.
+    for n in 0..20u8 {
+        event(&mut bob, &[n]).await;
+        bob.recv_until(|m| matches!(m, ServerMessage::Event { .. }).then_some(()))
+            .await;
+    }
+    let (mut back, answer) = resume(&server, &ann_seat, ann_seat.offset).await;
+    let seat = answer.expect("resumed, not closed as a slow consumer");
+    let replayed = events_until(&mut back, &[19]).await;
+    let data: Vec<u8> = replayed.iter().map(|(d, _)| d[0]).collect();
+    assert_eq!(data, [16, 17, 18, 19], "the newest, in order");
+    // bob's join and the 16 older events were not sent: counted (her own away would not
+    // have been sent to her anyway).
+    assert_eq!(seat.lost, 17, "{seat:?}");
+    back.next_snapshot().await;
 }

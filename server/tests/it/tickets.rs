@@ -339,6 +339,69 @@ async fn a_second_connection_of_one_identity_takes_the_seat_over_unnoticed() {
 }
 
 #[tokio::test]
+async fn a_takeover_in_another_role_never_leaves_the_identity_without_a_seat() {
+    let server = spawn_server(Config {
+        max_spectators: 1,
+        ..hs256_config()
+    })
+    .await;
+    let watcher = |sub: &str| {
+        sign(&TicketClaims {
+            role: Some(Role::Spectator),
+            ..claims(sub, "arena")
+        })
+    };
+    let (mut ann, ann_id, _) = join_with(&server, "arena", sign(&claims("user-1", "arena"))).await;
+    let (mut eve, eve_id, _) = join_with(&server, "arena", watcher("user-9")).await;
+    // Ann asks to watch, but the spectator seats are full: refused, her player seat stays.
+    let (_, answer) = try_join(&server, &join("arena", Some(watcher("user-1")), None)).await;
+    assert!(
+        matches!(
+            answer,
+            ServerMessage::Error {
+                code: ErrorCode::LobbyFull,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    ann.send_state(1, b"still playing").await;
+    ann.recv_until(|m| match m {
+        ServerMessage::Snapshot(s) => s.players.iter().any(|p| p.id == ann_id).then_some(()),
+        _ => None,
+    })
+    .await;
+    // With room, the player seat leaves (the others see it) and a spectator seat is taken.
+    let (mut bob, _, _) = join_with(&server, "arena", sign(&claims("user-2", "arena"))).await;
+    eve.send(&ClientMessage::Leave).await;
+    bob.recv_until(|m| match m {
+        ServerMessage::MemberLeft { id, .. } => (id == eve_id).then_some(()),
+        _ => None,
+    })
+    .await;
+    let (_watching, watching_id, members) = join_with(&server, "arena", watcher("user-1")).await;
+    assert_eq!(ann.expect_close_code().await, close::REPLACED);
+    let me = members.iter().find(|m| m.id == watching_id).unwrap();
+    assert_eq!(me.role, Role::Spectator);
+    let changes: Vec<_> = [
+        bob.recv_until(|m| match m {
+            ServerMessage::MemberLeft { id, .. } => Some(("left", id)),
+            ServerMessage::MemberJoined { id, .. } => Some(("joined", id)),
+            _ => None,
+        })
+        .await,
+        bob.recv_until(|m| match m {
+            ServerMessage::MemberLeft { id, .. } => Some(("left", id)),
+            ServerMessage::MemberJoined { id, .. } => Some(("joined", id)),
+            _ => None,
+        })
+        .await,
+    ]
+    .into();
+    assert_eq!(changes, [("left", ann_id), ("joined", watching_id)]);
+}
+
+#[tokio::test]
 async fn spectators_watch_but_are_not_players_and_are_limited_separately() {
     let config = Config {
         max_spectators: 1,
@@ -559,4 +622,32 @@ async fn tickets_signed_by_pyjwt_are_accepted_hs256_and_eddsa() {
         );
     }
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn an_eddsa_server_refuses_an_hs256_ticket_made_with_its_public_key() {
+    let public = keys_dir().join("ed25519-test.pub.pem");
+    let server = spawn_server(Config {
+        ticket_public_key: Some(public.clone()),
+        ..test_config()
+    })
+    .await;
+    // Key confusion: the public key is no secret; used as an HMAC key it must sign nothing.
+    let forged = TicketSigner::hs256(&std::fs::read(&public).unwrap())
+        .unwrap()
+        .sign(&claims("mallory", "arena"));
+    let (mut client, answer) = try_join(&server, &join("arena", Some(forged), None)).await;
+    assert!(
+        matches!(
+            answer,
+            ServerMessage::Error {
+                code: ErrorCode::Unauthorized,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(client.expect_close_code().await, close::UNAUTHORIZED);
+    let series = "tickrelay_tickets_refused_total{reason=\"bad_algorithm\"}";
+    assert_eq!(server.metric(series).await, Some(1.0));
 }
