@@ -231,7 +231,7 @@ pub(crate) struct RunArgs {
     pub(crate) clock_correction: ClockCorrection,
 
     /// Exit non-zero (2) when a bound is broken, e.g. 'broadcast.p99<20ms,errors=0'.
-    /// Metrics: broadcast input rtt connect join event reconnect, with .p50 .p90 .p99 .p99.9
+    /// Metrics: broadcast input rtt connect join event reconnect resume, with .p50 .p90 .p99 .p99.9
     /// .max .mean; counters: errors missed delivery late reconnects. `errors` counts the whole
     /// run (ramp-up and leaving included), the rest the measured window. A bound on a metric
     /// without samples is broken ("no samples"), never passed.

@@ -147,7 +147,11 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
         }
         ever_joined = true;
         if let Some(since) = outage_since.take() {
-            shared.record(Metric::Reconnect, since.elapsed().as_micros() as u64);
+            let micros = since.elapsed().as_micros() as u64;
+            shared.record(Metric::Reconnect, micros);
+            if joined.resumed {
+                shared.record(Metric::Resume, micros);
+            }
         }
         shared.clients_joined.set(shared.clients_joined.get() + 1);
         let (end, offset) = session(
@@ -183,6 +187,8 @@ struct Joined {
     /// The token to resume this seat with, if the server resumes seats.
     resume: Option<String>,
     offset: u64,
+    /// The seat was taken back.
+    resumed: bool,
 }
 
 /// Connects and joins (resuming `seat` if given, joining afresh if the server refuses it);
@@ -319,6 +325,7 @@ async fn join_on(
                 player_id,
                 resume,
                 offset,
+                resumed,
             })
         }
         Ok(Some(Err((ErrorCode::SeatExpired, _)))) => Err(JoinFailed::SeatExpired),

@@ -3,7 +3,7 @@
 //!
 //! Grammar: clauses separated by commas; each is `LHS OP VALUE` with OP one of `<`, `<=`, `>`,
 //! `>=`, `=`. LHS is either `METRIC.STAT` (metric: broadcast, input, rtt, connect, join, event,
-//! reconnect; stat: p50, p90, p99, p99.9, max, min, mean) with a duration VALUE (`us`, `ms`, `s`;
+//! reconnect, resume; stat: p50, p90, p99, p99.9, max, min, mean) with a duration VALUE (`us`, `ms`, `s`;
 //! bare numbers are microseconds), or a counter: `errors` (over the whole run, ramp-up and
 //! leaving included), `missed` (tick gaps), `delivery` (received / expected snapshots, 0..1),
 //! `late` (fraction of sends made late by the generator), `reconnects`; all but `errors` are
@@ -102,7 +102,7 @@ fn parse_clause(clause: &str) -> Result<Bound, SloParseError> {
     let (subject, value) = match lhs.split_once('.') {
         Some((metric, stat)) => {
             let metric = Metric::from_name(metric).ok_or_else(|| {
-                fail("unknown metric (broadcast, input, rtt, connect, join, event, reconnect)")
+                fail("unknown metric (broadcast, input, rtt, connect, join, event, reconnect, resume)")
             })?;
             if crate::stats::Summary::of(&crate::stats::new_histogram())
                 .stat(stat)

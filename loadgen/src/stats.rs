@@ -29,10 +29,12 @@ pub(crate) enum Metric {
     Event,
     /// Storm: from the connection drop to being joined again.
     Reconnect,
+    /// Of those, the reconnections that took their seat back (`welcome.resumed`).
+    Resume,
 }
 
 impl Metric {
-    pub(crate) const ALL: [Self; 7] = [
+    pub(crate) const ALL: [Self; 8] = [
         Self::Broadcast,
         Self::InputToVisible,
         Self::Rtt,
@@ -40,6 +42,7 @@ impl Metric {
         Self::Join,
         Self::Event,
         Self::Reconnect,
+        Self::Resume,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -51,6 +54,7 @@ impl Metric {
             Self::Join => "join",
             Self::Event => "event",
             Self::Reconnect => "reconnect",
+            Self::Resume => "resume",
         }
     }
 

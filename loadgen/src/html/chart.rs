@@ -33,6 +33,7 @@ fn metric_color(metric: Metric) -> RGBColor {
         Metric::Join => RGBColor(0x94, 0x67, 0xbd),
         Metric::Event => RGBColor(0x8c, 0x56, 0x4b),
         Metric::Reconnect => RGBColor(0xe3, 0x77, 0xc2),
+        Metric::Resume => RGBColor(0x7f, 0x7f, 0x7f),
     }
 }
 

@@ -241,6 +241,10 @@ async fn storm_reconnects_every_client() {
     assert_eq!(storm["resumed"], 30, "{storm}");
     assert_eq!(storm["resumes_refused"], 0, "{storm}");
     assert_eq!(storm["lost"], 0, "{storm}");
+    assert_eq!(
+        report["latency"]["resume"]["count"], 30,
+        "the resume-time histogram"
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("30 resumed their seat (100.0%)"),
