@@ -100,6 +100,7 @@ pub(crate) struct RunArgs {
     /// for servers that require tickets. With --self-host the server requires them too.
     #[arg(
         long,
+        alias = "tickets",
         env = "TICKRELAY_TICKET_SECRET",
         hide_env_values = true,
         conflicts_with = "ticket_private_key"

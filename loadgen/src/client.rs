@@ -131,6 +131,14 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
         if stop.is_cancelled() {
             return;
         }
+        if !ever_joined {
+            let now_us = unix_micros();
+            shared.count(|c| {
+                if c.first_connect_at_us == 0 || now_us < c.first_connect_at_us {
+                    c.first_connect_at_us = now_us;
+                }
+            });
+        }
         let resume = seat.as_ref().filter(|_| plan.resume);
         let (reader, writer, joined) = match connect_and_join(&spec, &shared, source, resume).await
         {
@@ -144,6 +152,12 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
         };
         if ever_joined {
             shared.count(|c| c.reconnects += 1);
+        } else {
+            let now_us = unix_micros();
+            shared.count(|c| {
+                c.first_joins += 1;
+                c.last_first_join_at_us = c.last_first_join_at_us.max(now_us);
+            });
         }
         ever_joined = true;
         if let Some(since) = outage_since.take() {

@@ -43,6 +43,14 @@ impl RampResult {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub(crate) struct JoinRate {
+    pub(crate) clients: u64,
+    /// From the first connect attempt to the last first `welcome`.
+    pub(crate) seconds: f64,
+    pub(crate) per_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct StormResult {
     pub(crate) clients: usize,
     pub(crate) clients_back: usize,
@@ -150,6 +158,8 @@ pub(crate) struct Report {
     pub(crate) clock_corrected: bool,
     pub(crate) ramp: Option<RampResult>,
     pub(crate) storm: Option<StormResult>,
+    /// Clients' first joins over the ramp-up: how many, in how long, how many per second.
+    pub(crate) join_rate: Option<JoinRate>,
     pub(crate) slo: Option<SloResult>,
     /// One point per collection interval of the whole run, ramp-up included (empty for
     /// `merge`: interval logs keep only histograms).
@@ -195,6 +205,7 @@ impl Report {
             clock_corrected: false,
             ramp: None,
             storm: None,
+            join_rate: None,
             slo: None,
             timeline: Vec::new(),
             histograms: histograms.clone(),
@@ -289,6 +300,15 @@ impl Report {
             "connects / reconnects",
             format!("{} / {}", c.connects, c.reconnects),
         ));
+        if let Some(rate) = &self.join_rate {
+            rows.push((
+                "joins (ramp-up)",
+                format!(
+                    "{} in {:.3} s: {:.0}/s (connect, handshake and join, paced by --connect-rate)",
+                    rate.clients, rate.seconds, rate.per_second
+                ),
+            ));
+        }
         if !c.close_codes.is_empty() {
             rows.push(("close codes", format!("{:?}", c.close_codes)));
         }

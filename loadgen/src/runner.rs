@@ -464,6 +464,14 @@ impl Coordinator {
             * f64::from(report.tick_hz.unwrap_or(0))
             * report.clients_joined_avg;
         report.errors_whole_run = self.cumulative.errors.clone();
+        report.join_rate =
+            self.cumulative
+                .join_rate()
+                .map(|(clients, seconds)| crate::report::JoinRate {
+                    clients,
+                    seconds,
+                    per_second: clients as f64 / seconds,
+                });
         report.clock_offset = self.merger.clock().estimate();
         report.clock_corrected = match self.plan.clock_correction {
             crate::cli::ClockCorrection::On => true,

@@ -147,6 +147,11 @@ pub(crate) struct Counters {
     pub(crate) resumes_refused: u64,
     /// Reliable messages resumed seats reported as `lost` (0 while the history holds them).
     pub(crate) resume_lost: u64,
+    /// Clients' first joins (not reconnections), and the span they took: from the first
+    /// connect attempt to the last first `welcome` (Unix µs; 0 when none), for the join rate.
+    pub(crate) first_joins: u64,
+    pub(crate) first_connect_at_us: u64,
+    pub(crate) last_first_join_at_us: u64,
     /// Errors by kind (`connect_refused`, `join_refused:lobby_full`, `closed:4002`, ...).
     pub(crate) errors: BTreeMap<String, u64>,
     /// Close codes received from the server, by code.
@@ -166,6 +171,21 @@ impl Counters {
     pub(crate) fn add(&mut self, other: &Self) {
         self.apply(other, |a, b| a + b);
         self.max_send_lag_us = self.max_send_lag_us.max(other.max_send_lag_us);
+        self.first_connect_at_us = match (self.first_connect_at_us, other.first_connect_at_us) {
+            (0, theirs) => theirs,
+            (mine, 0) => mine,
+            (mine, theirs) => mine.min(theirs),
+        };
+        self.last_first_join_at_us = self.last_first_join_at_us.max(other.last_first_join_at_us);
+    }
+
+    /// First joins per second over the ramp-up, when there were any.
+    pub(crate) fn join_rate(&self) -> Option<(u64, f64)> {
+        let span = self
+            .last_first_join_at_us
+            .checked_sub(self.first_connect_at_us)
+            .filter(|_| self.first_connect_at_us > 0 && self.first_joins > 0)?;
+        Some((self.first_joins, span.max(1) as f64 / 1e6))
     }
 
     /// `self - earlier`: what happened since `earlier` was taken.
@@ -175,6 +195,9 @@ impl Counters {
         delta.errors.retain(|_, n| *n > 0);
         delta.close_codes.retain(|_, n| *n > 0);
         delta.max_send_lag_us = self.max_send_lag_us;
+        // Instants, not counts.
+        delta.first_connect_at_us = self.first_connect_at_us;
+        delta.last_first_join_at_us = self.last_first_join_at_us;
         delta
     }
 
@@ -197,6 +220,7 @@ impl Counters {
             (&mut self.resumes, other.resumes),
             (&mut self.resumes_refused, other.resumes_refused),
             (&mut self.resume_lost, other.resume_lost),
+            (&mut self.first_joins, other.first_joins),
         ];
         for (mine, theirs) in pairs {
             *mine = op(*mine, theirs);

@@ -17,7 +17,8 @@ pub const MESSAGE_TOO_BIG: u16 = 1009;
 pub const INTERNAL_ERROR: u16 = 1011;
 /// The server is at its connection limit; retry later (possibly on another node).
 pub const TRY_AGAIN_LATER: u16 = 1013;
-/// The client sent `state` or `event` messages faster than the server's per-connection limit.
+/// The client sent `state` messages, or `event`, `ping`, `join`, unknown messages and ping or
+/// pong frames, faster than the server's per-connection limits.
 pub const RATE_LIMITED: u16 = 4001;
 /// The client did not read fast enough: its reliable queue (events, joins, leaves) overflowed,
 /// or its socket took no byte for the write timeout.

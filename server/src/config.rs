@@ -75,8 +75,8 @@ pub struct Config {
     #[arg(long, env = "TICKRELAY_MAX_STATE_RATE", default_value_t = 120)]
     pub max_state_rate: u32,
 
-    /// Most `event`, `ping` and WebSocket ping frames per second per connection, with one
-    /// second of burst (more: close 4001).
+    /// Most `event`, `ping`, `join` and unknown messages and WebSocket ping and pong frames per
+    /// second per connection, with one second of burst (more: close 4001).
     #[arg(long, env = "TICKRELAY_MAX_EVENT_RATE", default_value_t = 60)]
     pub max_event_rate: u32,
 

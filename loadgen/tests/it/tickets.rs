@@ -64,6 +64,14 @@ async fn self_hosted_runs_with_a_secret_require_and_sign_tickets() {
     assert!(output.status.success(), "{}", describe(&output));
     assert_eq!(report["clients_joined_at_end"], 16);
     assert_eq!(report["parameters"]["tickets"], "HS256");
+    // The join rate of the ramp-up, the figure to compare with and without tickets.
+    let rate = &report["join_rate"];
+    assert_eq!(rate["clients"], 16, "{rate}");
+    assert!(
+        rate["per_second"].as_f64().is_some_and(|r| r > 0.0),
+        "{rate}"
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("joins (ramp-up)"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

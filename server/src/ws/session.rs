@@ -349,7 +349,17 @@ impl<'a> Session<'a> {
                         Flow::Continue
                     }
                 }
-                Kind::Pong => Flow::Continue,
+                // Unsolicited pongs are legal, and free to send: charged like pings.
+                Kind::Pong => {
+                    if self
+                        .event_limit
+                        .allow(std::time::Instant::now(), self.ctx.config.max_event_rate)
+                    {
+                        Flow::Continue
+                    } else {
+                        self.close(close::RATE_LIMITED)
+                    }
+                }
                 Kind::Text | Kind::Binary | Kind::Continuation => {
                     match self.messages.push(frame.kind, frame.fin, frame.payload) {
                         Ok(Some(message)) => match self.on_message(&message) {

@@ -357,18 +357,23 @@ async fn websocket_ping_flood_closes_with_4001() {
     let mut config = test_config();
     config.max_event_rate = 20;
     let server = spawn_server(config).await;
-    let (mut flooder, _, _) = Client::join(&server, Codec::MessagePack, "arena", "pinger").await;
-    for _ in 0..100 {
-        if flooder
-            .ws
-            .send(Message::Ping(vec![1, 2, 3].into()))
-            .await
-            .is_err()
-        {
-            break;
+    // Pings cost a pong each; unsolicited pongs are legal and cost a read: both are charged.
+    for frame in [
+        Message::Ping(vec![1, 2, 3].into()),
+        Message::Pong(vec![4].into()),
+    ] {
+        let (mut flooder, _, _) = Client::join(&server, Codec::MessagePack, "arena", "f").await;
+        for _ in 0..100 {
+            if flooder.ws.send(frame.clone()).await.is_err() {
+                break;
+            }
         }
+        assert_eq!(
+            flooder.expect_close_code().await,
+            close::RATE_LIMITED,
+            "{frame:?}"
+        );
     }
-    assert_eq!(flooder.expect_close_code().await, close::RATE_LIMITED);
 }
 
 #[tokio::test]
