@@ -337,29 +337,12 @@ impl<'a> Session<'a> {
             };
             let flow = match frame.kind {
                 Kind::Close => self.on_close(frame.payload.freeze()),
-                Kind::Ping => {
-                    // Pings count against the event rate: each one costs a pong write.
-                    if !self
-                        .event_limit
-                        .allow(std::time::Instant::now(), self.ctx.config.max_event_rate)
-                    {
-                        self.close(close::RATE_LIMITED)
-                    } else {
-                        self.outbox.push_pong(frame.payload.freeze());
-                        Flow::Continue
-                    }
-                }
-                // Unsolicited pongs are legal, and free to send: charged like pings.
-                Kind::Pong => {
-                    if self
-                        .event_limit
-                        .allow(std::time::Instant::now(), self.ctx.config.max_event_rate)
-                    {
-                        Flow::Continue
-                    } else {
-                        self.close(close::RATE_LIMITED)
-                    }
-                }
+                // Pings cost a pong write each; unsolicited pongs are legal and free to send.
+                Kind::Ping => self.over_event_rate().unwrap_or_else(|| {
+                    self.outbox.push_pong(frame.payload.freeze());
+                    Flow::Continue
+                }),
+                Kind::Pong => self.over_event_rate().unwrap_or(Flow::Continue),
                 Kind::Text | Kind::Binary | Kind::Continuation => {
                     match self.messages.push(frame.kind, frame.fin, frame.payload) {
                         Ok(Some(message)) => match self.on_message(&message) {
@@ -424,11 +407,8 @@ impl<'a> Session<'a> {
             Ok(message) => message,
             Err(DecodeError::UnknownType(t)) => {
                 // Each answer costs a write: charged like an event.
-                if !self
-                    .event_limit
-                    .allow(std::time::Instant::now(), self.ctx.config.max_event_rate)
-                {
-                    return Handled::Done(self.close(close::RATE_LIMITED));
+                if let Some(flow) = self.over_event_rate() {
+                    return Handled::Done(flow);
                 }
                 self.send_error(
                     ErrorCode::UnknownMessage,
@@ -453,8 +433,8 @@ impl<'a> Session<'a> {
             } => {
                 // A refused join costs a token too: verifying a ticket is CPU an attacker
                 // could otherwise spend at will.
-                if !self.event_limit.allow(now, self.ctx.config.max_event_rate) {
-                    return Handled::Done(self.close(close::RATE_LIMITED));
+                if let Some(flow) = self.over_event_rate() {
+                    return Handled::Done(flow);
                 }
                 return Handled::ForLobby(LobbyRequest::Join(Box::new(JoinMessage {
                     lobby,
@@ -466,8 +446,8 @@ impl<'a> Session<'a> {
                 })));
             }
             ClientMessage::Event { data } => {
-                if !self.event_limit.allow(now, self.ctx.config.max_event_rate) {
-                    return Handled::Done(self.close(close::RATE_LIMITED));
+                if let Some(flow) = self.over_event_rate() {
+                    return Handled::Done(flow);
                 }
                 if self.spectating("event") {
                     return Handled::Done(Flow::Continue);
@@ -492,21 +472,26 @@ impl<'a> Session<'a> {
                     Flow::Continue
                 }
             },
-            ClientMessage::Ping { client_time } => {
-                if !self.event_limit.allow(now, self.ctx.config.max_event_rate) {
-                    self.close(close::RATE_LIMITED)
-                } else {
-                    let pong = ServerMessage::Pong {
-                        client_time,
-                        server_time_us: unix_micros(),
-                    };
-                    self.send(&pong);
-                    Flow::Continue
-                }
-            }
+            ClientMessage::Ping { client_time } => self.over_event_rate().unwrap_or_else(|| {
+                let pong = ServerMessage::Pong {
+                    client_time,
+                    server_time_us: unix_micros(),
+                };
+                self.send(&pong);
+                Flow::Continue
+            }),
             ClientMessage::Leave => self.close(close::NORMAL),
         };
         Handled::Done(flow)
+    }
+
+    /// Charges one message or control frame (everything but a `state`) to the event rate:
+    /// `Some` (closing with 4001) when over it.
+    fn over_event_rate(&mut self) -> Option<Flow> {
+        let allowed = self
+            .event_limit
+            .allow(std::time::Instant::now(), self.ctx.config.max_event_rate);
+        (!allowed).then(|| self.close(close::RATE_LIMITED))
     }
 
     /// Why a `state` does not go into the input slot, if it does not: over the rate (closes),
