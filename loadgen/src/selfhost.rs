@@ -44,7 +44,7 @@ impl SelfHosted {
                 .max(60.0) as u32,
             // The clients sign tickets with this secret: the server verifies them.
             ticket_secret: tickrelay_server::config::TicketSecret {
-                ticket_secret: args.ticket_secret.clone(),
+                ticket_secret: args.ticket_secret.as_deref().map(Into::into),
                 ticket_secret_file: None,
             },
             ..Config::default()

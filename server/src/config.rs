@@ -172,7 +172,7 @@ pub struct Config {
     /// Secret that signs resume tokens. Nodes sharing it accept each other's tokens; default:
     /// random at each start (a restarted server refuses older tokens with seat_expired).
     #[arg(long, env = "TICKRELAY_RESUME_SECRET", hide_env_values = true)]
-    pub resume_secret: Option<String>,
+    pub resume_secret: Option<Secret>,
 
     /// Browser origins allowed to open WebSockets, comma-separated (e.g.
     /// `https://game.example,https://www.game.example`); others get HTTP 403 before the upgrade.
@@ -221,8 +221,37 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// A secret from the command line or the environment: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
 /// The HS256 ticket secret, shared by the server and the `ticket` subcommand.
-#[derive(Clone, Default, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct TicketSecret {
     /// The HS256 secret join tickets are signed with (at least 32 bytes): the server then
     /// requires a ticket from every join, and `ticket` signs with it. Prefer the environment
@@ -233,31 +262,18 @@ pub struct TicketSecret {
         hide_env_values = true,
         conflicts_with = "ticket_secret_file"
     )]
-    pub ticket_secret: Option<String>,
+    pub ticket_secret: Option<Secret>,
 
     /// Read the HS256 ticket secret from this file (one trailing newline is ignored).
     #[arg(long, env = "TICKRELAY_TICKET_SECRET_FILE", value_name = "FILE")]
     pub ticket_secret_file: Option<PathBuf>,
 }
 
-impl std::fmt::Debug for TicketSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the secret itself.
-        f.debug_struct("TicketSecret")
-            .field(
-                "ticket_secret",
-                &self.ticket_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .field("ticket_secret_file", &self.ticket_secret_file)
-            .finish()
-    }
-}
-
 impl TicketSecret {
     /// The secret, from the flag or the file; `None` when neither is given.
     pub fn load(&self) -> Result<Option<Vec<u8>>, ConfigError> {
         if let Some(secret) = &self.ticket_secret {
-            return Ok(Some(secret.clone().into_bytes()));
+            return Ok(Some(secret.expose().as_bytes().to_vec()));
         }
         let Some(path) = &self.ticket_secret_file else {
             return Ok(None);
@@ -528,6 +544,21 @@ mod tests {
                     .starts_with(&format!("invalid configuration: --{flag} "))
             );
         }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let config = parse(&[
+            "--ticket-secret",
+            "hunter2-hunter2",
+            "--resume-secret",
+            "swordfish",
+        ]);
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("swordfish"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -52,7 +52,7 @@ impl ServerContext {
         let metrics = Arc::new(Metrics::new());
         let tracker = TaskTracker::new();
         let resume_keys = Arc::new(ResumeKeys::new(
-            config.resume_secret.as_deref().map(str::as_bytes),
+            config.resume_secret.as_ref().map(|s| s.expose().as_bytes()),
         ));
         let resume = (!config.resume_grace.is_zero()).then(|| lobby::ResumeSettings {
             grace: config.resume_grace,
