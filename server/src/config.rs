@@ -338,6 +338,18 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+impl ConfigError {
+    /// The error for a key `flag` names that cannot be used (for `map_err`).
+    pub(crate) fn key(
+        flag: &'static str,
+    ) -> impl FnOnce(tickrelay_protocol::ticket::KeyError) -> Self {
+        move |err| Self {
+            flag,
+            problem: err.to_string(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         // The embedded defaults are the clap defaults; parsing no arguments yields them.
@@ -476,23 +488,17 @@ impl Config {
     /// The ticket verifier for the configured key (reading its file), or `None` when joins
     /// need no ticket.
     pub fn ticket_verifier(&self) -> Result<Option<TicketVerifier>, ConfigError> {
-        let invalid = |flag| {
-            move |err: tickrelay_protocol::ticket::KeyError| ConfigError {
-                flag,
-                problem: err.to_string(),
-            }
-        };
         if let Some(path) = &self.ticket_public_key {
             let pem = read_file("ticket-public-key", path)?;
             return TicketVerifier::ed25519_pem(&pem, self.ticket_leeway)
                 .map(Some)
-                .map_err(invalid("ticket-public-key"));
+                .map_err(ConfigError::key("ticket-public-key"));
         }
         match self.ticket_secret.load()? {
             None => Ok(None),
             Some(secret) => TicketVerifier::hs256(&secret, self.ticket_leeway)
                 .map(Some)
-                .map_err(invalid(self.ticket_secret.flag())),
+                .map_err(ConfigError::key(self.ticket_secret.flag())),
         }
     }
 

@@ -59,17 +59,11 @@ fn parse_role(value: &str) -> Result<Role, String> {
 impl TicketCommand {
     /// The signed ticket, valid from `now_secs` (Unix seconds) for `--ttl`.
     pub fn sign(&self, now_secs: u64) -> Result<String, ConfigError> {
-        let invalid = |flag| {
-            move |err: tickrelay_protocol::ticket::KeyError| ConfigError {
-                flag,
-                problem: err.to_string(),
-            }
-        };
         let signer = match (&self.private_key, self.secret.load()?) {
             (Some(path), _) => TicketSigner::ed25519_pem(&read_file("private-key", path)?)
-                .map_err(invalid("private-key"))?,
+                .map_err(ConfigError::key("private-key"))?,
             (None, Some(secret)) => {
-                TicketSigner::hs256(&secret).map_err(invalid(self.secret.flag()))?
+                TicketSigner::hs256(&secret).map_err(ConfigError::key(self.secret.flag()))?
             }
             (None, None) => {
                 return Err(ConfigError {

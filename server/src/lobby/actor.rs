@@ -158,6 +158,19 @@ struct Connection {
     codec: Codec,
 }
 
+impl Connection {
+    /// Queues an `error` for this member: the lobby refused something it sent. (Counting it
+    /// is the caller's: the tick counts its refusals once per tick.)
+    fn send_error(&self, code: ErrorCode, message: String, retry_after: Option<Duration>) {
+        let error = ServerMessage::Error {
+            code,
+            message,
+            retry_after_ms: retry_after.map(|wait| wait.as_millis().max(1) as u64),
+        };
+        let _ = self.outbox.push_reliable(self.codec.encode_server(&error));
+    }
+}
+
 /// A new lobby's command channel: the handle connections send on, the actor's inbox.
 pub(crate) fn channel() -> (LobbyHandle, mpsc::Receiver<Command>) {
     let (commands, inbox) = mpsc::channel(INBOX_CAPACITY);
@@ -601,15 +614,7 @@ impl Actor {
             return;
         };
         self.settings.metrics.error_sent(code.as_str());
-        let error = ServerMessage::Error {
-            code,
-            message,
-            retry_after_ms: retry_after.map(|wait| wait.as_millis().max(1) as u64),
-        };
-        let _ = member
-            .conn
-            .outbox
-            .push_reliable(member.conn.codec.encode_server(&error));
+        member.conn.send_error(code, message, retry_after);
     }
 
     /// Closes a connection whose seat a newer connection of the same identity took.
@@ -760,18 +765,13 @@ fn fan_out(state: &mut LobbyState<Connection>, now_us: u64, max_snapshot_bytes: 
                 member.set_state(seq, data);
             } else {
                 out.over_budget += 1;
-                let error = ServerMessage::Error {
-                    code: ErrorCode::StateTooLarge,
-                    message: format!(
-                        "a state of {} bytes would make this lobby's keyframe exceed {max_snapshot_bytes} bytes of states; dropped",
-                        data.len()
-                    ),
-                    retry_after_ms: None,
-                };
-                let _ = member
+                let message = format!(
+                    "a state of {} bytes would make this lobby's keyframe exceed {max_snapshot_bytes} bytes of states; dropped",
+                    data.len()
+                );
+                member
                     .conn
-                    .outbox
-                    .push_reliable(member.conn.codec.encode_server(&error));
+                    .send_error(ErrorCode::StateTooLarge, message, None);
             }
         }
         out.states_in += taken.states;

@@ -114,6 +114,11 @@ pub(crate) enum PushOutcome {
 }
 
 impl<C> MemberState<C> {
+    /// Whether `seat` (taken at its key) is this member's current one.
+    fn holds(&self, seat: Seat) -> bool {
+        self.id == seat.id && self.holder == seat.holder
+    }
+
     fn seat(&self, key: MemberKey) -> Seat {
         Seat {
             key,
@@ -259,11 +264,7 @@ impl<C> LobbyState<C> {
     ) -> Result<(), Duration> {
         let players = (self.members.len() - self.spectators).max(1);
         let share = (per_second / players).max(len).max(1) as f64;
-        let member = self
-            .members
-            .get_mut(seat.key)
-            .filter(|m| m.id == seat.id && m.holder == seat.holder)
-            .ok_or(Duration::ZERO)?;
+        let member = self.member_mut(seat).ok_or(Duration::ZERO)?;
         let cost = Duration::from_secs_f64(len as f64 / share);
         let spent = member.events_spent_until.map_or(now, |t| t.max(now)) + cost;
         // One second of burst: the share may be spent up to a second ahead.
@@ -298,11 +299,7 @@ impl<C> LobbyState<C> {
 
     /// Leaves `seat` away until `until`; false when the handle is stale.
     pub(crate) fn set_away(&mut self, seat: Seat, until: Instant) -> bool {
-        match self
-            .members
-            .get_mut(seat.key)
-            .filter(|m| m.id == seat.id && m.holder == seat.holder)
-        {
+        match self.member_mut(seat) {
             Some(member) => {
                 member.away_until = Some(until);
                 true
@@ -326,9 +323,7 @@ impl<C> LobbyState<C> {
     /// replaced connection, and whether the seat was away.
     pub(crate) fn take_over(&mut self, seat: Seat, conn: C) -> (Seat, C, bool) {
         let member = self
-            .members
-            .get_mut(seat.key)
-            .filter(|m| m.id == seat.id && m.holder == seat.holder)
+            .member_mut(seat)
             .expect("take_over is given a current seat");
         member.holder = member.holder.wrapping_add(1);
         member.phase = Phase::Joining;
@@ -389,9 +384,11 @@ impl<C> LobbyState<C> {
 
     /// The member holding `seat`, unless the handle is stale.
     pub(crate) fn member(&self, seat: Seat) -> Option<&MemberState<C>> {
-        self.members
-            .get(seat.key)
-            .filter(|m| m.id == seat.id && m.holder == seat.holder)
+        self.members.get(seat.key).filter(|m| m.holds(seat))
+    }
+
+    fn member_mut(&mut self, seat: Seat) -> Option<&mut MemberState<C>> {
+        self.members.get_mut(seat.key).filter(|m| m.holds(seat))
     }
 
     pub(crate) fn members(&self) -> impl Iterator<Item = (MemberKey, &MemberState<C>)> {

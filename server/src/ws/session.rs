@@ -117,18 +117,16 @@ pub(crate) async fn serve<R, W>(
     // from several frames are checked by the session's `Reassembler`.
     let mut ws = FrameReader::new(read, framing::Role::Server, config.max_message_size);
 
+    let mut session = Session::new(&ctx, outbox.clone(), codec);
     if let Some(code) = refuse {
         // Shed after the upgrade (a browser cannot read an HTTP status): say when to return.
-        let overloaded = ServerMessage::Error {
-            code: ErrorCode::Overloaded,
-            message: "server full: no connection slot free".into(),
-            retry_after_ms: Some(super::FULL_RETRY_AFTER.as_millis() as u64),
-        };
-        ctx.metrics.error_sent(ErrorCode::Overloaded.as_str());
-        let _ = outbox.push_reliable(codec.encode_server(&overloaded));
+        session.send_error_retry(
+            ErrorCode::Overloaded,
+            "server full: no connection slot free".into(),
+            Some(super::FULL_RETRY_AFTER),
+        );
         outbox.close(code);
     }
-    let mut session = Session::new(&ctx, outbox.clone(), codec);
     let mut end = session.read_loop(&mut ws, &mut writer).await;
     let player = session.player_id();
     if let Some(joined) = session.joined.take() {
@@ -720,12 +718,17 @@ impl<'a> Session<'a> {
     /// Refuses one request. Logged at debug only: `tickrelay_errors_sent` counts these, and a
     /// misbehaving client must not be able to flood the log.
     fn send_error(&self, code: ErrorCode, message: String) {
+        self.send_error_retry(code, message, None);
+    }
+
+    /// [`send_error`](Self::send_error) telling the client when to try again.
+    fn send_error_retry(&self, code: ErrorCode, message: String, retry_after: Option<Duration>) {
         debug!(player = self.player_id(), code = code.as_str(), %message, "refused client request");
         self.ctx.metrics.error_sent(code.as_str());
         self.send(&ServerMessage::Error {
             code,
             message,
-            retry_after_ms: None,
+            retry_after_ms: retry_after.map(|wait| wait.as_millis() as u64),
         });
     }
 }
