@@ -11,7 +11,7 @@ const MAX: usize = 4096;
 fuzz_target!(|bytes: &[u8]| {
     for role in [Role::Server, Role::Client] {
         let decoder = Decoder::new(role, MAX);
-        let mut messages = Reassembler::new(Kind::Binary, MAX);
+        let mut messages = Reassembler::new(None, MAX);
         let mut buffer = BytesMut::from(bytes);
         // Every frame the bytes hold, until they run out or break the protocol.
         while let Ok(Some(frame)) = decoder.decode(&mut buffer) {
@@ -23,7 +23,12 @@ fuzz_target!(|bytes: &[u8]| {
                 }
                 Kind::Ping | Kind::Pong => {}
                 kind => match messages.push(kind, frame.fin, frame.payload) {
-                    Ok(Some(message)) => assert!(message.len() <= MAX),
+                    Ok(Some(message)) => {
+                        assert!(message.payload.len() <= MAX);
+                        if message.kind == Kind::Text {
+                            assert!(std::str::from_utf8(&message.payload).is_ok());
+                        }
+                    }
                     Ok(None) => {}
                     Err(_) => break,
                 },

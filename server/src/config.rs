@@ -215,6 +215,13 @@ pub struct Config {
     )]
     pub ip_limit_exempt: Networks,
 
+    /// Serve `/echo`, a WebSocket endpoint that sends every message back as it came (text as
+    /// text, binary as binary) through the same frame reader, reassembly, limits and writer
+    /// as `/ws`: for conformance suites (Autobahn). Off by default. Each message is charged to
+    /// --max-event-rate.
+    #[arg(long, env = "TICKRELAY_ECHO_ENDPOINT")]
+    pub echo_endpoint: bool,
+
     /// Log line format on stderr: `text` for people, `json` (one object per line) for log
     /// pipelines. Filter with RUST_LOG (default `info`).
     #[arg(long, env = "TICKRELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

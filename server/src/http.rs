@@ -42,11 +42,10 @@ pub(crate) async fn route(
     if !served {
         return Ok(not_found(surface));
     }
+    if let Some(endpoint) = ws::Endpoint::at(path, ctx.config.echo_endpoint) {
+        return Ok(ws::upgrade(&ctx, request, peer, endpoint).unwrap_or_else(render_refusal));
+    }
     let response = match path {
-        "/ws" => match ws::upgrade(&ctx, request, peer) {
-            Ok(switching) => switching,
-            Err(refusal) => render_refusal(refusal),
-        },
         "/healthz" => text_response(StatusCode::OK, "ok\n"),
         "/lobbies" => match stats::lobbies(&ctx, request.uri().query()) {
             Ok(page) => json_response(&page, false),

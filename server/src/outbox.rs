@@ -32,6 +32,11 @@ pub(crate) trait DirectSink: Send + Sync {
     fn try_write(&self, head: &[u8], payload: &[u8]) -> io::Result<usize>;
 }
 
+/// Unsent pongs kept for a peer: each ping is answered (RFC 6455 5.5.3 allows answering only
+/// the latest, but peers such as Autobahn expect one pong per ping), and a ping flood, already
+/// charged to the event rate, cannot grow memory past this.
+pub(crate) const MAX_PENDING_PONGS: usize = 16;
+
 /// What the writer takes out in one wake-up.
 #[derive(Default)]
 pub(crate) struct Batch {
@@ -39,10 +44,10 @@ pub(crate) struct Batch {
     pub(crate) partial: Option<Bytes>,
     /// Whether to send a WebSocket ping (keep-alive).
     pub(crate) ping: bool,
-    /// The pong owed to the peer for its latest ping, written first.
-    pub(crate) pong: Option<Bytes>,
-    /// Reliable messages in order, then at most one snapshot.
-    pub(crate) messages: Vec<Bytes>,
+    /// The pongs owed to the peer for its pings, oldest first, written first.
+    pub(crate) pongs: Vec<Bytes>,
+    /// Reliable messages in order, then at most one snapshot, each with its frame's kind.
+    pub(crate) messages: Vec<(Kind, Bytes)>,
     /// Set when the connection must close after this batch: the close frame's payload.
     pub(crate) close: Option<Bytes>,
 }
@@ -51,7 +56,7 @@ impl Batch {
     pub(crate) fn is_empty(&self) -> bool {
         self.partial.is_none()
             && !self.ping
-            && self.pong.is_none()
+            && self.pongs.is_empty()
             && self.messages.is_empty()
             && self.close.is_none()
     }
@@ -59,7 +64,7 @@ impl Batch {
     pub(crate) fn clear(&mut self) {
         self.partial = None;
         self.ping = false;
-        self.pong = None;
+        self.pongs.clear();
         self.messages.clear();
         self.close = None;
     }
@@ -117,11 +122,12 @@ struct Inner {
     partial: Option<Bytes>,
     ping: bool,
     snapshot: Option<Bytes>,
-    reliable: VecDeque<Bytes>,
+    /// With their frames' kind: the codec's, or the peer's own on the echo endpoint.
+    reliable: VecDeque<(Kind, Bytes)>,
     /// The bytes of `reliable`.
     reliable_bytes: usize,
-    /// Only the latest ping is answered (RFC 6455 5.5.3), so a ping flood cannot grow memory.
-    pong: Option<Bytes>,
+    /// Unsent pongs, at most [`MAX_PENDING_PONGS`].
+    pongs: VecDeque<Bytes>,
     /// The close code and frame payload, once a close is decided (the first decision wins).
     close: Option<(u16, Bytes)>,
     close_taken: bool,
@@ -134,7 +140,7 @@ impl Inner {
             && !self.ping
             && self.snapshot.is_none()
             && self.reliable.is_empty()
-            && self.pong.is_none()
+            && self.pongs.is_empty()
     }
 }
 
@@ -222,6 +228,12 @@ impl Outbox {
     /// bytes) the connection is closed with
     /// [`SLOW_CONSUMER`](tickrelay_protocol::close::SLOW_CONSUMER).
     pub(crate) fn push_reliable(&self, frame: Bytes) -> Result<(), PushError> {
+        self.push_message(self.data_kind, frame)
+    }
+
+    /// [`push_reliable`](Self::push_reliable) as a frame of `kind` (the echo endpoint answers
+    /// text with text and binary with binary).
+    pub(crate) fn push_message(&self, kind: Kind, frame: Bytes) -> Result<(), PushError> {
         {
             let mut inner = self.lock();
             if inner.close.is_some() {
@@ -235,15 +247,22 @@ impl Outbox {
                 return Err(PushError::Overflow);
             }
             inner.reliable_bytes += frame.len();
-            inner.reliable.push_back(frame);
+            inner.reliable.push_back((kind, frame));
         }
         self.wake_writer.notify_one();
         Ok(())
     }
 
-    /// Owes the peer a pong with this payload (replacing an unsent one).
+    /// Owes the peer a pong with this payload. Beyond [`MAX_PENDING_PONGS`] unsent ones the
+    /// oldest is forgotten.
     pub(crate) fn push_pong(&self, payload: Bytes) {
-        self.lock().pong = Some(payload);
+        {
+            let mut inner = self.lock();
+            if inner.pongs.len() == MAX_PENDING_PONGS {
+                inner.pongs.pop_front();
+            }
+            inner.pongs.push_back(payload);
+        }
         self.wake_writer.notify_one();
     }
 
@@ -286,12 +305,13 @@ impl Outbox {
         let mut inner = self.lock();
         batch.partial = inner.partial.take();
         batch.ping = std::mem::take(&mut inner.ping);
-        if let Some(pong) = inner.pong.take() {
-            batch.pong = Some(pong);
-        }
+        batch.pongs.extend(inner.pongs.drain(..));
         batch.messages.extend(inner.reliable.drain(..));
         inner.reliable_bytes = 0;
-        batch.messages.extend(inner.snapshot.take());
+        let snapshot = inner.snapshot.take();
+        batch
+            .messages
+            .extend(snapshot.map(|frame| (self.data_kind, frame)));
         if !inner.close_taken
             && let Some((_, payload)) = &inner.close
         {
@@ -316,6 +336,10 @@ mod tests {
         Bytes::from_static(s.as_bytes())
     }
 
+    fn binary(s: &'static str) -> (Kind, Bytes) {
+        (Kind::Binary, frame(s))
+    }
+
     #[test]
     fn a_keyframe_replaces_an_unsent_snapshot_and_a_delta_keeps_it() {
         let outbox = Outbox::new(4, 1 << 20, Kind::Binary, None, CancellationToken::new());
@@ -327,7 +351,7 @@ mod tests {
         outbox.drain_into(&mut batch);
         assert_eq!(
             batch.messages,
-            vec![frame("k2")],
+            vec![binary("k2")],
             "the kept push never queued"
         );
         batch.clear();
@@ -349,8 +373,31 @@ mod tests {
         outbox.drain_into(&mut batch);
         assert_eq!(
             batch.messages,
-            vec![frame("e1"), frame("e2"), frame("snap")]
+            vec![binary("e1"), binary("e2"), binary("snap")]
         );
+        outbox.push_message(Kind::Text, frame("echo")).unwrap();
+        outbox.push_snapshot(frame("snap"), IfUnsent::Keep).unwrap();
+        batch.clear();
+        outbox.drain_into(&mut batch);
+        assert_eq!(
+            batch.messages,
+            vec![(Kind::Text, frame("echo")), binary("snap")],
+            "a message keeps its own kind"
+        );
+    }
+
+    #[test]
+    fn every_ping_is_answered_up_to_a_bound() {
+        let outbox = Outbox::new(4, 1 << 20, Kind::Binary, None, CancellationToken::new());
+        let payloads: Vec<Bytes> = (0..MAX_PENDING_PONGS + 4)
+            .map(|i| Bytes::from(i.to_string()))
+            .collect();
+        for payload in &payloads {
+            outbox.push_pong(payload.clone());
+        }
+        let mut batch = Batch::default();
+        outbox.drain_into(&mut batch);
+        assert_eq!(batch.pongs, payloads[4..], "the newest, oldest first");
     }
 
     #[test]
@@ -509,8 +556,8 @@ mod direct_tests {
         if let Some(tail) = batch.partial.take() {
             wire.extend_from_slice(&tail);
         }
-        for message in batch.messages.drain(..) {
-            wire.extend_from_slice(FrameHead::new(Kind::Binary, message.len()).as_slice());
+        for (kind, message) in batch.messages.drain(..) {
+            wire.extend_from_slice(FrameHead::new(kind, message.len()).as_slice());
             wire.extend_from_slice(&message);
         }
         let mut rest = &wire[..];

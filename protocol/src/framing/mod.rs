@@ -310,51 +310,94 @@ pub const fn close_code_allowed(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
-/// Collects a message's frames into one message, enforcing the order rules and a total size
-/// limit. Data frames must be of the kind the connection's codec uses (`expected`).
+/// Collects a message's frames into one message, enforcing the order rules, a total size
+/// limit and, for text, UTF-8 (RFC 6455 8.1). Data frames must be of the kind the connection's
+/// codec uses (`expected`), or of either kind (`None`, the echo endpoint).
+///
+/// Text is validated frame by frame as fragments arrive, so a message that can no longer be
+/// UTF-8 fails at the first bad frame rather than at its end; a code point split across two
+/// frames is fine.
 #[derive(Debug)]
 pub struct Reassembler {
-    expected: Kind,
+    expected: Option<Kind>,
     max_message: usize,
-    /// The bytes so far of a fragmented message being reassembled (its first frame's kind was
-    /// checked when it came).
-    fragments: Option<BytesMut>,
+    /// The message being reassembled from fragments: its kind and bytes so far.
+    fragments: Option<(Kind, BytesMut)>,
+    /// How much of a fragmented text message's bytes are known to be whole UTF-8.
+    checked: usize,
+}
+
+/// One whole data message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Message {
+    /// [`Kind::Text`] or [`Kind::Binary`].
+    pub kind: Kind,
+    pub payload: Bytes,
 }
 
 impl Reassembler {
-    pub const fn new(expected: Kind, max_message: usize) -> Self {
+    pub const fn new(expected: Option<Kind>, max_message: usize) -> Self {
         Self {
             expected,
             max_message,
             fragments: None,
+            checked: 0,
         }
     }
 
     /// Adds a data frame. Returns the whole message when its last frame arrives, or the close
-    /// code for a protocol violation (1002), a frame of the wrong kind (1003) or a message over
-    /// the limit (1009).
-    pub fn push(&mut self, kind: Kind, fin: bool, payload: BytesMut) -> Result<Option<Bytes>, u16> {
-        match (kind, self.fragments.as_mut()) {
-            (Kind::Continuation, None) => Err(close::PROTOCOL_ERROR),
-            (Kind::Continuation, Some(buffer)) => {
+    /// code for a protocol violation (1002), a frame of the wrong kind (1003), text that is
+    /// not UTF-8 (1007) or a message over the limit (1009).
+    pub fn push(
+        &mut self,
+        kind: Kind,
+        fin: bool,
+        payload: BytesMut,
+    ) -> Result<Option<Message>, u16> {
+        let (kind, buffer) = match (kind, self.fragments.as_mut()) {
+            (Kind::Continuation, None) => return Err(close::PROTOCOL_ERROR),
+            (Kind::Continuation, Some((kind, buffer))) => {
                 if buffer.len() + payload.len() > self.max_message {
                     return Err(close::MESSAGE_TOO_BIG);
                 }
                 buffer.extend_from_slice(&payload);
-                if !fin {
-                    return Ok(None);
-                }
-                Ok(self.fragments.take().map(BytesMut::freeze))
+                (*kind, buffer)
             }
-            (_, Some(_)) => Err(close::PROTOCOL_ERROR),
-            (kind, None) if kind != self.expected => Err(close::UNSUPPORTED_DATA),
+            (_, Some(_)) => return Err(close::PROTOCOL_ERROR),
+            (kind, None) if self.expected.is_some_and(|expected| expected != kind) => {
+                return Err(close::UNSUPPORTED_DATA);
+            }
             // A whole message in one frame: the frame's own bytes, no copy.
-            (_, None) if fin => Ok(Some(payload.freeze())),
-            (_, None) => {
-                self.fragments = Some(payload);
-                Ok(None)
+            (kind, None) if fin => {
+                if kind == Kind::Text && std::str::from_utf8(&payload).is_err() {
+                    return Err(close::INVALID_PAYLOAD);
+                }
+                let payload = payload.freeze();
+                return Ok(Some(Message { kind, payload }));
+            }
+            (kind, None) => {
+                self.checked = 0;
+                let (_, buffer) = self.fragments.insert((kind, payload));
+                (kind, buffer)
+            }
+        };
+        if kind == Kind::Text {
+            match std::str::from_utf8(&buffer[self.checked..]) {
+                Ok(_) => self.checked = buffer.len(),
+                // Cut short inside a code point: fine while more frames may follow.
+                Err(err) if err.error_len().is_none() && !fin => {
+                    self.checked += err.valid_up_to();
+                }
+                Err(_) => return Err(close::INVALID_PAYLOAD),
             }
         }
+        if !fin {
+            return Ok(None);
+        }
+        Ok(self.fragments.take().map(|(kind, buffer)| Message {
+            kind,
+            payload: buffer.freeze(),
+        }))
     }
 }
 
@@ -593,10 +636,14 @@ mod tests {
     #[test]
     fn reassembly_joins_fragments_and_enforces_order_kind_and_size() {
         let part = |s: &str| BytesMut::from(s.as_bytes());
-        let mut messages = Reassembler::new(Kind::Binary, 6);
+        let binary = |s: &'static str| Message {
+            kind: Kind::Binary,
+            payload: Bytes::from(s),
+        };
+        let mut messages = Reassembler::new(Some(Kind::Binary), 6);
         assert_eq!(
             messages.push(Kind::Binary, true, part("one")),
-            Ok(Some(Bytes::from("one")))
+            Ok(Some(binary("one")))
         );
         assert_eq!(messages.push(Kind::Binary, false, part("ab")), Ok(None));
         assert_eq!(
@@ -605,7 +652,7 @@ mod tests {
         );
         assert_eq!(
             messages.push(Kind::Continuation, true, part("ef")),
-            Ok(Some(Bytes::from("abcdef")))
+            Ok(Some(binary("abcdef")))
         );
         // Over the total limit across fragments.
         assert_eq!(messages.push(Kind::Binary, false, part("abcd")), Ok(None));
@@ -614,7 +661,7 @@ mod tests {
             Err(close::MESSAGE_TOO_BIG)
         );
 
-        let mut messages = Reassembler::new(Kind::Binary, 64);
+        let mut messages = Reassembler::new(Some(Kind::Binary), 64);
         assert_eq!(
             messages.push(Kind::Continuation, true, part("x")),
             Err(close::PROTOCOL_ERROR)
@@ -630,10 +677,62 @@ mod tests {
             "a new message mid-message"
         );
 
-        let mut messages = Reassembler::new(Kind::Binary, 64);
+        let mut messages = Reassembler::new(Some(Kind::Binary), 64);
         assert_eq!(
             messages.push(Kind::Text, false, part("x")),
             Err(close::UNSUPPORTED_DATA)
+        );
+    }
+
+    #[test]
+    fn text_is_utf8_checked_per_fragment_and_either_kind_is_taken_when_asked() {
+        let part = |b: &[u8]| BytesMut::from(b);
+        let text = |s: &str| Message {
+            kind: Kind::Text,
+            payload: Bytes::copy_from_slice(s.as_bytes()),
+        };
+        let mut messages = Reassembler::new(None, 64);
+        assert_eq!(
+            messages.push(Kind::Text, true, part("κόσμε".as_bytes())),
+            Ok(Some(text("κόσμε")))
+        );
+        assert_eq!(
+            messages.push(Kind::Binary, true, part(&[0xff])),
+            Ok(Some(Message {
+                kind: Kind::Binary,
+                payload: Bytes::from_static(&[0xff])
+            })),
+            "binary is never checked"
+        );
+        assert_eq!(
+            messages.push(Kind::Text, true, part(&[0xce, 0xba, 0xff])),
+            Err(close::INVALID_PAYLOAD)
+        );
+        // A code point split across three frames is whole text.
+        let kappa = "κ".as_bytes();
+        let mut messages = Reassembler::new(None, 64);
+        assert_eq!(messages.push(Kind::Text, false, part(b"a")), Ok(None));
+        assert_eq!(
+            messages.push(Kind::Continuation, false, part(&kappa[..1])),
+            Ok(None)
+        );
+        assert_eq!(
+            messages.push(Kind::Continuation, true, part(&kappa[1..])),
+            Ok(Some(text("aκ")))
+        );
+        // Fail fast: the first frame that cannot start valid UTF-8 fails, before the end.
+        assert_eq!(messages.push(Kind::Text, false, part(b"ok")), Ok(None));
+        assert_eq!(
+            messages.push(Kind::Continuation, false, part(&[0xed, 0xa0, 0x80])),
+            Err(close::INVALID_PAYLOAD),
+            "a surrogate"
+        );
+        // A message that ends inside a code point is not text.
+        let mut messages = Reassembler::new(None, 64);
+        assert_eq!(messages.push(Kind::Text, false, part(b"a")), Ok(None));
+        assert_eq!(
+            messages.push(Kind::Continuation, true, part(&kappa[..1])),
+            Err(close::INVALID_PAYLOAD)
         );
     }
 }

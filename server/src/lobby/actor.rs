@@ -929,7 +929,7 @@ mod tests {
         batch
             .messages
             .iter()
-            .filter_map(|frame| match Codec::MessagePack.decode_server(frame) {
+            .filter_map(|(_, frame)| match Codec::MessagePack.decode_server(frame) {
                 Ok(ServerMessage::Snapshot(snapshot)) => Some(snapshot),
                 _ => None,
             })

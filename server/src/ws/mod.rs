@@ -70,17 +70,40 @@ impl Refusal {
     }
 }
 
+/// Which WebSocket endpoint a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// `/ws`: the relay.
+    Relay,
+    /// `/echo` (with `--echo-endpoint`): every message sent back as it came, for conformance
+    /// suites; the same reader, limits and writer as the relay.
+    Echo,
+}
+
+impl Endpoint {
+    /// The endpoint served at `path`, if any (`/echo` only when enabled).
+    pub(crate) fn at(path: &str, echo_enabled: bool) -> Option<Self> {
+        match path {
+            "/ws" => Some(Self::Relay),
+            "/echo" if echo_enabled => Some(Self::Echo),
+            _ => None,
+        }
+    }
+}
+
 /// What a client shed for want of a connection slot is told to wait (nothing says when a
 /// slot frees; clients add their own jitter).
 pub(crate) const FULL_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Handles `GET /ws`: validates the upgrade, answers 101 and spawns the connection.
+/// Handles `GET /ws` (or `/echo`): validates the upgrade, answers 101 and spawns the
+/// connection.
 pub(crate) fn upgrade(
     ctx: &Arc<ServerContext>,
     mut request: Request<Incoming>,
     peer: SocketAddr,
+    endpoint: Endpoint,
 ) -> Result<Response<Full<Bytes>>, Refusal> {
     if !fastwebsockets::upgrade::is_upgrade_request(&request) {
         // A 426 names the protocol to upgrade to (RFC 9110 15.5.22).
@@ -139,7 +162,13 @@ pub(crate) fn upgrade(
         match upgraded {
             Ok(io) => {
                 info!(%peer, codec = codec.name(), "connection opened");
-                run_connection(&ctx, io, codec, peer, refuse).await;
+                let session = session::Setup {
+                    codec,
+                    peer,
+                    refuse,
+                    endpoint,
+                };
+                run_connection(&ctx, io, session).await;
             }
             Err(err) => {
                 info!(%peer, %err, "websocket upgrade failed");
@@ -156,9 +185,7 @@ pub(crate) fn upgrade(
 fn run_connection(
     ctx: &Arc<ServerContext>,
     io: hyper::upgrade::Upgraded,
-    codec: Codec,
-    peer: SocketAddr,
-    refuse: Option<u16>,
+    setup: session::Setup,
 ) -> impl Future<Output = ()> + Send + use<> {
     // Unwrap hyper's upgraded stream back into the TcpStream so reads and writes go through
     // tokio's lock-free owned halves. Bytes hyper read past the request (a client that sent
@@ -177,15 +204,7 @@ fn run_connection(
             // connection.
             let direct: Option<Arc<dyn crate::outbox::DirectSink>> = Some(write.clone());
             let write = SharedTcpWrite(write);
-            Either::Left(session::serve(
-                ctx.clone(),
-                read,
-                write,
-                direct,
-                codec,
-                peer,
-                refuse,
-            ))
+            Either::Left(session::serve(ctx.clone(), read, write, direct, setup))
         }
         Err(io) => {
             let (read, write) = tokio::io::split(TokioIo::new(io));
@@ -195,9 +214,7 @@ fn run_connection(
                 read,
                 write,
                 None,
-                codec,
-                peer,
-                refuse,
+                setup,
             )))
         }
     }

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, timeout};
 use tracing::{debug, info};
 
+use super::Endpoint;
 use super::rate::RateLimit;
 use super::writer::{WriteSide, Writer, WriterEnd};
 use crate::clock::unix_micros;
@@ -79,22 +80,34 @@ impl EndReason {
     }
 }
 
+/// What the upgrade decided about a connection.
+pub(crate) struct Setup {
+    pub(crate) codec: Codec,
+    pub(crate) peer: SocketAddr,
+    /// Close at once with this code (the server is full).
+    pub(crate) refuse: Option<u16>,
+    pub(crate) endpoint: Endpoint,
+}
+
 /// Serves one upgraded connection to its end. `read`/`write` are the two halves of the
 /// stream (plain TCP today, TLS later); `direct` is the TCP write half again when the tick may
-/// write snapshots straight into it. With `refuse`, the connection is closed at once with that
-/// code.
+/// write snapshots straight into it.
 pub(crate) async fn serve<R, W>(
     ctx: Arc<ServerContext>,
     read: R,
     write: W,
     direct: Option<Arc<dyn DirectSink>>,
-    codec: Codec,
-    peer: SocketAddr,
-    refuse: Option<u16>,
+    setup: Setup,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let Setup {
+        codec,
+        peer,
+        refuse,
+        endpoint,
+    } = setup;
     let config = &ctx.config;
     // A child of the server's shutdown token: shutdown stops the read loop like a close
     // decision, and the loop turns it into 1001.
@@ -108,7 +121,6 @@ pub(crate) async fn serve<R, W>(
     let mut writer = WriteSide::new(Writer {
         socket: write,
         outbox: outbox.clone(),
-        codec,
         metrics: ctx.metrics.clone(),
         write_timeout: config.write_timeout,
     });
@@ -117,7 +129,7 @@ pub(crate) async fn serve<R, W>(
     // from several frames are checked by the session's `Reassembler`.
     let mut ws = FrameReader::new(read, framing::Role::Server, config.max_message_size);
 
-    let mut session = Session::new(&ctx, outbox.clone(), codec);
+    let mut session = Session::new(&ctx, outbox.clone(), codec, endpoint);
     if let Some(code) = refuse {
         // Shed after the upgrade (a browser cannot read an HTTP status): say when to return.
         session.send_error_retry(
@@ -190,6 +202,8 @@ struct Session<'a> {
     input: Arc<InputSlot>,
     codec: Codec,
     joined: Option<Joined>,
+    /// The echo endpoint: messages go back to the peer, not to a lobby.
+    echo: bool,
     state_limit: RateLimit,
     event_limit: RateLimit,
     messages: Reassembler,
@@ -227,17 +241,26 @@ enum Flow {
 }
 
 impl<'a> Session<'a> {
-    fn new(ctx: &'a Arc<ServerContext>, outbox: Arc<Outbox>, codec: Codec) -> Self {
+    fn new(
+        ctx: &'a Arc<ServerContext>,
+        outbox: Arc<Outbox>,
+        codec: Codec,
+        endpoint: Endpoint,
+    ) -> Self {
         let now = std::time::Instant::now();
+        let echo = endpoint == Endpoint::Echo;
+        // The relay takes the codec's frame kind only; the echo endpoint takes both.
+        let kind = (!echo).then(|| codec.frame_kind());
         Self {
             ctx,
             outbox,
             input: Arc::default(),
             codec,
             joined: None,
+            echo,
             state_limit: RateLimit::new(ctx.config.max_state_rate, now),
             event_limit: RateLimit::new(ctx.config.max_event_rate, now),
-            messages: Reassembler::new(codec.frame_kind(), ctx.config.max_message_size),
+            messages: Reassembler::new(kind, ctx.config.max_message_size),
             messages_in: 0,
         }
     }
@@ -282,7 +305,8 @@ impl<'a> Session<'a> {
         tokio::pin!(pushed);
         let mut last_activity = Instant::now();
         loop {
-            let joined = self.joined.is_some();
+            // The echo endpoint never joins: it is held to the idle timeout from the start.
+            let joined = self.joined.is_some() || self.echo;
             let read = {
                 // One read future stays alive across timer checks and flushes (creating one per
                 // wake-up would cost more); it is cancel-safe, so the close linger after the
@@ -343,7 +367,8 @@ impl<'a> Session<'a> {
                 Kind::Pong => self.over_event_rate().unwrap_or(Flow::Continue),
                 Kind::Text | Kind::Binary | Kind::Continuation => {
                     match self.messages.push(frame.kind, frame.fin, frame.payload) {
-                        Ok(Some(message)) => match self.on_message(&message) {
+                        Ok(Some(message)) if self.echo => self.on_echo(message),
+                        Ok(Some(message)) => match self.on_message(&message.payload) {
                             Handled::Done(flow) => flow,
                             // Boxed: joins and events are rare, and awaiting them inline
                             // would size every connection's task for them.
@@ -384,6 +409,18 @@ impl<'a> Session<'a> {
             }
             CloseCheck::Invalid(code) => self.close(code),
         }
+    }
+
+    /// The echo endpoint: the message goes back as it came, charged to the event rate like
+    /// anything else that costs a write.
+    fn on_echo(&mut self, message: framing::Message) -> Flow {
+        self.messages_in += 1;
+        self.input.count(message.payload.len());
+        self.over_event_rate().unwrap_or_else(|| {
+            // Refused only when closing, or on overflow (closing with 4002).
+            let _ = self.outbox.push_message(message.kind, message.payload);
+            Flow::Continue
+        })
     }
 
     /// Handles a message that needs no waiting (states, pings, errors); joins and events go

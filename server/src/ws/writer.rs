@@ -10,9 +10,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use tickrelay_protocol::close;
 use tickrelay_protocol::framing::{FrameHead, Kind};
-use tickrelay_protocol::{Codec, close};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -25,7 +24,6 @@ const MAX_IOVECS: usize = 1024;
 pub(crate) struct Writer<W> {
     pub(crate) socket: W,
     pub(crate) outbox: Arc<Outbox>,
-    pub(crate) codec: Codec,
     pub(crate) metrics: Arc<Metrics>,
     /// No byte written for this long means the client stopped reading: close it as slow.
     pub(crate) write_timeout: Duration,
@@ -82,7 +80,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Writer<W> {
                     return Some(WriterEnd::Stalled);
                 }
             }
-            let message_bytes: usize = batch.messages.iter().map(Bytes::len).sum();
+            let message_bytes: usize = batch.messages.iter().map(|(_, m)| m.len()).sum();
             self.metrics
                 .messages_out
                 .inc_by(batch.messages.len() as u64);
@@ -98,13 +96,12 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Writer<W> {
     }
 
     fn frames<'b>(&self, batch: &'b Batch) -> Vec<(Kind, &'b [u8])> {
-        let data_kind = self.codec.frame_kind();
         let mut frames = Vec::with_capacity(batch.messages.len() + 3);
         if batch.ping {
             frames.push((Kind::Ping, &[][..]));
         }
-        frames.extend(batch.pong.iter().map(|p| (Kind::Pong, &p[..])));
-        frames.extend(batch.messages.iter().map(|m| (data_kind, &m[..])));
+        frames.extend(batch.pongs.iter().map(|p| (Kind::Pong, &p[..])));
+        frames.extend(batch.messages.iter().map(|(kind, m)| (*kind, &m[..])));
         if let Some(close) = &batch.close {
             frames.push((Kind::Close, &close[..]));
         }
@@ -210,6 +207,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> WriteSide<W> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use tokio::io::AsyncReadExt;
     use tokio_util::sync::CancellationToken;
 
@@ -222,7 +220,6 @@ mod tests {
         Writer {
             socket,
             outbox: outbox.clone(),
-            codec: Codec::MessagePack,
             metrics: Arc::new(Metrics::new()),
             write_timeout: Duration::from_millis(100),
         }

@@ -4,6 +4,7 @@ mod support;
 
 mod admission;
 mod browser;
+mod echo;
 mod http;
 mod limits;
 mod lobby;

@@ -12,23 +12,15 @@ use hyper::Request;
 use hyper::header::{CONNECTION, UPGRADE};
 use hyper_util::rt::TokioExecutor;
 use tickrelay_protocol::{ClientMessage, Codec, ErrorCode, ServerMessage, close};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{
-    Client, Closed, RECV_TIMEOUT, WAIT_TIMEOUT, payload, spawn_server, test_config, wait_until,
+    Client, Closed, RECV_TIMEOUT, WAIT_TIMEOUT, masked_frame, payload, spawn_server, test_config,
+    wait_until,
 };
-
-async fn write_raw(client: &mut Client, bytes: &[u8]) {
-    match client.ws.get_mut() {
-        MaybeTlsStream::Plain(tcp) => tcp.write_all(bytes).await.unwrap(),
-        _ => unreachable!("tests use plain TCP"),
-    }
-}
 
 #[tokio::test]
 async fn malformed_frame_closes_only_that_connection_with_1002() {
@@ -36,7 +28,7 @@ async fn malformed_frame_closes_only_that_connection_with_1002() {
     let (mut broken, _, _) = Client::join(&server, Codec::MessagePack, "arena", "broken").await;
     let (mut fine, _, _) = Client::join(&server, Codec::MessagePack, "arena", "fine").await;
     // FIN + all three reserved bits + opcode 0x3 (reserved), masked, empty.
-    write_raw(&mut broken, &[0xF3, 0x80, 1, 2, 3, 4]).await;
+    broken.write_raw(&[0xF3, 0x80, 1, 2, 3, 4]).await;
     assert_eq!(broken.expect_close_code().await, close::PROTOCOL_ERROR);
     for _ in 0..3 {
         fine.next_snapshot().await;
@@ -322,10 +314,6 @@ async fn silent_tcp_connection_is_dropped_after_handshake_timeout() {
 }
 
 /// A masked client frame with `first` byte (FIN, opcode) and `payload`.
-fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    tickrelay_protocol::framing::encode_frame(first, payload, Some([0x11, 0x22, 0x33, 0x44]))
-}
-
 #[tokio::test]
 async fn frame_rules_are_enforced_with_the_documented_codes() {
     let server = spawn_server(test_config()).await;
@@ -353,12 +341,14 @@ async fn frame_rules_are_enforced_with_the_documented_codes() {
     ];
     for (name, bytes, expected) in cases {
         let (mut client, _, _) = Client::join(&server, Codec::MessagePack, "arena", name).await;
-        write_raw(&mut client, &bytes).await;
+        client.write_raw(&bytes).await;
         assert_eq!(client.expect_close_code().await, expected, "{name}");
     }
     // A valid close with a reason is echoed, and nobody else noticed anything.
     let (mut polite, _, _) = Client::join(&server, Codec::MessagePack, "arena", "polite").await;
-    write_raw(&mut polite, &masked_frame(0x88, b"\x0f\xa0see you")).await;
+    polite
+        .write_raw(&masked_frame(0x88, b"\x0f\xa0see you"))
+        .await;
     assert_eq!(
         polite.expect_close().await,
         Closed::Frame(4000, "see you".into())

@@ -170,6 +170,11 @@ pub(crate) async fn http_get_with_headers(
     (status, head.to_lowercase(), body.to_owned())
 }
 
+/// One frame as a client sends it (masked); `first` is its first byte (FIN, opcode).
+pub(crate) fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    tickrelay_protocol::framing::encode_frame(first, payload, Some([0x11, 0x22, 0x33, 0x44]))
+}
+
 pub(crate) fn payload(bytes: &[u8]) -> Payload {
     Payload::from(bytes.to_vec())
 }
@@ -357,6 +362,14 @@ impl Client {
                 None | Some(Err(_)) => return Closed::Dropped,
                 Some(Ok(_)) => continue,
             }
+        }
+    }
+
+    /// Writes `bytes` into the socket as they are (hand-made frames).
+    pub(crate) async fn write_raw(&mut self, bytes: &[u8]) {
+        match self.ws.get_mut() {
+            MaybeTlsStream::Plain(tcp) => tcp.write_all(bytes).await.unwrap(),
+            _ => unreachable!("tests use plain TCP"),
         }
     }
 
