@@ -215,6 +215,29 @@ pub struct Config {
     )]
     pub ip_limit_exempt: Networks,
 
+    /// Serve HTTPS and `wss://` on --listen with this certificate chain (PEM, the server's
+    /// certificate first, then intermediates). With --tls-key. The files are read again on
+    /// SIGHUP and when they change (--tls-reload-check); a reload that fails keeps the current
+    /// certificate and logs why. The admin listener stays plain (keep it private).
+    #[arg(long, env = "TICKRELAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8 `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC
+    /// PRIVATE KEY`; RSA, ECDSA P-256/P-384 or Ed25519).
+    #[arg(long, env = "TICKRELAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Time allowed for the TLS handshake, before the HTTP upgrade's own --handshake-timeout
+    /// starts (too slow: the connection is dropped, counted in
+    /// `tickrelay_tls_handshakes_total{result="timeout"}`).
+    #[arg(long, env = "TICKRELAY_TLS_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub tls_handshake_timeout: Duration,
+
+    /// How often the server checks whether --tls-cert or --tls-key changed on disk (size or
+    /// modification time), to reload them; `0s`: only on SIGHUP.
+    #[arg(long, env = "TICKRELAY_TLS_RELOAD_CHECK", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_check: Duration,
+
     /// Serve `/echo`, a WebSocket endpoint that sends every message back as it came (text as
     /// text, binary as binary) through the same frame reader, reassembly, limits and writer
     /// as `/ws`: for conformance suites (Autobahn). Off by default. Each message is charged to
@@ -435,6 +458,7 @@ impl Config {
         let day = Duration::from_secs(86_400);
         let durations = [
             ("handshake-timeout", self.handshake_timeout),
+            ("tls-handshake-timeout", self.tls_handshake_timeout),
             ("idle-timeout", self.idle_timeout),
             ("write-timeout", self.write_timeout),
             ("ping-interval", self.ping_interval),
@@ -453,6 +477,12 @@ impl Config {
         }
         if self.shutdown_timeout > day {
             return fail("shutdown-timeout", "must be at most 24h");
+        }
+        if self.tls_reload_check > day {
+            return fail(
+                "tls-reload-check",
+                "must be at most 24h (0s: only on SIGHUP)",
+            );
         }
         if self.worker_threads > 1024 {
             return fail("worker-threads", "must be 0 (one per core) to 1024");

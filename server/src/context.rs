@@ -14,6 +14,7 @@ use crate::config::{Config, ConfigError};
 use crate::lobby;
 use crate::metrics::Metrics;
 use crate::resume::ResumeKeys;
+use crate::tls::Tls;
 
 /// Everything the server's tasks share. Built once by [`run`].
 pub(crate) struct ServerContext {
@@ -35,6 +36,8 @@ pub(crate) struct ServerContext {
     pub(crate) pending_slots: Arc<Semaphore>,
     /// Origins, handshake rates and per-IP connection counts, checked before each upgrade.
     pub(crate) admission: Admission,
+    /// The public listener's TLS (`--tls-cert`), when it serves `https`/`wss`.
+    pub(crate) tls: Option<Arc<Tls>>,
     /// Signs and verifies resume tokens.
     pub(crate) resume_keys: Arc<ResumeKeys>,
     /// When `run` started, for `/stats`' uptime.
@@ -42,13 +45,22 @@ pub(crate) struct ServerContext {
 }
 
 impl ServerContext {
-    /// Everything the server's tasks share, for a validated `config` (the ticket key is loaded
-    /// here). Lobbies stop when `shutdown` is cancelled.
+    /// Everything the server's tasks share, for a validated `config` (the ticket key and the
+    /// TLS certificate are loaded here). Lobbies stop when `shutdown` is cancelled.
     pub(crate) fn new(
         config: Config,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, ConfigError> {
         let tickets = config.ticket_verifier()?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(Tls::load(cert, key).map_err(|err| {
+                ConfigError {
+                    flag: err.flag(),
+                    problem: err.to_string(),
+                }
+            })?)),
+            _ => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let tracker = TaskTracker::new();
         let resume_keys = Arc::new(ResumeKeys::new(
@@ -88,6 +100,7 @@ impl ServerContext {
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
             pending_slots: Arc::new(Semaphore::new(config.max_pending_connections)),
             admission: Admission::new(&config),
+            tls,
             resume_keys,
             metrics,
             tickets,

@@ -17,6 +17,7 @@ mod outbox;
 mod resume;
 mod stats;
 mod sync;
+mod tls;
 mod ws;
 
 use std::io;
@@ -29,8 +30,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use crate::config::{Config, ConfigError, LogFormat};
 use crate::context::ServerContext;
@@ -119,7 +121,16 @@ pub async fn serve(
     let shutdown_timeout = config.shutdown_timeout;
     let ctx = ServerContext::new(config, shutdown.clone())?;
     let public_addr = listeners.public.local_addr()?;
-    info!(addr = %public_addr, tick_hz = ctx.config.tick_hz, "tickrelay listening");
+    let scheme = if ctx.tls.is_some() { "https" } else { "http" };
+    info!(addr = %public_addr, scheme, tick_hz = ctx.config.tick_hz, "tickrelay listening");
+    if let Some(tls) = &ctx.tls {
+        ctx.tracker.spawn(tls::watch(
+            tls.clone(),
+            ctx.metrics.clone(),
+            ctx.config.tls_reload_check,
+            ctx.shutdown.clone(),
+        ));
+    }
     match &ctx.tickets {
         Some(tickets) => info!(
             algorithm = tickets.algorithm(),
@@ -195,7 +206,12 @@ async fn accept_loop(ctx: &Arc<ServerContext>, listener: TcpListener, surface: S
         };
         match accepted {
             Ok((stream, peer)) => {
-                serve_http(ctx, stream, peer, surface, PendingGuard::new(ctx, permit));
+                // TLS on the public listener only: the admin one is meant to stay private.
+                let tls = (surface != Surface::Admin)
+                    .then(|| ctx.tls.clone())
+                    .flatten();
+                let pending = PendingGuard::new(ctx, permit);
+                serve_http(ctx, stream, tls, peer, surface, pending);
             }
             Err(err) => {
                 // Typically EMFILE at the open-file limit: back off instead of spinning, so
@@ -231,9 +247,14 @@ impl Drop for PendingGuard {
     }
 }
 
+/// A connection's byte stream before and during its HTTP exchange: plain TCP or TLS over it.
+/// `ws::upgrade` takes it apart again after the upgrade.
+pub(crate) type HttpStream = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+
 fn serve_http(
     ctx: &Arc<ServerContext>,
     stream: TcpStream,
+    tls: Option<Arc<tls::Tls>>,
     peer: SocketAddr,
     surface: Surface,
     pending: PendingGuard,
@@ -243,6 +264,13 @@ fn serve_http(
     let conn_ctx = ctx.clone();
     ctx.tracker.spawn(async move {
         let ctx = conn_ctx;
+        let stream = match tls {
+            None => Either::Left(stream),
+            Some(tls) => match tls_handshake(&ctx, &tls, stream, peer).await {
+                Some(stream) => Either::Right(stream),
+                None => return,
+            },
+        };
         let service_ctx = ctx.clone();
         let service =
             service_fn(move |request| http::route(service_ctx.clone(), request, peer, surface));
@@ -262,4 +290,31 @@ fn serve_http(
         // Upgraded (the WebSocket runs in its own task, under its own guard) or finished.
         drop(pending);
     });
+}
+
+/// The TLS handshake, bounded by `--tls-handshake-timeout` (the HTTP request's own timeout
+/// starts after it); `None` when it failed or took too long (logged at debug, counted).
+async fn tls_handshake(
+    ctx: &ServerContext,
+    tls: &tls::Tls,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let accept = tls.acceptor().accept(stream);
+    match tokio::time::timeout(ctx.config.tls_handshake_timeout, accept).await {
+        Ok(Ok(stream)) => {
+            ctx.metrics.tls_handshake("ok");
+            Some(stream)
+        }
+        Ok(Err(err)) => {
+            debug!(%peer, %err, "TLS handshake failed");
+            ctx.metrics.tls_handshake("failed");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            ctx.metrics.tls_handshake("timeout");
+            None
+        }
+    }
 }

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub(crate) seats_replaced: Counter,
     pub(crate) resumes: Family<Labels, Counter>,
     pub(crate) seats_expired: Counter,
+    pub(crate) tls_handshakes: Family<Labels, Counter>,
+    pub(crate) tls_reloads: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -77,6 +79,8 @@ impl Metrics {
             seats_replaced: Counter::default(),
             resumes: Family::default(),
             seats_expired: Counter::default(),
+            tls_handshakes: Family::default(),
+            tls_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -196,6 +200,16 @@ impl Metrics {
             "Away seats nobody resumed within --resume-grace (they left)",
             metrics.seats_expired.clone(),
         );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on the public listener by result: ok, failed (not TLS, no common cipher or version, a bad record), timeout (--tls-handshake-timeout)",
+            metrics.tls_handshakes.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "TLS certificate reloads (SIGHUP, or the files changed) by result: ok, failed (the previous certificate stays)",
+            metrics.tls_reloads.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -218,6 +232,16 @@ impl Metrics {
         self.tickets_refused
             .get_or_create(&[("reason", reason)])
             .inc();
+    }
+
+    pub(crate) fn tls_handshake(&self, result: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&[("result", result)])
+            .inc();
+    }
+
+    pub(crate) fn tls_reload(&self, result: &'static str) {
+        self.tls_reloads.get_or_create(&[("result", result)]).inc();
     }
 
     pub(crate) fn upgrade_refused(&self, reason: &'static str) {

@@ -25,11 +25,23 @@ use tokio::sync::futures::Notified;
 use tokio_util::sync::CancellationToken;
 
 /// The interface the outbox writes through for the tick's direct writes: a non-blocking write
-/// of one frame (header, then payload) that returns how many bytes the socket took, the
-/// outbox keeping the rest for the writer; `WouldBlock` when it took none. Plain TCP
-/// implements it; so can TLS (encrypting into the socket under the same lock).
+/// of one frame (header, then payload) that says how much it took, the outbox keeping the
+/// rest for the writer; `WouldBlock` when it took none. Plain TCP (`ws::direct`) and TLS
+/// (`ws::tls`, encrypting under the same lock) implement it.
 pub(crate) trait DirectSink: Send + Sync {
-    fn try_write(&self, head: &[u8], payload: &[u8]) -> io::Result<usize>;
+    fn try_write(&self, head: &[u8], payload: &[u8]) -> io::Result<Taken>;
+}
+
+/// How much of a frame a [`DirectSink`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// All of it, into the socket.
+    All,
+    /// Only this many bytes: the rest must follow before anything else.
+    Part(usize),
+    /// All of it, but the sink still holds some (TLS records the socket has not taken):
+    /// the writer must flush before anything else is written directly.
+    Held,
 }
 
 /// Unsent pongs kept for a peer: each ping is answered (RFC 6455 5.5.3 allows answering only
@@ -42,6 +54,8 @@ pub(crate) const MAX_PENDING_PONGS: usize = 16;
 pub(crate) struct Batch {
     /// The unwritten tail of a frame the tick wrote only partly: raw bytes, written first.
     pub(crate) partial: Option<Bytes>,
+    /// Whether the direct sink holds bytes the writer must flush first.
+    pub(crate) flush: bool,
     /// Whether to send a WebSocket ping (keep-alive).
     pub(crate) ping: bool,
     /// The pongs owed to the peer for its pings, oldest first, written first.
@@ -55,6 +69,7 @@ pub(crate) struct Batch {
 impl Batch {
     pub(crate) fn is_empty(&self) -> bool {
         self.partial.is_none()
+            && !self.flush
             && !self.ping
             && self.pongs.is_empty()
             && self.messages.is_empty()
@@ -63,6 +78,7 @@ impl Batch {
 
     pub(crate) fn clear(&mut self) {
         self.partial = None;
+        self.flush = false;
         self.ping = false;
         self.pongs.clear();
         self.messages.clear();
@@ -120,6 +136,8 @@ struct Inner {
     /// The writer holds a batch it has not finished writing: no direct writes meanwhile.
     writer_busy: bool,
     partial: Option<Bytes>,
+    /// A direct write left bytes in the sink (TLS records): the writer flushes them.
+    sink_holds: bool,
     ping: bool,
     snapshot: Option<Bytes>,
     /// With their frames' kind: the codec's, or the peer's own on the echo endpoint.
@@ -137,6 +155,7 @@ impl Inner {
     fn idle(&self) -> bool {
         !self.writer_busy
             && self.partial.is_none()
+            && !self.sink_holds
             && !self.ping
             && self.snapshot.is_none()
             && self.reliable.is_empty()
@@ -192,21 +211,22 @@ impl Outbox {
             {
                 // Under the lock, so the writer cannot start a write meanwhile.
                 let head = FrameHead::new(self.data_kind, frame.len());
-                if let Ok(written) = sink.try_write(head.as_slice(), &frame) {
-                    let total = head.as_slice().len() + frame.len();
-                    if written == total {
-                        return Ok(Pushed::Written);
-                    }
+                let taken = sink.try_write(head.as_slice(), &frame);
+                match taken {
+                    Ok(Taken::All) => return Ok(Pushed::Written),
                     // The socket took only part: the rest must follow before anything else.
-                    let mut rest = Vec::with_capacity(total - written);
-                    rest.extend_from_slice(head.as_slice().get(written..).unwrap_or_default());
-                    rest.extend_from_slice(&frame[written.saturating_sub(head.as_slice().len())..]);
-                    inner.partial = Some(Bytes::from(rest));
+                    Ok(Taken::Part(written)) => {
+                        inner.partial = Some(rest_of(head.as_slice(), &frame, written));
+                    }
+                    Ok(Taken::Held) => inner.sink_holds = true,
+                    // WouldBlock (or an error the writer will meet too): queue it.
+                    Err(_) => {}
+                }
+                if taken.is_ok() {
                     drop(inner);
                     self.wake_writer.notify_one();
                     return Ok(Pushed::Written);
                 }
-                // WouldBlock (or an error the writer will meet too): queue it.
             }
             if inner.snapshot.replace(frame).is_some() {
                 Pushed::Replaced
@@ -304,6 +324,7 @@ impl Outbox {
     pub(crate) fn drain_into(&self, batch: &mut Batch) {
         let mut inner = self.lock();
         batch.partial = inner.partial.take();
+        batch.flush = std::mem::take(&mut inner.sink_holds);
         batch.ping = std::mem::take(&mut inner.ping);
         batch.pongs.extend(inner.pongs.drain(..));
         batch.messages.extend(inner.reliable.drain(..));
@@ -326,6 +347,14 @@ impl Outbox {
     pub(crate) fn notified(&self) -> Notified<'_> {
         self.wake_writer.notified()
     }
+}
+
+/// What is left of a frame (`head`, then `payload`) after its first `written` bytes.
+fn rest_of(head: &[u8], payload: &[u8], written: usize) -> Bytes {
+    let mut rest = Vec::with_capacity(head.len() + payload.len() - written);
+    rest.extend_from_slice(head.get(written..).unwrap_or_default());
+    rest.extend_from_slice(&payload[written.saturating_sub(head.len())..]);
+    Bytes::from(rest)
 }
 
 #[cfg(test)]

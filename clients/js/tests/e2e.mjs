@@ -9,7 +9,8 @@
 //   TICKRELAY_SERVER_BIN=target/debug/tickrelay-server node clients/js/tests/e2e.mjs
 //
 // Environment: TICKRELAY_SERVER_BIN (required), TICKRELAY_CHROMIUM (default /usr/bin/chromium),
-// TICKRELAY_E2E_OUT (screenshots; default target/browser-e2e). Exit status 0 means every
+// TICKRELAY_E2E_OUT (screenshots; default target/browser-e2e), TICKRELAY_E2E_TLS_CERT and
+// TICKRELAY_E2E_TLS_KEY (a certificate for localhost and its key, PEM: the https test). Exit status 0 means every
 // test passed. Everything is bounded in time, and the server is killed on every exit path.
 
 import { execFileSync, spawn } from "node:child_process";
@@ -43,6 +44,8 @@ const CHROMIUM_ARGS = [
 let server = null;
 /** A second server that requires tickets. */
 let ticketServer = null;
+/** A third one serving https and wss. */
+let tlsServer = null;
 let browser = null;
 const pageErrors = [];
 /** Recent console lines of every page, printed when a test fails. */
@@ -66,7 +69,7 @@ for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => finish(130)
 process.on("exit", () => {
   server?.kill();
   ticketServer?.kill();
-  ticketServer?.kill();
+  tlsServer?.kill();
 });
 
 async function main() {
@@ -89,6 +92,7 @@ async function main() {
   await test("library: JSON and MessagePack clients in one lobby", () => libraryTest(base, port));
   await test("library: safe sends while disconnected, bounded event queue", () => offlineTest(base));
   await test("library: tickets, one seat per identity, spectators", () => ticketTest());
+  await test("demo over https: two tabs on wss see each other", () => tlsTest());
   await test("library: a dropped socket resumes its seat and gets the events sent meanwhile", () => resumeTest(base, port));
   const demo = await test("demo: a key press in one tab moves the dot in the other", () => demoMoveTest(base));
   await test("demo: both tabs reconnect after a server restart and see each other", () => restartTest(demo));
@@ -307,6 +311,39 @@ async function cuttableProxy(target) {
     },
     close: () => new Promise((resolve) => server.close(resolve)),
   };
+}
+
+async function tlsTest() {
+  // The certificate is made by browser.rs (rcgen); Chromium is told to accept it, as a
+  // browser would once a real CA signed it.
+  const cert = process.env.TICKRELAY_E2E_TLS_CERT;
+  const key = process.env.TICKRELAY_E2E_TLS_KEY;
+  if (!cert || !key) throw new Error("TICKRELAY_E2E_TLS_CERT and TICKRELAY_E2E_TLS_KEY must name a certificate and its key");
+  const port = await freePort();
+  const adminPort = await freePort();
+  // The admin listener stays plain: the health check goes there.
+  tlsServer = new Server(SERVER_BIN, port, {
+    TICKRELAY_TLS_CERT: cert,
+    TICKRELAY_TLS_KEY: key,
+    TICKRELAY_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
+  }, adminPort);
+  await tlsServer.start();
+  const base = `https://localhost:${port}`;
+  const lobby = `tls-${Date.now().toString(36)}`;
+  const ann = await demoPage(base, lobby, "Ann", { ignoreHTTPSErrors: true });
+  const bob = await demoPage(base, lobby, "Bob", { ignoreHTTPSErrors: true });
+  await seeEachOther(ann, bob);
+  const scheme = await ann.evaluate(() => location.protocol);
+  assert(scheme === "https:", `the demo came over ${scheme}`);
+  const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+  const handshakes = Number(/^tickrelay_tls_handshakes_total\{result="ok"\} (\S+)/m.exec(metrics)?.[1] ?? 0);
+  const direct = Number(/^tickrelay_snapshots_written_direct_total (\S+)/m.exec(metrics)?.[1] ?? 0);
+  assert(handshakes >= 2, `TLS handshakes: ${handshakes}`);
+  assert(direct > 0, "snapshots written directly over TLS");
+  await ann.close();
+  await bob.close();
+  await tlsServer.stop();
+  tlsServer = null;
 }
 
 async function ticketTest() {
@@ -537,8 +574,8 @@ async function screenshotTest(base, { ann, bob }) {
 
 // ---- pages -----------------------------------------------------------------------------
 
-async function newContext() {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 760 }, deviceScaleFactor: 1 });
+async function newContext(options = {}) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 760 }, deviceScaleFactor: 1, ...options });
   context.setDefaultTimeout(WAIT_MS);
   // The MessagePack codec from node_modules, at the server's origin, served by Playwright
   // (never by the server) for the library tests.
@@ -582,9 +619,9 @@ async function blankPage(base) {
   return page;
 }
 
-async function demoPage(base, lobby, name) {
+async function demoPage(base, lobby, name, contextOptions = {}) {
   // One context (window) per player, as two people on two machines would be.
-  const context = await newContext();
+  const context = await newContext(contextOptions);
   const page = await track(await context.newPage(), `demo ${name}`);
   await page.goto(`${base}/?lobby=${encodeURIComponent(lobby)}&name=${encodeURIComponent(name)}`);
   await waitFor(page, `${name} joined`, () => window.tickrelayDemo?.client.readyState === "open");
@@ -648,9 +685,10 @@ async function waitFor(page, what, predicate, arg, timeout = WAIT_MS) {
 // ---- the server process ----------------------------------------------------------------
 
 class Server {
-  constructor(bin, port, env = {}) {
+  constructor(bin, port, env = {}, healthPort = port) {
     this.bin = bin;
     this.port = port;
+    this.healthPort = healthPort;
     this.env = env;
     this.child = null;
     this.log = [];
@@ -676,7 +714,7 @@ class Server {
       const early = await Promise.race([exited, sleep(50).then(() => null)]);
       if (early) throw new Error(`server exited at start (${JSON.stringify(early)}):\n${this.log.join("\n")}`);
       try {
-        const response = await fetch(`http://127.0.0.1:${this.port}/healthz`);
+        const response = await fetch(`http://127.0.0.1:${this.healthPort}/healthz`);
         if (response.ok) return;
       } catch {
         // Not listening yet.
@@ -731,6 +769,7 @@ async function finish(code) {
   }
   server?.kill();
   ticketServer?.kill();
+  tlsServer?.kill();
   try {
     await Promise.race([browser?.close(), sleep(5_000)]);
   } catch {

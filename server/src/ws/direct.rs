@@ -15,7 +15,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use crate::outbox::DirectSink;
+use crate::outbox::{DirectSink, Taken};
 
 /// The TCP write half as the connection's writer uses it (`AsyncWrite`); the tick's direct
 /// writes use the same `Arc` as the outbox's [`DirectSink`].
@@ -29,9 +29,14 @@ impl SharedTcpWrite {
 }
 
 impl DirectSink for OwnedWriteHalf {
-    fn try_write(&self, head: &[u8], payload: &[u8]) -> io::Result<usize> {
+    fn try_write(&self, head: &[u8], payload: &[u8]) -> io::Result<Taken> {
         let stream: &TcpStream = self.as_ref();
-        stream.try_write_vectored(&[IoSlice::new(head), IoSlice::new(payload)])
+        let written = stream.try_write_vectored(&[IoSlice::new(head), IoSlice::new(payload)])?;
+        Ok(if written == head.len() + payload.len() {
+            Taken::All
+        } else {
+            Taken::Part(written)
+        })
     }
 }
 

@@ -7,6 +7,7 @@ mod direct;
 mod guard;
 mod rate;
 mod session;
+mod tls;
 mod writer;
 
 pub(crate) use guard::ConnectionGuard;
@@ -25,12 +26,13 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tickrelay_protocol::{Codec, close};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tracing::info;
 
 use crate::context::ServerContext;
+use crate::outbox::DirectSink;
 use direct::SharedTcpWrite;
+use tls::{TlsRead, TlsSocket, TlsWrite};
 
 /// An upgrade request the server refuses: what the HTTP layer answers instead of 101.
 #[derive(Debug)]
@@ -179,32 +181,56 @@ pub(crate) fn upgrade(
     });
     Ok(Response::from_parts(parts, Full::new(Bytes::new())))
 }
-/// The connection's session, over the TCP halves when hyper's stream unwraps to TCP. A plain
-/// function returning the future: as an `async fn` its moved-from locals (hyper's parts, the
-/// halves) would keep their slots in every connection's task for the connection's life.
+/// The connection's session over the socket hyper's stream unwraps to: the TCP halves, or the
+/// TLS session shared by reader, writer and tick. A plain function returning the future: as
+/// an `async fn` its moved-from locals (hyper's parts, the halves) would keep their slots in
+/// every connection's task for the connection's life.
 fn run_connection(
     ctx: &Arc<ServerContext>,
     io: hyper::upgrade::Upgraded,
     setup: session::Setup,
 ) -> impl Future<Output = ()> + Send + use<> {
-    // Unwrap hyper's upgraded stream back into the TcpStream so reads and writes go through
-    // tokio's lock-free owned halves. Bytes hyper read past the request (a client that sent
-    // its join right behind the handshake) are replayed in front of the socket.
-    match io.downcast::<TokioIo<TcpStream>>() {
+    // Reads and writes go straight to the socket rather than through hyper's wrapper. Bytes
+    // hyper read past the request (a client that sent its join right behind the handshake)
+    // are replayed in front of the socket.
+    match io.downcast::<TokioIo<crate::HttpStream>>() {
         Ok(parts) => {
-            let (read, write) = parts.io.into_inner().into_split();
             // Copied, and the original dropped now: even when empty it owns hyper's whole
             // 8 KiB read buffer, which would otherwise live as long as the connection.
             let early = Bytes::copy_from_slice(&parts.read_buf);
             drop(parts.read_buf);
-            let read = std::io::Cursor::new(early).chain(read);
-            // Shared between the connection's writer and direct writes from the lobby's tick.
-            let write = Arc::new(write);
-            // The same allocation as the sink the tick writes through: no extra one per
-            // connection.
-            let direct: Option<Arc<dyn crate::outbox::DirectSink>> = Some(write.clone());
-            let write = SharedTcpWrite(write);
-            Either::Left(session::serve(ctx.clone(), read, write, direct, setup))
+            let early = std::io::Cursor::new(early);
+            match parts.io.into_inner() {
+                Either::Left(tcp) => {
+                    let (read, write) = tcp.into_split();
+                    // Shared between the connection's writer and direct writes from the
+                    // lobby's tick: the same allocation as the sink the tick writes through.
+                    let write = Arc::new(write);
+                    let direct: Option<Arc<dyn DirectSink>> = Some(write.clone());
+                    let write = SharedTcpWrite(write);
+                    let read = early.chain(read);
+                    Either::Left(Either::Left(session::serve(
+                        ctx.clone(),
+                        read,
+                        write,
+                        direct,
+                        setup,
+                    )))
+                }
+                Either::Right(tls) => {
+                    let (tcp, session) = tls.into_inner();
+                    let socket = TlsSocket::new(tcp, session);
+                    let direct: Option<Arc<dyn DirectSink>> = Some(socket.clone());
+                    let read = early.chain(TlsRead(socket.clone()));
+                    Either::Left(Either::Right(session::serve(
+                        ctx.clone(),
+                        read,
+                        TlsWrite(socket),
+                        direct,
+                        setup,
+                    )))
+                }
+            }
         }
         Err(io) => {
             let (read, write) = tokio::io::split(TokioIo::new(io));

@@ -141,7 +141,13 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Writer<W> {
             };
             IoSlice::advance_slices(&mut remaining, written);
         }
-        Ok(())
+        // TLS keeps records the socket has not taken yet (at most one write's worth); plain
+        // TCP holds nothing and returns at once.
+        match timeout(self.write_timeout, self.socket.flush()).await {
+            Err(_) => Err(WriteFailure::Stalled),
+            Ok(Err(_)) => Err(WriteFailure::Io),
+            Ok(Ok(())) => Ok(()),
+        }
     }
 }
 

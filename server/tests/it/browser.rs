@@ -75,12 +75,22 @@ fn browser_demo_monitor_and_client_library_work_in_chromium() {
         .and_then(Path::parent)
         .map_or_else(|| js.join("../../target"), Path::to_path_buf)
         .join("browser-e2e");
+    // The https test's certificate, for the name the page is opened at.
+    let tls_dir = screenshots.join("tls");
+    std::fs::create_dir_all(&tls_dir).expect("create the certificate directory");
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
+    let (cert_path, key_path) = (tls_dir.join("localhost.crt"), tls_dir.join("localhost.key"));
+    std::fs::write(&cert_path, cert.pem()).expect("write the certificate");
+    std::fs::write(&key_path, signing_key.serialize_pem()).expect("write the key");
     let mut child = Command::new("node")
         .arg(js.join("tests/e2e.mjs"))
         .current_dir(&js)
         .env("TICKRELAY_SERVER_BIN", server_bin)
         .env("TICKRELAY_CHROMIUM", CHROMIUM)
         .env("TICKRELAY_E2E_OUT", &screenshots)
+        .env("TICKRELAY_E2E_TLS_CERT", &cert_path)
+        .env("TICKRELAY_E2E_TLS_KEY", &key_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

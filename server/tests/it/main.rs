@@ -13,3 +13,4 @@ mod resume;
 mod robustness;
 mod slow_consumers;
 mod tickets;
+mod tls;

@@ -547,6 +547,41 @@ async fn process_warns_when_admin_endpoints_or_unauthenticated_joins_are_public(
     );
 }
 
+#[tokio::test]
+async fn process_reloads_its_tls_certificate_on_sighup() {
+    let dir = crate::tls::temp_dir("sighup");
+    let cert = crate::tls::make_cert(&dir, "server");
+    let (cert_path, key_path) = (
+        cert.cert_path.to_str().unwrap(),
+        cert.key_path.to_str().unwrap(),
+    );
+    let args = [
+        "--tls-cert",
+        cert_path,
+        "--tls-key",
+        key_path,
+        "--tls-reload-check",
+        "0s",
+    ];
+    let mut server = ServerProcess::start(&args, "info", Stderr::Collect);
+    server.wait_listening().await;
+    server.wait_log("scheme=\"https\"").await;
+    let hangup = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(hangup.success());
+    server.wait_log("TLS certificate reloaded").await;
+    assert!(
+        server.log.text().contains("SIGHUP"),
+        "{}",
+        server.log.text()
+    );
+    // Still serving after the signal (the default action would have ended it).
+    assert!(server.child.try_wait().unwrap().is_none());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 const TICKET_SECRET: &str = "process-test-secret-0123456789abcdef";
 
 /// `tickrelay-server ticket` with `args`, the secret in the environment; returns its stdout.

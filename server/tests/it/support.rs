@@ -9,7 +9,7 @@ use tickrelay_protocol::{
     ClientMessage, Codec, Member, Payload, PlayerId, ServerMessage, Snapshot,
 };
 use tickrelay_server::Config;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -179,8 +179,9 @@ pub(crate) fn payload(bytes: &[u8]) -> Payload {
     Payload::from(bytes.to_vec())
 }
 
-pub(crate) struct Client {
-    pub(crate) ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// A WebSocket client over plain TCP by default, or over any stream (TLS: `tls.rs`).
+pub(crate) struct Client<S = MaybeTlsStream<TcpStream>> {
+    pub(crate) ws: WebSocketStream<S>,
     pub(crate) codec: Codec,
 }
 
@@ -236,8 +237,24 @@ impl Client {
         name: &str,
     ) -> (Self, PlayerId, Vec<Member>) {
         let mut client = Self::connect_to(addr, codec).await;
-        client.send_join(lobby, name).await;
-        match client.recv().await {
+        let (player_id, members) = client.join_lobby(lobby, name).await;
+        (client, player_id, members)
+    }
+
+    /// Writes `bytes` into the socket as they are (hand-made frames).
+    pub(crate) async fn write_raw(&mut self, bytes: &[u8]) {
+        match self.ws.get_mut() {
+            MaybeTlsStream::Plain(tcp) => tcp.write_all(bytes).await.unwrap(),
+            _ => unreachable!("tests use plain TCP"),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// Sends `join` and waits for the welcome: the player id and the members.
+    pub(crate) async fn join_lobby(&mut self, lobby: &str, name: &str) -> (PlayerId, Vec<Member>) {
+        self.send_join(lobby, name).await;
+        match self.recv().await {
             ServerMessage::Welcome {
                 player_id,
                 lobby: joined,
@@ -245,7 +262,7 @@ impl Client {
                 ..
             } => {
                 assert_eq!(joined, lobby);
-                (client, player_id, members)
+                (player_id, members)
             }
             other => panic!("expected welcome, got {other:?}"),
         }
@@ -362,14 +379,6 @@ impl Client {
                 None | Some(Err(_)) => return Closed::Dropped,
                 Some(Ok(_)) => continue,
             }
-        }
-    }
-
-    /// Writes `bytes` into the socket as they are (hand-made frames).
-    pub(crate) async fn write_raw(&mut self, bytes: &[u8]) {
-        match self.ws.get_mut() {
-            MaybeTlsStream::Plain(tcp) => tcp.write_all(bytes).await.unwrap(),
-            _ => unreachable!("tests use plain TCP"),
         }
     }
 
