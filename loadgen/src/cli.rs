@@ -87,7 +87,8 @@ fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct RunArgs {
-    /// Server WebSocket URL, e.g. ws://127.0.0.1:8080/ws.
+    /// Server WebSocket URL, e.g. ws://127.0.0.1:8080/ws, or wss://game.example/ws (TLS; see
+    /// --ca and --insecure).
     #[arg(
         long,
         env = "TICKRELAY_LOADGEN_URL",
@@ -95,6 +96,16 @@ pub(crate) struct RunArgs {
         conflicts_with = "self_host"
     )]
     pub(crate) url: Option<String>,
+
+    /// For wss:// URLs: trust the CA certificates (PEM) in this file instead of the system's
+    /// roots (a private CA, or the server's own self-signed certificate).
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub(crate) ca: Option<PathBuf>,
+
+    /// For wss:// URLs: accept any server certificate (a self-signed test server). Traffic is
+    /// still encrypted, but nothing proves who the server is: never against production.
+    #[arg(long)]
+    pub(crate) insecure: bool,
 
     /// Sign a join ticket for every client (HS256; `sub` is the client's name, one seat each)
     /// for servers that require tickets. With --self-host the server requires them too.

@@ -53,9 +53,21 @@ pub(crate) struct Shared {
     pub(crate) storm: RefCell<CancellationToken>,
     state_data: Payload,
     correct_clock: bool,
+    /// Connection error kinds already described in the log (each once per worker: the
+    /// counters say how often, the log says why).
+    described: RefCell<Vec<&'static str>>,
 }
 
 impl Shared {
+    /// Logs what a connection error was, the first time this worker meets its kind.
+    fn describe_once(&self, err: &net::ConnectError) {
+        let mut described = self.described.borrow_mut();
+        if !described.contains(&err.kind()) {
+            described.push(err.kind());
+            tracing::warn!(kind = err.kind(), %err, "connection failed (later ones of this kind are only counted)");
+        }
+    }
+
     pub(crate) fn new(plan: Rc<Plan>, target: Target) -> Self {
         let correct_clock = match plan.clock_correction {
             crate::cli::ClockCorrection::On => true,
@@ -72,6 +84,7 @@ impl Shared {
             clients_joined: Cell::new(0),
             storm: RefCell::new(CancellationToken::new()),
             correct_clock,
+            described: RefCell::default(),
         }
     }
 
@@ -225,6 +238,7 @@ async fn connect_and_join(
         Ok(Ok(halves)) => halves,
         Ok(Err(err)) => {
             shared.count(|c| c.error(err.kind()));
+            shared.describe_once(&err);
             return Err(match err {
                 net::ConnectError::Shed(retry_after) => retry_after,
                 _ => None,

@@ -40,7 +40,9 @@ mod selfhost {
     }
 }
 mod slo;
+
 mod stats;
+mod tls;
 mod worker;
 
 use std::path::Path;
@@ -102,7 +104,12 @@ fn measure(args: &RunArgs) -> anyhow::Result<Report> {
         .build()
         .context("starting the coordinator runtime")?;
     runtime.block_on(async {
-        let target = plan::resolve_target(&url).await?;
+        let trust = match (&args.ca, args.insecure) {
+            (Some(ca), _) => Some(tls::Trust::Ca(ca)),
+            (None, true) => Some(tls::Trust::Anything),
+            (None, false) => None,
+        };
+        let target = plan::resolve_target(&url, trust).await?;
         let plan = plan::Plan::new(args, Some(target.clone()))?;
         if !args.quiet {
             eprintln!(

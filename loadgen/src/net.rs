@@ -14,8 +14,10 @@ use hyper::header::{CONNECTION, HOST, RETRY_AFTER, UPGRADE};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tickrelay_protocol::Codec;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_util::either::Either;
 
 use crate::plan::Target;
 use tickrelay_protocol::framing::Role as ReadRole;
@@ -24,8 +26,12 @@ use tickrelay_protocol::framing::reader::FrameReader;
 /// Largest frame accepted from the server (snapshots of big lobbies stay far below).
 const MAX_SERVER_FRAME: usize = 16 << 20;
 
-pub(crate) type Reader = FrameReader<tokio::io::Chain<io::Cursor<Bytes>, OwnedReadHalf>>;
-pub(crate) type Writer = WebSocketWrite<OwnedWriteHalf>;
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+/// The socket's read side: plain TCP's owned half, or TLS's (`tokio::io::split`, a lock the
+/// client's two tasks share on one thread), behind the bytes read with the handshake.
+type ReadSide = tokio::io::Chain<io::Cursor<Bytes>, Either<OwnedReadHalf, ReadHalf<TlsStream>>>;
+pub(crate) type Reader = FrameReader<ReadSide>;
+pub(crate) type Writer = WebSocketWrite<Either<OwnedWriteHalf, WriteHalf<TlsStream>>>;
 
 /// Why a connection attempt failed, as counted in the report (`connect_<kind>`).
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +44,8 @@ pub(crate) enum ConnectError {
     TooManyFiles,
     #[error("timed out")]
     Timeout,
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
     #[error("websocket handshake failed: {0}")]
     Handshake(String),
     /// HTTP 503: the server shed the attempt, with the `Retry-After` it gave (if any).
@@ -54,6 +62,7 @@ impl ConnectError {
             Self::AddressUnavailable => "connect_addr_unavailable",
             Self::TooManyFiles => "connect_too_many_files",
             Self::Timeout => "connect_timeout",
+            Self::Tls(_) => "connect_tls",
             Self::Handshake(_) => "connect_handshake",
             Self::Shed(_) => "connect_shed_503",
             Self::Io(_) => "connect_io",
@@ -107,13 +116,52 @@ async fn tcp_connect(
     Ok(stream)
 }
 
-/// Connects and completes the WebSocket handshake asking for `codec`'s subprotocol.
+/// Connects (TLS first for `wss://`) and completes the WebSocket handshake asking for
+/// `codec`'s subprotocol.
 pub(crate) async fn connect(
     target: &Target,
     source: Option<Ipv4Addr>,
     codec: Codec,
 ) -> Result<(Reader, Writer), ConnectError> {
-    let stream = tcp_connect(target.addr, source).await?;
+    let tcp = tcp_connect(target.addr, source).await?;
+    let (early, read, write) = match &target.tls {
+        None => {
+            let (early, tcp) = handshake(target, TokioIo::new(tcp), codec).await?;
+            let (read, write) = tcp.into_split();
+            (early, Either::Left(read), Either::Left(write))
+        }
+        Some(tls) => {
+            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            let stream = connector
+                .connect(tls.server_name.clone(), tcp)
+                .await
+                .map_err(ConnectError::Tls)?;
+            let (early, stream) = handshake(target, TokioIo::new(stream), codec).await?;
+            let (read, write) = tokio::io::split(stream);
+            (early, Either::Right(read), Either::Right(write))
+        }
+    };
+    let read = tokio::io::AsyncReadExt::chain(io::Cursor::new(early), read);
+    // fastwebsockets writes (and masks); the protocol crate's small-buffer
+    // reader reads (see `tickrelay_protocol::framing::reader`).
+    let (_, writer) =
+        fastwebsockets::after_handshake_split(tokio::io::empty(), write, Role::Client);
+    Ok((
+        FrameReader::new(read, ReadRole::Client, MAX_SERVER_FRAME),
+        writer,
+    ))
+}
+
+/// The WebSocket handshake over `io`: returns the socket back (hyper's wrapper taken off)
+/// with the bytes hyper read past the response.
+async fn handshake<S>(
+    target: &Target,
+    io: TokioIo<S>,
+    codec: Codec,
+) -> Result<(Bytes, S), ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let request = Request::builder()
         .method("GET")
         .uri(&target.path)
@@ -131,7 +179,7 @@ pub(crate) async fn connect(
     // hyper's client connection directly rather than fastwebsockets' handshake helper, which
     // keeps only the status of a refusal: a 503's Retry-After is what the backoff needs.
     let handshake = |err: hyper::Error| ConnectError::Handshake(err.to_string());
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(handshake)?;
     // Polled until the upgrade hands the socket back (its error, if any, shows in the response).
@@ -162,22 +210,12 @@ pub(crate) async fn connect(
         )));
     }
     let upgraded = hyper::upgrade::on(&mut response).await.map_err(handshake)?;
-    // Back to the plain TcpStream: lock-free owned halves for the reader and writer tasks.
     let parts = upgraded
-        .downcast::<TokioIo<TcpStream>>()
+        .downcast::<TokioIo<S>>()
         .map_err(|_| ConnectError::Handshake("unexpected upgraded stream type".into()))?;
-    let (read, write) = parts.io.into_inner().into_split();
     // Copied, so a slice of hyper's larger read buffer is not kept alive for the connection.
     let early = Bytes::copy_from_slice(&parts.read_buf);
-    let read = tokio::io::AsyncReadExt::chain(io::Cursor::new(early), read);
-    // fastwebsockets writes (and masks); the protocol crate's small-buffer
-    // reader reads (see `tickrelay_protocol::framing::reader`).
-    let (_, writer) =
-        fastwebsockets::after_handshake_split(tokio::io::empty(), write, Role::Client);
-    Ok((
-        FrameReader::new(read, ReadRole::Client, MAX_SERVER_FRAME),
-        writer,
-    ))
+    Ok((early, parts.io.into_inner()))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use tickrelay_protocol::Codec;
 use tickrelay_protocol::ticket::{TicketClaims, TicketSigner};
 
 use crate::cli::{ClockCorrection, CodecArg, RunArgs, Scenario};
+use crate::tls::{TlsClient, Trust};
 
 /// Ephemeral ports per source address on this kind of machine (32768–60999).
 pub(crate) const PORTS_PER_SOURCE: usize = 28_232;
@@ -24,6 +25,9 @@ pub(crate) struct Target {
     pub(crate) host: String,
     pub(crate) path: String,
     pub(crate) addr: SocketAddr,
+    /// `wss://`: how the clients do TLS.
+    #[serde(skip)]
+    pub(crate) tls: Option<TlsClient>,
 }
 
 impl Target {
@@ -246,22 +250,28 @@ impl Plan {
     }
 }
 
-/// Parses `ws://host:port/path` and resolves the host.
-pub(crate) async fn resolve_target(url: &str) -> anyhow::Result<Target> {
+/// Parses `ws://host:port/path` or `wss://...` and resolves the host; `trust` says how `wss`
+/// checks the server's certificate.
+pub(crate) async fn resolve_target(url: &str, trust: Option<Trust<'_>>) -> anyhow::Result<Target> {
     let uri: hyper::Uri = url
         .parse()
         .with_context(|| format!("invalid --url {url:?}"))?;
-    match uri.scheme_str() {
-        Some("ws") => {}
-        Some("wss") => bail!("wss:// (TLS) is not supported yet: use ws://"),
-        _ => bail!("--url must start with ws://, e.g. ws://127.0.0.1:8080/ws"),
-    }
+    let secure = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => bail!("--url must start with ws:// or wss://, e.g. ws://127.0.0.1:8080/ws"),
+    };
     let host = uri.host().context("--url has no host")?.to_owned();
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
     let path = uri
         .path_and_query()
         .map_or("/ws", |p| p.as_str())
         .to_owned();
+    let tls = match (secure, trust) {
+        (true, trust) => Some(TlsClient::new(&host, trust.unwrap_or(Trust::System))?),
+        (false, None) => None,
+        (false, Some(_)) => bail!("--ca and --insecure are for wss:// URLs"),
+    };
     let addr = tokio::net::lookup_host((host.as_str(), port))
         .await
         .with_context(|| format!("cannot resolve {host}"))?
@@ -272,6 +282,7 @@ pub(crate) async fn resolve_target(url: &str) -> anyhow::Result<Target> {
         host: format!("{host}:{port}"),
         path,
         addr,
+        tls,
     })
 }
 

@@ -249,7 +249,9 @@ impl Drop for PendingGuard {
 
 /// A connection's byte stream before and during its HTTP exchange: plain TCP or TLS over it.
 /// `ws::upgrade` takes it apart again after the upgrade.
-pub(crate) type HttpStream = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+/// TLS's is boxed: the rustls session inside would otherwise widen every plain connection's
+/// HTTP task.
+pub(crate) type HttpStream = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 fn serve_http(
     ctx: &Arc<ServerContext>,
@@ -267,7 +269,7 @@ fn serve_http(
         let stream = match tls {
             None => Either::Left(stream),
             Some(tls) => match tls_handshake(&ctx, &tls, stream, peer).await {
-                Some(stream) => Either::Right(stream),
+                Some(stream) => Either::Right(Box::new(stream)),
                 None => return,
             },
         };

@@ -12,9 +12,14 @@
 //!
 //!     cargo run --release -p tickrelay-benches --bin e2e -- --bin-dir ../prev/target/release
 //!
+//! `--transport ws wss` measures each preset over plain WebSocket and over TLS (a certificate
+//! made for the run, trusted by the load generator with `--ca`), alternating the two run by
+//! run, and adds a table of wss/ws ratios.
+//!
 //! The load generator's JSON report is read through typed structures holding exactly the
 //! fields used here: a missing or renamed field is an error naming the file, never a zero.
 
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -44,6 +49,38 @@ enum Preset {
     Knee,
 }
 
+/// How the clients reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Transport {
+    /// Plain WebSocket over TCP.
+    Ws,
+    /// WebSocket over TLS (a certificate made for the run; the clients trust it with --ca).
+    Wss,
+}
+
+/// The certificate and key a `wss` run's server serves.
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TlsFiles {
+    /// A fresh self-signed ECDSA P-256 certificate for `localhost` in `dir`.
+    fn make(dir: &Path) -> anyhow::Result<Self> {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+        std::fs::create_dir_all(dir)?;
+        let files = Self {
+            cert: dir.join("localhost.crt"),
+            key: dir.join("localhost.key"),
+        };
+        std::fs::write(&files.cert, cert.pem())?;
+        std::fs::write(&files.key, signing_key.serialize_pem())?;
+        Ok(files)
+    }
+}
+
 /// Runs tickrelay's end-to-end benchmark and records the figures in benches/RESULTS.md.
 #[derive(Debug, Parser)]
 #[command(name = "e2e", about, long_about)]
@@ -51,7 +88,11 @@ struct Args {
     /// Which workload(s) to run.
     #[arg(long, value_enum, num_args = 1.., default_value = "standard")]
     preset: Vec<Preset>,
-    /// Repetitions per preset (figures are medians with min–max).
+    /// Transports to measure, each preset over each: `--transport ws wss` alternates the two
+    /// run by run and adds a table of wss/ws ratios.
+    #[arg(long, value_enum, num_args = 1.., default_value = "ws")]
+    transport: Vec<Transport>,
+    /// Repetitions per preset and transport (figures are medians with min–max).
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Measured seconds per run (after ramp-up and warm-up).
@@ -225,25 +266,93 @@ fn main() -> anyhow::Result<()> {
     if !pin {
         eprintln!("e2e: not pinning (cores: {cores}); figures from shared cores are noisier");
     }
+    let tls_dir = std::env::temp_dir().join(format!("tickrelay-e2e-tls-{}", std::process::id()));
+    let tls = if args.transport.contains(&Transport::Wss) {
+        Some(TlsFiles::make(&tls_dir).context("making the wss certificate")?)
+    } else {
+        None
+    };
     for preset in &args.preset {
         let workload = preset.workload();
-        let mut runs = Vec::new();
+        let mut runs: Vec<Vec<RunFigures>> = vec![Vec::new(); args.transport.len()];
+        // Run by run, the transports alternate: drift on the box hits both alike.
         for run in 1..=args.runs {
-            eprintln!("e2e: {preset:?} run {run}/{}", args.runs);
-            runs.push(run_once(&bin_dir, *preset, &workload, args.seconds, pin)?);
+            for (transport, runs) in args.transport.iter().zip(&mut runs) {
+                eprintln!("e2e: {preset:?} over {transport:?} run {run}/{}", args.runs);
+                let tls = (*transport == Transport::Wss)
+                    .then_some(tls.as_ref())
+                    .flatten();
+                runs.push(run_once(
+                    &bin_dir,
+                    *preset,
+                    &workload,
+                    args.seconds,
+                    pin,
+                    tls,
+                )?);
+            }
         }
-        let table = summarize(
+        let mut tables = Vec::new();
+        for (transport, runs) in args.transport.iter().zip(&runs) {
+            let table = summarize(
+                *preset,
+                *transport,
+                &workload,
+                runs,
+                pin,
+                args.bin_dir.is_some().then_some(bin_dir.as_path()),
+                &args.note,
+            );
+            println!("{table}");
+            tables.push(table);
+        }
+        if let [ws, wss] = &runs[..]
+            && args.transport == [Transport::Ws, Transport::Wss]
+        {
+            let table = ratios(*preset, ws, wss);
+            println!("{table}");
+            tables.push(table);
+        }
+        save(
+            &root,
             *preset,
-            &workload,
+            &args.transport,
             &runs,
-            pin,
-            args.bin_dir.is_some().then_some(bin_dir.as_path()),
-            &args.note,
-        );
-        println!("{table}");
-        save(&root, *preset, &runs, &table, args.no_record)?;
+            &tables.join("\n"),
+            args.no_record,
+        )?;
     }
+    let _ = std::fs::remove_dir_all(&tls_dir);
     Ok(())
+}
+
+/// wss against ws, figure by figure: the ratio of the medians.
+fn ratios(preset: Preset, ws: &[RunFigures], wss: &[RunFigures]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### {preset:?}: wss against ws (medians of runs alternating the two)\n\n| figure | ws | wss | wss/ws |\n|---|---|---|---|"
+    );
+    let values = |runs: &[RunFigures]| -> Vec<serde_json::Value> {
+        runs.iter()
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .collect()
+    };
+    let (ws, wss) = (values(ws), values(wss));
+    for (key, label, decimals) in FIGURES {
+        let median = |values: &[serde_json::Value]| {
+            let series: Vec<f64> = values.iter().filter_map(|v| v[*key].as_f64()).collect();
+            Spread::of(&series).map(|spread| spread.median)
+        };
+        if let (Some(a), Some(b)) = (median(&ws), median(&wss)) {
+            let ratio = if a == 0.0 { f64::NAN } else { b / a };
+            let _ = writeln!(
+                out,
+                "| {label} | {a:.decimals$} | {b:.decimals$} | {ratio:.2}× |"
+            );
+        }
+    }
+    out
 }
 
 fn which(tool: &str) -> bool {
@@ -287,9 +396,35 @@ fn run_once(
     workload: &Workload,
     seconds: u64,
     pin: bool,
+    tls: Option<&TlsFiles>,
 ) -> anyhow::Result<RunFigures> {
     let port = free_port()?;
     let mut server = pinned(pin, 0, &bin_dir.join("tickrelay-server"));
+    // Over TLS the health check goes to the (plain) admin listener.
+    let health_port = match tls {
+        None => port,
+        Some(tls) => {
+            let admin = free_port()?;
+            server
+                .arg("--tls-cert")
+                .arg(&tls.cert)
+                .arg("--tls-key")
+                .arg(&tls.key)
+                .args(["--admin-listen", &format!("127.0.0.1:{admin}")]);
+            admin
+        }
+    };
+    let url = match tls {
+        None => format!("ws://127.0.0.1:{port}/ws"),
+        Some(_) => format!("wss://localhost:{port}/ws"),
+    };
+    // A TLS handshake costs the one server core far more than a plain upgrade: at the plain
+    // rate (3,000/s at `scale`) some first attempts hit the handshake timeout. The ramp is
+    // not what is measured, so wss ramps at most 500/s per load generator.
+    let connect_rate = match tls {
+        None => workload.connect_rate,
+        Some(_) => workload.connect_rate.min(500),
+    };
     server
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--tick-hz", &workload.tick_hz.to_string()])
@@ -302,7 +437,7 @@ fn run_once(
     }
     let server = Guard(server.spawn().context("starting tickrelay-server")?);
     let server_pid = server.0.id();
-    wait_healthy(port)?;
+    wait_healthy(health_port)?;
     let baseline = procfs::sample(server_pid).context("server exited at start")?;
 
     let dir = std::env::temp_dir().join(format!("tickrelay-e2e-{}-{port}", std::process::id()));
@@ -311,13 +446,13 @@ fn run_once(
     for shard in 0..workload.loadgens {
         let mut loadgen = pinned(pin, 1, &bin_dir.join("tickrelay-loadgen"));
         loadgen
-            .args(["--url", &format!("ws://127.0.0.1:{port}/ws")])
+            .args(["--url", &url])
             .args(["--clients", &workload.clients.to_string()])
             .args(["--lobby-size", &workload.lobby_size.to_string()])
             .args(["--state-rate", &workload.input_hz.to_string()])
             .args(["--state-size", "32"])
             .args(["--duration", &format!("{seconds}s"), "--warmup", "2s"])
-            .args(["--connect-rate", &workload.connect_rate.to_string()])
+            .args(["--connect-rate", &connect_rate.to_string()])
             .args(["--shard", &format!("{shard}/{}", workload.loadgens)])
             .args([
                 "--json",
@@ -326,6 +461,11 @@ fn run_once(
                     .context("temp path")?,
             ])
             .args(&workload.extra)
+            .args(
+                tls.map(|tls| [OsStr::new("--ca"), tls.cert.as_os_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--quiet")
             .stdout(Stdio::null());
         if pin {
@@ -577,6 +717,7 @@ fn figures(
 
 fn summarize(
     preset: Preset,
+    transport: Transport,
     workload: &Workload,
     runs: &[RunFigures],
     pin: bool,
@@ -586,7 +727,12 @@ fn summarize(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "### {preset:?}: {} clients, lobbies of {}, {} Hz ticks, {} Hz inputs, {} load generator(s), {} runs{}",
+        "### {preset:?}{}: {} clients, lobbies of {}, {} Hz ticks, {} Hz inputs, {} load generator(s), {} runs{}",
+        if transport == Transport::Wss {
+            " over wss"
+        } else {
+            ""
+        },
         workload.clients,
         workload.lobby_size,
         workload.tick_hz,
@@ -623,15 +769,24 @@ fn summarize(
 fn save(
     root: &Path,
     preset: Preset,
-    runs: &[RunFigures],
+    transports: &[Transport],
+    runs: &[Vec<RunFigures>],
     table: &str,
     no_record: bool,
 ) -> anyhow::Result<()> {
     let stamp = procfs::now_unix_ms() as u64 / 1000;
     let results = root.join("benches/results");
     std::fs::create_dir_all(&results)?;
-    let json =
-        serde_json::json!({ "version": 1, "preset": preset, "unix_time": stamp, "runs": runs });
+    let json = if transports == [Transport::Ws] {
+        serde_json::json!({ "version": 1, "preset": preset, "unix_time": stamp, "runs": runs[0] })
+    } else {
+        let by_transport: serde_json::Map<String, serde_json::Value> = transports
+            .iter()
+            .zip(runs)
+            .map(|(t, runs)| (format!("{t:?}").to_lowercase(), serde_json::json!(runs)))
+            .collect();
+        serde_json::json!({ "version": 1, "preset": preset, "unix_time": stamp, "runs_by_transport": by_transport })
+    };
     let path = results.join(format!(
         "e2e-{}-{stamp}.json",
         format!("{preset:?}").to_lowercase()

@@ -12,3 +12,5 @@ mod storm;
 mod tickets;
 #[cfg(not(feature = "self-host"))]
 mod without_self_host;
+#[cfg(feature = "self-host")]
+mod wss;

@@ -321,10 +321,15 @@ pub const fn close_code_allowed(code: u16) -> bool {
 pub struct Reassembler {
     expected: Option<Kind>,
     max_message: usize,
-    /// The message being reassembled from fragments: its kind and bytes so far.
-    fragments: Option<(Kind, BytesMut)>,
-    /// How much of a fragmented text message's bytes are known to be whole UTF-8.
-    checked: usize,
+    /// The bytes so far of a message being reassembled from fragments (its first frame's
+    /// kind was checked when it came).
+    fragments: Option<BytesMut>,
+    /// The kind of that message.
+    kind: Kind,
+    /// How much of a fragmented text message's bytes are known to be whole UTF-8 (a `u32`,
+    /// with the kind, so the reassembler is no larger than one without: it sits in every
+    /// connection's task, and messages are far below 4 GiB).
+    checked: u32,
 }
 
 /// One whole data message.
@@ -336,11 +341,19 @@ pub struct Message {
 }
 
 impl Reassembler {
+    /// A reassembler taking `expected` data frames (either kind: `None`) into messages of at
+    /// most `max_message` bytes (at most 4 GiB whatever it says).
     pub const fn new(expected: Option<Kind>, max_message: usize) -> Self {
+        let max_message = if max_message > u32::MAX as usize {
+            u32::MAX as usize
+        } else {
+            max_message
+        };
         Self {
             expected,
             max_message,
             fragments: None,
+            kind: Kind::Binary,
             checked: 0,
         }
     }
@@ -356,12 +369,12 @@ impl Reassembler {
     ) -> Result<Option<Message>, u16> {
         let (kind, buffer) = match (kind, self.fragments.as_mut()) {
             (Kind::Continuation, None) => return Err(close::PROTOCOL_ERROR),
-            (Kind::Continuation, Some((kind, buffer))) => {
+            (Kind::Continuation, Some(buffer)) => {
                 if buffer.len() + payload.len() > self.max_message {
                     return Err(close::MESSAGE_TOO_BIG);
                 }
                 buffer.extend_from_slice(&payload);
-                (*kind, buffer)
+                (self.kind, buffer)
             }
             (_, Some(_)) => return Err(close::PROTOCOL_ERROR),
             (kind, None) if self.expected.is_some_and(|expected| expected != kind) => {
@@ -376,17 +389,19 @@ impl Reassembler {
                 return Ok(Some(Message { kind, payload }));
             }
             (kind, None) => {
+                self.kind = kind;
                 self.checked = 0;
-                let (_, buffer) = self.fragments.insert((kind, payload));
-                (kind, buffer)
+                (kind, self.fragments.insert(payload))
             }
         };
         if kind == Kind::Text {
-            match std::str::from_utf8(&buffer[self.checked..]) {
-                Ok(_) => self.checked = buffer.len(),
+            // Within u32: the buffer is within the limit, and the limit within 4 GiB.
+            let checked = self.checked as usize;
+            match std::str::from_utf8(&buffer[checked..]) {
+                Ok(_) => self.checked = buffer.len() as u32,
                 // Cut short inside a code point: fine while more frames may follow.
                 Err(err) if err.error_len().is_none() && !fin => {
-                    self.checked += err.valid_up_to();
+                    self.checked = (checked + err.valid_up_to()) as u32;
                 }
                 Err(_) => return Err(close::INVALID_PAYLOAD),
             }
@@ -394,10 +409,8 @@ impl Reassembler {
         if !fin {
             return Ok(None);
         }
-        Ok(self.fragments.take().map(|(kind, buffer)| Message {
-            kind,
-            payload: buffer.freeze(),
-        }))
+        let payload = self.fragments.take().map(BytesMut::freeze);
+        Ok(payload.map(|payload| Message { kind, payload }))
     }
 }
 

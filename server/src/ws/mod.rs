@@ -154,33 +154,38 @@ pub(crate) fn upgrade(
             FULL_RETRY_AFTER,
         )
     })?;
-    let refuse = (!guard.has_slot()).then_some(close::TRY_AGAIN_LATER);
+    // One value into the task (not its four fields): each capture takes its own slot in every
+    // connection's task.
+    let setup = session::Setup {
+        codec,
+        peer,
+        refuse: (!guard.has_slot()).then_some(close::TRY_AGAIN_LATER),
+        endpoint,
+    };
     let task_ctx = ctx.clone();
-    ctx.tracker.spawn(async move {
+    let task = async move {
         let ctx = task_ctx;
         // Unwrapped before the match: a `match` on the await itself would keep fastwebsockets'
         // `WebSocket` wrapper in this task's state for the connection's whole life.
         let upgraded = upgraded.await.map(|ws| ws.into_inner().into_inner());
         match upgraded {
             Ok(io) => {
-                info!(%peer, codec = codec.name(), "connection opened");
-                let session = session::Setup {
-                    codec,
-                    peer,
-                    refuse,
-                    endpoint,
-                };
-                run_connection(&ctx, io, session).await;
+                info!(peer = %setup.peer, codec = setup.codec.name(), "connection opened");
+                run_connection(&ctx, io, setup).await;
             }
             Err(err) => {
-                info!(%peer, %err, "websocket upgrade failed");
+                info!(peer = %setup.peer, %err, "websocket upgrade failed");
                 ctx.metrics.disconnect("upgrade_failed");
             }
         }
         drop(guard);
-    });
+    };
+    ctx.tracker.spawn(task);
     Ok(Response::from_parts(parts, Full::new(Bytes::new())))
 }
+/// A session's future behind a box: the arms that must not size plain TCP's.
+type SessionFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The connection's session over the socket hyper's stream unwraps to: the TCP halves, or the
 /// TLS session shared by reader, writer and tick. A plain function returning the future: as
 /// an `async fn` its moved-from locals (hyper's parts, the halves) would keep their slots in
@@ -209,39 +214,30 @@ fn run_connection(
                     let direct: Option<Arc<dyn DirectSink>> = Some(write.clone());
                     let write = SharedTcpWrite(write);
                     let read = early.chain(read);
-                    Either::Left(Either::Left(session::serve(
-                        ctx.clone(),
-                        read,
-                        write,
-                        direct,
-                        setup,
-                    )))
+                    Either::Left(session::serve(ctx.clone(), read, write, direct, setup))
                 }
                 Either::Right(tls) => {
-                    let (tcp, session) = tls.into_inner();
+                    let (tcp, session) = (*tls).into_inner();
                     let socket = TlsSocket::new(tcp, session);
                     let direct: Option<Arc<dyn DirectSink>> = Some(socket.clone());
                     let read = early.chain(TlsRead(socket.clone()));
-                    Either::Left(Either::Right(session::serve(
+                    // Boxed, so TLS's own stream types never widen plain connections' tasks.
+                    Either::Right(Box::pin(session::serve(
                         ctx.clone(),
                         read,
                         TlsWrite(socket),
                         direct,
                         setup,
-                    )))
+                    )) as SessionFuture)
                 }
             }
         }
         Err(io) => {
             let (read, write) = tokio::io::split(TokioIo::new(io));
             // Boxed: this rare arm's future would otherwise widen every connection's task.
-            Either::Right(Box::pin(session::serve(
-                ctx.clone(),
-                read,
-                write,
-                None,
-                setup,
-            )))
+            Either::Right(
+                Box::pin(session::serve(ctx.clone(), read, write, None, setup)) as SessionFuture,
+            )
         }
     }
 }

@@ -121,8 +121,7 @@ pub(crate) async fn serve<R, W>(
     let mut writer = WriteSide::new(Writer {
         socket: write,
         outbox: outbox.clone(),
-        metrics: ctx.metrics.clone(),
-        write_timeout: config.write_timeout,
+        ctx: ctx.clone(),
     });
 
     // Frames larger than a whole message are refused from their header; messages reassembled

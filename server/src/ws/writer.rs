@@ -15,7 +15,7 @@ use tickrelay_protocol::framing::{FrameHead, Kind};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
-use crate::metrics::Metrics;
+use crate::context::ServerContext;
 use crate::outbox::{Batch, Outbox};
 
 /// Linux rejects a writev of more than IOV_MAX (1024) buffers.
@@ -24,9 +24,10 @@ const MAX_IOVECS: usize = 1024;
 pub(crate) struct Writer<W> {
     pub(crate) socket: W,
     pub(crate) outbox: Arc<Outbox>,
-    pub(crate) metrics: Arc<Metrics>,
-    /// No byte written for this long means the client stopped reading: close it as slow.
-    pub(crate) write_timeout: Duration,
+    /// The metrics it counts into, and `--write-timeout`: no byte written for this long means
+    /// the client stopped reading, and it is closed as slow. (The context rather than those
+    /// two: one pointer, and the writer sits in every connection's task.)
+    pub(crate) ctx: Arc<ServerContext>,
 }
 
 /// How the writer ended.
@@ -81,18 +82,24 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Writer<W> {
                 }
             }
             let message_bytes: usize = batch.messages.iter().map(|(_, m)| m.len()).sum();
-            self.metrics
+            self.ctx
+                .metrics
                 .messages_out
                 .inc_by(batch.messages.len() as u64);
-            self.metrics.bytes_out.inc_by(message_bytes as u64);
+            self.ctx.metrics.bytes_out.inc_by(message_bytes as u64);
             if batch.close.is_some() {
                 // Half-close after the close frame; the reader keeps reading until the
                 // client's close arrives so that the kernel never resets unread data.
-                let _ = timeout(self.write_timeout, self.socket.shutdown()).await;
+                let write_timeout = self.write_timeout();
+                let _ = timeout(write_timeout, self.socket.shutdown()).await;
                 return Some(WriterEnd::Closed);
             }
             batch.clear();
         }
+    }
+
+    fn write_timeout(&self) -> Duration {
+        self.ctx.config.write_timeout
     }
 
     fn frames<'b>(&self, batch: &'b Batch) -> Vec<(Kind, &'b [u8])> {
@@ -133,8 +140,9 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Writer<W> {
         let mut remaining = &mut slices[..];
         while !remaining.is_empty() {
             let window = remaining.len().min(MAX_IOVECS);
+            let write_timeout = self.write_timeout();
             let write = self.socket.write_vectored(&remaining[..window]);
-            let written = match timeout(self.write_timeout, write).await {
+            let written = match timeout(write_timeout, write).await {
                 Err(_) => return Err(WriteFailure::Stalled),
                 Ok(Err(_) | Ok(0)) => return Err(WriteFailure::Io),
                 Ok(Ok(written)) => written,
@@ -143,7 +151,8 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Writer<W> {
         }
         // TLS keeps records the socket has not taken yet (at most one write's worth); plain
         // TCP holds nothing and returns at once.
-        match timeout(self.write_timeout, self.socket.flush()).await {
+        let write_timeout = self.write_timeout();
+        match timeout(write_timeout, self.socket.flush()).await {
             Err(_) => Err(WriteFailure::Stalled),
             Ok(Err(_)) => Err(WriteFailure::Io),
             Ok(Ok(())) => Ok(()),
@@ -223,11 +232,14 @@ mod tests {
         socket: tokio::io::DuplexStream,
         outbox: &Arc<Outbox>,
     ) -> Writer<tokio::io::DuplexStream> {
+        let config = crate::Config {
+            write_timeout: Duration::from_millis(100),
+            ..crate::Config::default()
+        };
         Writer {
             socket,
             outbox: outbox.clone(),
-            metrics: Arc::new(Metrics::new()),
-            write_timeout: Duration::from_millis(100),
+            ctx: ServerContext::new(config, CancellationToken::new()).unwrap(),
         }
     }
 

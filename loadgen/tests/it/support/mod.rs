@@ -11,7 +11,7 @@ use std::process::Output;
 use std::time::Duration;
 
 #[cfg(feature = "self-host")]
-pub(crate) use server::{spawn_server, spawn_server_with};
+pub(crate) use server::{TestServer, spawn_server, spawn_server_with};
 pub(crate) use silent::spawn_silent_server;
 
 /// A debug build on a busy two-core box can be slow; a run that takes longer than this hangs.
