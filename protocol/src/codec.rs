@@ -204,8 +204,26 @@ mod tests {
     use crate::ErrorCode;
 
     // The rest of the codec's behaviour (bytes, field names, unknown types, malformed input)
-    // is pinned by the integration tests in `tests/it/`; this is the one thing they do not
-    // check.
+    // is pinned by the integration tests in `tests/it/`; these are what they do not check.
+    #[test]
+    fn a_ping_with_a_nan_client_time_decodes_and_encodes_stably() {
+        // Found by fuzz/fuzz_targets/client_messages.rs (seeds/regression-nan-ping): MessagePack
+        // can carry a NaN float, which never equals itself.
+        let mut bytes = vec![0x82, 0xa1, b't', 0xa4];
+        bytes.extend_from_slice(b"ping");
+        bytes.push(0xab);
+        bytes.extend_from_slice(b"client_time");
+        bytes.extend_from_slice(&[0xcb, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00]);
+        let codec = Codec::MessagePack;
+        let Ok(ClientMessage::Ping { client_time }) = codec.decode_client(&bytes) else {
+            panic!("a ping");
+        };
+        assert!(client_time.is_nan());
+        let once = codec.encode(&ClientMessage::Ping { client_time }).unwrap();
+        let again = codec.decode_client(&once).unwrap();
+        assert_eq!(codec.encode(&again).unwrap(), once);
+    }
+
     #[test]
     fn error_codes_from_a_newer_server_decode_as_unknown() {
         let newer = br#"{"t":"error","code":"banned","message":"x"}"#;

@@ -303,7 +303,12 @@ async fn tls_handshake(
     peer: SocketAddr,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let accept = tls.acceptor().accept(stream);
-    match tokio::time::timeout(ctx.config.tls_handshake_timeout, accept).await {
+    let handshake = tokio::select! {
+        // Shutdown does not wait for handshakes in flight.
+        () = ctx.shutdown.cancelled() => return None,
+        handshake = tokio::time::timeout(ctx.config.tls_handshake_timeout, accept) => handshake,
+    };
+    match handshake {
         Ok(Ok(stream)) => {
             ctx.metrics.tls_handshake("ok");
             Some(stream)

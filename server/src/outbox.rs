@@ -119,9 +119,7 @@ pub(crate) enum Pushed {
 
 pub(crate) struct Outbox {
     inner: Mutex<Inner>,
-    /// Where the tick may write directly (`None`: always through the writer), and the kind
-    /// of data frames.
-    direct: Option<Arc<dyn DirectSink>>,
+    /// The kind of data frames.
     data_kind: Kind,
     wake_writer: Notify,
     /// Cancelled once a close is decided (or the server shuts down), so the reader stops
@@ -133,6 +131,9 @@ pub(crate) struct Outbox {
 
 #[derive(Default)]
 struct Inner {
+    /// Where the tick may write directly (`None`: always through the writer). Let go once a
+    /// close is decided: a seat away for a resume keeps its outbox, never its socket.
+    direct: Option<Arc<dyn DirectSink>>,
     /// The writer holds a batch it has not finished writing: no direct writes meanwhile.
     writer_busy: bool,
     partial: Option<Bytes>,
@@ -176,8 +177,10 @@ impl Outbox {
         closing: CancellationToken,
     ) -> Self {
         Self {
-            inner: Mutex::new(Inner::default()),
-            direct,
+            inner: Mutex::new(Inner {
+                direct,
+                ..Inner::default()
+            }),
             data_kind,
             wake_writer: Notify::new(),
             closing,
@@ -206,12 +209,16 @@ impl Outbox {
             if if_unsent == IfUnsent::Keep && inner.snapshot.is_some() {
                 return Ok(Pushed::Kept);
             }
-            if let Some(sink) = &self.direct
-                && inner.idle()
-            {
-                // Under the lock, so the writer cannot start a write meanwhile.
-                let head = FrameHead::new(self.data_kind, frame.len());
-                let taken = sink.try_write(head.as_slice(), &frame);
+            // Under the lock, so the writer cannot start a write meanwhile.
+            let direct = match &inner.direct {
+                Some(sink) if inner.idle() => {
+                    let head = FrameHead::new(self.data_kind, frame.len());
+                    let taken = sink.try_write(head.as_slice(), &frame);
+                    Some((head, taken))
+                }
+                _ => None,
+            };
+            if let Some((head, taken)) = direct {
                 match taken {
                     Ok(Taken::All) => return Ok(Pushed::Written),
                     // The socket took only part: the rest must follow before anything else.
@@ -303,6 +310,7 @@ impl Outbox {
                 return;
             }
             inner.close = Some((code, payload));
+            inner.direct = None;
         }
         self.closing.cancel();
         self.wake_writer.notify_one();
@@ -412,6 +420,39 @@ mod tests {
             batch.messages,
             vec![(Kind::Text, frame("echo")), binary("snap")],
             "a message keeps its own kind"
+        );
+    }
+
+    /// A sink that takes everything.
+    struct Swallow;
+
+    impl DirectSink for Swallow {
+        fn try_write(&self, _head: &[u8], _payload: &[u8]) -> io::Result<Taken> {
+            Ok(Taken::All)
+        }
+    }
+
+    #[test]
+    fn a_close_lets_the_socket_go_while_the_outbox_lives_on() {
+        let sink: Arc<dyn DirectSink> = Arc::new(Swallow);
+        let outbox = Outbox::new(
+            4,
+            1 << 20,
+            Kind::Binary,
+            Some(sink.clone()),
+            CancellationToken::new(),
+        );
+        assert_eq!(
+            outbox.push_snapshot(frame("s"), IfUnsent::Keep),
+            Ok(Pushed::Written)
+        );
+        assert_eq!(Arc::strong_count(&sink), 2);
+        // A seat away for a resume keeps its outbox in the lobby: never the socket with it.
+        outbox.close(tickrelay_protocol::close::IDLE_TIMEOUT);
+        assert_eq!(Arc::strong_count(&sink), 1);
+        assert_eq!(
+            outbox.push_snapshot(frame("t"), IfUnsent::Keep),
+            Err(PushError::Closed)
         );
     }
 

@@ -108,14 +108,32 @@ impl Tls {
         Ok(())
     }
 
-    /// What identifies the files' current contents cheaply (size and modification time of
-    /// each), to notice a change without reading them.
-    fn fingerprint(&self) -> Option<[(u64, SystemTime); 2]> {
-        let stamp = |path: &Path| {
-            let meta = std::fs::metadata(path).ok()?;
-            Some((meta.len(), meta.modified().ok()?))
-        };
-        Some([stamp(&self.cert_path)?, stamp(&self.key_path)?])
+    /// What identifies the files' current contents cheaply (inode, size, modification and
+    /// change times of each), to notice a change without reading them: a rewrite, a rename
+    /// over them, a `chmod` that makes them readable.
+    fn fingerprint(&self) -> Option<[Stamp; 2]> {
+        Some([Stamp::of(&self.cert_path)?, Stamp::of(&self.key_path)?])
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    inode: u64,
+    len: u64,
+    modified: SystemTime,
+    changed: (i64, i64),
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            inode: meta.ino(),
+            len: meta.len(),
+            modified: meta.modified().ok()?,
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        })
     }
 }
 
@@ -184,14 +202,14 @@ pub(crate) async fn watch(
                     None => std::future::pending().await,
                 }
             } => {
-                let now = tls.fingerprint();
-                if now == seen {
+                if tls.fingerprint() == seen {
                     continue;
                 }
-                seen = now;
                 "files changed"
             }
         };
+        // Taken before reading them: a change during the reload is seen at the next check.
+        seen = tls.fingerprint();
         match tls.reload() {
             Ok(()) => {
                 metrics.tls_reload("ok");

@@ -12,7 +12,7 @@
 //! session's keys, and the encrypted records the socket has not taken yet (at most one
 //! frame's worth from a direct write, or [`MAX_ENCRYPT`] from the writer).
 
-use std::io::{self, IoSlice, Read as _, Write as _};
+use std::io::{self, BufRead as _, IoSlice, Write as _};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
@@ -23,10 +23,11 @@ use tokio::net::TcpStream;
 
 use crate::outbox::{DirectSink, Taken};
 
-/// Plaintext the writer encrypts per write call: four full records. The ciphertext waits in
-/// rustls until the socket takes it, so this bounds what a slow reader makes the server hold
-/// beyond its outbox.
-const MAX_ENCRYPT: usize = 64 * 1024;
+/// Plaintext the writer encrypts per write call: one full record. The ciphertext waits in
+/// rustls until the socket takes it (the next write waits for that), so this bounds what a
+/// slow reader makes the server hold beyond its outbox, and the write timeout measures
+/// progress over at most this much, close to plain TCP's.
+const MAX_ENCRYPT: usize = 16 * 1024;
 
 /// The TCP socket and the TLS session over it.
 pub(crate) struct TlsSocket {
@@ -138,14 +139,23 @@ impl AsyncRead for TlsRead {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        // A stream that never runs dry must still let the task's other work run.
+        let budget = ready!(tokio::task::coop::poll_proceed(cx));
         loop {
             let mut session = socket.lock();
+            // Records owed from before (the end of the handshake, an alert): out first.
+            let _ = socket.send_records(&mut session);
             // Plaintext first: the handshake may have decrypted some already, with the socket
-            // now empty.
-            match session.reader().read(buf.initialize_unfilled()) {
-                Ok(read) => {
-                    // 0: the peer's close_notify, the end of the stream.
-                    buf.advance(read);
+            // now empty. Copied straight from rustls' buffer (`fill_buf`), never zeroing the
+            // caller's.
+            let mut reader = session.reader();
+            match reader.fill_buf() {
+                Ok(plain) => {
+                    // Empty: the peer's close_notify, the end of the stream.
+                    let taken = plain.len().min(buf.remaining());
+                    buf.put_slice(&plain[..taken]);
+                    reader.consume(taken);
+                    budget.made_progress();
                     return Poll::Ready(Ok(()));
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
@@ -171,9 +181,6 @@ impl AsyncRead for TlsRead {
                 let _ = socket.send_records(&mut session);
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, err)));
             }
-            // Records rustls owes the peer (a TLS 1.2 renegotiation refusal): sent now if the
-            // socket takes them, else with the next write.
-            let _ = socket.send_records(&mut session);
         }
     }
 }
@@ -226,8 +233,13 @@ impl AsyncWrite for TlsWrite {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let socket = &*self.0;
-        // Repeated polls queue it once: rustls sends one close_notify at most.
-        socket.lock().send_close_notify();
+        {
+            let mut session = socket.lock();
+            // An empty write first: it sends a KeyUpdate reply rustls still owes, so the alert
+            // goes out under keys the peer has. Repeated polls queue one close_notify at most.
+            let _ = session.writer().write(&[]);
+            session.send_close_notify();
+        }
         ready!(socket.poll_send_records(cx))?;
         Poll::Ready(socket2::SockRef::from(&socket.tcp).shutdown(std::net::Shutdown::Write))
     }

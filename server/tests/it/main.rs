@@ -5,6 +5,7 @@ mod support;
 mod admission;
 mod browser;
 mod echo;
+mod faults;
 mod http;
 mod limits;
 mod lobby;

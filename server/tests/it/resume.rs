@@ -11,15 +11,15 @@ use crate::support::{Client, TestServer, payload, spawn_server, test_config};
 
 /// What a `welcome` said that resuming needs.
 #[derive(Debug, Clone)]
-struct Seat {
-    id: PlayerId,
-    token: String,
-    offset: u64,
-    resumed: bool,
-    lost: u64,
+pub(crate) struct Seat {
+    pub(crate) id: PlayerId,
+    pub(crate) token: String,
+    pub(crate) offset: u64,
+    pub(crate) resumed: bool,
+    pub(crate) lost: u64,
 }
 
-fn join_message(lobby: &str, name: &str, resume: Option<(&Seat, u64)>) -> ClientMessage {
+pub(crate) fn join_message(lobby: &str, name: &str, resume: Option<(&Seat, u64)>) -> ClientMessage {
     ClientMessage::Join {
         lobby: lobby.into(),
         name: name.into(),
@@ -31,7 +31,7 @@ fn join_message(lobby: &str, name: &str, resume: Option<(&Seat, u64)>) -> Client
 }
 
 /// The answer to a join: the welcome's seat, or the error code.
-async fn answer(client: &mut Client) -> Result<Seat, ErrorCode> {
+pub(crate) async fn answer(client: &mut Client) -> Result<Seat, ErrorCode> {
     match client.recv().await {
         ServerMessage::Welcome {
             player_id,
@@ -85,7 +85,7 @@ fn config(grace: Duration) -> Config {
     }
 }
 
-async fn next_member_change(client: &mut Client) -> ServerMessage {
+pub(crate) async fn next_member_change(client: &mut Client) -> ServerMessage {
     client
         .recv_until(|m| {
             matches!(
@@ -100,7 +100,7 @@ async fn next_member_change(client: &mut Client) -> ServerMessage {
         .await
 }
 
-async fn event(client: &mut Client, data: &[u8]) {
+pub(crate) async fn event(client: &mut Client, data: &[u8]) {
     client
         .send(&ClientMessage::Event {
             data: payload(data),
@@ -110,7 +110,7 @@ async fn event(client: &mut Client, data: &[u8]) {
 
 /// The events a client receives (skipping snapshots) until one with `last` as data, with
 /// their offsets.
-async fn events_until(client: &mut Client, last: &[u8]) -> Vec<(Vec<u8>, u64)> {
+pub(crate) async fn events_until(client: &mut Client, last: &[u8]) -> Vec<(Vec<u8>, u64)> {
     let mut seen = Vec::new();
     client
         .recv_until(|m| match m {
