@@ -9,6 +9,9 @@ mod assets;
 mod clock;
 pub mod config;
 mod context;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod lobby;
 pub mod metrics;

@@ -23,7 +23,7 @@ use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Deserializer, Serialize};
+use tickrelay_benches::processes::{self, Guard, free_port};
 use tickrelay_benches::procfs::{self, Sample};
 use tickrelay_benches::summary::Spread;
 
@@ -231,22 +232,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     if !args.no_build && args.bin_dir.is_none() {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "tickrelay-server",
-                "-p",
-                "tickrelay-loadgen",
-            ])
-            .current_dir(&root)
-            .status()
-            .context("running cargo build")?;
-        ensure!(
-            status.success(),
-            "building the server and load generator failed"
-        );
+        processes::build_release(&root)?;
     }
     let bin_dir = match &args.bin_dir {
         Some(dir) => {
@@ -372,22 +358,6 @@ fn pinned(pin: bool, core: usize, program: &Path) -> Command {
     } else {
         Command::new(program)
     }
-}
-
-/// Kills the child on drop, so a failed run never leaves a server behind.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn run_once(

@@ -6,7 +6,7 @@
 mod direct;
 mod guard;
 mod rate;
-mod session;
+pub(crate) mod session;
 mod tls;
 mod writer;
 
@@ -27,7 +27,7 @@ use hyper_util::rt::TokioIo;
 use tickrelay_protocol::{Codec, close};
 use tokio::io::AsyncReadExt;
 use tokio_util::either::Either;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::context::ServerContext;
 use crate::outbox::DirectSink;
@@ -171,7 +171,12 @@ pub(crate) fn upgrade(
         match upgraded {
             Ok(io) => {
                 info!(peer = %setup.peer, codec = setup.codec.name(), "connection opened");
-                run_connection(&ctx, io, setup).await;
+                let Some(session) = run_connection(&ctx, io, setup) else {
+                    warn!("the upgraded stream is not the server's own type; closed");
+                    ctx.metrics.disconnect("internal_error");
+                    return;
+                };
+                session.await;
             }
             Err(err) => {
                 info!(peer = %setup.peer, %err, "websocket upgrade failed");
@@ -183,63 +188,47 @@ pub(crate) fn upgrade(
     ctx.tracker.spawn(task);
     Ok(Response::from_parts(parts, Full::new(Bytes::new())))
 }
-/// A session's future behind a box: the arms that must not size plain TCP's.
-type SessionFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
-
 /// The connection's session over the socket hyper's stream unwraps to: the TCP halves, or the
-/// TLS session shared by reader, writer and tick. A plain function returning the future: as
-/// an `async fn` its moved-from locals (hyper's parts, the halves) would keep their slots in
-/// every connection's task for the connection's life.
+/// TLS session shared by reader, writer and tick; `None` if the stream is not the server's
+/// own type (it always is: `serve_http` hands hyper a [`crate::HttpStream`]). A plain
+/// function returning the future: as an `async fn` its moved-from locals (hyper's parts, the
+/// halves) would keep their slots in every connection's task for the connection's life. One
+/// `Either`, nothing boxed: TLS's future is no larger than plain TCP's, and a second level of
+/// choice would widen every connection's task across an allocator size class.
 fn run_connection(
     ctx: &Arc<ServerContext>,
     io: hyper::upgrade::Upgraded,
     setup: session::Setup,
-) -> impl Future<Output = ()> + Send + use<> {
+) -> Option<impl Future<Output = ()> + Send + use<>> {
     // Reads and writes go straight to the socket rather than through hyper's wrapper. Bytes
     // hyper read past the request (a client that sent its join right behind the handshake)
     // are replayed in front of the socket.
-    match io.downcast::<TokioIo<crate::HttpStream>>() {
-        Ok(parts) => {
-            // Copied, and the original dropped now: even when empty it owns hyper's whole
-            // 8 KiB read buffer, which would otherwise live as long as the connection.
-            let early = Bytes::copy_from_slice(&parts.read_buf);
-            drop(parts.read_buf);
-            let early = std::io::Cursor::new(early);
-            match parts.io.into_inner() {
-                Either::Left(tcp) => {
-                    let (read, write) = tcp.into_split();
-                    // Shared between the connection's writer and direct writes from the
-                    // lobby's tick: the same allocation as the sink the tick writes through.
-                    let write = Arc::new(write);
-                    let direct: Option<Arc<dyn DirectSink>> = Some(write.clone());
-                    let write = SharedTcpWrite(write);
-                    let read = early.chain(read);
-                    Either::Left(session::serve(ctx.clone(), read, write, direct, setup))
-                }
-                Either::Right(tls) => {
-                    let (tcp, session) = (*tls).into_inner();
-                    let socket = TlsSocket::new(tcp, session);
-                    let direct: Option<Arc<dyn DirectSink>> = Some(socket.clone());
-                    let read = early.chain(TlsRead(socket.clone()));
-                    // Boxed, so TLS's own stream types never widen plain connections' tasks.
-                    Either::Right(Box::pin(session::serve(
-                        ctx.clone(),
-                        read,
-                        TlsWrite(socket),
-                        direct,
-                        setup,
-                    )) as SessionFuture)
-                }
-            }
+    let parts = io.downcast::<TokioIo<crate::HttpStream>>().ok()?;
+    // Copied, and the original dropped now: even when empty it owns hyper's whole 8 KiB read
+    // buffer, which would otherwise live as long as the connection.
+    let early = Bytes::copy_from_slice(&parts.read_buf);
+    drop(parts.read_buf);
+    let early = std::io::Cursor::new(early);
+    Some(match parts.io.into_inner() {
+        Either::Left(tcp) => {
+            let (read, write) = tcp.into_split();
+            // Shared between the connection's writer and direct writes from the lobby's tick:
+            // the same allocation as the sink the tick writes through.
+            let write = Arc::new(write);
+            let direct: Option<Arc<dyn DirectSink>> = Some(write.clone());
+            let write = SharedTcpWrite(write);
+            let read = early.chain(read);
+            Either::Left(session::serve(ctx.clone(), read, write, direct, setup))
         }
-        Err(io) => {
-            let (read, write) = tokio::io::split(TokioIo::new(io));
-            // Boxed: this rare arm's future would otherwise widen every connection's task.
-            Either::Right(
-                Box::pin(session::serve(ctx.clone(), read, write, None, setup)) as SessionFuture,
-            )
+        Either::Right(tls) => {
+            let (tcp, session) = (*tls).into_inner();
+            let socket = TlsSocket::new(tcp, session);
+            let direct: Option<Arc<dyn DirectSink>> = Some(socket.clone());
+            let read = early.chain(TlsRead(socket.clone()));
+            let write = TlsWrite(socket);
+            Either::Right(session::serve(ctx.clone(), read, write, direct, setup))
         }
-    }
+    })
 }
 
 /// Admission (origin, handshake rates, the IP's connection count) for the client behind

@@ -335,3 +335,39 @@ async fn unusable_certificates_stop_the_server_with_the_flag_at_fault() {
     assert!(not_a_key.contains("--tls-key"), "{not_a_key}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn rsa_and_ec_keys_serve_wss_in_every_pem_form() {
+    let dir = temp_dir("keys");
+    let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+    let rsa = &rcgen::PKCS_RSA_SHA256;
+    let ec = &rcgen::PKCS_ECDSA_P256_SHA256;
+    // (the key as PKCS#8, which rcgen signs the certificate with; the file the server gets)
+    let forms = [
+        ("rsa.pkcs8.pem", "rsa.pkcs1.pem", rsa),
+        ("rsa.pkcs8.pem", "rsa.pkcs8.pem", rsa),
+        ("ec.pkcs8.pem", "ec.sec1.pem", ec),
+        ("ec.pkcs8.pem", "ec.pkcs8.pem", ec),
+    ];
+    for (pkcs8, served, algorithm) in forms {
+        let pem = std::fs::read_to_string(keys.join(pkcs8)).unwrap();
+        let key = rcgen::KeyPair::from_pem_and_sign_algo(&pem, algorithm).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cert_path = dir.join(format!("{served}.crt"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        let test_cert = TestCert {
+            cert_path,
+            key_path: keys.join(served),
+            der: cert.der().clone(),
+        };
+        let (server, _) = spawn_tls_server(&test_cert, |_| {}).await;
+        let mut client = wss_client(server.addr, &test_cert.der, Codec::MessagePack).await;
+        client.join_lobby("keys", "holder").await;
+        client.next_snapshot().await;
+        server.shutdown.cancel();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

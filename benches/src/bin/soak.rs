@@ -1,0 +1,586 @@
+//! The soak: one server process for `--minutes` under churn, reconnect storms with resume,
+//! events, spectators and a trickle of hostile input, then a check that everything came back.
+//!
+//!     cargo run --release -p tickrelay-benches --bin soak -- --minutes 10
+//!
+//! Each cycle runs two load generators at once (a churn of players sending states and events,
+//! and a storm that drops every connection halfway and resumes the seats), spectators that
+//! only watch, and a hostile client every half second (garbage, bad frames, oversized
+//! headers, invalid UTF-8, half-open sockets, a handshake that never ends). Afterwards, with
+//! every client gone, it asserts: no panic and no error-level log line; RSS within 10% of
+//! the baseline taken after a warm-up cycle; open file descriptors back to that baseline;
+//! every connection accounted for (opened = closed by reason + open); no lobby left; no
+//! reliable message lost by a resumed seat. It prints the figures, appends them to
+//! benches/RESULTS.md (unless `--no-record`) and exits 1 when a check fails.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::Parser;
+use tickrelay_benches::processes::{self, Guard, free_port};
+use tickrelay_benches::procfs;
+
+/// Soaks one tickrelay server and checks it afterwards (see the module docs).
+#[derive(Debug, Parser)]
+#[command(name = "soak", about, long_about)]
+struct Args {
+    /// How long to soak, after the warm-up cycle.
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// Simulated players per cycle (two thirds churn, one third storm).
+    #[arg(long, default_value_t = 2000)]
+    clients: usize,
+    /// Spectator connections per cycle.
+    #[arg(long, default_value_t = 20)]
+    spectators: usize,
+    /// Length of one cycle.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    cycle: Duration,
+    /// Take `tickrelay-server` and `tickrelay-loadgen` from DIR instead of building them.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Do not append to benches/RESULTS.md.
+    #[arg(long)]
+    no_record: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.clients >= 6, "--clients must be at least 6");
+    ensure!(
+        args.cycle >= Duration::from_secs(10),
+        "--cycle must be at least 10s"
+    );
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            processes::build_release(&root)?;
+            root.join("target/release")
+        }
+    };
+    let work = std::env::temp_dir().join(format!("tickrelay-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = soak(&args, &bin_dir, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    let report = result?;
+    println!("{}", report.table);
+    if !args.no_record {
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(root.join("benches/RESULTS.md"))?;
+        writeln!(file, "\n{}", report.table)?;
+    }
+    if !report.failures.is_empty() {
+        bail!("soak failed: {}", report.failures.join("; "));
+    }
+    Ok(())
+}
+
+struct Report {
+    table: String,
+    failures: Vec<String>,
+}
+
+/// What the server's `/metrics` says, by series.
+struct Metrics(Vec<(String, f64)>);
+
+impl Metrics {
+    fn get(&self, series: &str) -> f64 {
+        self.0
+            .iter()
+            .find(|(name, _)| name == series)
+            .map_or(0.0, |(_, value)| *value)
+    }
+
+    /// The sum of every series of `family` (e.g. every reason of the disconnects).
+    fn sum(&self, family: &str) -> f64 {
+        let prefix = format!("{family}{{");
+        self.0
+            .iter()
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .map(|(_, value)| value)
+            .sum()
+    }
+}
+
+fn soak(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<Report> {
+    let port = free_port()?;
+    let admin = free_port()?;
+    let log_path = work.join("server.log");
+    let log = std::fs::File::create(&log_path)?;
+    let server = Guard(
+        Command::new(bin_dir.join("tickrelay-server"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--max-connections", "100000", "--max-lobby-size", "64"])
+            // Hostile half-open sockets are found in seconds, not the default 30.
+            .args([
+                "--idle-timeout",
+                "6s",
+                "--ping-interval",
+                "2s",
+                "--handshake-timeout",
+                "5s",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting tickrelay-server")?,
+    );
+    let pid = server.0.id();
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin));
+    wait_for(Duration::from_secs(10), "the server to answer", || {
+        metrics(admin).is_ok()
+    })?;
+    let server_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let url = format!("ws://127.0.0.1:{port}/ws");
+
+    eprintln!("soak: warm-up cycle");
+    let warmup = Duration::from_secs(20).min(args.cycle);
+    let mut cycles = Cycles {
+        args,
+        bin_dir,
+        work,
+        url,
+        server: server_addr,
+        resumed: 0.0,
+        lost: 0.0,
+    };
+    cycles.run(warmup, 0)?;
+    settle(admin)?;
+    let baseline = (rss_kib(pid)?, settled_open_files(pid, 0)?);
+    eprintln!(
+        "soak: baseline {} KiB RSS, {} open files",
+        baseline.0, baseline.1
+    );
+
+    let deadline = Instant::now() + Duration::from_secs_f64(args.minutes * 60.0);
+    let mut count = 0;
+    let mut peak_rss = baseline.0;
+    while Instant::now() < deadline {
+        count += 1;
+        let length = args
+            .cycle
+            .min(deadline - Instant::now())
+            .max(Duration::from_secs(10));
+        eprintln!("soak: cycle {count} ({:.0} s)", length.as_secs_f64());
+        cycles.run(length, count)?;
+        peak_rss = peak_rss.max(rss_kib(pid)?);
+    }
+    settle(admin)?;
+    let end = (rss_kib(pid)?, settled_open_files(pid, baseline.1)?);
+    let m = metrics(admin)?;
+    let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let bad_lines = log_text
+        .lines()
+        .filter(|line| line.contains("ERROR") || line.contains("panicked"))
+        .count();
+
+    let (resumed, lost) = (cycles.resumed, cycles.lost);
+    let opened = m.get("tickrelay_connections_opened_total");
+    let closed = m.sum("tickrelay_disconnects_total");
+    let open = m.get("tickrelay_connections");
+    let lobbies = m.get("tickrelay_lobbies");
+    let mut failures = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            failures.push(what);
+        }
+    };
+    check(
+        bad_lines == 0,
+        format!("{bad_lines} error or panic lines in the server's log"),
+    );
+    check(
+        (end.0 as f64) <= baseline.0 as f64 * 1.10,
+        format!(
+            "RSS {} KiB is more than 10% over the baseline {} KiB",
+            end.0, baseline.0
+        ),
+    );
+    check(
+        end.1 <= baseline.1,
+        format!("{} open files, {} at the baseline", end.1, baseline.1),
+    );
+    check(
+        opened == closed + open,
+        format!("{opened} connections opened, {closed} closed and {open} open"),
+    );
+    check(lobbies == 0.0, format!("{lobbies} lobbies left"));
+    check(
+        lost == 0.0,
+        format!("{lost} reliable messages lost by resumed seats"),
+    );
+    check(
+        resumed > 0.0,
+        "no seat was resumed: the storms did not run".into(),
+    );
+
+    let verdict = if failures.is_empty() {
+        "passed"
+    } else {
+        "FAILED"
+    };
+    let table = format!(
+        "### Soak: {:.1} min after a warm-up, {} cycles of {:.0} s, {} players and {} spectators per cycle: {verdict}\n\n\
+         | figure | value |\n|---|---|\n\
+         | connections opened (WebSocket) | {opened:.0} |\n\
+         | closed, by reason (sum) | {closed:.0} |\n\
+         | open at the end | {open:.0} |\n\
+         | lobbies at the end | {lobbies:.0} |\n\
+         | seats resumed / reliable messages they lost | {resumed:.0} / {lost:.0} |\n\
+         | hostile connections refused or closed (upgrade refusals, protocol and join-timeout closes) | {hostile:.0} |\n\
+         | error or panic log lines | {bad_lines} |\n\
+         | RSS baseline / peak / end (KiB) | {} / {peak_rss} / {} ({:+.1}%) |\n\
+         | open files baseline / end | {} / {} |\n",
+        args.minutes,
+        count,
+        args.cycle.as_secs_f64(),
+        args.clients,
+        args.spectators,
+        baseline.0,
+        end.0,
+        (end.0 as f64 / baseline.0 as f64 - 1.0) * 100.0,
+        baseline.1,
+        end.1,
+        hostile = m.sum("tickrelay_upgrades_refused_total")
+            + m.get("tickrelay_disconnects_total{reason=\"protocol_error\"}")
+            + m.get("tickrelay_disconnects_total{reason=\"bad_message\"}")
+            + m.get("tickrelay_disconnects_total{reason=\"message_too_big\"}")
+            + m.get("tickrelay_disconnects_total{reason=\"join_timeout\"}"),
+    );
+    Ok(Report { table, failures })
+}
+
+/// The soak's cycles and what they add up: the storms' resumed seats and their lost messages.
+struct Cycles<'a> {
+    args: &'a Args,
+    bin_dir: &'a Path,
+    work: &'a Path,
+    url: String,
+    server: SocketAddr,
+    resumed: f64,
+    lost: f64,
+}
+
+impl Cycles<'_> {
+    /// One cycle: the two load generators, the spectators and the hostile trickle, all for
+    /// `length`.
+    fn run(&mut self, length: Duration, index: usize) -> anyhow::Result<()> {
+        let (args, bin_dir, work, url, server) = (
+            self.args,
+            self.bin_dir,
+            self.work,
+            self.url.as_str(),
+            self.server,
+        );
+        let seconds = format!("{}s", length.as_secs());
+        let churners = args.clients * 2 / 3;
+        let stormers = args.clients - churners;
+        let churn_report = work.join(format!("churn-{index}.json"));
+        let storm_report = work.join(format!("storm-{index}.json"));
+        let loadgen = |extra: &[String], report: &Path| -> anyhow::Result<Guard> {
+            Ok(Guard(
+                Command::new(bin_dir.join("tickrelay-loadgen"))
+                    .args([
+                        "--url",
+                        url,
+                        "--quiet",
+                        "--warmup",
+                        "0s",
+                        "--lobby-size",
+                        "8",
+                    ])
+                    .args([
+                        "--duration",
+                        &seconds,
+                        "--state-rate",
+                        "10",
+                        "--event-rate",
+                        "1",
+                    ])
+                    .arg("--json")
+                    .arg(report)
+                    .args(extra)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting tickrelay-loadgen")?,
+            ))
+        };
+        let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let churn = loadgen(
+            &strings(&[
+                "--scenario",
+                "churn",
+                "--clients",
+                &churners.to_string(),
+                "--churn-rate",
+                &(churners / 20).max(1).to_string(),
+                "--lobby-prefix",
+                &format!("churn{index}"),
+            ]),
+            &churn_report,
+        )?;
+        let storm = loadgen(
+            &strings(&[
+                "--scenario",
+                "storm",
+                "--clients",
+                &stormers.to_string(),
+                "--storm-after",
+                &format!("{}s", (length.as_secs() / 2).max(3)),
+                "--lobby-prefix",
+                &format!("storm{index}"),
+            ]),
+            &storm_report,
+        )?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let hostile_sent = Arc::new(AtomicU64::new(0));
+        let mut helpers = Vec::new();
+        for spectator in 0..args.spectators {
+            let (stop, lobby) = (stop.clone(), format!("storm{index}-{}", spectator % 4));
+            helpers.push(std::thread::spawn(move || spectate(server, &lobby, &stop)));
+        }
+        {
+            let (stop, sent) = (stop.clone(), hostile_sent.clone());
+            helpers.push(std::thread::spawn(move || hostile(server, &stop, &sent)));
+        }
+        let deadline = Instant::now() + length + Duration::from_secs(120);
+        for mut child in [churn, storm] {
+            loop {
+                if let Some(status) = child.0.try_wait()? {
+                    // 0, or 2 (an --slo broken: none is given here, so 0 is expected).
+                    ensure!(status.success(), "a load generator failed: {status}");
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "a load generator did not finish in time"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for helper in helpers {
+            let _ = helper.join();
+        }
+        let storm: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&storm_report)?)?;
+        self.resumed += storm["storm"]["resumed"].as_f64().unwrap_or(0.0);
+        self.lost += storm["storm"]["lost"].as_f64().unwrap_or(0.0);
+        Ok(())
+    }
+}
+
+/// Waits until no connection and no lobby is left (half-open hostile sockets need their idle
+/// timeout, away seats their resume grace).
+fn settle(admin: SocketAddr) -> anyhow::Result<()> {
+    let mut last = (0.0, 0.0, 0.0);
+    wait_for(
+        Duration::from_secs(90),
+        "every connection and lobby to end",
+        || {
+            metrics(admin).is_ok_and(|m| {
+                last = (
+                    m.get("tickrelay_connections"),
+                    m.get("tickrelay_lobbies"),
+                    m.get("tickrelay_connections_pending"),
+                );
+                // The one pending connection is this request for /metrics itself.
+                last == (0.0, 0.0, 1.0)
+            })
+        },
+    )
+    .with_context(|| {
+        format!(
+            "still {} connections, {} lobbies and {} pending connections",
+            last.0,
+            last.1,
+            last.2 - 1.0
+        )
+    })
+}
+
+/// A spectator: joins `lobby` to watch, reads everything, pings now and then, until `stop`.
+fn spectate(server: SocketAddr, lobby: &str, stop: &AtomicBool) {
+    let Ok(mut socket) = upgrade(server, "tickrelay.v1.json") else {
+        return;
+    };
+    let join = format!(r#"{{"t":"join","lobby":"{lobby}","name":"watcher","role":"spectator"}}"#);
+    if socket.write_all(&masked(0x81, join.as_bytes())).is_err() {
+        return;
+    }
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buffer = [0u8; 16 * 1024];
+    let mut last_ping = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        match socket.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return,
+        }
+        if last_ping.elapsed() > Duration::from_secs(2) {
+            last_ping = Instant::now();
+            let ping = br#"{"t":"ping","client_time":1.0}"#;
+            if socket.write_all(&masked(0x81, ping)).is_err() {
+                return;
+            }
+        }
+    }
+    // A polite goodbye: close 1000.
+    let _ = socket.write_all(&masked(0x88, &1000u16.to_be_bytes()));
+}
+
+/// One hostile client every half second, cycling through the kinds of bad input, until
+/// `stop`. Half-open sockets are kept until then.
+fn hostile(server: SocketAddr, stop: &AtomicBool, sent: &AtomicU64) {
+    let mut held = Vec::new();
+    let mut kind = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let attempt = || -> std::io::Result<Option<TcpStream>> {
+            match kind % 7 {
+                // Not HTTP at all.
+                0 => {
+                    let mut socket = TcpStream::connect(server)?;
+                    socket.write_all(b"\x16\x03\x01garbage that is not a request\r\n\r\n")?;
+                    Ok(None)
+                }
+                // A frame with every reserved bit set.
+                1 => {
+                    let mut socket = upgrade(server, "tickrelay.v1.msgpack")?;
+                    socket.write_all(&[0xF3, 0x80, 1, 2, 3, 4])?;
+                    Ok(None)
+                }
+                // A header announcing a 1 GiB frame.
+                2 => {
+                    let mut socket = upgrade(server, "tickrelay.v1.msgpack")?;
+                    let mut header = vec![0x82, 0xFF];
+                    header.extend_from_slice(&(1u64 << 30).to_be_bytes());
+                    header.extend_from_slice(&[1, 2, 3, 4]);
+                    socket.write_all(&header)?;
+                    Ok(None)
+                }
+                // Text that is not UTF-8.
+                3 => {
+                    let mut socket = upgrade(server, "tickrelay.v1.json")?;
+                    socket.write_all(&masked(0x81, b"{\"t\":\"join\xff\xfe"))?;
+                    Ok(None)
+                }
+                // A message that is not a protocol message.
+                4 => {
+                    let mut socket = upgrade(server, "tickrelay.v1.msgpack")?;
+                    socket.write_all(&masked(0x82, &[0xc1, 0xff, 0x00]))?;
+                    Ok(None)
+                }
+                // Half-open: upgraded, then silent and never reading.
+                5 => upgrade(server, "tickrelay.v1.msgpack").map(Some),
+                // A request that never ends (slowloris).
+                _ => {
+                    let mut socket = TcpStream::connect(server)?;
+                    socket.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")?;
+                    Ok(Some(socket))
+                }
+            }
+        };
+        if let Ok(Some(socket)) = attempt() {
+            held.push(socket);
+        }
+        sent.fetch_add(1, Ordering::Relaxed);
+        kind += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A WebSocket upgrade over a plain socket, with `protocol`; the socket after the 101.
+fn upgrade(server: SocketAddr, protocol: &str) -> std::io::Result<TcpStream> {
+    let mut socket = TcpStream::connect(server)?;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes())?;
+    // Up to the end of the response head, byte by byte: nothing after it is consumed.
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        socket.read_exact(&mut byte)?;
+        head.push(byte[0]);
+        if head.len() > 4096 {
+            return Err(std::io::ErrorKind::InvalidData.into());
+        }
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return Err(std::io::ErrorKind::ConnectionRefused.into());
+    }
+    Ok(socket)
+}
+
+/// One frame as a client sends it: `first` (FIN and opcode), masked `payload`.
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    tickrelay_protocol::framing::encode_frame(first, payload, Some([0x5a, 0x17, 0x3c, 0x81]))
+}
+
+fn metrics(admin: SocketAddr) -> anyhow::Result<Metrics> {
+    let mut socket = TcpStream::connect(admin)?;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    socket.read_to_string(&mut body)?;
+    ensure!(body.starts_with("HTTP/1.1 200"), "GET /metrics failed");
+    Ok(Metrics(
+        body.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split_once(' '))
+            .filter_map(|(name, value)| Some((name.to_owned(), value.parse().ok()?)))
+            .collect(),
+    ))
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    Ok(procfs::sample(pid).context("the server exited")?.rss_kib)
+}
+
+fn open_files(pid: u32) -> anyhow::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .context("the server exited")?
+        .count())
+}
+
+/// The server's open files once they stop moving: the socket of the last `/metrics` request
+/// takes a moment to close on the server's side. The lowest count over a second, or the first
+/// at or under `target`.
+fn settled_open_files(pid: u32, target: usize) -> anyhow::Result<usize> {
+    let mut lowest = open_files(pid)?;
+    let until = Instant::now() + Duration::from_secs(1);
+    while lowest > target && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        lowest = lowest.min(open_files(pid)?);
+    }
+    Ok(lowest)
+}
+
+fn wait_for(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
