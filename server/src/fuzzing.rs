@@ -46,7 +46,8 @@ pub fn session(input: &[u8]) {
         let len = usize::from(*len).min(tail.len());
         let (payload, after) = tail.split_at(len);
         let opcode = OPCODES[usize::from(flags & 0x07)];
-        let first = (flags & 0x80) | (flags & 0x40) | opcode;
+        // FIN and the first reserved bit as given; the opcode from the table.
+        let first = (flags & 0xC0) | opcode;
         wire.extend(encode_frame(first, payload, Some([0x37, 0xfa, 0x21, 0x3d])));
         rest = after;
     }

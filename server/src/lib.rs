@@ -250,10 +250,9 @@ impl Drop for PendingGuard {
     }
 }
 
-/// A connection's byte stream before and during its HTTP exchange: plain TCP or TLS over it.
-/// `ws::upgrade` takes it apart again after the upgrade.
-/// TLS's is boxed: the rustls session inside would otherwise widen every plain connection's
-/// HTTP task.
+/// A connection's byte stream before and during its HTTP exchange: plain TCP or TLS over it
+/// (`ws::upgrade` takes it apart again after the upgrade). TLS's is boxed: the rustls session
+/// inside would otherwise widen every plain connection's HTTP task.
 pub(crate) type HttpStream = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 fn serve_http(

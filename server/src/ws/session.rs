@@ -90,8 +90,8 @@ pub(crate) struct Setup {
 }
 
 /// Serves one upgraded connection to its end. `read`/`write` are the two halves of the
-/// stream (plain TCP today, TLS later); `direct` is the TCP write half again when the tick may
-/// write snapshots straight into it.
+/// stream (plain TCP, or TLS over it); `direct` is the socket again (TCP's write half, or the
+/// TLS session) when the tick may write snapshots straight into it.
 pub(crate) async fn serve<R, W>(
     ctx: Arc<ServerContext>,
     read: R,

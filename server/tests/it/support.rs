@@ -66,30 +66,40 @@ impl TestServer {
     /// server counts a disconnect only once it has torn the connection down, after the close
     /// handshake.
     pub(crate) async fn wait_metric(&self, name: &str, at_least: f64) {
-        let what = format!("{name} >= {at_least}");
-        wait_until(WAIT_TIMEOUT, &what, async || {
-            self.metric(name)
-                .await
-                .is_some_and(|value| value >= at_least)
-        })
-        .await;
+        wait_metric_at(self.addr, name, at_least).await;
     }
 
-    /// The value of one series as `/metrics` shows it, e.g.
-    /// `tickrelay_snapshots_coalesced_total` or `tickrelay_disconnects_total{reason="leave"}`;
-    /// None if the exposition has no such series (a labelled series appears only once counted).
+    /// The value of one series as `/metrics` shows it (see [`metric_at`]).
     pub(crate) async fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = self.http_get("/metrics").await;
-        let (_, value) = body
-            .lines()
-            .filter_map(|line| line.split_once(' '))
-            .find(|(key, _)| *key == name)?;
-        Some(
-            value
-                .parse()
-                .unwrap_or_else(|err| panic!("{name} has the value {value:?}: {err}")),
-        )
+        metric_at(self.addr, name).await
     }
+}
+
+/// The value of one series as `/metrics` at `addr` (plain HTTP) shows it, e.g.
+/// `tickrelay_snapshots_coalesced_total` or `tickrelay_disconnects_total{reason="leave"}`;
+/// None if the exposition has no such series (a labelled series appears only once counted).
+pub(crate) async fn metric_at(addr: SocketAddr, name: &str) -> Option<f64> {
+    let (_, body) = http_get(addr, "/metrics", &[]).await;
+    let (_, value) = body
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .find(|(key, _)| *key == name)?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|err| panic!("{name} has the value {value:?}: {err}")),
+    )
+}
+
+/// Waits (up to `WAIT_TIMEOUT`) until series `name` at `addr` exists and reaches `at_least`.
+pub(crate) async fn wait_metric_at(addr: SocketAddr, name: &str, at_least: f64) {
+    let what = format!("{name} >= {at_least}");
+    wait_until(WAIT_TIMEOUT, &what, async || {
+        metric_at(addr, name)
+            .await
+            .is_some_and(|value| value >= at_least)
+    })
+    .await;
 }
 
 /// Test defaults: the embedded defaults, with a fast tick so tests finish quickly.

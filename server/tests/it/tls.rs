@@ -16,8 +16,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::support::{
-    Client, RECV_TIMEOUT, TestServer, WAIT_TIMEOUT, spawn_server_with_admin, test_config,
-    wait_until,
+    Client, RECV_TIMEOUT, TestServer, WAIT_TIMEOUT, metric_at, spawn_server_with_admin,
+    test_config, wait_metric_at,
 };
 
 /// A certificate for `localhost` and 127.0.0.1 and its key, written as PEM files.
@@ -106,23 +106,6 @@ async fn wss_client(
     Client { ws, codec }
 }
 
-async fn admin_metric(admin: SocketAddr, name: &str) -> Option<f64> {
-    let (_, body) = crate::support::http_get(admin, "/metrics", &[]).await;
-    body.lines()
-        .filter_map(|line| line.split_once(' '))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.parse().unwrap())
-}
-
-async fn wait_admin_metric(admin: SocketAddr, name: &str, at_least: f64) {
-    wait_until(WAIT_TIMEOUT, &format!("{name} >= {at_least}"), async || {
-        admin_metric(admin, name)
-            .await
-            .is_some_and(|value| value >= at_least)
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn wss_serves_both_codecs_and_the_tick_writes_snapshots_directly() {
     let dir = temp_dir("serve");
@@ -156,8 +139,8 @@ async fn wss_serves_both_codecs_and_the_tick_writes_snapshots_directly() {
         }
     }
     // Over TLS as over TCP the tick encrypts and writes snapshots itself.
-    wait_admin_metric(admin, "tickrelay_snapshots_written_direct_total", 10.0).await;
-    let handshakes = admin_metric(admin, "tickrelay_tls_handshakes_total{result=\"ok\"}").await;
+    wait_metric_at(admin, "tickrelay_snapshots_written_direct_total", 10.0).await;
+    let handshakes = metric_at(admin, "tickrelay_tls_handshakes_total{result=\"ok\"}").await;
     assert_eq!(handshakes, Some(2.0));
     // A leave over TLS closes with 1000 like over TCP.
     json.send(&tickrelay_protocol::ClientMessage::Leave).await;
@@ -198,7 +181,7 @@ async fn large_messages_cross_tls_through_the_writer() {
         );
     }
     assert_eq!(
-        admin_metric(
+        metric_at(
             admin,
             "tickrelay_disconnects_total{reason=\"protocol_error\"}"
         )
@@ -235,7 +218,7 @@ async fn a_stalled_handshake_is_cut_and_plain_http_is_refused_without_harm() {
         "cut before its timeout: {:?}",
         started.elapsed()
     );
-    wait_admin_metric(
+    wait_metric_at(
         admin,
         "tickrelay_tls_handshakes_total{result=\"timeout\"}",
         1.0,
@@ -245,7 +228,7 @@ async fn a_stalled_handshake_is_cut_and_plain_http_is_refused_without_harm() {
     // Plain HTTP on the TLS port: not a handshake. Refused, counted, nothing else disturbed.
     let (status, _) = crate::support::http_get(server.addr, "/healthz", &[]).await;
     assert_ne!(status, 200);
-    wait_admin_metric(
+    wait_metric_at(
         admin,
         "tickrelay_tls_handshakes_total{result=\"failed\"}",
         1.0,
@@ -273,7 +256,7 @@ async fn certificates_reload_under_live_connections_and_a_bad_reload_keeps_the_o
     let second = make_cert(&dir, "second");
     std::fs::copy(&second.key_path, &first.key_path).unwrap();
     std::fs::copy(&second.cert_path, &first.cert_path).unwrap();
-    wait_admin_metric(admin, "tickrelay_tls_reloads_total{result=\"ok\"}", 1.0).await;
+    wait_metric_at(admin, "tickrelay_tls_reloads_total{result=\"ok\"}", 1.0).await;
     let fresh = tls_connect(server.addr, &second.der).await;
     let served = fresh.get_ref().1.peer_certificates().unwrap()[0].clone();
     assert_eq!(served, second.der, "the reloaded certificate is served");
@@ -296,7 +279,7 @@ async fn certificates_reload_under_live_connections_and_a_bad_reload_keeps_the_o
 
     // A broken key file: the reload fails and the current certificate stays.
     std::fs::write(&first.key_path, "-----BEGIN PRIVATE KEY-----\nnot base64\n").unwrap();
-    wait_admin_metric(admin, "tickrelay_tls_reloads_total{result=\"failed\"}", 1.0).await;
+    wait_metric_at(admin, "tickrelay_tls_reloads_total{result=\"failed\"}", 1.0).await;
     let after = tls_connect(server.addr, &second.der).await;
     assert_eq!(
         after.get_ref().1.peer_certificates().unwrap()[0],
