@@ -32,6 +32,10 @@ pub const JOIN_TIMEOUT: u16 = 4004;
 pub const UNAUTHORIZED: u16 = 4005;
 /// Another connection joined with the same identity (ticket `sub`) and took this seat over.
 pub const REPLACED: u16 = 4006;
+/// In a fleet, this node lost the lobby's lease (it was cut off from Redis, or paused, for
+/// longer than the lease): it stopped the lobby so that two nodes never run it. Route again
+/// (`GET /route`) and resume the seat where the route points.
+pub const LEASE_LOST: u16 = 4007;
 
 /// The short reason sent with a close code (fits the 123-byte limit of a close frame).
 pub fn reason(code: u16) -> &'static str {
@@ -50,6 +54,7 @@ pub fn reason(code: u16) -> &'static str {
         JOIN_TIMEOUT => "no join within handshake timeout",
         UNAUTHORIZED => "ticket refused",
         REPLACED => "seat taken over by a newer connection",
+        LEASE_LOST => "lobby lease lost: route again",
         _ => "",
     }
 }

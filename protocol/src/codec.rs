@@ -190,10 +190,19 @@ impl Codec {
                     n => Err(malformed(format!("{n} trailing bytes after the message"))),
                 }
             }
-            Self::Json => serde_json::from_slice(bytes).map_err(|err| DecodeError::Malformed {
-                codec: "json",
-                detail: err.to_string(),
-            }),
+            Self::Json => {
+                let malformed = |detail: String| DecodeError::Malformed {
+                    codec: "json",
+                    detail,
+                };
+                // JSON is UTF-8 text. Checked up front because serde_json checks only the
+                // strings it keeps: the fast path skipped a non-UTF-8 unknown field that the
+                // general decoder (which buffers every field) refused. Found by the
+                // client_messages fuzz target (seeds/regression-non-utf8-unknown-field).
+                let text = std::str::from_utf8(bytes)
+                    .map_err(|err| malformed(format!("not UTF-8 text: {err}")))?;
+                serde_json::from_str(text).map_err(|err| malformed(err.to_string()))
+            }
         }
     }
 }
@@ -225,6 +234,18 @@ mod tests {
     }
 
     #[test]
+    fn json_that_is_not_utf8_is_refused_by_the_fast_path_too() {
+        // Found by the client_messages fuzz target (seeds/regression-non-utf8-unknown-field):
+        // the invalid bytes sit in an unknown field, which the fast path used to skip.
+        let bytes = b"{\"t\":\"state\",\"seq\":42,\"data\":\"AQID\",\"x\":\"\x9c\"}";
+        assert_eq!(Codec::Json.decode_state(bytes), None);
+        let err = Codec::Json.decode_client(bytes).unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+        let valid = br#"{"t":"state","seq":42,"data":"AQID","x":"\u009c"}"#;
+        assert!(Codec::Json.decode_state(valid).is_some());
+    }
+
+    #[test]
     fn error_codes_from_a_newer_server_decode_as_unknown() {
         let newer = br#"{"t":"error","code":"banned","message":"x"}"#;
         assert_eq!(
@@ -233,6 +254,7 @@ mod tests {
                 code: ErrorCode::Unknown,
                 message: "x".into(),
                 retry_after_ms: None,
+                url: None,
             }
         );
     }

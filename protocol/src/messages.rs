@@ -108,6 +108,9 @@ pub enum ServerMessage {
         /// With `overloaded`: how long to wait before trying again.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
+        /// With `wrong_node`: the WebSocket URL of the node that runs the lobby.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
     },
 }
 
@@ -204,6 +207,9 @@ pub enum ErrorCode {
     /// A `join` with `resume` whose seat cannot be taken back (expired, already used, forged,
     /// for another lobby, or the lobby is gone). The connection stays: join afresh.
     SeatExpired,
+    /// In a fleet (`--redis`), the lobby runs on another node: `url` names it. Connect there
+    /// and join again (the connection stays open, unjoined).
+    WrongNode,
     /// Any code added by a newer server; clients should treat it as a generic error.
     #[serde(other)]
     Unknown,
@@ -226,6 +232,7 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::Overloaded => "overloaded",
             Self::SeatExpired => "seat_expired",
+            Self::WrongNode => "wrong_node",
             Self::Unknown => "unknown",
         }
     }

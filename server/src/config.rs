@@ -124,6 +124,32 @@ pub struct Config {
     #[arg(long, env = "TICKRELAY_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Fleet mode: share one lobby directory with other nodes through this Redis (e.g.
+    /// `redis://127.0.0.1:6379`). Each lobby then runs on exactly one node, the holder of its
+    /// lease; `GET /route?lobby=NAME` tells clients which, and a join on another node is
+    /// answered `wrong_node` with the owner's URL. Without it the server is one node on its
+    /// own and needs no Redis.
+    #[arg(long, env = "TICKRELAY_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
+
+    /// This node's id in the fleet (1 to 64 letters, digits, `-`, `_`); default: random at
+    /// each start.
+    #[arg(long, env = "TICKRELAY_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// The WebSocket URL the fleet sends clients to for this node's lobbies; default `ws://`
+    /// (`wss://` with --tls-cert) + --listen + `/ws`. Set it when clients reach the node by
+    /// another address (a public name, a port mapping).
+    #[arg(long, env = "TICKRELAY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// How long a fleet lobby lease lasts unrenewed (the heartbeat renews every lease about
+    /// once a second). A dead node's lobbies can be taken over within it; a node that cannot
+    /// reach Redis keeps its lobbies until four fifths of it have passed since its last
+    /// renewal, then stops them (close 4007), so a longer lease rides out longer Redis outages.
+    #[arg(long, env = "TICKRELAY_LEASE", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
+
     /// Worker threads for the async runtime (0 = one per core).
     #[arg(long, env = "TICKRELAY_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
@@ -519,7 +545,30 @@ impl Config {
         if self.ticket_leeway > Duration::from_secs(3600) {
             return fail("ticket-leeway", "must be at most 1h");
         }
+        if !(Duration::from_millis(300)..=Duration::from_secs(60)).contains(&self.lease) {
+            return fail("lease", "must be 300ms to 60s");
+        }
+        if let Some(id) = &self.node_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return fail("node-id", "must be 1 to 64 letters, digits, '-' or '_'");
+        }
         Ok(())
+    }
+
+    /// The URL the fleet sends clients to for this node's lobbies (`--public-url`).
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.clone(),
+            None => {
+                let scheme = if self.tls_cert.is_some() { "wss" } else { "ws" };
+                format!("{scheme}://{}/ws", self.listen)
+            }
+        }
     }
 
     /// The ticket verifier for the configured key (reading its file), or `None` when joins

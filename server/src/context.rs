@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
 use crate::config::{Config, ConfigError};
+use crate::fleet::{Fleet, FleetDirectory};
 use crate::lobby;
 use crate::metrics::Metrics;
 use crate::resume::ResumeKeys;
@@ -21,6 +22,8 @@ pub(crate) struct ServerContext {
     pub(crate) config: Config,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) directory: Box<dyn lobby::Directory>,
+    /// This node's membership of a fleet (`--redis`); `None` on a single node.
+    pub(crate) fleet: Option<Arc<Fleet>>,
     /// Verifies join tickets; `None` when joins need none (`--ticket-secret` and the like).
     pub(crate) tickets: Option<TicketVerifier>,
     /// Cancelled to shut down: see [`run`].
@@ -91,12 +94,33 @@ impl ServerContext {
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         };
-        Ok(Arc::new(Self {
-            directory: Box::new(lobby::LocalDirectory::new(
-                settings,
-                config.max_lobbies,
-                tracker.clone(),
+        let local = lobby::LocalDirectory::new(settings, config.max_lobbies, tracker.clone());
+        let fleet = match &config.redis {
+            Some(url) => Some(Arc::new(
+                Fleet::new(
+                    url,
+                    config.node_id.clone().unwrap_or_else(random_node_id),
+                    config.public_url(),
+                    config.lease,
+                    metrics.clone(),
+                )
+                .map_err(|err| ConfigError {
+                    flag: "redis",
+                    problem: err.to_string(),
+                })?,
             )),
+            None => None,
+        };
+        let directory: Box<dyn lobby::Directory> = match &fleet {
+            Some(fleet) => Box::new(FleetDirectory {
+                local,
+                fleet: fleet.clone(),
+            }),
+            None => Box::new(local),
+        };
+        Ok(Arc::new(Self {
+            directory,
+            fleet,
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
             pending_slots: Arc::new(Semaphore::new(config.max_pending_connections)),
             admission: Admission::new(&config),
@@ -110,4 +134,11 @@ impl ServerContext {
             config,
         }))
     }
+}
+
+/// A node id for a node given none: 8 random hex digits.
+fn random_node_id() -> String {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

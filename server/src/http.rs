@@ -1,6 +1,7 @@
-//! HTTP routing: `/ws` (upgrade), `/healthz`, `/lobbies` and `/stats` (JSON), `/metrics`
-//! (Prometheus), and the embedded browser files (`/`, `/monitor`, `/tickrelay.js`).
-//! Everything that is not the WebSocket itself is small, read-only and cheap.
+//! HTTP routing: `/ws` (upgrade), `/healthz`, `/route` (which node runs a lobby), `/lobbies`,
+//! `/stats` and `/cluster` (JSON), `/metrics` (Prometheus), and the embedded browser files
+//! (`/`, `/monitor`, `/tickrelay.js`). Everything that is not the WebSocket itself is small,
+//! read-only and cheap; `/route` and `/cluster` ask Redis in fleet mode.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,16 +10,24 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, X_CONTENT_TYPE_OPTIONS};
+use hyper::header::{
+    CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER, X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::Surface;
+use crate::config::Config;
 use crate::context::ServerContext;
+use crate::fleet::{self, RouteError};
 use crate::{assets, stats, ws};
 
 /// The routes only the admin surface serves (on their own listener with `--admin-listen`).
-const ADMIN_PATHS: [&str; 4] = ["/lobbies", "/stats", "/metrics", "/monitor"];
+const ADMIN_PATHS: [&str; 5] = ["/lobbies", "/stats", "/metrics", "/monitor", "/cluster"];
+
+/// Nodes per `/cluster` page, by default and at most.
+const CLUSTER_PAGE_DEFAULT: usize = 100;
+const CLUSTER_PAGE_MAX: usize = 1000;
 
 pub(crate) async fn route(
     ctx: Arc<ServerContext>,
@@ -47,6 +56,8 @@ pub(crate) async fn route(
     }
     let response = match path {
         "/healthz" => text_response(StatusCode::OK, "ok\n"),
+        "/route" => route_lobby(&ctx, request.uri().query()).await,
+        "/cluster" => cluster(&ctx, request.uri().query()).await,
         "/lobbies" => match stats::lobbies(&ctx, request.uri().query()) {
             Ok(page) => json_response(&page, false),
             Err(problem) => text_response(StatusCode::BAD_REQUEST, &format!("{problem}\n")),
@@ -71,17 +82,140 @@ pub(crate) async fn route(
     Ok(response)
 }
 
+/// `GET /route?lobby=NAME`: the URL of the node that runs the lobby (in fleet mode, placing a
+/// new lobby on the least-loaded live node; on a single node, this node).
+async fn route_lobby(ctx: &ServerContext, query: Option<&str>) -> Response<Full<Bytes>> {
+    let mut lobby = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "lobby" => lobby = Some(value.into_owned()),
+            other => {
+                return text_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown parameter {other:?}: use lobby\n"),
+                );
+            }
+        }
+    }
+    let Some(lobby) = lobby else {
+        return text_response(StatusCode::BAD_REQUEST, "missing parameter lobby\n");
+    };
+    if let Err(problem) = ws::session::validate_name("lobby", &lobby, Config::MAX_LOBBY_NAME) {
+        return text_response(StatusCode::BAD_REQUEST, &format!("{problem}\n"));
+    }
+    let Some(fleet) = &ctx.fleet else {
+        return json_response(
+            &fleet::Route {
+                lobby,
+                node: None,
+                url: ctx.config.public_url(),
+            },
+            false,
+        );
+    };
+    match fleet.route(&lobby).await {
+        Ok(route) => json_response(&route, false),
+        Err(err) => {
+            let wait = match err {
+                RouteError::OwnerGone(wait) => wait,
+                _ => fleet::RETRY_AFTER,
+            };
+            unavailable(&err.to_string(), wait)
+        }
+    }
+}
+
+/// `GET /cluster?offset=N&limit=M`: the fleet's live nodes by load, a page at a time.
+async fn cluster(ctx: &ServerContext, query: Option<&str>) -> Response<Full<Bytes>> {
+    let Some(fleet) = &ctx.fleet else {
+        return text_response(
+            StatusCode::NOT_FOUND,
+            "not in a fleet: this node runs on its own (start nodes with --redis)\n",
+        );
+    };
+    let mut offset = 0;
+    let mut limit = CLUSTER_PAGE_DEFAULT;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let number = value.parse::<usize>().ok();
+        match (&*key, number) {
+            ("offset", Some(n)) => offset = n,
+            ("limit", Some(n)) if n > 0 => limit = n.min(CLUSTER_PAGE_MAX),
+            ("offset" | "limit", _) => {
+                return text_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("{key} must be a number (limit at least 1), not {value:?}\n"),
+                );
+            }
+            (other, _) => {
+                return text_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown parameter {other:?}: use offset and limit\n"),
+                );
+            }
+        }
+    }
+    #[derive(Serialize)]
+    struct Page {
+        node: String,
+        nodes: Vec<fleet::NodeStatus>,
+        total: usize,
+        offset: usize,
+        next_offset: Option<usize>,
+    }
+    match fleet.nodes(offset, limit).await {
+        Ok((nodes, total)) => json_response(
+            &Page {
+                node: fleet.node_id.clone(),
+                next_offset: (offset + limit < total).then_some(offset + limit),
+                nodes,
+                total,
+                offset,
+            },
+            false,
+        ),
+        Err(err) => unavailable(
+            &format!("the lobby directory is unavailable ({err})"),
+            fleet::RETRY_AFTER,
+        ),
+    }
+}
+
+/// 503 with `Retry-After` and the same shape as the WebSocket's `error`.
+fn unavailable(message: &str, wait: std::time::Duration) -> Response<Full<Bytes>> {
+    #[derive(Serialize)]
+    struct Unavailable<'a> {
+        error: &'static str,
+        message: &'a str,
+        retry_after_ms: u64,
+    }
+    let mut response = json_response(
+        &Unavailable {
+            error: "overloaded",
+            message,
+            retry_after_ms: wait.as_millis() as u64,
+        },
+        false,
+    );
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
 /// A 404 that lists what this listener does serve.
 fn not_found(surface: Surface) -> Response<Full<Bytes>> {
     let served = match surface {
         Surface::All => {
-            "/ws, /healthz, /lobbies, /stats, /metrics, / (demo), /monitor and /tickrelay.js"
+            "/ws, /healthz, /route, /lobbies, /stats, /cluster, /metrics, / (demo), /monitor and \
+             /tickrelay.js"
         }
         Surface::Public => {
-            "/ws, /healthz, / (demo) and /tickrelay.js (the admin endpoints are on the admin \
-             listener)"
+            "/ws, /healthz, /route, / (demo) and /tickrelay.js (the admin endpoints are on the \
+             admin listener)"
         }
-        Surface::Admin => "/healthz, /lobbies, /stats, /metrics and /monitor",
+        Surface::Admin => "/healthz, /lobbies, /stats, /cluster, /metrics and /monitor",
     };
     text_response(
         StatusCode::NOT_FOUND,

@@ -9,10 +9,12 @@ mod assets;
 mod clock;
 pub mod config;
 mod context;
+mod fleet;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
+mod lease;
 mod lobby;
 pub mod metrics;
 mod mint;
@@ -122,8 +124,13 @@ pub async fn serve(
 ) -> Result<(), RunError> {
     config.validate()?;
     let shutdown_timeout = config.shutdown_timeout;
-    let ctx = ServerContext::new(config, shutdown.clone())?;
     let public_addr = listeners.public.local_addr()?;
+    // The address really bound (a test's port 0), which the fleet's default public URL names.
+    let config = Config {
+        listen: public_addr,
+        ..config
+    };
+    let ctx = ServerContext::new(config, shutdown.clone())?;
     let scheme = if ctx.tls.is_some() { "https" } else { "http" };
     info!(addr = %public_addr, scheme, tick_hz = ctx.config.tick_hz, "tickrelay listening");
     if let Some(tls) = &ctx.tls {
@@ -131,6 +138,16 @@ pub async fn serve(
             tls.clone(),
             ctx.metrics.clone(),
             ctx.config.tls_reload_check,
+            ctx.shutdown.clone(),
+        ));
+    }
+    if let Some(fleet) = &ctx.fleet {
+        let status = ctx.clone();
+        ctx.tracker.spawn(fleet.clone().run(
+            move || {
+                let lobbies = status.directory.list().len() as u64;
+                (lobbies, status.metrics.connections.get().max(0) as u64)
+            },
             ctx.shutdown.clone(),
         ));
     }

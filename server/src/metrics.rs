@@ -40,6 +40,9 @@ pub struct Metrics {
     pub(crate) seats_expired: Counter,
     pub(crate) tls_handshakes: Family<Labels, Counter>,
     pub(crate) tls_reloads: Family<Labels, Counter>,
+    pub(crate) fleet_leases: Family<Labels, Counter>,
+    pub(crate) fleet_lease_renewals: Counter,
+    pub(crate) fleet_redis_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -81,6 +84,9 @@ impl Metrics {
             seats_expired: Counter::default(),
             tls_handshakes: Family::default(),
             tls_reloads: Family::default(),
+            fleet_leases: Family::default(),
+            fleet_lease_renewals: Counter::default(),
+            fleet_redis_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -210,6 +216,21 @@ impl Metrics {
             "TLS certificate reloads (SIGHUP, or the files changed) by result: ok, failed (the previous certificate stays)",
             metrics.tls_reloads.clone(),
         );
+        registry.register(
+            "fleet_leases",
+            "Fleet lobby leases by event: acquired, released, lost (Redis names another owner), expired (not renewed in time: the lobby stopped here)",
+            metrics.fleet_leases.clone(),
+        );
+        registry.register(
+            "fleet_lease_renewals",
+            "Fleet lease renewals sent to Redis (one batch per heartbeat)",
+            metrics.fleet_lease_renewals.clone(),
+        );
+        registry.register(
+            "fleet_redis_errors",
+            "Fleet heartbeats that failed to reach Redis",
+            metrics.fleet_redis_errors.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -222,6 +243,10 @@ impl Metrics {
 
     pub(crate) fn error_sent(&self, code: &'static str) {
         self.errors_sent.get_or_create(&[("code", code)]).inc();
+    }
+
+    pub(crate) fn fleet_lease(&self, event: &'static str) {
+        self.fleet_leases.get_or_create(&[("event", event)]).inc();
     }
 
     pub(crate) fn resume(&self, result: &'static str) {

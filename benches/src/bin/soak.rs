@@ -3,16 +3,20 @@
 //!
 //!     cargo run --release -p tickrelay-benches --bin soak -- --minutes 10
 //!
-//! Each cycle runs two load generators at once (a churn of players sending states and events,
-//! and a storm that drops every connection halfway and resumes the seats), spectators that
-//! only watch, and a hostile client every half second (garbage, bad frames, oversized
-//! headers, invalid UTF-8, half-open sockets, a handshake that never ends). Afterwards, with
-//! every client gone, it asserts: no panic and no error-level log line; RSS within 10% of
-//! the baseline taken after a warm-up cycle; open file descriptors back to that baseline;
-//! every connection accounted for (opened = closed by reason + open); no lobby left; no
-//! reliable message lost by a resumed seat. It prints the figures, appends them to
-//! benches/RESULTS.md (unless `--no-record`) and exits 1 when a check fails.
+//! Each cycle runs three load generators at once (a churn of players sending states and
+//! events; a storm that drops every connection halfway and resumes the seats; players whose
+//! every connection goes through a fault-injecting proxy that in turn adds latency, throttles
+//! the link, opens partitions shorter and longer than the idle timeout and resets every
+//! connection), spectators that only watch, and a hostile client every half second (garbage,
+//! bad frames, oversized headers, invalid UTF-8, half-open sockets, a handshake that never
+//! ends). Afterwards, with every client gone, it asserts: no panic and no error-level log
+//! line; RSS within 10% of the baseline taken after a warm-up cycle; open file descriptors
+//! back to that baseline; every connection accounted for (opened = closed by reason + open);
+//! no lobby left; no reliable message lost by a resumed seat; every fault injected after the
+//! baseline. It prints the figures, appends them to benches/RESULTS.md (unless
+//! `--no-record`) and exits 1 when a check fails.
 
+use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -25,6 +29,7 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use tickrelay_benches::processes::{self, Guard, free_port};
 use tickrelay_benches::procfs;
+use tickrelay_faultproxy::{FaultProxy, Link};
 
 /// Soaks one tickrelay server and checks it afterwards (see the module docs).
 #[derive(Debug, Parser)]
@@ -33,7 +38,8 @@ struct Args {
     /// How long to soak, after the warm-up cycle.
     #[arg(long, default_value_t = 10.0)]
     minutes: f64,
-    /// Simulated players per cycle (two thirds churn, one third storm).
+    /// Simulated players per cycle (a quarter through the fault proxy; of the rest, two thirds
+    /// churn and one third storm).
     #[arg(long, default_value_t = 2000)]
     clients: usize,
     /// Spectator connections per cycle.
@@ -52,10 +58,11 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    ensure!(args.clients >= 6, "--clients must be at least 6");
+    ensure!(args.clients >= 8, "--clients must be at least 8");
     ensure!(
-        args.cycle >= Duration::from_secs(10),
-        "--cycle must be at least 10s"
+        args.cycle >= MIN_CYCLE,
+        "--cycle must be at least {} (the longest fault and the load generators' leaving)",
+        humantime::format_duration(MIN_CYCLE)
     );
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin_dir = match &args.bin_dir {
@@ -82,6 +89,11 @@ fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The shortest cycle: the longest fault step, and time for the load generators to leave
+/// after the faults are cleared.
+const MIN_CYCLE: Duration = Duration::from_secs(15);
+const LEAVING: Duration = Duration::from_secs(4);
 
 struct Report {
     table: String,
@@ -120,6 +132,8 @@ fn soak(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<Report> {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args(["--max-connections", "100000", "--max-lobby-size", "64"])
+            // Seats cut off by the long partition come back well within the grace.
+            .args(["--resume-grace", "20s"])
             // Hostile half-open sockets are found in seconds, not the default 30.
             .args([
                 "--idle-timeout",
@@ -142,6 +156,7 @@ fn soak(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<Report> {
     })?;
     let server_addr = SocketAddr::from(([127, 0, 0, 1], port));
     let url = format!("ws://127.0.0.1:{port}/ws");
+    let faults = Faults::start(server_addr)?;
 
     eprintln!("soak: warm-up cycle");
     let warmup = Duration::from_secs(20).min(args.cycle);
@@ -151,11 +166,14 @@ fn soak(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<Report> {
         work,
         url,
         server: server_addr,
+        faults,
         resumed: 0.0,
         lost: 0.0,
     };
     cycles.run(warmup, 0)?;
     settle(admin)?;
+    // Faults count from the baseline on: those are the ones the memory check covers.
+    cycles.faults.applied.clear();
     let baseline = (rss_kib(pid)?, settled_open_files(pid, 0)?);
     eprintln!(
         "soak: baseline {} KiB RSS, {} open files",
@@ -167,10 +185,7 @@ fn soak(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<Report> {
     let mut peak_rss = baseline.0;
     while Instant::now() < deadline {
         count += 1;
-        let length = args
-            .cycle
-            .min(deadline - Instant::now())
-            .max(Duration::from_secs(10));
+        let length = args.cycle.min(deadline - Instant::now()).max(MIN_CYCLE);
         eprintln!("soak: cycle {count} ({:.0} s)", length.as_secs_f64());
         cycles.run(length, count)?;
         peak_rss = peak_rss.max(rss_kib(pid)?);
@@ -223,6 +238,16 @@ fn soak(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<Report> {
         resumed > 0.0,
         "no seat was resumed: the storms did not run".into(),
     );
+    let faults = &cycles.faults;
+    let missing: Vec<_> = Fault::ALL
+        .iter()
+        .filter(|fault| !faults.applied.contains_key(fault.name()))
+        .map(|fault| fault.name())
+        .collect();
+    check(
+        missing.is_empty(),
+        format!("never injected after the baseline (soak longer): {missing:?}"),
+    );
 
     let verdict = if failures.is_empty() {
         "passed"
@@ -238,6 +263,9 @@ fn soak(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<Report> {
          | lobbies at the end | {lobbies:.0} |\n\
          | seats resumed / reliable messages they lost | {resumed:.0} / {lost:.0} |\n\
          | hostile connections refused or closed (upgrade refusals, protocol and join-timeout closes) | {hostile:.0} |\n\
+         | connections through the fault proxy | {proxied} |\n\
+         | faults injected after the baseline | {applied} |\n\
+         | faulted players: resumed / refused (seat_expired) / lost | {f_resumed:.0} / {f_refused:.0} / {f_lost:.0} |\n\
          | error or panic log lines | {bad_lines} |\n\
          | RSS baseline / peak / end (KiB) | {} / {peak_rss} / {} ({:+.1}%) |\n\
          | open files baseline / end | {} / {} |\n",
@@ -251,6 +279,16 @@ fn soak(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<Report> {
         (end.0 as f64 / baseline.0 as f64 - 1.0) * 100.0,
         baseline.1,
         end.1,
+        proxied = faults.proxy.accepted(),
+        applied = faults
+            .applied
+            .iter()
+            .map(|(name, times)| format!("{name} ×{times}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        f_resumed = faults.resumed,
+        f_refused = faults.refused,
+        f_lost = faults.lost,
         hostile = m.sum("tickrelay_upgrades_refused_total")
             + m.get("tickrelay_disconnects_total{reason=\"protocol_error\"}")
             + m.get("tickrelay_disconnects_total{reason=\"bad_message\"}")
@@ -260,13 +298,15 @@ fn soak(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<Report> {
     Ok(Report { table, failures })
 }
 
-/// The soak's cycles and what they add up: the storms' resumed seats and their lost messages.
+/// The soak's cycles and what they add up: the resumed seats of storms and faults, and their
+/// lost messages.
 struct Cycles<'a> {
     args: &'a Args,
     bin_dir: &'a Path,
     work: &'a Path,
     url: String,
     server: SocketAddr,
+    faults: Faults,
     resumed: f64,
     lost: f64,
 }
@@ -283,11 +323,14 @@ impl Cycles<'_> {
             self.server,
         );
         let seconds = format!("{}s", length.as_secs());
-        let churners = args.clients * 2 / 3;
-        let stormers = args.clients - churners;
+        let faulted = args.clients / 4;
+        let churners = (args.clients - faulted) * 2 / 3;
+        let stormers = args.clients - faulted - churners;
         let churn_report = work.join(format!("churn-{index}.json"));
         let storm_report = work.join(format!("storm-{index}.json"));
-        let loadgen = |extra: &[String], report: &Path| -> anyhow::Result<Guard> {
+        let fault_report = work.join(format!("faults-{index}.json"));
+        let proxy_url = format!("ws://{}/ws", self.faults.proxy.addr);
+        let loadgen = |url: &str, extra: &[String], report: &Path| -> anyhow::Result<Guard> {
             Ok(Guard(
                 Command::new(bin_dir.join("tickrelay-loadgen"))
                     .args([
@@ -318,6 +361,7 @@ impl Cycles<'_> {
         };
         let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let churn = loadgen(
+            url,
             &strings(&[
                 "--scenario",
                 "churn",
@@ -331,6 +375,7 @@ impl Cycles<'_> {
             &churn_report,
         )?;
         let storm = loadgen(
+            url,
             &strings(&[
                 "--scenario",
                 "storm",
@@ -342,6 +387,18 @@ impl Cycles<'_> {
                 &format!("storm{index}"),
             ]),
             &storm_report,
+        )?;
+        let through_faults = loadgen(
+            &proxy_url,
+            &strings(&[
+                "--scenario",
+                "steady",
+                "--clients",
+                &faulted.to_string(),
+                "--lobby-prefix",
+                &format!("fault{index}"),
+            ]),
+            &fault_report,
         )?;
         let stop = Arc::new(AtomicBool::new(false));
         let hostile_sent = Arc::new(AtomicU64::new(0));
@@ -355,20 +412,26 @@ impl Cycles<'_> {
             helpers.push(std::thread::spawn(move || hostile(server, &stop, &sent)));
         }
         let deadline = Instant::now() + length + Duration::from_secs(120);
-        for mut child in [churn, storm] {
-            loop {
-                if let Some(status) = child.0.try_wait()? {
-                    // 0, or 2 (an --slo broken: none is given here, so 0 is expected).
-                    ensure!(status.success(), "a load generator failed: {status}");
-                    break;
+        let faults = &mut self.faults;
+        let finished = std::thread::scope(|scope| {
+            // The faults end before the load generators do, so they leave over a clear link.
+            scope.spawn(|| faults.inject(faulted, length.saturating_sub(LEAVING)));
+            for mut child in [churn, storm, through_faults] {
+                loop {
+                    if let Some(status) = child.0.try_wait()? {
+                        // 0, or 2 (an --slo broken: none is given here, so 0 is expected).
+                        ensure!(status.success(), "a load generator failed: {status}");
+                        break;
+                    }
+                    ensure!(
+                        Instant::now() < deadline,
+                        "a load generator did not finish in time"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
                 }
-                ensure!(
-                    Instant::now() < deadline,
-                    "a load generator did not finish in time"
-                );
-                std::thread::sleep(Duration::from_millis(100));
             }
-        }
+            Ok(())
+        });
         stop.store(true, Ordering::Relaxed);
         for helper in helpers {
             let _ = helper.join();
@@ -377,7 +440,141 @@ impl Cycles<'_> {
             serde_json::from_str(&std::fs::read_to_string(&storm_report)?)?;
         self.resumed += storm["storm"]["resumed"].as_f64().unwrap_or(0.0);
         self.lost += storm["storm"]["lost"].as_f64().unwrap_or(0.0);
+        finished?;
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&fault_report)?)?;
+        let counter = |name: &str| report["counters"][name].as_f64().unwrap_or(0.0);
+        eprintln!(
+            "soak:   faulted players: {} reconnects, {} resumed, {} refused, errors {}",
+            counter("reconnects"),
+            counter("resumes"),
+            counter("resumes_refused"),
+            report["errors_whole_run"]
+        );
+        self.faults.resumed += counter("resumes");
+        self.faults.refused += counter("resumes_refused");
+        self.faults.lost += counter("resume_lost");
+        self.resumed += counter("resumes");
+        self.lost += counter("resume_lost");
         Ok(())
+    }
+}
+
+/// A fault the proxy injects into the faulted players' connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// 40 ms each way.
+    Latency,
+    /// Server-to-client bytes at 4 KiB/s, under the ~20 KiB/s a lobby of 8 sends each member.
+    Throttle,
+    /// A partition shorter than the server's idle timeout (6 s): nobody should notice.
+    ShortPartition,
+    /// A partition longer than ping interval + idle timeout (8 s): the server finds the
+    /// half-open connections, the seats wait, the clients resume once it heals.
+    LongPartition,
+    /// Every connection reset (RST to both ends), then a clear link to reconnect over.
+    Reset,
+}
+
+impl Fault {
+    const ALL: [Self; 5] = [
+        Self::Latency,
+        Self::Throttle,
+        Self::ShortPartition,
+        Self::LongPartition,
+        Self::Reset,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Latency => "latency",
+            Self::Throttle => "throttle",
+            Self::ShortPartition => "short partition",
+            Self::LongPartition => "long partition",
+            Self::Reset => "reset",
+        }
+    }
+
+    /// How long the fault lasts; each is followed by `CLEAR_AFTER` of a clear link.
+    fn length(self) -> Duration {
+        Duration::from_secs(match self {
+            Self::Latency => 3,
+            Self::Throttle => 4,
+            Self::ShortPartition => 2,
+            Self::LongPartition => 10,
+            Self::Reset => 0,
+        })
+    }
+}
+
+/// A clear link after each fault, for the clients to recover over.
+const CLEAR_AFTER: Duration = Duration::from_secs(2);
+
+/// The fault proxy (on a runtime of its own) and the faults' schedule, which carries over
+/// from one cycle to the next.
+struct Faults {
+    proxy: Arc<FaultProxy>,
+    _runtime: tokio::runtime::Runtime,
+    /// The next fault in `Fault::ALL`.
+    next: usize,
+    /// Times each fault was injected, by name.
+    applied: BTreeMap<&'static str, u64>,
+    resumed: f64,
+    refused: f64,
+    lost: f64,
+}
+
+impl Faults {
+    fn start(server: SocketAddr) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fault-proxy")
+            .enable_all()
+            .build()?;
+        let proxy = runtime
+            .block_on(FaultProxy::start(server))
+            .context("starting the fault proxy")?;
+        Ok(Self {
+            proxy,
+            _runtime: runtime,
+            next: 0,
+            applied: BTreeMap::new(),
+            resumed: 0.0,
+            refused: 0.0,
+            lost: 0.0,
+        })
+    }
+
+    /// Injects the schedule's next faults for `window`, once the cycle's `players` have
+    /// connected through the proxy and had a moment to join: each fault that still fits, then
+    /// a clear link. A fault that does not fit waits for the next window.
+    fn inject(&mut self, players: usize, window: Duration) {
+        let until = Instant::now() + window;
+        let connected = self.proxy.accepted() + players as u64;
+        while self.proxy.accepted() < connected && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(CLEAR_AFTER);
+        loop {
+            let fault = Fault::ALL[self.next];
+            if Instant::now() + fault.length() + CLEAR_AFTER > until {
+                break;
+            }
+            match fault {
+                Fault::Latency => self.proxy.set(Link::Pass {
+                    delay: Duration::from_millis(40),
+                }),
+                Fault::Throttle => self.proxy.throttle(Some(4 * 1024)),
+                Fault::ShortPartition | Fault::LongPartition => self.proxy.set(Link::BlackHole),
+                Fault::Reset => self.proxy.reset_all(),
+            }
+            std::thread::sleep(fault.length());
+            self.proxy.set(Link::CLEAR);
+            self.proxy.throttle(None);
+            *self.applied.entry(fault.name()).or_default() += 1;
+            std::thread::sleep(CLEAR_AFTER);
+            self.next = (self.next + 1) % Fault::ALL.len();
+        }
     }
 }
 

@@ -67,9 +67,14 @@ fn server_contract(message: &ServerMessage) -> (&'static str, Vec<&'static str>)
         ServerMessage::MemberAway { .. } => ("member_away", vec!["t", "id", "offset"]),
         ServerMessage::MemberBack { .. } => ("member_back", vec!["t", "id", "offset"]),
         ServerMessage::Pong { .. } => ("pong", vec!["t", "client_time", "server_time_us"]),
-        ServerMessage::Error { retry_after_ms, .. } => {
+        ServerMessage::Error {
+            retry_after_ms,
+            url,
+            ..
+        } => {
             let mut keys = vec!["t", "code", "message"];
             keys.extend(retry_after_ms.as_ref().map(|_| "retry_after_ms"));
+            keys.extend(url.as_ref().map(|_| "url"));
             ("error", keys)
         }
     }
@@ -207,6 +212,7 @@ fn nested_objects_and_value_types() {
         code: ErrorCode::TooManyLobbies,
         message: "m".into(),
         retry_after_ms: None,
+        url: None,
     };
     assert_eq!(json_of(&error)["code"], "too_many_lobbies");
     assert_eq!(
@@ -231,6 +237,7 @@ fn error_code_wire_names() {
         (ErrorCode::Forbidden, "forbidden"),
         (ErrorCode::Overloaded, "overloaded"),
         (ErrorCode::SeatExpired, "seat_expired"),
+        (ErrorCode::WrongNode, "wrong_node"),
         (ErrorCode::Unknown, "unknown"),
     ];
     for (code, name) in all {

@@ -86,6 +86,7 @@ pub(crate) fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::Forbidden),
         Just(ErrorCode::Overloaded),
         Just(ErrorCode::SeatExpired),
+        Just(ErrorCode::WrongNode),
         Just(ErrorCode::Unknown),
     ]
 }
@@ -219,14 +220,21 @@ pub(crate) fn server_message() -> BoxedStrategy<ServerMessage> {
             }
         }))
         .boxed(),
-        ((error_code(), text(), proptest::option::of(u64_value())).prop_map(
-            |(code, message, retry_after_ms)| ServerMessage::Error {
-                code,
-                message,
-                retry_after_ms
-            }
-        ))
-        .boxed(),
+        (
+            error_code(),
+            text(),
+            proptest::option::of(u64_value()),
+            proptest::option::of(text())
+        )
+            .prop_map(
+                |(code, message, retry_after_ms, url)| ServerMessage::Error {
+                    code,
+                    message,
+                    retry_after_ms,
+                    url,
+                }
+            )
+            .boxed(),
     ]
     .boxed()
 }
@@ -329,11 +337,19 @@ pub(crate) fn server_examples() -> Vec<ServerMessage> {
             code: ErrorCode::LobbyFull,
             message: "lobby arena is full (16/16)".into(),
             retry_after_ms: None,
+            url: None,
         },
         ServerMessage::Error {
             code: ErrorCode::Overloaded,
             message: "server full".into(),
             retry_after_ms: Some(1500),
+            url: None,
+        },
+        ServerMessage::Error {
+            code: ErrorCode::WrongNode,
+            message: "lobby \"arena\" runs on node \"n2\": join there".into(),
+            retry_after_ms: None,
+            url: Some("ws://10.0.0.2:8080/ws".into()),
         },
     ]
 }

@@ -12,7 +12,7 @@ use tickrelay_protocol::{Codec, ErrorCode, Payload, PlayerId, Role, ServerMessag
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::history::{History, HistoryLimits};
 use super::info::{LobbyInfo, TrafficCounts};
@@ -67,6 +67,29 @@ pub(crate) struct JoinAccepted {
 pub(crate) struct JoinRefusal {
     pub(crate) code: ErrorCode,
     pub(crate) message: String,
+    /// With `overloaded`: when to try again.
+    pub(crate) retry_after: Option<Duration>,
+    /// With `wrong_node`: where the lobby runs.
+    pub(crate) url: Option<String>,
+}
+
+impl JoinRefusal {
+    pub(crate) fn new(code: ErrorCode, message: String) -> Self {
+        Self {
+            code,
+            message,
+            retry_after: None,
+            url: None,
+        }
+    }
+
+    /// `overloaded`, to be tried again after `wait`.
+    pub(crate) fn retry(message: String, wait: Duration) -> Self {
+        Self {
+            retry_after: Some(wait),
+            ..Self::new(ErrorCode::Overloaded, message)
+        }
+    }
 }
 
 /// What a connection asks of its lobby, besides states (those go through its [`InputSlot`]).
@@ -116,6 +139,10 @@ pub(crate) trait Registration: Send + Sync + 'static {
     /// The lobby is empty: remove it from the directory unless a join is on its way. Returns
     /// true when the actor must stop.
     fn try_retire(&self) -> bool;
+    /// Whether the lobby may still tick at `now` (false once a fleet lease has run out).
+    fn may_run(&self, now: std::time::Instant) -> bool;
+    /// The actor stopped, for whatever reason: the lobby is no longer in the directory.
+    fn stopped(&self);
 }
 
 /// Everything a lobby's actor needs from the server, fixed at its creation.
@@ -166,6 +193,7 @@ impl Connection {
             code,
             message,
             retry_after_ms: retry_after.map(|wait| wait.as_millis().max(1) as u64),
+            url: None,
         };
         let _ = self.outbox.push_reliable(self.codec.encode_server(&error));
     }
@@ -235,6 +263,10 @@ impl Actor {
             tokio::select! {
                 biased;
                 () = &mut timer => {
+                    if !self.registration.may_run(now()) {
+                        self.lease_lost();
+                        break;
+                    }
                     let fired = schedule.fire(now());
                     self.expire_away(now());
                     self.on_tick(fired);
@@ -257,8 +289,21 @@ impl Actor {
                 () = shutdown.cancelled() => break,
             }
         }
+        self.registration.stopped();
         self.settings.metrics.lobbies.dec();
         debug!(lobby = %self.info.name, ticks = self.state.tick_number(), "lobby stopped");
+    }
+
+    /// The fleet lease ran out (this node was cut off from Redis or paused for longer than
+    /// it): another node may take the lobby at any moment, so it stops ticking here now and
+    /// sends its members to route again. Their seats stay resumable where the route points.
+    fn lease_lost(&mut self) {
+        warn!(lobby = %self.info.name, members = self.state.members().count(), "lease ran out: lobby stopped here, members sent to route again");
+        self.settings.metrics.fleet_lease("expired");
+        // Away seats' outboxes are closed already; closing again changes nothing.
+        for (_, member) in self.state.members() {
+            member.conn.outbox.close(close::LEASE_LOST);
+        }
     }
 
     /// Away seats nobody took back in time leave; old history goes.
@@ -473,12 +518,12 @@ impl Actor {
         connection: Connection,
     ) -> Result<JoinAccepted, JoinRefusal> {
         let expired = || {
-            Err(JoinRefusal {
-                code: ErrorCode::SeatExpired,
-                message: "this seat cannot be resumed (expired, used, or the lobby was \
-                          recreated): join afresh"
+            Err(JoinRefusal::new(
+                ErrorCode::SeatExpired,
+                "this seat cannot be resumed (expired, used, or the lobby was recreated): \
+                 join afresh"
                     .into(),
-            })
+            ))
         };
         // Refusals are counted by the session, which sees every `seat_expired`.
         if resume.instance != self.instance {
@@ -628,13 +673,13 @@ impl Actor {
             JoinRefused::LobbyFull => ("players", self.settings.max_members),
             JoinRefused::SpectatorsFull => ("spectators", self.settings.max_spectators),
         };
-        JoinRefusal {
-            code: ErrorCode::LobbyFull,
-            message: format!(
+        JoinRefusal::new(
+            ErrorCode::LobbyFull,
+            format!(
                 "lobby {:?} already has its maximum of {max} {what}",
                 self.info.name
             ),
-        }
+        )
     }
 
     /// Gives the message `make` builds the lobby's next reliable offset, keeps it in the

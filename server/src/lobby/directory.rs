@@ -24,6 +24,7 @@ use super::actor::{
     Registration,
 };
 use super::info::LobbyInfo;
+use crate::lease::Lease;
 use crate::sync::lock;
 
 /// A join's eventual answer.
@@ -75,30 +76,67 @@ impl LocalDirectory {
         }
     }
 
+    /// Whether the lobby `name` runs here.
+    pub(crate) fn runs(&self, name: &str) -> bool {
+        lock(&self.shared.lobbies).contains_key(name)
+    }
+
+    /// Joins `request.lobby`; a lobby created for it runs only while `lease` is valid (a
+    /// fleet's lease; `None`: for as long as it has members). A lobby already running keeps
+    /// its own lease.
+    pub(crate) fn join_leased(
+        &self,
+        request: JoinRequest,
+        lease: Option<Arc<Lease>>,
+    ) -> JoinFuture<'_> {
+        Box::pin(async move {
+            let entry = self.route(&request.lobby, request.resume.is_some(), lease)?;
+            let pending = PendingJoin {
+                shared: &self.shared,
+                entry: &entry,
+                delivered: false,
+            };
+            let (reply, accepted) = oneshot::channel();
+            let stopped = || JoinRefusal::new(ErrorCode::Unknown, "lobby stopped".to_owned());
+            let command = Command::Join {
+                request: Box::new(request),
+                reply,
+            };
+            entry.handle.send(command).await.map_err(|_| stopped())?;
+            pending.delivered();
+            accepted.await.map_err(|_| stopped())?
+        })
+    }
+
     /// Finds the lobby, or creates it unless this is a resume (a resumed seat's lobby must
     /// still be there), and counts a join on its way to it.
-    fn route(&self, name: &str, resume: bool) -> Result<Arc<Entry>, JoinRefusal> {
+    fn route(
+        &self,
+        name: &str,
+        resume: bool,
+        lease: Option<Arc<Lease>>,
+    ) -> Result<Arc<Entry>, JoinRefusal> {
         let shared = &self.shared;
         let mut lobbies = lock(&shared.lobbies);
         let entry = match lobbies.get(name) {
             Some(entry) => entry.clone(),
             None if resume => {
-                return Err(JoinRefusal {
-                    code: ErrorCode::SeatExpired,
-                    message: format!("lobby {name:?} is gone (its seats with it): join afresh"),
-                });
+                return Err(JoinRefusal::new(
+                    ErrorCode::SeatExpired,
+                    format!("lobby {name:?} is gone (its seats with it): join afresh"),
+                ));
             }
             None => {
                 if lobbies.len() >= shared.max_lobbies {
-                    return Err(JoinRefusal {
-                        code: ErrorCode::TooManyLobbies,
-                        message: format!(
+                    return Err(JoinRefusal::new(
+                        ErrorCode::TooManyLobbies,
+                        format!(
                             "server already runs its maximum of {} lobbies",
                             shared.max_lobbies
                         ),
-                    });
+                    ));
                 }
-                let entry = self.spawn_lobby(name);
+                let entry = self.spawn_lobby(name, lease);
                 lobbies.insert(name.to_owned(), entry.clone());
                 entry
             }
@@ -107,7 +145,7 @@ impl LocalDirectory {
         Ok(entry)
     }
 
-    fn spawn_lobby(&self, name: &str) -> Arc<Entry> {
+    fn spawn_lobby(&self, name: &str, lease: Option<Arc<Lease>>) -> Arc<Entry> {
         let shared = &self.shared;
         let info = Arc::new(LobbyInfo::new(name.to_owned(), shared.settings.tick_hz));
         let (handle, inbox) = actor::channel();
@@ -119,6 +157,7 @@ impl LocalDirectory {
         let registration = LocalRegistration {
             shared: shared.clone(),
             entry: entry.clone(),
+            lease,
         };
         let lobby = Actor::new(
             shared.settings.clone(),
@@ -134,26 +173,7 @@ impl LocalDirectory {
 
 impl Directory for LocalDirectory {
     fn join(&self, request: JoinRequest) -> JoinFuture<'_> {
-        Box::pin(async move {
-            let entry = self.route(&request.lobby, request.resume.is_some())?;
-            let pending = PendingJoin {
-                shared: &self.shared,
-                entry: &entry,
-                delivered: false,
-            };
-            let (reply, accepted) = oneshot::channel();
-            let stopped = || JoinRefusal {
-                code: ErrorCode::Unknown,
-                message: "lobby stopped".to_owned(),
-            };
-            let command = Command::Join {
-                request: Box::new(request),
-                reply,
-            };
-            entry.handle.send(command).await.map_err(|_| stopped())?;
-            pending.delivered();
-            accepted.await.map_err(|_| stopped())?
-        })
+        self.join_leased(request, None)
     }
 
     fn list(&self) -> Vec<Arc<LobbyInfo>> {
@@ -194,6 +214,8 @@ impl Drop for PendingJoin<'_> {
 struct LocalRegistration {
     shared: Arc<Shared>,
     entry: Arc<Entry>,
+    /// The fleet lease the lobby runs under, if any.
+    lease: Option<Arc<Lease>>,
 }
 
 impl Registration for LocalRegistration {
@@ -215,5 +237,23 @@ impl Registration for LocalRegistration {
             lobbies.remove(&entry.info.name);
         }
         true
+    }
+
+    fn may_run(&self, now: std::time::Instant) -> bool {
+        self.lease.as_ref().is_none_or(|lease| lease.valid(now))
+    }
+
+    fn stopped(&self) {
+        let mut lobbies = lock(&self.shared.lobbies);
+        let entry = &self.entry;
+        if lobbies
+            .get(&entry.info.name)
+            .is_some_and(|current| Arc::ptr_eq(current, entry))
+        {
+            lobbies.remove(&entry.info.name);
+        }
+        if let Some(lease) = &self.lease {
+            lease.release();
+        }
     }
 }

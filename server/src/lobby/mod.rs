@@ -4,7 +4,7 @@
 //! running lobbies (`directory`).
 
 mod actor;
-mod directory;
+pub(crate) mod directory;
 mod history;
 mod info;
 mod input;

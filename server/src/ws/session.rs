@@ -632,11 +632,16 @@ impl<'a> Session<'a> {
             Ok(JoinAccepted { lobby, seat, role }) => {
                 self.joined = Some(Joined { lobby, seat, role });
             }
-            Err(JoinRefusal { code, message }) => {
+            Err(JoinRefusal {
+                code,
+                message,
+                retry_after,
+                url,
+            }) => {
                 if code == ErrorCode::SeatExpired {
                     self.ctx.metrics.resume("expired");
                 }
-                self.send_error(code, message);
+                self.send_refusal(code, message, retry_after, url);
             }
         }
         Flow::Continue
@@ -759,12 +764,24 @@ impl<'a> Session<'a> {
 
     /// [`send_error`](Self::send_error) telling the client when to try again.
     fn send_error_retry(&self, code: ErrorCode, message: String, retry_after: Option<Duration>) {
+        self.send_refusal(code, message, retry_after, None);
+    }
+
+    /// [`send_error_retry`](Self::send_error_retry), with `url` for `wrong_node`.
+    fn send_refusal(
+        &self,
+        code: ErrorCode,
+        message: String,
+        retry_after: Option<Duration>,
+        url: Option<String>,
+    ) {
         debug!(player = self.player_id(), code = code.as_str(), %message, "refused client request");
         self.ctx.metrics.error_sent(code.as_str());
         self.send(&ServerMessage::Error {
             code,
             message,
             retry_after_ms: retry_after.map(|wait| wait.as_millis() as u64),
+            url,
         });
     }
 }
@@ -776,7 +793,7 @@ fn close_with(outbox: &Outbox, code: u16) -> EndReason {
     EndReason::ServerClosed(outbox.close_code().unwrap_or(code))
 }
 
-fn validate_name(what: &str, value: &str, max: usize) -> Result<(), String> {
+pub(crate) fn validate_name(what: &str, value: &str, max: usize) -> Result<(), String> {
     if value.is_empty() || value.len() > max {
         return Err(format!("{what} must be 1 to {max} bytes long"));
     }

@@ -1,165 +1,22 @@
 //! Injected network faults. This kernel has no netem, so the tests put a fault-injecting TCP
-//! proxy of their own between real clients and the server: added latency, a black hole (no
-//! FIN, no RST: the peer looks alive and says nothing), a reset in the middle of a frame, a
-//! throttled link, and partitions that heal within the resume grace or do not. Every test
-//! ends by checking that the fault leaked no connection and no lobby.
+//! proxy (the `tickrelay-faultproxy` crate, which the soak uses too) between real clients and
+//! the server: added latency, a black hole (no FIN, no RST: the peer looks alive and says
+//! nothing), a reset in the middle of a frame, a throttled link, and partitions that heal
+//! within the resume grace or do not. Every test ends by checking that the fault leaked no
+//! connection and no lobby; the soak checks memory under the same faults.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tickrelay_faultproxy::{FaultProxy, Link};
 use tickrelay_protocol::{Codec, ErrorCode, ServerMessage};
 use tickrelay_server::Config;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::resume::{Seat, answer, event, events_until, join_message, next_member_change};
 use crate::support::{
     Client, TestServer, WAIT_TIMEOUT, masked_frame, spawn_server, test_config, wait_until,
 };
-
-/// What the proxy does to the bytes passing through it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Link {
-    /// Forward, after `delay`.
-    Pass { delay: Duration },
-    /// Forward nothing in either direction and close nothing: both ends see a live, silent
-    /// peer.
-    BlackHole,
-}
-
-/// A TCP proxy in front of the server, its faults switched by the test.
-struct FaultProxy {
-    addr: SocketAddr,
-    link: watch::Sender<Link>,
-    /// Server-to-client bytes per second, if throttled.
-    throttle: Arc<Mutex<Option<usize>>>,
-    /// Cancelled to reset every connection through the proxy (RST to both ends).
-    reset: Mutex<CancellationToken>,
-}
-
-impl FaultProxy {
-    async fn start(server: SocketAddr) -> Arc<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = Arc::new(Self {
-            addr: listener.local_addr().unwrap(),
-            link: watch::channel(Link::Pass {
-                delay: Duration::ZERO,
-            })
-            .0,
-            throttle: Arc::default(),
-            reset: Mutex::new(CancellationToken::new()),
-        });
-        let accepting = proxy.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(upstream) = connect_upstream(server).await else {
-                    continue;
-                };
-                let reset = accepting.reset.lock().unwrap().clone();
-                let link = accepting.link.subscribe();
-                tokio::spawn(relay(
-                    client,
-                    upstream,
-                    link,
-                    accepting.throttle.clone(),
-                    reset,
-                ));
-            }
-        });
-        proxy
-    }
-
-    fn set(&self, link: Link) {
-        self.link.send_replace(link);
-    }
-
-    fn throttle(&self, bytes_per_second: Option<usize>) {
-        *self.throttle.lock().unwrap() = bytes_per_second;
-    }
-
-    /// Resets every connection now through the proxy; later ones are not affected.
-    fn reset_all(&self) {
-        std::mem::take(&mut *self.reset.lock().unwrap()).cancel();
-    }
-}
-
-/// The proxy's connection to the server, with a small receive buffer: a throttled link then
-/// pushes back on the server within a second, not after megabytes of kernel buffering.
-async fn connect_upstream(server: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_recv_buffer_size(8 * 1024)?;
-    socket.connect(server).await
-}
-
-/// Pumps one proxied connection both ways until either end closes or the proxy resets it.
-async fn relay(
-    mut client: TcpStream,
-    mut upstream: TcpStream,
-    link: watch::Receiver<Link>,
-    throttle: Arc<Mutex<Option<usize>>>,
-    reset: CancellationToken,
-) {
-    let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
-    let reset_now = {
-        let (client_read, client_write) = client.split();
-        let (server_read, server_write) = upstream.split();
-        let unthrottled = Arc::new(Mutex::new(None));
-        tokio::select! {
-            _ = pump(client_read, server_write, link.clone(), unthrottled) => false,
-            _ = pump(server_read, client_write, link, throttle) => false,
-            () = reset.cancelled() => true,
-        }
-    };
-    if reset_now {
-        // Closed with SO_LINGER 0: an RST to both ends, not a FIN.
-        for stream in [&client, &upstream] {
-            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
-        }
-    }
-}
-
-/// Copies `from` to `to` as `link` says, until `from` ends or a write fails.
-async fn pump(
-    mut from: impl AsyncRead + Unpin,
-    mut to: impl AsyncWrite + Unpin,
-    mut link: watch::Receiver<Link>,
-    throttle: Arc<Mutex<Option<usize>>>,
-) -> Option<()> {
-    let mut buffer = vec![0; 16 * 1024];
-    loop {
-        // A black hole reads nothing: the kernel buffers fill and the sender sees a stalled
-        // but open connection.
-        let delay = loop {
-            match *link.borrow_and_update() {
-                Link::Pass { delay } => break delay,
-                Link::BlackHole => {}
-            }
-            link.changed().await.ok()?;
-        };
-        let limit = throttle.lock().unwrap().map(|rate| (rate / 10).max(1));
-        let want = limit.unwrap_or(buffer.len()).min(buffer.len());
-        let read = from.read(&mut buffer[..want]).await.ok()?;
-        if read == 0 {
-            return None;
-        }
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        // Throttled: at most a tenth of the rate per 100 ms.
-        if limit.is_some() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // Held back while black-holed (the bytes were read before the hole opened).
-        while *link.borrow() == Link::BlackHole {
-            link.changed().await.ok()?;
-        }
-        to.write_all(&buffer[..read]).await.ok()?;
-    }
-}
 
 /// Fast keep-alive and idle detection, so a half-open peer is found in about a second.
 fn fault_config() -> Config {
@@ -204,7 +61,7 @@ async fn consecutive_snapshots(client: &mut Client, count: usize) {
 #[tokio::test]
 async fn added_latency_delays_but_loses_nothing() {
     let server = spawn_server(fault_config()).await;
-    let proxy = FaultProxy::start(server.addr).await;
+    let proxy = FaultProxy::start(server.addr).await.unwrap();
     proxy.set(Link::Pass {
         delay: Duration::from_millis(40),
     });
@@ -222,7 +79,7 @@ async fn a_black_holed_peer_is_detected_within_ping_interval_plus_idle_timeout()
     let config = fault_config();
     let bound = config.ping_interval + config.idle_timeout;
     let server = spawn_server(config).await;
-    let proxy = FaultProxy::start(server.addr).await;
+    let proxy = FaultProxy::start(server.addr).await.unwrap();
     let (_silent, seat) = join_at(proxy.addr, "hole", "silent").await;
     let (mut witness, _) = join_at(server.addr, "hole", "witness").await;
     let started = Instant::now();
@@ -248,7 +105,7 @@ async fn a_black_holed_peer_is_detected_within_ping_interval_plus_idle_timeout()
 #[tokio::test]
 async fn a_reset_in_the_middle_of_a_frame_ends_only_that_connection() {
     let server = spawn_server(fault_config()).await;
-    let proxy = FaultProxy::start(server.addr).await;
+    let proxy = FaultProxy::start(server.addr).await.unwrap();
     let (mut cut, _) = join_at(proxy.addr, "reset", "cut").await;
     let (mut witness, _) = join_at(server.addr, "reset", "witness").await;
     // The first half of a masked binary frame of 100 bytes, then an RST both ways.
@@ -280,7 +137,7 @@ async fn a_throttled_member_is_coalesced_and_keyframed_while_the_others_keep_the
         ..fault_config()
     })
     .await;
-    let proxy = FaultProxy::start(server.addr).await;
+    let proxy = FaultProxy::start(server.addr).await.unwrap();
     let (mut slow, _) = join_at(proxy.addr, "narrow", "slow").await;
     let (mut a, _) = join_at(server.addr, "narrow", "a").await;
     let (mut b, _) = join_at(server.addr, "narrow", "b").await;
@@ -359,15 +216,13 @@ async fn a_partition_shorter_than_the_idle_timeout_goes_unnoticed() {
         ..fault_config()
     })
     .await;
-    let proxy = FaultProxy::start(server.addr).await;
+    let proxy = FaultProxy::start(server.addr).await.unwrap();
     let (mut ann, _) = join_at(proxy.addr, "blip", "ann").await;
     let (mut bob, _) = join_at(server.addr, "blip", "bob").await;
     proxy.set(Link::BlackHole);
     event(&mut bob, b"during").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    proxy.set(Link::Pass {
-        delay: Duration::ZERO,
-    });
+    proxy.set(Link::CLEAR);
     // The same connection carries on: the event arrives, and nobody was away.
     let seen = events_until(&mut ann, b"during").await;
     assert_eq!(
@@ -387,7 +242,7 @@ async fn a_partition_shorter_than_the_idle_timeout_goes_unnoticed() {
 #[tokio::test]
 async fn a_partition_that_heals_within_the_grace_resumes_the_seat_with_nothing_lost() {
     let server = spawn_server(fault_config()).await;
-    let proxy = FaultProxy::start(server.addr).await;
+    let proxy = FaultProxy::start(server.addr).await.unwrap();
     let (mut ann, seat) = join_at(proxy.addr, "heal", "ann").await;
     let (mut bob, _) = join_at(server.addr, "heal", "bob").await;
     event(&mut bob, b"before").await;
@@ -402,9 +257,7 @@ async fn a_partition_that_heals_within_the_grace_resumes_the_seat_with_nothing_l
     }
     // The network heals; the client, whose old socket went silent, reconnects with its token.
     drop(ann);
-    proxy.set(Link::Pass {
-        delay: Duration::ZERO,
-    });
+    proxy.set(Link::CLEAR);
     let mut back = Client::connect_to(proxy.addr, Codec::MessagePack).await;
     back.send(&join_message("heal", "ann", Some((&seat, offset))))
         .await;
@@ -427,7 +280,7 @@ async fn a_partition_longer_than_the_grace_gives_the_seat_up() {
         ..fault_config()
     })
     .await;
-    let proxy = FaultProxy::start(server.addr).await;
+    let proxy = FaultProxy::start(server.addr).await.unwrap();
     let (ann, seat) = join_at(proxy.addr, "gone", "ann").await;
     let (mut bob, _) = join_at(server.addr, "gone", "bob").await;
     proxy.set(Link::BlackHole);
@@ -443,9 +296,7 @@ async fn a_partition_longer_than_the_grace_gives_the_seat_up() {
         "{left:?}"
     );
     drop(ann);
-    proxy.set(Link::Pass {
-        delay: Duration::ZERO,
-    });
+    proxy.set(Link::CLEAR);
     let mut late = Client::connect_to(proxy.addr, Codec::MessagePack).await;
     late.send(&join_message("gone", "ann", Some((&seat, seat.offset))))
         .await;

@@ -6,6 +6,7 @@ mod admission;
 mod browser;
 mod echo;
 mod faults;
+mod fleet;
 mod http;
 mod limits;
 mod lobby;

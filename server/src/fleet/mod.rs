@@ -1,0 +1,314 @@
+//! Fleet mode (`--redis`): many nodes share one lobby directory in Redis. A lobby runs on
+//! exactly one node, the holder of its lease (`crate::lease`); `/route` tells clients which
+//! node that is (placing new lobbies on the least-loaded live node), and a join that reaches
+//! another node is answered `wrong_node` with the owner's URL. Each node's heartbeat
+//! registers it and renews all its leases about once a second (at least three times per
+//! `--lease`), never per tick.
+//!
+//! `store` owns the Redis schema and commands; this module owns the node's side: which
+//! leases it holds, the heartbeat task, and [`FleetDirectory`], the [`Directory`] that asks
+//! Redis before a lobby is created here.
+
+mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tickrelay_protocol::ErrorCode;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::lease::Lease;
+use crate::lobby::directory::JoinFuture;
+use crate::lobby::{Directory, JoinRefusal, JoinRequest, LobbyInfo, LocalDirectory};
+use crate::metrics::Metrics;
+use crate::sync::lock;
+pub(crate) use store::NodeStatus;
+use store::{Claim, Store, StoreError};
+
+/// How long a client told Redis is unavailable should wait.
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// This node's membership of the fleet.
+pub(crate) struct Fleet {
+    pub(crate) node_id: String,
+    /// The WebSocket URL clients are sent to for this node's lobbies.
+    pub(crate) public_url: String,
+    store: Store,
+    lease: Duration,
+    /// Leases this node holds, by lobby name.
+    held: Mutex<HashMap<String, Arc<Lease>>>,
+    /// Claims go one at a time: two joins creating one lobby here must share its lease.
+    claiming: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a route could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RouteError {
+    #[error("the lobby directory is unavailable ({0}); retry shortly")]
+    Unavailable(#[from] StoreError),
+    #[error("no live node to place the lobby on")]
+    NoNode,
+    #[error("the node that ran the lobby stopped answering; its lease ends within {0:?}")]
+    OwnerGone(Duration),
+}
+
+/// Where `/route` sends a client.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Route {
+    pub(crate) lobby: String,
+    /// The owner's node id (none on a single node).
+    pub(crate) node: Option<String>,
+    pub(crate) url: String,
+}
+
+impl Fleet {
+    /// This node in the fleet on `redis_url`. Nothing is sent before [`Fleet::run`].
+    pub(crate) fn new(
+        redis_url: &str,
+        node_id: String,
+        public_url: String,
+        lease: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, redis::RedisError> {
+        Ok(Self {
+            node_id,
+            public_url,
+            // A command waits at most a third of a lease (and a second): a renewal that
+            // fails still leaves time for the next.
+            store: Store::new(redis_url, (lease / 3).min(Duration::from_secs(1)))?,
+            lease,
+            held: Mutex::new(HashMap::new()),
+            claiming: tokio::sync::Mutex::new(()),
+            metrics,
+        })
+    }
+
+    /// About once a second, and at least three times per lease.
+    fn heartbeat_interval(&self) -> Duration {
+        (self.lease / 3).min(Duration::from_secs(1))
+    }
+
+    /// The lease to create `lobby` here under, or why not.
+    async fn claim(&self, lobby: &str) -> Result<Arc<Lease>, JoinRefusal> {
+        let _one_at_a_time = self.claiming.lock().await;
+        let now = now();
+        if let Some(lease) = lock(&self.held).get(lobby)
+            && !lease.is_released()
+            && lease.valid(now)
+        {
+            return Ok(lease.clone());
+        }
+        match self.store.claim(lobby, &self.node_id, self.lease).await {
+            Ok(Claim::Ours(record)) => {
+                self.metrics.fleet_lease("acquired");
+                let lease = Arc::new(Lease::granted(record, now, self.lease));
+                lock(&self.held).insert(lobby.to_owned(), lease.clone());
+                Ok(lease)
+            }
+            Ok(Claim::Theirs { node, remaining }) => match self.store.node(&node).await {
+                Ok(Some(owner)) => Err(JoinRefusal {
+                    url: Some(owner.url),
+                    ..JoinRefusal::new(
+                        ErrorCode::WrongNode,
+                        format!("lobby {lobby:?} runs on node {node:?}: join there"),
+                    )
+                }),
+                Ok(None) => Err(JoinRefusal::retry(
+                    format!(
+                        "lobby {lobby:?} was on node {node:?}, which stopped answering; it can \
+                         be taken over once its lease ends"
+                    ),
+                    remaining.max(RETRY_AFTER),
+                )),
+                Err(err) => Err(unavailable(&err)),
+            },
+            Err(err) => Err(unavailable(&err)),
+        }
+    }
+
+    /// Which node runs `lobby`, placing it on the least-loaded live node if none does.
+    pub(crate) async fn route(&self, lobby: &str) -> Result<Route, RouteError> {
+        let node = match self.store.owner(lobby).await? {
+            Some(node) => node,
+            None => {
+                let least = self.store.least_loaded().await?.ok_or(RouteError::NoNode)?;
+                self.store.place(lobby, &least, self.lease).await?
+            }
+        };
+        let status = self.store.node(&node).await?;
+        let Some(status) = status else {
+            return Err(RouteError::OwnerGone(self.lease));
+        };
+        Ok(Route {
+            lobby: lobby.to_owned(),
+            node: Some(node),
+            url: status.url,
+        })
+    }
+
+    /// A page of the live nodes, by load, and how many there are.
+    pub(crate) async fn nodes(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<NodeStatus>, usize), StoreError> {
+        self.store.nodes(offset, limit).await
+    }
+
+    /// Heartbeats and lease renewals until `shutdown`, then gives every lease up and leaves
+    /// the directory. `status` describes this node at each beat.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        status: impl Fn() -> (u64, u64) + Send,
+        shutdown: CancellationToken,
+    ) {
+        info!(node = %self.node_id, url = %self.public_url, lease = ?self.lease, "fleet mode: lobbies are leased through redis");
+        let mut beat = tokio::time::interval(self.heartbeat_interval());
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut redis_ok = true;
+        loop {
+            tokio::select! {
+                _ = beat.tick() => {}
+                () = shutdown.cancelled() => break,
+            }
+            let (lobbies, connections) = status();
+            let node = NodeStatus {
+                id: self.node_id.clone(),
+                url: self.public_url.clone(),
+                lobbies,
+                connections,
+            };
+            let result = async {
+                self.store.heartbeat(&node, self.lease).await?;
+                self.renew().await
+            }
+            .await;
+            match (result, redis_ok) {
+                (Ok(()), false) => {
+                    info!("redis is back: leases renewed, routing resumed");
+                    redis_ok = true;
+                }
+                (Err(err), true) => {
+                    warn!(error = %err, "redis unreachable: lobbies here stop when their leases end, new lobbies and routes are refused");
+                    self.metrics.fleet_redis_errors.inc();
+                    redis_ok = false;
+                }
+                (Err(_), false) => {
+                    self.metrics.fleet_redis_errors.inc();
+                }
+                (Ok(()), true) => {}
+            }
+        }
+        self.leave().await;
+    }
+
+    /// Renews every lease held, releases those whose lobby stopped, drops the lost.
+    async fn renew(&self) -> Result<(), StoreError> {
+        let (mut held, released): (Vec<_>, Vec<_>) = {
+            let mut map = lock(&self.held);
+            // Released leases leave the map before their records are deleted: a claim after
+            // this point asks Redis, and is given a new fence.
+            let released: Vec<_> = map
+                .iter()
+                .filter(|(_, lease)| lease.is_released())
+                .map(|(name, lease)| (name.clone(), lease.clone()))
+                .collect();
+            for (name, _) in &released {
+                map.remove(name);
+            }
+            (
+                map.iter()
+                    .map(|(name, lease)| (name.clone(), lease.clone()))
+                    .collect(),
+                released,
+            )
+        };
+        for (name, lease) in &released {
+            self.store.release(name, &lease.record).await?;
+            self.metrics.fleet_lease("released");
+        }
+        // Only leases still valid: an expired one's lobby has stopped (or stops at its next
+        // tick), and writing its record back could hand Redis a lease nobody honours.
+        let sent = now();
+        held.retain(|(_, lease)| lease.valid(sent));
+        held.sort_by(|a, b| a.0.cmp(&b.0));
+        let records: Vec<_> = held
+            .iter()
+            .map(|(name, lease)| (name.clone(), lease.record.clone()))
+            .collect();
+        let renewed = self.store.renew(&records, self.lease).await?;
+        let mut lost = Vec::new();
+        for ((name, lease), still_ours) in held.iter().zip(renewed) {
+            if still_ours {
+                lease.renewed(sent, self.lease);
+            } else {
+                warn!(lobby = %name, "lease lost: another node holds the lobby, it stops here");
+                lease.lose();
+                lost.push(name);
+            }
+        }
+        if !lost.is_empty() {
+            let mut map = lock(&self.held);
+            for name in lost {
+                self.metrics.fleet_lease("lost");
+                if map.get(name).is_some_and(|l| !l.valid(sent)) {
+                    map.remove(name);
+                }
+            }
+        }
+        self.metrics
+            .fleet_lease_renewals
+            .inc_by(records.len() as u64);
+        Ok(())
+    }
+
+    /// Gives up every lease and the node's registration (shutdown), best effort.
+    async fn leave(&self) {
+        let held: Vec<_> = lock(&self.held).drain().collect();
+        for (name, lease) in held {
+            if self.store.release(&name, &lease.record).await.is_err() {
+                break;
+            }
+        }
+        let _ = self.store.deregister(&self.node_id).await;
+    }
+}
+
+fn unavailable(err: &StoreError) -> JoinRefusal {
+    warn!(error = %err, "join refused: the lobby directory is unavailable");
+    JoinRefusal::retry(
+        format!("the lobby directory is unavailable ({err}); retry shortly"),
+        RETRY_AFTER,
+    )
+}
+
+/// tokio's clock, the one lobbies tick on (paused in tests).
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// The [`Directory`] of a fleet node: lobbies run in a [`LocalDirectory`], each created only
+/// under a lease claimed in Redis.
+pub(crate) struct FleetDirectory {
+    pub(crate) local: LocalDirectory,
+    pub(crate) fleet: Arc<Fleet>,
+}
+
+impl Directory for FleetDirectory {
+    fn join(&self, request: JoinRequest) -> JoinFuture<'_> {
+        Box::pin(async move {
+            if self.local.runs(&request.lobby) {
+                return self.local.join_leased(request, None).await;
+            }
+            let lease = self.fleet.claim(&request.lobby).await?;
+            self.local.join_leased(request, Some(lease)).await
+        })
+    }
+
+    fn list(&self) -> Vec<Arc<LobbyInfo>> {
+        self.local.list()
+    }
+}

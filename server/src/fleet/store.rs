@@ -1,0 +1,338 @@
+//! The fleet's Redis schema, and every command the fleet sends. No operation reads the whole
+//! directory: a lobby is one key, a node one hash, and "least-loaded live node" one sorted
+//! set read from its low end.
+//!
+//! - `tickrelay:lobby:{name}`: the owner record `"{node} {fence}"`, with the lease's expiry
+//!   (`PX`). The fence comes from `tickrelay:fence` (`INCR`): every grant gets a new one, so a
+//!   record a node once held never matches a later grant, even to the same node.
+//! - `tickrelay:node:{id}`: a hash (`url`, `lobbies`, `connections`), expiring unless the
+//!   node's heartbeat renews it.
+//! - `tickrelay:nodes`: a sorted set of node ids scored by lobbies run; ids whose hash has
+//!   expired are pruned when met.
+//!
+//! Scripts make each check-and-set one atomic step. They build node keys from ids, which is
+//! fine on one Redis; Redis Cluster would need the keys passed in (see ARCHITECTURE.md).
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands as _, Script};
+
+const LOBBY: &str = "tickrelay:lobby:";
+const NODE: &str = "tickrelay:node:";
+const NODES: &str = "tickrelay:nodes";
+const FENCE: &str = "tickrelay:fence";
+
+/// Renewals sent in one script call.
+const RENEW_BATCH: usize = 500;
+
+/// Redis did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Who holds a lobby, as a claim found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Granted to this node, under this record.
+    Ours(String),
+    /// Another node's, until its lease ends.
+    Theirs { node: String, remaining: Duration },
+}
+
+/// A node as its heartbeat last described it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct NodeStatus {
+    pub(crate) id: String,
+    pub(crate) url: String,
+    pub(crate) lobbies: u64,
+    pub(crate) connections: u64,
+}
+
+pub(crate) struct Store {
+    redis: ConnectionManager,
+    /// Bound on every command, reconnects included.
+    timeout: Duration,
+}
+
+/// Grants the lobby to ARGV[1] unless another node's record is there: returns {1, record, 0}
+/// when granted, {0, record, pttl} when not. A node re-claiming its own record (placed for it
+/// by a route) gets a new fence.
+const CLAIM: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then
+  return {0, current, redis.call('PTTL', KEYS[1])}
+end
+local record = ARGV[1] .. ' ' .. redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], record, 'PX', ARGV[2])
+return {1, record, 0}
+";
+
+/// Places the lobby on ARGV[1] unless it has an owner: returns the owner's record. A placed
+/// node's score rises at once, so a burst of routes spreads before the next heartbeats.
+const PLACE: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current then return current end
+local record = ARGV[1] .. ' ' .. redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], record, 'PX', ARGV[2])
+redis.call('ZINCRBY', KEYS[3], 1, ARGV[1])
+return record
+";
+
+/// Extends each KEYS[i] whose record is still ARGV[i + 1] by ARGV[1] ms, and writes it back
+/// where the key is missing (a Redis restarted without its data; the node only renews leases
+/// still valid, which nobody else can have been granted): 1 renewed, 0 lost.
+const RENEW: &str = r"
+local renewed = {}
+for i, key in ipairs(KEYS) do
+  local current = redis.call('GET', key)
+  if current == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+    renewed[i] = 1
+  elseif not current then
+    redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
+    renewed[i] = 1
+  else
+    renewed[i] = 0
+  end
+end
+return renewed
+";
+
+/// Deletes KEYS[1] if its record is still ARGV[1].
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// The live node with the lowest score; dead ones met on the way are pruned.
+const LEAST_LOADED: &str = r"
+for _ = 1, 4 do
+  local ids = redis.call('ZRANGE', KEYS[1], 0, 15)
+  if #ids == 0 then return false end
+  local pruned = false
+  for _, id in ipairs(ids) do
+    if redis.call('EXISTS', ARGV[1] .. id) == 1 then return id end
+    redis.call('ZREM', KEYS[1], id)
+    pruned = true
+  end
+  if not pruned then return false end
+end
+return false
+";
+
+impl Store {
+    /// A store on `url`, connecting lazily (a node starts while Redis is down, and recovers
+    /// by itself when it is back).
+    pub(crate) fn new(url: &str, timeout: Duration) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let redis = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self { redis, timeout })
+    }
+
+    async fn bounded<T>(
+        &self,
+        request: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Claims `lobby` for `node` for `lease`.
+    pub(crate) async fn claim(
+        &self,
+        lobby: &str,
+        node: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut redis = self.redis.clone();
+        let script = Script::new(CLAIM);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(format!("{LOBBY}{lobby}"))
+            .key(FENCE)
+            .arg(node)
+            .arg(lease.as_millis() as u64);
+        let reply: (u8, String, Option<i64>) =
+            self.bounded(invocation.invoke_async(&mut redis)).await?;
+        Ok(match reply {
+            (1, record, _) => Claim::Ours(record),
+            (_, record, pttl) => Claim::Theirs {
+                node: node_of(&record).to_owned(),
+                remaining: Duration::from_millis(pttl.unwrap_or(0).max(0) as u64),
+            },
+        })
+    }
+
+    /// The node that owns `lobby`, placing it on `node` if nobody does.
+    pub(crate) async fn place(
+        &self,
+        lobby: &str,
+        node: &str,
+        lease: Duration,
+    ) -> Result<String, StoreError> {
+        let mut redis = self.redis.clone();
+        let script = Script::new(PLACE);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(format!("{LOBBY}{lobby}"))
+            .key(FENCE)
+            .key(NODES)
+            .arg(node)
+            .arg(lease.as_millis() as u64);
+        let record: String = self.bounded(invocation.invoke_async(&mut redis)).await?;
+        Ok(node_of(&record).to_owned())
+    }
+
+    /// The node that owns `lobby`, if any.
+    pub(crate) async fn owner(&self, lobby: &str) -> Result<Option<String>, StoreError> {
+        let mut redis = self.redis.clone();
+        let record: Option<String> = self.bounded(redis.get(format!("{LOBBY}{lobby}"))).await?;
+        Ok(record.map(|record| node_of(&record).to_owned()))
+    }
+
+    /// Renews `leases` (lobby, record) for `lease`: whether each is still ours.
+    pub(crate) async fn renew(
+        &self,
+        leases: &[(String, String)],
+        lease: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut renewed = Vec::with_capacity(leases.len());
+        let script = Script::new(RENEW);
+        for batch in leases.chunks(RENEW_BATCH) {
+            let mut redis = self.redis.clone();
+            let mut invocation = script.prepare_invoke();
+            invocation.arg(lease.as_millis() as u64);
+            for (lobby, record) in batch {
+                invocation.key(format!("{LOBBY}{lobby}")).arg(record);
+            }
+            let reply: Vec<u8> = self.bounded(invocation.invoke_async(&mut redis)).await?;
+            renewed.extend(reply.into_iter().map(|r| r == 1));
+        }
+        Ok(renewed)
+    }
+
+    /// Gives `lobby` up, if `record` still holds it.
+    pub(crate) async fn release(&self, lobby: &str, record: &str) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        let script = Script::new(RELEASE);
+        let mut invocation = script.prepare_invoke();
+        invocation.key(format!("{LOBBY}{lobby}")).arg(record);
+        let _: i64 = self.bounded(invocation.invoke_async(&mut redis)).await?;
+        Ok(())
+    }
+
+    /// Publishes this node's status, alive for `ttl` unless renewed.
+    pub(crate) async fn heartbeat(
+        &self,
+        node: &NodeStatus,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        let key = format!("{NODE}{}", node.id);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(
+                &key,
+                &[
+                    ("url", node.url.clone()),
+                    ("lobbies", node.lobbies.to_string()),
+                    ("connections", node.connections.to_string()),
+                ],
+            )
+            .ignore()
+            .pexpire(&key, ttl.as_millis() as i64)
+            .ignore()
+            .zadd(NODES, &node.id, node.lobbies)
+            .ignore();
+        self.bounded(pipe.query_async::<()>(&mut redis)).await
+    }
+
+    /// Takes this node out of the directory (on shutdown).
+    pub(crate) async fn deregister(&self, id: &str) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(format!("{NODE}{id}"))
+            .ignore()
+            .zrem(NODES, id)
+            .ignore();
+        self.bounded(pipe.query_async::<()>(&mut redis)).await
+    }
+
+    /// The live node with the fewest lobbies.
+    pub(crate) async fn least_loaded(&self) -> Result<Option<String>, StoreError> {
+        let mut redis = self.redis.clone();
+        let script = Script::new(LEAST_LOADED);
+        let mut invocation = script.prepare_invoke();
+        invocation.key(NODES).arg(NODE);
+        self.bounded(invocation.invoke_async(&mut redis)).await
+    }
+
+    /// A live node's status.
+    pub(crate) async fn node(&self, id: &str) -> Result<Option<NodeStatus>, StoreError> {
+        Ok(self.nodes_by_id(&[id.to_owned()]).await?.pop().flatten())
+    }
+
+    /// A page of the live nodes, by load (lowest first), and how many nodes are registered.
+    pub(crate) async fn nodes(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<NodeStatus>, usize), StoreError> {
+        let mut redis = self.redis.clone();
+        let (ids, total): (Vec<String>, usize) = self
+            .bounded(
+                redis::pipe()
+                    .zrange(NODES, offset as isize, (offset + limit) as isize - 1)
+                    .zcard(NODES)
+                    .query_async(&mut redis),
+            )
+            .await?;
+        let nodes = self.nodes_by_id(&ids).await?;
+        Ok((nodes.into_iter().flatten().collect(), total))
+    }
+
+    async fn nodes_by_id(&self, ids: &[String]) -> Result<Vec<Option<NodeStatus>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut redis = self.redis.clone();
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hgetall(format!("{NODE}{id}"));
+        }
+        let hashes: Vec<std::collections::HashMap<String, String>> =
+            self.bounded(pipe.query_async(&mut redis)).await?;
+        Ok(ids
+            .iter()
+            .zip(hashes)
+            .map(|(id, hash)| {
+                let number =
+                    |field: &str| hash.get(field).and_then(|v| v.parse().ok()).unwrap_or(0);
+                Some(NodeStatus {
+                    id: id.clone(),
+                    url: hash.get("url")?.clone(),
+                    lobbies: number("lobbies"),
+                    connections: number("connections"),
+                })
+            })
+            .collect())
+    }
+}
+
+/// The node id in an owner record `"{node} {fence}"`.
+fn node_of(record: &str) -> &str {
+    record.rsplit_once(' ').map_or(record, |(node, _)| node)
+}
