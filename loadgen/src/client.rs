@@ -126,8 +126,13 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
     let mut seat: Option<SeatToResume> = None;
     // When the client lost its connection, for the reconnect-time metric.
     let mut outage_since: Option<Instant> = None;
+    // The node a fleet sent this client to (`wrong_node`), instead of --url.
+    let mut sent_to: Option<Target> = None;
+    // Follow `wrong_node` at once, but not forever: nodes that keep pointing elsewhere
+    // (a lobby moving, a directory in flux) get the backoff.
+    let mut followed = 0;
     loop {
-        if attempt > 0 || outage_since.is_some() {
+        if (attempt > 0 || outage_since.is_some()) && followed == 0 {
             // The server's hint is the floor; the jittered backoff on top spreads a crowd told
             // the same time so it does not come back all at once.
             let delay = retry_after.take().unwrap_or_default()
@@ -153,16 +158,28 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
             });
         }
         let resume = seat.as_ref().filter(|_| plan.resume);
-        let (reader, writer, joined) = match connect_and_join(&spec, &shared, source, resume).await
-        {
-            Ok(joined) => joined,
-            Err(hint) => {
-                retry_after = hint;
-                attempt += 1;
-                outage_since.get_or_insert_with(Instant::now);
-                continue;
-            }
-        };
+        let target = sent_to.as_ref().unwrap_or(&shared.target);
+        let (reader, writer, joined) =
+            match connect_and_join(&spec, &shared, target, source, resume).await {
+                Ok(joined) => joined,
+                Err(Again::At(target)) if followed < MAX_FOLLOWED => {
+                    shared.count(|c| c.wrong_node_followed += 1);
+                    sent_to = Some(target);
+                    followed += 1;
+                    continue;
+                }
+                Err(again) => {
+                    retry_after = match again {
+                        Again::After(hint) => hint,
+                        Again::At(_) => None,
+                    };
+                    attempt += 1;
+                    followed = 0;
+                    outage_since.get_or_insert_with(Instant::now);
+                    continue;
+                }
+            };
+        followed = 0;
         if ever_joined {
             shared.count(|c| c.reconnects += 1);
         } else {
@@ -202,6 +219,17 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
     }
 }
 
+/// `wrong_node` answers followed in a row before the client backs off.
+const MAX_FOLLOWED: u32 = 3;
+
+/// Why a connection attempt gave up, and what to do next.
+enum Again {
+    /// Retry after the backoff, at least this long if the server said so.
+    After(Option<Duration>),
+    /// The lobby runs on another node (`wrong_node`): connect there.
+    At(Target),
+}
+
 /// A seat this client may take back.
 struct SeatToResume {
     token: String,
@@ -218,20 +246,20 @@ struct Joined {
     resumed: bool,
 }
 
-/// Connects and joins (resuming `seat` if given, joining afresh if the server refuses it);
-/// counts and records everything. On failure, returns how long the server asked to wait, if
-/// it did.
+/// Connects to `target` and joins (resuming `seat` if given, joining afresh if the server
+/// refuses it); counts and records everything. On failure, says when or where to try again.
 async fn connect_and_join(
     spec: &ClientSpec,
     shared: &Shared,
+    target: &Target,
     source: Option<std::net::Ipv4Addr>,
     seat: Option<&SeatToResume>,
-) -> Result<(Reader, Writer, Joined), Option<Duration>> {
+) -> Result<(Reader, Writer, Joined), Again> {
     let plan = &shared.plan;
     let started = Instant::now();
     let connected = timeout(
         plan.connect_timeout,
-        net::connect(&shared.target, source, plan.codec),
+        net::connect(target, source, plan.codec),
     )
     .await;
     let (mut reader, mut writer) = match connected {
@@ -239,14 +267,14 @@ async fn connect_and_join(
         Ok(Err(err)) => {
             shared.count(|c| c.error(err.kind()));
             shared.describe_once(&err);
-            return Err(match err {
+            return Err(Again::After(match err {
                 net::ConnectError::Shed(retry_after) => retry_after,
                 _ => None,
-            });
+            }));
         }
         Err(_) => {
             shared.count(|c| c.error(net::ConnectError::Timeout.kind()));
-            return Err(None);
+            return Err(Again::After(None));
         }
     };
     shared.record(Metric::Connect, started.elapsed().as_micros() as u64);
@@ -279,8 +307,18 @@ async fn connect_and_join(
                 shared.count(|c| c.resumes_refused += 1);
                 seat = None;
             }
-            Err(JoinFailed::SeatExpired) => return Err(None),
-            Err(JoinFailed::Retry(hint)) => return Err(hint),
+            Err(JoinFailed::SeatExpired) => return Err(Again::After(None)),
+            Err(JoinFailed::Retry(hint)) => return Err(Again::After(hint)),
+            Err(JoinFailed::WrongNode(url)) => {
+                return match target.redirected(&url).await {
+                    Ok(there) => Err(Again::At(there)),
+                    Err(err) => {
+                        shared.count(|c| c.error("wrong_node_unusable"));
+                        tracing::warn!(%url, error = %format!("{err:#}"), "cannot follow wrong_node");
+                        Err(Again::After(None))
+                    }
+                };
+            }
             Ok(joined) => return Ok((reader, writer, joined)),
         }
     }
@@ -289,6 +327,8 @@ async fn connect_and_join(
 /// Why [`join_on`] did not get a welcome.
 enum JoinFailed {
     SeatExpired,
+    /// The lobby runs on the node at this URL.
+    WrongNode(String),
     /// Anything else (counted); with the server's hint of when to try again.
     Retry(Option<Duration>),
 }
@@ -332,8 +372,9 @@ async fn join_on(
                 Ok(ServerMessage::Error {
                     code,
                     retry_after_ms,
+                    url,
                     ..
-                }) => return Some(Err((code, retry_after_ms))),
+                }) => return Some(Err((code, retry_after_ms, url))),
                 _ => {}
             }
         }
@@ -356,8 +397,9 @@ async fn join_on(
                 resumed,
             })
         }
-        Ok(Some(Err((ErrorCode::SeatExpired, _)))) => Err(JoinFailed::SeatExpired),
-        Ok(Some(Err((code, retry_after_ms)))) => {
+        Ok(Some(Err((ErrorCode::SeatExpired, _, _)))) => Err(JoinFailed::SeatExpired),
+        Ok(Some(Err((ErrorCode::WrongNode, _, Some(url))))) => Err(JoinFailed::WrongNode(url)),
+        Ok(Some(Err((code, retry_after_ms, _)))) => {
             shared.count(|c| c.error(format!("join_refused:{}", code.as_str())));
             Err(JoinFailed::Retry(retry_after_ms.map(Duration::from_millis)))
         }

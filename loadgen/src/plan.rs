@@ -253,37 +253,76 @@ impl Plan {
 /// Parses `ws://host:port/path` or `wss://...` and resolves the host; `trust` says how `wss`
 /// checks the server's certificate.
 pub(crate) async fn resolve_target(url: &str, trust: Option<Trust<'_>>) -> anyhow::Result<Target> {
-    let uri: hyper::Uri = url
-        .parse()
-        .with_context(|| format!("invalid --url {url:?}"))?;
-    let secure = match uri.scheme_str() {
-        Some("ws") => false,
-        Some("wss") => true,
-        _ => bail!("--url must start with ws:// or wss://, e.g. ws://127.0.0.1:8080/ws"),
-    };
-    let host = uri.host().context("--url has no host")?.to_owned();
-    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-    let path = uri
-        .path_and_query()
-        .map_or("/ws", |p| p.as_str())
-        .to_owned();
-    let tls = match (secure, trust) {
-        (true, trust) => Some(TlsClient::new(&host, trust.unwrap_or(Trust::System))?),
+    let parsed = WsUrl::parse(url).with_context(|| format!("--url {url:?}"))?;
+    let tls = match (parsed.secure, trust) {
+        (true, trust) => Some(TlsClient::new(
+            &parsed.host,
+            trust.unwrap_or(Trust::System),
+        )?),
         (false, None) => None,
         (false, Some(_)) => bail!("--ca and --insecure are for wss:// URLs"),
     };
-    let addr = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .with_context(|| format!("cannot resolve {host}"))?
-        .next()
-        .with_context(|| format!("{host} has no address"))?;
-    Ok(Target {
-        url: url.to_owned(),
-        host: format!("{host}:{port}"),
-        path,
-        addr,
-        tls,
-    })
+    parsed.resolve(url, tls).await
+}
+
+impl Target {
+    /// The node a fleet sent a client to (`wrong_node`'s `url`), trusted as this target is.
+    pub(crate) async fn redirected(&self, url: &str) -> anyhow::Result<Self> {
+        let parsed = WsUrl::parse(url)?;
+        let tls = match (&self.tls, parsed.secure) {
+            (Some(tls), true) => Some(tls.for_host(&parsed.host)?),
+            (None, false) => None,
+            _ => bail!(
+                "{url} does not use the scheme of the run's --url {}",
+                self.url
+            ),
+        };
+        parsed.resolve(url, tls).await
+    }
+}
+
+/// A WebSocket URL taken apart.
+struct WsUrl {
+    secure: bool,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+impl WsUrl {
+    fn parse(url: &str) -> anyhow::Result<Self> {
+        let uri: hyper::Uri = url.parse().context("not a URL")?;
+        let secure = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => bail!("must start with ws:// or wss://, e.g. ws://127.0.0.1:8080/ws"),
+        };
+        Ok(Self {
+            secure,
+            host: uri.host().context("no host")?.to_owned(),
+            port: uri.port_u16().unwrap_or(if secure { 443 } else { 80 }),
+            path: uri
+                .path_and_query()
+                .map_or("/ws", |p| p.as_str())
+                .to_owned(),
+        })
+    }
+
+    async fn resolve(self, url: &str, tls: Option<TlsClient>) -> anyhow::Result<Target> {
+        let (host, port) = (self.host, self.port);
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .with_context(|| format!("cannot resolve {host}"))?
+            .next()
+            .with_context(|| format!("{host} has no address"))?;
+        Ok(Target {
+            url: url.to_owned(),
+            host: format!("{host}:{port}"),
+            path: self.path,
+            addr,
+            tls,
+        })
+    }
 }
 
 /// `i/n` with i < n.

@@ -151,6 +151,9 @@ pub(crate) struct Report {
     pub(crate) counters: Counters,
     /// Errors over the whole run, ramp-up and leaving included (what `--slo errors=...` checks).
     pub(crate) errors_whole_run: BTreeMap<String, u64>,
+    /// `wrong_node` answers followed over the whole run (fleet mode; joins happen in the
+    /// ramp-up, outside the measured window).
+    pub(crate) wrong_node_followed: u64,
     /// Ticks × members in the window, from the tick rate and the clients joined.
     pub(crate) snapshots_nominal: f64,
     pub(crate) snapshots_per_second: f64,
@@ -199,6 +202,7 @@ impl Report {
                 0.0
             },
             errors_whole_run: counters.errors.clone(),
+            wrong_node_followed: counters.wrong_node_followed,
             counters,
             snapshots_nominal: 0.0,
             clock_offset: None,
@@ -300,6 +304,15 @@ impl Report {
             "connects / reconnects",
             format!("{} / {}", c.connects, c.reconnects),
         ));
+        if self.wrong_node_followed > 0 {
+            rows.push((
+                "wrong_node followed",
+                format!(
+                    "{} (whole run: joins sent on to the node running the lobby)",
+                    self.wrong_node_followed
+                ),
+            ));
+        }
         if let Some(rate) = &self.join_rate {
             rows.push((
                 "joins (ramp-up)",

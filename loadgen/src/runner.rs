@@ -464,6 +464,7 @@ impl Coordinator {
             * f64::from(report.tick_hz.unwrap_or(0))
             * report.clients_joined_avg;
         report.errors_whole_run = self.cumulative.errors.clone();
+        report.wrong_node_followed = self.cumulative.wrong_node_followed;
         report.join_rate =
             self.cumulative
                 .join_rate()

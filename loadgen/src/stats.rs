@@ -147,6 +147,8 @@ pub(crate) struct Counters {
     pub(crate) resumes_refused: u64,
     /// Reliable messages resumed seats reported as `lost` (0 while the history holds them).
     pub(crate) resume_lost: u64,
+    /// `wrong_node` answers followed to the node they named (fleet mode).
+    pub(crate) wrong_node_followed: u64,
     /// Clients' first joins (not reconnections), and the span they took: from the first
     /// connect attempt to the last first `welcome` (Unix µs; 0 when none), for the join rate.
     pub(crate) first_joins: u64,
@@ -220,6 +222,7 @@ impl Counters {
             (&mut self.resumes, other.resumes),
             (&mut self.resumes_refused, other.resumes_refused),
             (&mut self.resume_lost, other.resume_lost),
+            (&mut self.wrong_node_followed, other.wrong_node_followed),
             (&mut self.first_joins, other.first_joins),
         ];
         for (mine, theirs) in pairs {

@@ -52,13 +52,24 @@ impl TlsClient {
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         config.resumption = rustls::client::Resumption::disabled();
-        let server_name = ServerName::try_from(host.to_owned())
-            .with_context(|| format!("{host:?} is not a TLS server name"))?;
         Ok(Self {
             config: Arc::new(config),
-            server_name,
+            server_name: server_name(host)?,
         })
     }
+
+    /// The same trust, for another host (a fleet node a client was sent to).
+    pub(crate) fn for_host(&self, host: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            config: self.config.clone(),
+            server_name: server_name(host)?,
+        })
+    }
+}
+
+fn server_name(host: &str) -> anyhow::Result<ServerName<'static>> {
+    ServerName::try_from(host.to_owned())
+        .with_context(|| format!("{host:?} is not a TLS server name"))
 }
 
 fn ca_roots(path: &Path) -> anyhow::Result<RootCertStore> {

@@ -29,7 +29,7 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use tickrelay_benches::processes::{self, Guard, free_port};
 use tickrelay_benches::procfs;
-use tickrelay_faultproxy::{FaultProxy, Link};
+use tickrelay_testkit::{FaultProxy, Link};
 
 /// Soaks one tickrelay server and checks it afterwards (see the module docs).
 #[derive(Debug, Parser)]

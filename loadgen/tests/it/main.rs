@@ -4,6 +4,8 @@
 mod support;
 
 #[cfg(feature = "self-host")]
+mod fleet;
+#[cfg(feature = "self-host")]
 mod runs;
 mod slo_gates;
 #[cfg(feature = "self-host")]

@@ -182,7 +182,11 @@ impl Fleet {
                 connections,
             };
             let result = async {
-                self.store.heartbeat(&node, self.lease).await?;
+                // Two beats: a dead node leaves placement before its leases run out, so a
+                // lobby it held is never placed back on it.
+                self.store
+                    .heartbeat(&node, 2 * self.heartbeat_interval())
+                    .await?;
                 self.renew().await
             }
             .await;

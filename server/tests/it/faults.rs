@@ -1,5 +1,5 @@
 //! Injected network faults. This kernel has no netem, so the tests put a fault-injecting TCP
-//! proxy (the `tickrelay-faultproxy` crate, which the soak uses too) between real clients and
+//! proxy (`tickrelay_testkit::FaultProxy`, which the soak uses too) between real clients and
 //! the server: added latency, a black hole (no FIN, no RST: the peer looks alive and says
 //! nothing), a reset in the middle of a frame, a throttled link, and partitions that heal
 //! within the resume grace or do not. Every test ends by checking that the fault leaked no
@@ -8,9 +8,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tickrelay_faultproxy::{FaultProxy, Link};
 use tickrelay_protocol::{Codec, ErrorCode, ServerMessage};
 use tickrelay_server::Config;
+use tickrelay_testkit::{FaultProxy, Link};
 use tokio_util::sync::CancellationToken;
 
 use crate::resume::{Seat, answer, event, events_until, join_message, next_member_change};

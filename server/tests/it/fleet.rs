@@ -1,89 +1,22 @@
-//! Fleet mode: three server nodes on loopback sharing one real `redis-server` (started by the
-//! tests on a free port; CI installs Debian's package). Routing from any node, one owner per
-//! lobby under concurrent creates, `wrong_node`, `/cluster`, a node cut off from Redis
-//! stopping its lobbies before anyone else may take them, and a Redis restart.
+//! Fleet mode: server nodes on loopback sharing one real `redis-server` (started by the tests
+//! on a free port; CI installs Debian's package), in this process or as processes of the
+//! binary where signals are needed. Routing from any node, one owner per lobby under
+//! concurrent creates, `wrong_node`, `/cluster`, a node cut off from Redis stopping its
+//! lobbies before anyone else may take them, a Redis restart, `kill -9` of a node, and a node
+//! paused (SIGSTOP) past its lease never ticking a lobby another node runs.
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tickrelay_faultproxy::{FaultProxy, Link};
 use tickrelay_protocol::{Codec, ErrorCode, ServerMessage, close};
 use tickrelay_server::Config;
+use tickrelay_testkit::{FaultProxy, Link, RedisServer};
 
+use crate::process::{ServerProcess, Stderr};
 use crate::support::{
     Client, TestServer, WAIT_TIMEOUT, http_get, metric_at, spawn_server, test_config, wait_until,
 };
-
-/// A `redis-server` of the test's own, on a free loopback port, without persistence.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Self { port, child: None };
-        server.restart();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    /// Starts it (again, on the same port, with no data) and waits until it answers.
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (apt-get install redis-server; .ci/run does)");
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT_TIMEOUT;
-        while self.connection().is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        let mut connection = redis::Client::open(self.url())?.get_connection()?;
-        redis::cmd("PING").query::<String>(&mut connection)?;
-        Ok(connection)
-    }
-
-    /// The owner record of `lobby` (`"{node} {fence}"`), read straight from Redis.
-    fn owner_record(&self, lobby: &str) -> Option<String> {
-        redis::cmd("GET")
-            .arg(format!("tickrelay:lobby:{lobby}"))
-            .query(&mut self.connection().unwrap())
-            .unwrap()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn node_config(redis: &str, id: &str) -> Config {
     Config {
@@ -377,4 +310,170 @@ async fn redis_down_refuses_new_lobbies_keeps_leased_ones_and_recovers_by_itself
     newcomer.join_lobby("fresh", "bob").await;
     let snapshot = player.next_snapshot().await;
     assert!(snapshot.tick > after, "the lobby kept ticking");
+}
+
+/// Three nodes as processes of the server binary, for signals (`kill -9`, SIGSTOP).
+struct ProcessFleet {
+    nodes: Vec<(ServerProcess, SocketAddr)>,
+}
+
+impl ProcessFleet {
+    async fn start(redis: &RedisServer, lease: &str, count: usize) -> Self {
+        let mut nodes = Vec::new();
+        for i in 0..count {
+            let id = format!("p{i}");
+            let mut node = ServerProcess::start(
+                &[
+                    "--redis",
+                    &redis.url(),
+                    "--node-id",
+                    &id,
+                    "--lease",
+                    lease,
+                    "--resume-secret",
+                    "a fleet secret every node shares, 32 bytes or more",
+                ],
+                "info",
+                Stderr::Collect,
+            );
+            let addr = node.wait_listening().await;
+            nodes.push((node, addr));
+        }
+        let first = nodes[0].1;
+        wait_until(WAIT_TIMEOUT, "every node registered", async || {
+            let (status, body) = http_get(first, "/cluster", &[]).await;
+            status == 200
+                && serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["total"]
+                    == serde_json::json!(count)
+        })
+        .await;
+        Self { nodes }
+    }
+
+    fn addr_of(&self, url: &str) -> SocketAddr {
+        self.nodes
+            .iter()
+            .map(|(_, addr)| *addr)
+            .find(|addr| format!("ws://{addr}/ws") == url)
+            .unwrap_or_else(|| panic!("no node serves {url}"))
+    }
+
+    fn index_of(&self, addr: SocketAddr) -> usize {
+        self.nodes.iter().position(|(_, a)| *a == addr).unwrap()
+    }
+
+    fn signal(&self, index: usize, signal: &str) {
+        let pid = self.nodes[index].0.pid().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+}
+
+/// The lobby's route, once a node answers it (200).
+async fn routed(node: SocketAddr, lobby: &str) -> String {
+    let mut url = String::new();
+    wait_until(WAIT_TIMEOUT, "a route", async || {
+        let (status, answer) = route(node, lobby).await;
+        url = answer["url"].as_str().unwrap_or_default().to_owned();
+        status == 200
+    })
+    .await;
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_lobbies_are_routed_to_a_survivor_within_the_lease() {
+    let redis = RedisServer::start();
+    let mut fleet = ProcessFleet::start(&redis, "2s", 3).await;
+    let owner = fleet.addr_of(&routed(fleet.nodes[0].1, "doomed").await);
+    let (mut player, _, _) = Client::join_at(owner, Codec::MessagePack, "doomed", "ann").await;
+    player.next_snapshot().await;
+
+    let index = fleet.index_of(owner);
+    let (mut dead, _) = fleet.nodes.remove(index);
+    dead.kill();
+    let killed_at = Instant::now();
+    let survivor = fleet.nodes[0].1;
+    let dead_url = format!("ws://{owner}/ws");
+    // Until its registration lapses (two heartbeats) the dead node is still named; then, until
+    // its lease runs out, the route says to wait (503); then a survivor owns the lobby.
+    let mut moved_to = String::new();
+    wait_until(WAIT_TIMEOUT, "the lobby routed to a survivor", async || {
+        let (status, answer) = route(survivor, "doomed").await;
+        if status == 503 {
+            assert!(
+                answer["retry_after_ms"].as_u64().unwrap() >= 1000,
+                "{answer}"
+            );
+        }
+        moved_to = answer["url"].as_str().unwrap_or_default().to_owned();
+        status == 200 && moved_to != dead_url
+    })
+    .await;
+    let took = killed_at.elapsed();
+    // The bound: the lease (2 s) from the last renewal, plus this slow box's polling.
+    assert!(took < Duration::from_secs(4), "moved after {took:?}");
+    let new_owner = fleet.addr_of(&moved_to);
+    let (mut back, _, _) = Client::join_at(new_owner, Codec::MessagePack, "doomed", "ann").await;
+    back.next_snapshot().await;
+    drop(player);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_lease_never_ticks_a_lobby_another_node_runs() {
+    let redis = RedisServer::start();
+    let fleet = ProcessFleet::start(&redis, "1500ms", 2).await;
+    let first = fleet.addr_of(&routed(fleet.nodes[0].1, "contested").await);
+    let paused = fleet.index_of(first);
+    let other = fleet.nodes[1 - paused].1;
+    // Each node's ticks of the lobby, as its members see them: `server_time_us` of every
+    // snapshot is the wall clock of the tick that made it (one clock: one box).
+    let (mut on_paused, _, _) =
+        Client::join_at(first, Codec::MessagePack, "contested", "ann").await;
+    let mut paused_ticks = vec![on_paused.next_snapshot().await.server_time_us];
+
+    fleet.signal(paused, "-STOP");
+    wait_until(
+        WAIT_TIMEOUT,
+        "the lobby routed to the other node",
+        async || {
+            let (status, answer) = route(other, "contested").await;
+            status == 200 && answer["url"] == serde_json::json!(format!("ws://{other}/ws"))
+        },
+    )
+    .await;
+    let (mut on_other, _, _) = Client::join_at(other, Codec::MessagePack, "contested", "bob").await;
+    let mut other_ticks = Vec::new();
+    for _ in 0..5 {
+        other_ticks.push(on_other.next_snapshot().await.server_time_us);
+    }
+
+    // Woken, the paused node finds its lease gone before it ticks again: it closes its member
+    // (4007) and every snapshot it ever sent is older than the other node's first.
+    fleet.signal(paused, "-CONT");
+    let closed = tokio::time::timeout(WAIT_TIMEOUT, async {
+        loop {
+            match on_paused.recv_or_close().await {
+                Ok(ServerMessage::Snapshot(snapshot)) => {
+                    paused_ticks.push(snapshot.server_time_us);
+                }
+                Ok(_) => {}
+                Err(code) => return code,
+            }
+        }
+    })
+    .await
+    .expect("the woken node closes its member");
+    assert_eq!(closed, Some(close::LEASE_LOST));
+    for _ in 0..5 {
+        other_ticks.push(on_other.next_snapshot().await.server_time_us);
+    }
+    let last_paused = paused_ticks.iter().max().unwrap();
+    let first_other = other_ticks.iter().min().unwrap();
+    assert!(
+        last_paused < first_other,
+        "the paused node ticked at {last_paused} µs, after the other node's first tick at {first_other} µs"
+    );
+    // The other node kept ticking throughout.
+    assert!(other_ticks.windows(2).all(|pair| pair[0] < pair[1]));
 }

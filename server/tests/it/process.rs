@@ -24,7 +24,7 @@ const SERVER_BIN: &str = env!("CARGO_BIN_EXE_tickrelay-server");
 
 /// What the test does with the child's stderr once the server is listening.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stderr {
+pub(crate) enum Stderr {
     /// A reader thread keeps every byte for the test to look at.
     Collect,
     /// Nobody reads it any more, so the pipe fills up (64 KiB on Linux) and stays full. The
@@ -52,7 +52,7 @@ impl Log {
 
 /// The server binary running as a child process. Dropping it kills (SIGKILL) and reaps the
 /// child, so a failing test never leaves a server behind.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
     mode: Stderr,
     log: Arc<Log>,
@@ -68,7 +68,7 @@ impl ServerProcess {
     /// workers: when both block, nothing in the server runs) and `RUST_LOG=rust_log`. The
     /// caller's `TICKRELAY_*` and `NO_COLOR` variables are not passed on, so neither can change
     /// what a test sees.
-    fn start(args: &[&str], rust_log: &str, stderr: Stderr) -> Self {
+    pub(crate) fn start(args: &[&str], rust_log: &str, stderr: Stderr) -> Self {
         Self::start_with(Command::new(SERVER_BIN), args, &[], rust_log, stderr)
     }
 
@@ -133,7 +133,7 @@ impl ServerProcess {
 
     /// Waits for the `tickrelay listening` line and returns the address it names. In
     /// [`Stderr::LeftUnread`] mode, nothing reads stderr after this line.
-    async fn wait_listening(&mut self) -> SocketAddr {
+    pub(crate) async fn wait_listening(&mut self) -> SocketAddr {
         let mut addr = None;
         let log = self.log.clone();
         wait_until(WAIT_TIMEOUT, "the `tickrelay listening` line", async || {
@@ -152,6 +152,16 @@ impl ServerProcess {
             self.unread = Some(pipe.expect("the reader thread hands the pipe back"));
         }
         addr.expect("wait_until returned, so the line was found")
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Waits (up to `WAIT_TIMEOUT`) for the process to exit and for its stderr to end.

@@ -319,25 +319,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 
     /// The next protocol message (pings are answered by tungstenite). Panics on close/timeout.
     pub(crate) async fn recv(&mut self) -> ServerMessage {
+        match self.recv_or_close().await {
+            Ok(message) => message,
+            Err(code) => panic!("unexpected close {code:?}"),
+        }
+    }
+
+    /// The next protocol message, or the close code (None: no code, or no close frame) if the
+    /// connection ends first. Panics on a timeout.
+    pub(crate) async fn recv_or_close(&mut self) -> Result<ServerMessage, Option<u16>> {
         loop {
             let next = tokio::time::timeout(RECV_TIMEOUT, self.ws.next())
                 .await
-                .expect("message within timeout")
-                .expect("connection open")
-                .expect("websocket ok");
+                .expect("message within timeout");
+            let Some(Ok(next)) = next else {
+                return Err(None);
+            };
             match next {
                 Message::Binary(bytes) => {
                     assert!(!self.codec.is_text(), "binary frame on a json connection");
-                    return self.codec.decode_server(&bytes).expect("decodable");
+                    return Ok(self.codec.decode_server(&bytes).expect("decodable"));
                 }
                 Message::Text(text) => {
                     assert!(self.codec.is_text(), "text frame on a msgpack connection");
-                    return self
+                    return Ok(self
                         .codec
                         .decode_server(text.as_bytes())
-                        .expect("decodable");
+                        .expect("decodable"));
                 }
-                Message::Close(frame) => panic!("unexpected close {frame:?}"),
+                Message::Close(frame) => return Err(frame.map(|frame| frame.code.into())),
                 _ => continue,
             }
         }

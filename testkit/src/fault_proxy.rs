@@ -1,5 +1,5 @@
 //! A fault-injecting TCP proxy. This kernel has no netem, so the fault tests and the soak put
-//! this between real clients and a real server: added latency, a black hole (no FIN, no RST:
+//! this between real clients and a real server (or a node and its Redis): added latency, a black hole (no FIN, no RST:
 //! the peer looks alive and says nothing), a throttled link, and a reset of every connection
 //! through it. Faults are switched while connections run; a connection ends when either end
 //! closes it.
