@@ -47,6 +47,12 @@
  * the ticket's identity: a newer connection of the same identity takes it over, and the older
  * client closes for good (close code 4006, `replaced`).
  *
+ * Fleets. Against nodes sharing a lobby directory (`--redis`), `url` may be any node: a join
+ * that reaches a node not running the lobby is answered `wrong_node` with the owner's URL,
+ * and the client goes there at once (`client.url` says where it is; up to three hops in a
+ * row). Every reconnection starts from the `url` given to `connect` again, so a node that
+ * died or lost the lobby (close 4007) is left behind: the directory sends the client on.
+ *
  * Sending never throws. While not joined, `sendState` keeps only the latest state (sent right
  * after the next `welcome`) and `sendEvent` queues up to `maxQueuedEvents` events; an event
  * that does not fit is dropped and reported to the `error` handlers (code `event_dropped`).
@@ -55,6 +61,8 @@
  */
 
 export const SUBPROTOCOL_JSON = "tickrelay.v1.json";
+/** `wrong_node` answers followed in a row before the client falls back to its backoff. */
+const MAX_HOPS = 3;
 export const SUBPROTOCOL_MSGPACK = "tickrelay.v1.msgpack";
 
 /**
@@ -204,11 +212,17 @@ export class TickrelayClient {
     welcomes: 0,
     reconnects: 0,
     eventsDropped: 0,
+    wrongNodeFollowed: 0,
   };
 
   /** @type {Required<Omit<ConnectOptions, "ticket" | "token" | "role" | "codec" | "reconnect" | "maxStateHz" | "WebSocket">> & ConnectOptions} */
   #options;
+  /** The URL given to `connect`: where every reconnection starts. */
+  #homeUrl;
+  /** Where the current connection goes (another node after `wrong_node`). */
   #url;
+  /** `wrong_node` hops in a row (reset by `welcome`). */
+  #hops = 0;
   /** @type {Codec} */
   #codec;
   /** @type {{ baseMs: number, maxMs: number, maxAttempts: number } | null} */
@@ -255,6 +269,7 @@ export class TickrelayClient {
     if (!options || typeof options.lobby !== "string" || typeof options.name !== "string") {
       throw new TypeError("connect(url, {lobby, name}): lobby and name are required strings");
     }
+    this.#homeUrl = url;
     this.#url = url;
     this.#options = {
       pingIntervalMs: 2000,
@@ -276,6 +291,11 @@ export class TickrelayClient {
   }
 
   /** The lobby this client joins. */
+  /** The WebSocket URL of the node this client is (or is being) connected to. */
+  get url() {
+    return this.#url;
+  }
+
   get lobby() {
     return this.#options.lobby;
   }
@@ -501,6 +521,23 @@ export class TickrelayClient {
     this.#onSocketClosed(code, reason, false);
   }
 
+  /**
+   * Leaves the current socket for `url` at once, without a reconnection's backoff.
+   * @param {string} url
+   */
+  #hop(url) {
+    const ws = this.#ws;
+    if (ws) {
+      detach(ws);
+      // 4000: keep the seat (there is none here anyway).
+      safeClose(ws, 4000, "wrong node");
+    }
+    this.#ws = null;
+    this.#clearTimers();
+    this.#url = url;
+    this.#open();
+  }
+
   #scheduleReconnect() {
     const reconnect = this.#reconnect;
     if (reconnect === null) return;
@@ -514,6 +551,8 @@ export class TickrelayClient {
     this.#emit("reconnecting", { attempt: this.#attempt, delayMs });
     this.#reconnectTimer = setTimeout(() => {
       this.#reconnectTimer = null;
+      // From the start again: the node this client was sent to may be the one that failed.
+      this.#url = this.#homeUrl;
       if (!this.#closedByUser) this.#open();
     }, delayMs);
   }
@@ -645,7 +684,12 @@ export class TickrelayClient {
         this.#onPong(Number(message.client_time), Number(message.server_time_us));
         break;
       case "error":
-        this.#onServerError(String(message.code), String(message.message ?? ""), Number(message.retry_after_ms ?? 0));
+        this.#onServerError(
+          String(message.code),
+          String(message.message ?? ""),
+          Number(message.retry_after_ms ?? 0),
+          typeof message.url === "string" ? message.url : "",
+        );
         break;
       default:
         // Newer servers may add message types: ignore them (protocol: compatibility).
@@ -663,6 +707,7 @@ export class TickrelayClient {
   #onWelcome(message) {
     this.readyState = "open";
     this.#attempt = 0;
+    this.#hops = 0;
     const resumed = message.resumed === true;
     this.playerId = Number(message.player_id);
     this.tickHz = Number(message.tick_hz);
@@ -749,8 +794,16 @@ export class TickrelayClient {
    * @param {string} code
    * @param {string} message
    * @param {number} retryAfterMs The server's hint with `overloaded` (0: none).
+   * @param {string} url The owner's URL with `wrong_node` ("": none).
    */
-  #onServerError(code, message, retryAfterMs) {
+  #onServerError(code, message, retryAfterMs, url) {
+    if (code === "wrong_node" && url !== "" && this.#hops < MAX_HOPS && this.readyState !== "open") {
+      // The lobby runs on another node: go there now, seat and all (not an error).
+      this.#hops += 1;
+      this.stats.wrongNodeFollowed += 1;
+      this.#hop(url);
+      return;
+    }
     this.#emit("error", retryAfterMs > 0 ? { code, message, retryAfterMs } : { code, message });
     // Once joined, `overloaded` is about a message (an event over the lobby's budget), not
     // about this connection: it says nothing of when to reconnect.
@@ -773,7 +826,10 @@ export class TickrelayClient {
     if (code === "invalid_join" || code === "forbidden" || (code === "unauthorized" && !freshTicket)) {
       this.#reconnect = null;
       this.#drop(1000, "join refused");
-    } else if (code === "lobby_full" || code === "too_many_lobbies" || code === "unauthorized" || code === "overloaded") {
+    } else if (
+      code === "lobby_full" || code === "too_many_lobbies" || code === "unauthorized" ||
+      code === "overloaded" || code === "wrong_node"
+    ) {
       this.#drop(1000, "join refused");
     }
   }

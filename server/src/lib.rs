@@ -142,6 +142,13 @@ pub async fn serve(
         ));
     }
     if let Some(fleet) = &ctx.fleet {
+        if ctx.config.resume_secret.is_none() {
+            warn!(
+                "fleet mode without --resume-secret: this node signs resume tokens with a key \
+                 of its own, so seats cannot be resumed on another node (give every node the \
+                 same secret)"
+            );
+        }
         let status = ctx.clone();
         ctx.tracker.spawn(fleet.clone().run(
             move || {

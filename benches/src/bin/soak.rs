@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
-use tickrelay_benches::processes::{self, Guard, free_port};
+use tickrelay_benches::processes::{self, Guard, RunOptions, free_port, wait_for};
 use tickrelay_benches::procfs;
+use tickrelay_benches::wire::{self, masked};
 use tickrelay_testkit::{FaultProxy, Link};
 
 /// Soaks one tickrelay server and checks it afterwards (see the module docs).
@@ -48,12 +49,8 @@ struct Args {
     /// Length of one cycle.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     cycle: Duration,
-    /// Take `tickrelay-server` and `tickrelay-loadgen` from DIR instead of building them.
-    #[arg(long, value_name = "DIR")]
-    bin_dir: Option<PathBuf>,
-    /// Do not append to benches/RESULTS.md.
-    #[arg(long)]
-    no_record: bool,
+    #[command(flatten)]
+    run: RunOptions,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,26 +61,15 @@ fn main() -> anyhow::Result<()> {
         "--cycle must be at least {} (the longest fault and the load generators' leaving)",
         humantime::format_duration(MIN_CYCLE)
     );
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => {
-            processes::build_release(&root)?;
-            root.join("target/release")
-        }
-    };
+    let root = processes::workspace_root();
+    let bin_dir = args.run.binaries(&root)?;
     let work = std::env::temp_dir().join(format!("tickrelay-soak-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let result = soak(&args, &bin_dir, &work);
     let _ = std::fs::remove_dir_all(&work);
     let report = result?;
     println!("{}", report.table);
-    if !args.no_record {
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(root.join("benches/RESULTS.md"))?;
-        writeln!(file, "\n{}", report.table)?;
-    }
+    args.run.record(&root, &report.table)?;
     if !report.failures.is_empty() {
         bail!("soak failed: {}", report.failures.join("; "));
     }
@@ -609,7 +595,7 @@ fn settle(admin: SocketAddr) -> anyhow::Result<()> {
 
 /// A spectator: joins `lobby` to watch, reads everything, pings now and then, until `stop`.
 fn spectate(server: SocketAddr, lobby: &str, stop: &AtomicBool) {
-    let Ok(mut socket) = upgrade(server, "tickrelay.v1.json") else {
+    let Ok(mut socket) = wire::upgrade(server, "/ws", "tickrelay.v1.json") else {
         return;
     };
     let join = format!(r#"{{"t":"join","lobby":"{lobby}","name":"watcher","role":"spectator"}}"#);
@@ -655,13 +641,13 @@ fn hostile(server: SocketAddr, stop: &AtomicBool, sent: &AtomicU64) {
                 }
                 // A frame with every reserved bit set.
                 1 => {
-                    let mut socket = upgrade(server, "tickrelay.v1.msgpack")?;
+                    let mut socket = wire::upgrade(server, "/ws", "tickrelay.v1.msgpack")?;
                     socket.write_all(&[0xF3, 0x80, 1, 2, 3, 4])?;
                     Ok(None)
                 }
                 // A header announcing a 1 GiB frame.
                 2 => {
-                    let mut socket = upgrade(server, "tickrelay.v1.msgpack")?;
+                    let mut socket = wire::upgrade(server, "/ws", "tickrelay.v1.msgpack")?;
                     let mut header = vec![0x82, 0xFF];
                     header.extend_from_slice(&(1u64 << 30).to_be_bytes());
                     header.extend_from_slice(&[1, 2, 3, 4]);
@@ -670,18 +656,18 @@ fn hostile(server: SocketAddr, stop: &AtomicBool, sent: &AtomicU64) {
                 }
                 // Text that is not UTF-8.
                 3 => {
-                    let mut socket = upgrade(server, "tickrelay.v1.json")?;
+                    let mut socket = wire::upgrade(server, "/ws", "tickrelay.v1.json")?;
                     socket.write_all(&masked(0x81, b"{\"t\":\"join\xff\xfe"))?;
                     Ok(None)
                 }
                 // A message that is not a protocol message.
                 4 => {
-                    let mut socket = upgrade(server, "tickrelay.v1.msgpack")?;
+                    let mut socket = wire::upgrade(server, "/ws", "tickrelay.v1.msgpack")?;
                     socket.write_all(&masked(0x82, &[0xc1, 0xff, 0x00]))?;
                     Ok(None)
                 }
                 // Half-open: upgraded, then silent and never reading.
-                5 => upgrade(server, "tickrelay.v1.msgpack").map(Some),
+                5 => wire::upgrade(server, "/ws", "tickrelay.v1.msgpack").map(Some),
                 // A request that never ends (slowloris).
                 _ => {
                     let mut socket = TcpStream::connect(server)?;
@@ -699,44 +685,9 @@ fn hostile(server: SocketAddr, stop: &AtomicBool, sent: &AtomicU64) {
     }
 }
 
-/// A WebSocket upgrade over a plain socket, with `protocol`; the socket after the 101.
-fn upgrade(server: SocketAddr, protocol: &str) -> std::io::Result<TcpStream> {
-    let mut socket = TcpStream::connect(server)?;
-    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
-    );
-    socket.write_all(request.as_bytes())?;
-    // Up to the end of the response head, byte by byte: nothing after it is consumed.
-    let mut head = Vec::new();
-    let mut byte = [0u8];
-    while !head.ends_with(b"\r\n\r\n") {
-        socket.read_exact(&mut byte)?;
-        head.push(byte[0]);
-        if head.len() > 4096 {
-            return Err(std::io::ErrorKind::InvalidData.into());
-        }
-    }
-    if !head.starts_with(b"HTTP/1.1 101") {
-        return Err(std::io::ErrorKind::ConnectionRefused.into());
-    }
-    Ok(socket)
-}
-
-/// One frame as a client sends it: `first` (FIN and opcode), masked `payload`.
-fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-    tickrelay_protocol::framing::encode_frame(first, payload, Some([0x5a, 0x17, 0x3c, 0x81]))
-}
-
 fn metrics(admin: SocketAddr) -> anyhow::Result<Metrics> {
-    let mut socket = TcpStream::connect(admin)?;
-    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
-    socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-    let mut body = String::new();
-    socket.read_to_string(&mut body)?;
-    ensure!(body.starts_with("HTTP/1.1 200"), "GET /metrics failed");
+    let (status, body) = wire::http_get(admin, "/metrics")?;
+    ensure!(status == 200, "GET /metrics failed: {status}");
     Ok(Metrics(
         body.lines()
             .filter(|line| !line.starts_with('#'))
@@ -767,17 +718,4 @@ fn settled_open_files(pid: u32, target: usize) -> anyhow::Result<usize> {
         lowest = lowest.min(open_files(pid)?);
     }
     Ok(lowest)
-}
-
-fn wait_for(
-    timeout: Duration,
-    what: &str,
-    mut condition: impl FnMut() -> bool,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(())
 }

@@ -46,6 +46,8 @@ let server = null;
 let ticketServer = null;
 /** A third one serving https and wss. */
 let tlsServer = null;
+/** The fleet test's Redis and its two nodes. */
+let fleetProcesses = [];
 let browser = null;
 const pageErrors = [];
 /** Recent console lines of every page, printed when a test fails. */
@@ -70,6 +72,7 @@ process.on("exit", () => {
   server?.kill();
   ticketServer?.kill();
   tlsServer?.kill();
+  for (const child of fleetProcesses) child.kill();
 });
 
 async function main() {
@@ -94,6 +97,7 @@ async function main() {
   await test("library: tickets, one seat per identity, spectators", () => ticketTest());
   await test("demo over https: two tabs on wss see each other", () => tlsTest());
   await test("library: a dropped socket resumes its seat and gets the events sent meanwhile", () => resumeTest(base, port));
+  await test("library: in a fleet, wrong_node is followed and a dead node left behind", () => fleetTest(base));
   const demo = await test("demo: a key press in one tab moves the dot in the other", () => demoMoveTest(base));
   await test("demo: both tabs reconnect after a server restart and see each other", () => restartTest(demo));
   await test("screenshots: demo and monitor are rendered", () => screenshotTest(base, demo));
@@ -274,6 +278,82 @@ async function resumeTest(base, port) {
   assert(results.awayShown, "members mark the away player");
   assert(results.stillInView, "an away player stays in the view with its last state");
   return `player ${results.annId} back`;
+}
+
+async function fleetTest(base) {
+  // Two nodes sharing a Redis of the test's own (redis-server from apt). The lobby is created
+  // on "a"; the page connects to "b" and is sent on; then "a" is killed and the client,
+  // starting over from "b", gets the lobby there once a's lease ran out.
+  const redisPort = await freePort();
+  const redis = spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+  fleetProcesses.push({ kill: () => redis.kill("SIGKILL") });
+  await until("redis-server to listen", () => canConnect(redisPort));
+  const nodes = {};
+  for (const id of ["a", "b"]) {
+    const port = await freePort();
+    nodes[id] = new Server(SERVER_BIN, port, {
+      TICKRELAY_REDIS: `redis://127.0.0.1:${redisPort}`,
+      TICKRELAY_NODE_ID: id,
+      TICKRELAY_LEASE: "1s",
+    });
+    await nodes[id].start();
+    fleetProcesses.push(nodes[id]);
+  }
+  const url = (id) => `ws://127.0.0.1:${nodes[id].port}/ws`;
+  const page = await blankPage(`http://127.0.0.1:${nodes.b.port}`);
+  await page.exposeFunction("killNodeA", () => nodes.a.kill());
+  const results = await page.evaluate(async ({ a, b }) => {
+    const { connect } = await import("/tickrelay.js");
+    const until = window.e2eUntil;
+    const lobby = `fleet-${Math.random().toString(36).slice(2, 8)}`;
+    const host = connect(a, { lobby, name: "host", reconnect: false });
+    await until("the host's welcome on a", () => host.readyState === "open");
+    const guest = connect(b, { lobby, name: "guest", reconnect: { baseMs: 100, maxMs: 400 } });
+    const welcomes = [];
+    guest.on("welcome", (w) => welcomes.push(w));
+    const errors = [];
+    guest.on("error", (e) => errors.push(e.code));
+    await until("the guest's welcome", () => guest.readyState === "open");
+    const sentTo = guest.url;
+    await until("the guest sees the host", () => guest.members.has(host.playerId));
+    const followed = guest.stats.wrongNodeFollowed;
+    await window.killNodeA();
+    await until("the guest is back, on b", () => welcomes.length === 2 && guest.readyState === "open", 15000);
+    const result = { sentTo, followed, endedOn: guest.url, errors, rejoined: welcomes[1].rejoined };
+    guest.close();
+    return result;
+  }, { a: url("a"), b: url("b") });
+  await page.close();
+  for (const node of Object.values(nodes)) await node.stop();
+  redis.kill("SIGKILL");
+  fleetProcesses = [];
+  assertEqual(results.sentTo, url("a"), "wrong_node sent the guest to the node running the lobby");
+  assertEqual(results.followed, 1, "one hop");
+  assertEqual(results.endedOn, url("b"), "after a died, the lobby came back on b");
+  assert(results.rejoined, "the second welcome is a rejoin");
+  assert(!results.errors.includes("wrong_node"), `no wrong_node surfaced as an error: ${results.errors}`);
+  return `hopped to a, back on b after a's death`;
+}
+
+/** Whether something listens on a loopback port. */
+function canConnect(port) {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, "127.0.0.1");
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+  });
+}
+
+/** Polls `predicate` (sync or async) every 50 ms until it holds, at most `timeout` ms. */
+async function until(what, predicate, timeout = WAIT_MS) {
+  const deadline = Date.now() + timeout;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
 }
 
 /** A loopback TCP proxy to `target` whose connections the test can cut (and refuse) at will. */

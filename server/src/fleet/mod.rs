@@ -108,24 +108,41 @@ impl Fleet {
                 lock(&self.held).insert(lobby.to_owned(), lease.clone());
                 Ok(lease)
             }
-            Ok(Claim::Theirs { node, remaining }) => match self.store.node(&node).await {
-                Ok(Some(owner)) => Err(JoinRefusal {
-                    url: Some(owner.url),
-                    ..JoinRefusal::new(
-                        ErrorCode::WrongNode,
-                        format!("lobby {lobby:?} runs on node {node:?}: join there"),
-                    )
-                }),
-                Ok(None) => Err(JoinRefusal::retry(
-                    format!(
-                        "lobby {lobby:?} was on node {node:?}, which stopped answering; it can \
-                         be taken over once its lease ends"
-                    ),
-                    remaining.max(RETRY_AFTER),
-                )),
-                Err(err) => Err(unavailable(&err)),
-            },
+            Ok(Claim::Theirs { node, remaining }) => Err(self.refer(lobby, &node, remaining).await),
             Err(err) => Err(unavailable(&err)),
+        }
+    }
+
+    /// A resume of `lobby`, which does not run here: refused with where it runs, if another
+    /// node runs it (a resume never creates a lobby, so none is claimed).
+    async fn check_elsewhere(&self, lobby: &str) -> Result<(), JoinRefusal> {
+        match self.store.owner(lobby).await {
+            Ok(Some(node)) if node != self.node_id => {
+                Err(self.refer(lobby, &node, self.lease).await)
+            }
+            Ok(_) => Ok(()),
+            Err(err) => Err(unavailable(&err)),
+        }
+    }
+
+    /// The refusal for a join of `lobby`, which `node` holds for up to `remaining`.
+    async fn refer(&self, lobby: &str, node: &str, remaining: Duration) -> JoinRefusal {
+        match self.store.node(node).await {
+            Ok(Some(owner)) => JoinRefusal {
+                url: Some(owner.url),
+                ..JoinRefusal::new(
+                    ErrorCode::WrongNode,
+                    format!("lobby {lobby:?} runs on node {node:?}: join there"),
+                )
+            },
+            Ok(None) => JoinRefusal::retry(
+                format!(
+                    "lobby {lobby:?} was on node {node:?}, which stopped answering; it can be \
+                     taken over once its lease ends"
+                ),
+                remaining.max(RETRY_AFTER),
+            ),
+            Err(err) => unavailable(&err),
         }
     }
 
@@ -307,8 +324,19 @@ impl Directory for FleetDirectory {
             if self.local.runs(&request.lobby) {
                 return self.local.join_leased(request, None).await;
             }
-            let lease = self.fleet.claim(&request.lobby).await?;
-            self.local.join_leased(request, Some(lease)).await
+            if request.resume.is_some() {
+                // Not here: elsewhere is `wrong_node`, nowhere is the local `seat_expired`.
+                self.fleet.check_elsewhere(&request.lobby).await?;
+                return self.local.join_leased(request, None).await;
+            }
+            let lobby = request.lobby.clone();
+            let lease = self.fleet.claim(&lobby).await?;
+            let joined = self.local.join_leased(request, Some(lease.clone())).await;
+            // A lease no lobby took (the join was refused before one was created) goes back.
+            if joined.is_err() && !self.local.runs(&lobby) {
+                lease.release();
+            }
+            joined
         })
     }
 

@@ -14,15 +14,20 @@ use tickrelay_server::Config;
 use tickrelay_testkit::{FaultProxy, Link, RedisServer};
 
 use crate::process::{ServerProcess, Stderr};
+use crate::resume::{answer as resume_answer, join_message};
 use crate::support::{
     Client, TestServer, WAIT_TIMEOUT, http_get, metric_at, spawn_server, test_config, wait_until,
 };
+
+/// The resume secret every node of a fleet shares, so a seat's token verifies anywhere.
+const FLEET_SECRET: &str = "a fleet secret every node shares, 32 bytes or more";
 
 fn node_config(redis: &str, id: &str) -> Config {
     Config {
         redis: Some(redis.to_owned()),
         node_id: Some(id.to_owned()),
         lease: Duration::from_millis(1500),
+        resume_secret: Some(FLEET_SECRET.into()),
         ..test_config()
     }
 }
@@ -100,6 +105,43 @@ async fn every_node_routes_to_the_owner_and_other_nodes_answer_wrong_node() {
         assert_eq!(here["url"], serde_json::json!(other.ws_url()));
         assert!(!other.http_get("/lobbies").await.1.contains("\"arena\""));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_goes_where_the_lobby_runs_and_never_leases_a_lobby_that_runs_nowhere() {
+    let redis = RedisServer::start();
+    let nodes = fleet(&redis).await;
+    let (status, answer) = route(nodes[0].addr, "seated").await;
+    assert_eq!(status, 200);
+    let owner = node_at(&nodes, answer["url"].as_str().unwrap());
+    let other = nodes.iter().find(|node| node.addr != owner.addr).unwrap();
+    let mut ann = Client::connect(owner, Codec::MessagePack).await;
+    ann.send(&join_message("seated", "ann", None)).await;
+    let seat = resume_answer(&mut ann).await.expect("welcome");
+
+    // The seat's token shown to another node: sent to the owner, not refused.
+    let mut elsewhere = Client::connect(other, Codec::MessagePack).await;
+    elsewhere
+        .send(&join_message("seated", "ann", Some((&seat, seat.offset))))
+        .await;
+    match elsewhere.recv().await {
+        ServerMessage::Error {
+            code: ErrorCode::WrongNode,
+            url: Some(url),
+            ..
+        } => assert_eq!(url, owner.ws_url()),
+        other => panic!("expected wrong_node, got {other:?}"),
+    }
+    // A resume of a lobby that runs nowhere is refused as on one node, and leases nothing.
+    let mut stray = Client::connect(other, Codec::MessagePack).await;
+    stray
+        .send(&join_message("nowhere", "ann", Some((&seat, 0))))
+        .await;
+    assert_eq!(
+        resume_answer(&mut stray).await.unwrap_err(),
+        ErrorCode::SeatExpired
+    );
+    assert_eq!(redis.owner_record("nowhere"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +373,7 @@ impl ProcessFleet {
                     "--lease",
                     lease,
                     "--resume-secret",
-                    "a fleet secret every node shares, 32 bytes or more",
+                    FLEET_SECRET,
                 ],
                 "info",
                 Stderr::Collect,

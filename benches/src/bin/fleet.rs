@@ -1,0 +1,273 @@
+//! Fleet figures: Redis commands per second per node, idle and with `--lobbies` lobbies
+//! running, and join latency through `/route` (route, WebSocket upgrade, `join`, `welcome`).
+//!
+//!     cargo run --release -p tickrelay-benches --bin fleet -- --nodes 3 --lobbies 1000
+//!
+//! It starts a `redis-server` of its own on a free loopback port and `--nodes` release server
+//! processes sharing it, counts what Redis executes over `--window` with no lobby, then with
+//! the lobbies held by one load generator per node (one player each, states at 10 Hz), then
+//! times `--joins` sequential joins through `/route` of new lobbies spread over the nodes.
+//! Prints a table and appends it to benches/RESULTS.md unless `--no-record`.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::Parser;
+use tickrelay_benches::processes::{self, Guard, RunOptions, free_port, wait_for};
+use tickrelay_benches::wire;
+use tickrelay_testkit::RedisServer;
+
+/// Measures a fleet's Redis load and join latency (see the module docs).
+#[derive(Debug, Parser)]
+#[command(name = "fleet", about, long_about)]
+struct Args {
+    /// Server nodes sharing the Redis.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Lobbies running during the loaded window (one player each).
+    #[arg(long, default_value_t = 1000)]
+    lobbies: usize,
+    /// Each measuring window.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// Joins through `/route` to time.
+    #[arg(long, default_value_t = 500)]
+    joins: usize,
+    #[command(flatten)]
+    run: RunOptions,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.nodes >= 1, "--nodes must be at least 1");
+    ensure!(args.joins >= 10, "--joins must be at least 10");
+    let root = processes::workspace_root();
+    let bin_dir = args.run.binaries(&root)?;
+    let redis = RedisServer::start();
+    let mut nodes = Vec::new();
+    for i in 0..args.nodes {
+        let port = free_port()?;
+        let node = Guard(
+            Command::new(bin_dir.join("tickrelay-server"))
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--redis", &redis.url(), "--node-id", &format!("n{i}")])
+                .args([
+                    "--max-connections-per-ip",
+                    "0",
+                    "--max-handshakes-per-ip",
+                    "0",
+                ])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting tickrelay-server")?,
+        );
+        nodes.push((node, SocketAddr::from(([127, 0, 0, 1], port))));
+    }
+    let addrs: Vec<_> = nodes.iter().map(|(_, addr)| *addr).collect();
+    let mut exited = None;
+    let registered = wait_for(Duration::from_secs(20), "every node to register", || {
+        for (node, _) in &mut nodes {
+            if let Ok(Some(status)) = node.0.try_wait() {
+                exited = Some(status);
+                return true;
+            }
+        }
+        wire::http_get(addrs[0], "/cluster").is_ok_and(|(status, body)| {
+            status == 200 && json(&body)["total"] == serde_json::json!(args.nodes)
+        })
+    });
+    if let Some(status) = exited {
+        bail!(
+            "a node exited at start ({status}); is {} current?",
+            bin_dir.display()
+        );
+    }
+    registered?;
+
+    eprintln!("fleet: idle window ({:?})", args.window);
+    let idle = redis_rate(&redis, args.window)?;
+
+    eprintln!("fleet: starting {} lobbies", args.lobbies);
+    let per_node = args.lobbies.div_ceil(args.nodes);
+    let hold = args.window * 2 + Duration::from_secs(30);
+    let mut loadgens = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let clients = per_node.min(args.lobbies - i * per_node);
+        loadgens.push(Guard(
+            Command::new(bin_dir.join("tickrelay-loadgen"))
+                .args(["--url", &format!("ws://{addr}/ws"), "--quiet"])
+                .args(["--clients", &clients.to_string(), "--lobby-size", "1"])
+                .args(["--lobby-prefix", &format!("held{i}"), "--state-rate", "10"])
+                .args([
+                    "--duration",
+                    &format!("{}s", hold.as_secs()),
+                    "--warmup",
+                    "0s",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting tickrelay-loadgen")?,
+        ));
+    }
+    wait_for(Duration::from_secs(60), "every lobby to run", || {
+        lobbies_running(addrs[0]).is_ok_and(|running| running >= args.lobbies as u64)
+    })?;
+    eprintln!("fleet: loaded window ({:?})", args.window);
+    let loaded = redis_rate(&redis, args.window)?;
+
+    eprintln!("fleet: {} joins through /route", args.joins);
+    let (route, join) = joins_through_route(&addrs, args.joins)?;
+    drop(loadgens);
+
+    let nodes_f = args.nodes as f64;
+    let table = format!(
+        "### Fleet: {} nodes on one redis-server, {} lobbies, {:?} windows\n\n\
+         | figure | idle | {} lobbies |\n|---|---|---|\n\
+         | Redis round trips/s per node (heartbeat transactions and script calls) | {:.1} | {:.1} |\n\
+         | Redis commands executed/s per node (the scripts' own included) | {:.1} | {:.1} |\n\n\
+         | join through `/route` ({} joins of new lobbies, sequential) | p50 | p99 | max |\n|---|---|---|---|\n\
+         | `GET /route` (placement included) | {} | {} | {} |\n\
+         | route + upgrade + `join` → `welcome` | {} | {} | {} |\n",
+        args.nodes,
+        args.lobbies,
+        args.window,
+        args.lobbies,
+        idle.round_trips / nodes_f,
+        loaded.round_trips / nodes_f,
+        idle.executed / nodes_f,
+        loaded.executed / nodes_f,
+        args.joins,
+        ms(percentile(&route, 0.50)),
+        ms(percentile(&route, 0.99)),
+        ms(percentile(&route, 1.0)),
+        ms(percentile(&join, 0.50)),
+        ms(percentile(&join, 0.99)),
+        ms(percentile(&join, 1.0)),
+    );
+    println!("{table}");
+    args.run.record(&root, &table)?;
+    drop(nodes);
+    Ok(())
+}
+
+/// Redis work per second over a window, all nodes together.
+struct Rate {
+    /// Requests the nodes made: at steady state (no routes, no claims) a node sends only its
+    /// heartbeat (one `MULTI`…`EXEC`) and its renewal batches (`EVALSHA`).
+    round_trips: f64,
+    /// Every command Redis executed, those the scripts ran included (`INFO commandstats`).
+    executed: f64,
+}
+
+/// What Redis executes over `window`, less this measurement's own commands.
+fn redis_rate(redis: &RedisServer, window: Duration) -> anyhow::Result<Rate> {
+    let mut connection = redis.connection()?;
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query::<()>(&mut connection)?;
+    std::thread::sleep(window);
+    let commands: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut connection)?;
+    // Lines like `cmdstat_evalsha:calls=12,usec=...`.
+    let calls: Vec<(&str, f64)> = commands
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name, calls))
+        })
+        .collect();
+    let of = |names: &[&str]| -> f64 {
+        calls
+            .iter()
+            .filter(|(name, _)| names.contains(name))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    // This measurement's own RESETSTAT is counted after the reset; the INFO is not yet.
+    let executed = calls.iter().map(|(_, n)| n).sum::<f64>() - of(&["config"]);
+    let seconds = window.as_secs_f64();
+    Ok(Rate {
+        round_trips: of(&["exec", "evalsha", "eval"]) / seconds,
+        executed: executed / seconds,
+    })
+}
+
+/// Lobbies the fleet runs, from `/cluster` (the nodes' last heartbeats).
+fn lobbies_running(node: SocketAddr) -> anyhow::Result<u64> {
+    let (status, body) = wire::http_get(node, "/cluster")?;
+    ensure!(status == 200, "/cluster answered {status}");
+    Ok(json(&body)["nodes"]
+        .as_array()
+        .context("no nodes")?
+        .iter()
+        .filter_map(|node| node["lobbies"].as_u64())
+        .sum())
+}
+
+/// Times `count` joins of new lobbies through `/route` on the nodes in turn: the route alone,
+/// and route + upgrade + `join` until `welcome` (then the player leaves).
+fn joins_through_route(
+    nodes: &[SocketAddr],
+    count: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let (mut routes, mut joins) = (Vec::new(), Vec::new());
+    for i in 0..count {
+        let lobby = format!("routed-{i}");
+        let started = Instant::now();
+        let (status, body) =
+            wire::http_get(nodes[i % nodes.len()], &format!("/route?lobby={lobby}"))?;
+        ensure!(status == 200, "/route answered {status}: {body}");
+        routes.push(started.elapsed());
+        let url = json(&body)["url"].as_str().context("no url")?.to_owned();
+        let addr: SocketAddr = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.strip_suffix("/ws"))
+            .context("a ws:// URL")?
+            .parse()?;
+        let mut socket = wire::upgrade(addr, "/ws", "tickrelay.v1.json")?;
+        let join = format!(r#"{{"t":"join","lobby":"{lobby}","name":"p"}}"#);
+        socket.write_all(&wire::masked(0x81, join.as_bytes()))?;
+        loop {
+            let (opcode, payload) = wire::read_frame(&mut socket)?;
+            if opcode == 0x8 {
+                bail!("closed before welcome");
+            }
+            let message = json(&String::from_utf8_lossy(&payload));
+            match message["t"].as_str() {
+                Some("welcome") => break,
+                Some("error") => bail!("join refused: {message}"),
+                _ => {}
+            }
+        }
+        joins.push(started.elapsed());
+        socket.write_all(&wire::masked(0x81, br#"{"t":"leave"}"#))?;
+    }
+    Ok((routes, joins))
+}
+
+fn percentile(samples: &[Duration], q: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_default()
+}
