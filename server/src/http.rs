@@ -138,7 +138,8 @@ async fn cluster(ctx: &ServerContext, query: Option<&str>) -> Response<Full<Byte
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         let number = value.parse::<usize>().ok();
         match (&*key, number) {
-            ("offset", Some(n)) => offset = n,
+            // Pages past any real fleet are empty, not an overflow.
+            ("offset", Some(n)) => offset = n.min(1 << 30),
             ("limit", Some(n)) if n > 0 => limit = n.min(CLUSTER_PAGE_MAX),
             ("offset" | "limit", _) => {
                 return text_response(
@@ -166,7 +167,7 @@ async fn cluster(ctx: &ServerContext, query: Option<&str>) -> Response<Full<Byte
         Ok((nodes, total)) => json_response(
             &Page {
                 node: fleet.node_id.clone(),
-                next_offset: (offset + limit < total).then_some(offset + limit),
+                next_offset: offset.checked_add(limit).filter(|&next| next < total),
                 nodes,
                 total,
                 offset,

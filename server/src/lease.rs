@@ -5,7 +5,8 @@
 //! `sent + length` is a bound from below; the node stops a margin earlier still, for the two
 //! clocks' drift. A node that cannot renew in time (cut off from Redis, paused by SIGSTOP,
 //! starved) finds its deadline passed at its next tick and stops before anybody else can
-//! take the lobby.
+//! take the lobby. Who holds a lease is counted by `Arc`: the fleet's map, the lobby running
+//! under it, joins on their way; when only the map is left, the fleet gives the lease up.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,10 +20,8 @@ pub(crate) struct Lease {
     epoch: Instant,
     /// Nanoseconds after `epoch` until which the lobby may run.
     until: AtomicU64,
-    /// Redis said the lobby is no longer ours, or the node gave up on it: never valid again.
+    /// Redis said the lobby is no longer ours: never valid again.
     lost: AtomicBool,
-    /// The lobby stopped here; the fleet deletes the record.
-    released: AtomicBool,
 }
 
 impl Lease {
@@ -33,7 +32,6 @@ impl Lease {
             epoch: sent,
             until: AtomicU64::new(0),
             lost: AtomicBool::new(false),
-            released: AtomicBool::new(false),
         };
         lease.renewed(sent, length);
         lease
@@ -56,15 +54,6 @@ impl Lease {
     pub(crate) fn valid(&self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         !self.lost.load(Ordering::Acquire) && elapsed < self.until.load(Ordering::Acquire)
-    }
-
-    /// The lobby stopped on this node: its record is to be deleted.
-    pub(crate) fn release(&self) {
-        self.released.store(true, Ordering::Release);
-    }
-
-    pub(crate) fn is_released(&self) -> bool {
-        self.released.load(Ordering::Acquire)
     }
 }
 

@@ -39,7 +39,8 @@ pub(crate) struct Fleet {
     lease: Duration,
     /// Leases this node holds, by lobby name.
     held: Mutex<HashMap<String, Arc<Lease>>>,
-    /// Claims go one at a time: two joins creating one lobby here must share its lease.
+    /// Claims in Redis go one at a time: two joins creating one lobby here must share its
+    /// lease. (A lease already held is handed out without it.)
     claiming: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
 }
@@ -91,26 +92,39 @@ impl Fleet {
         (self.lease / 3).min(Duration::from_secs(1))
     }
 
-    /// The lease to create `lobby` here under, or why not.
+    /// The lease to run `lobby` here under, or why not: the one held if still valid, else a
+    /// new claim in Redis.
     async fn claim(&self, lobby: &str) -> Result<Arc<Lease>, JoinRefusal> {
-        let _one_at_a_time = self.claiming.lock().await;
-        let now = now();
-        if let Some(lease) = lock(&self.held).get(lobby)
-            && !lease.is_released()
-            && lease.valid(now)
-        {
-            return Ok(lease.clone());
+        if let Some(lease) = self.held_valid(lobby) {
+            return Ok(lease);
         }
-        match self.store.claim(lobby, &self.node_id, self.lease).await {
-            Ok(Claim::Ours(record)) => {
-                self.metrics.fleet_lease("acquired");
-                let lease = Arc::new(Lease::granted(record, now, self.lease));
-                lock(&self.held).insert(lobby.to_owned(), lease.clone());
-                Ok(lease)
+        let (node, remaining) = {
+            let _one_at_a_time = self.claiming.lock().await;
+            if let Some(lease) = self.held_valid(lobby) {
+                return Ok(lease);
             }
-            Ok(Claim::Theirs { node, remaining }) => Err(self.refer(lobby, &node, remaining).await),
-            Err(err) => Err(unavailable(&err)),
-        }
+            let sent = now();
+            match self.store.claim(lobby, &self.node_id, self.lease).await {
+                Ok(Claim::Ours(record)) => {
+                    self.metrics.fleet_lease("acquired");
+                    let lease = Arc::new(Lease::granted(record, sent, self.lease));
+                    lock(&self.held).insert(lobby.to_owned(), lease.clone());
+                    return Ok(lease);
+                }
+                Ok(Claim::Theirs { node, remaining }) => (node, remaining),
+                Err(err) => return Err(unavailable(&err)),
+            }
+        };
+        Err(self.refer(lobby, &node, remaining).await)
+    }
+
+    /// The lease held for `lobby`, if still valid (cloned under the map's lock, so the renew
+    /// loop never gives up a lease a join is about to use).
+    fn held_valid(&self, lobby: &str) -> Option<Arc<Lease>> {
+        lock(&self.held)
+            .get(lobby)
+            .filter(|lease| lease.valid(now()))
+            .cloned()
     }
 
     /// A resume of `lobby`, which does not run here: refused with where it runs, if another
@@ -127,6 +141,16 @@ impl Fleet {
 
     /// The refusal for a join of `lobby`, which `node` holds for up to `remaining`.
     async fn refer(&self, lobby: &str, node: &str, remaining: Duration) -> JoinRefusal {
+        if node == self.node_id {
+            // An earlier process with this node id holds it: wait for its lease to end.
+            return JoinRefusal::retry(
+                format!(
+                    "lobby {lobby:?} is held by an earlier process of this node; it can be taken \
+                     over once its lease ends"
+                ),
+                remaining.max(RETRY_AFTER),
+            );
+        }
         match self.store.node(node).await {
             Ok(Some(owner)) => JoinRefusal {
                 url: Some(owner.url),
@@ -226,74 +250,84 @@ impl Fleet {
         self.leave().await;
     }
 
-    /// Renews every lease held, releases those whose lobby stopped, drops the lost.
+    /// Renews every lease in use, then gives up those nothing uses any more (their lobby
+    /// stopped, or the join that claimed one was refused).
     async fn renew(&self) -> Result<(), StoreError> {
-        let (mut held, released): (Vec<_>, Vec<_>) = {
-            let mut map = lock(&self.held);
-            // Released leases leave the map before their records are deleted: a claim after
-            // this point asks Redis, and is given a new fence.
-            let released: Vec<_> = map
-                .iter()
-                .filter(|(_, lease)| lease.is_released())
-                .map(|(name, lease)| (name.clone(), lease.clone()))
-                .collect();
-            for (name, _) in &released {
-                map.remove(name);
-            }
-            (
-                map.iter()
-                    .map(|(name, lease)| (name.clone(), lease.clone()))
-                    .collect(),
-                released,
-            )
-        };
-        for (name, lease) in &released {
-            self.store.release(name, &lease.record).await?;
-            self.metrics.fleet_lease("released");
-        }
-        // Only leases still valid: an expired one's lobby has stopped (or stops at its next
-        // tick), and writing its record back could hand Redis a lease nobody honours.
         let sent = now();
-        held.retain(|(_, lease)| lease.valid(sent));
-        held.sort_by(|a, b| a.0.cmp(&b.0));
-        let records: Vec<_> = held
+        let (in_use, unused) = self.sort_held(sent);
+        let records: Vec<_> = in_use
             .iter()
             .map(|(name, lease)| (name.clone(), lease.record.clone()))
             .collect();
         let renewed = self.store.renew(&records, self.lease).await?;
-        let mut lost = Vec::new();
-        for ((name, lease), still_ours) in held.iter().zip(renewed) {
+        self.metrics
+            .fleet_lease_renewals
+            .inc_by(records.len() as u64);
+        for ((name, lease), still_ours) in in_use.iter().zip(renewed) {
             if still_ours {
                 lease.renewed(sent, self.lease);
             } else {
                 warn!(lobby = %name, "lease lost: another node holds the lobby, it stops here");
-                lease.lose();
-                lost.push(name);
-            }
-        }
-        if !lost.is_empty() {
-            let mut map = lock(&self.held);
-            for name in lost {
                 self.metrics.fleet_lease("lost");
-                if map.get(name).is_some_and(|l| !l.valid(sent)) {
-                    map.remove(name);
-                }
+                lease.lose();
             }
         }
-        self.metrics
-            .fleet_lease_renewals
-            .inc_by(records.len() as u64);
+        self.release(&unused).await;
         Ok(())
     }
 
-    /// Gives up every lease and the node's registration (shutdown), best effort.
-    async fn leave(&self) {
-        let held: Vec<_> = lock(&self.held).drain().collect();
-        for (name, lease) in held {
-            if self.store.release(&name, &lease.record).await.is_err() {
-                break;
+    /// Splits the map: the valid leases something uses (to renew), and those only the map
+    /// holds, which leave it here (to release). Under the map's lock, which every clone is
+    /// taken under: a lease that leaves has no user, and a later claim asks Redis anew (a new
+    /// fence). Leases in use but no longer valid are neither: their lobbies are stopping.
+    #[allow(clippy::type_complexity)]
+    fn sort_held(
+        &self,
+        now: std::time::Instant,
+    ) -> (Vec<(String, Arc<Lease>)>, Vec<(String, Arc<Lease>)>) {
+        let mut map = lock(&self.held);
+        let unused: Vec<_> = map
+            .iter()
+            .filter(|(_, lease)| Arc::strong_count(lease) == 1)
+            .map(|(name, lease)| (name.clone(), lease.clone()))
+            .collect();
+        for (name, _) in &unused {
+            map.remove(name);
+        }
+        let mut in_use: Vec<_> = map
+            .iter()
+            .filter(|(_, lease)| lease.valid(now))
+            .map(|(name, lease)| (name.clone(), lease.clone()))
+            .collect();
+        in_use.sort_by(|a, b| a.0.cmp(&b.0));
+        (in_use, unused)
+    }
+
+    /// Deletes the records of `leases` that still hold, best effort: a record left behind
+    /// only expires, a lease later than it would have.
+    async fn release(&self, leases: &[(String, Arc<Lease>)]) {
+        for (name, lease) in leases {
+            // The script compares the record: one Redis gave someone else is left alone.
+            if self.store.release(name, &lease.record).await.is_ok() {
+                self.metrics.fleet_lease("released");
             }
         }
+    }
+
+    /// Shutdown: once the lobbies here have stopped (at most a second), gives up their leases
+    /// and the node's registration, best effort. A lease whose lobby still runs is left to
+    /// expire rather than released under it.
+    async fn leave(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while lock(&self.held)
+            .values()
+            .any(|lease| Arc::strong_count(lease) > 1)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (_, unused) = self.sort_held(now());
+        self.release(&unused).await;
         let _ = self.store.deregister(&self.node_id).await;
     }
 }
@@ -321,22 +355,19 @@ pub(crate) struct FleetDirectory {
 impl Directory for FleetDirectory {
     fn join(&self, request: JoinRequest) -> JoinFuture<'_> {
         Box::pin(async move {
-            if self.local.runs(&request.lobby) {
-                return self.local.join_leased(request, None).await;
-            }
             if request.resume.is_some() {
-                // Not here: elsewhere is `wrong_node`, nowhere is the local `seat_expired`.
-                self.fleet.check_elsewhere(&request.lobby).await?;
+                // A resume never creates a lobby: here it finds the lobby or `seat_expired`;
+                // elsewhere is `wrong_node`.
+                if !self.local.runs(&request.lobby) {
+                    self.fleet.check_elsewhere(&request.lobby).await?;
+                }
                 return self.local.join_leased(request, None).await;
             }
-            let lobby = request.lobby.clone();
-            let lease = self.fleet.claim(&lobby).await?;
-            let joined = self.local.join_leased(request, Some(lease.clone())).await;
-            // A lease no lobby took (the join was refused before one was created) goes back.
-            if joined.is_err() && !self.local.runs(&lobby) {
-                lease.release();
-            }
-            joined
+            // Always under a lease: a lobby that retires between a look and the join is
+            // created again under the lease held, never without one. A lease no lobby takes
+            // (the join refused) is given up by the next heartbeat.
+            let lease = self.fleet.claim(&request.lobby).await?;
+            self.local.join_leased(request, Some(lease)).await
         })
     }
 

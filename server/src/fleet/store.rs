@@ -2,8 +2,8 @@
 //! directory: a lobby is one key, a node one hash, and "least-loaded live node" one sorted
 //! set read from its low end.
 //!
-//! - `tickrelay:lobby:{name}`: the owner record `"{node} {fence}"`, with the lease's expiry
-//!   (`PX`). The fence comes from `tickrelay:fence` (`INCR`): every grant gets a new one, so a
+//! - `tickrelay:lobby:{name}`: the owner record `"{node} {fence}"` (`"{node} p{fence}"` while
+//!   only placed by a route), with the lease's expiry (`PX`). The fence comes from `tickrelay:fence` (`INCR`): every grant gets a new one, so a
 //!   record a node once held never matches a later grant, even to the same node.
 //! - `tickrelay:node:{id}`: a hash (`url`, `lobbies`, `connections`), expiring unless the
 //!   node's heartbeat renews it.
@@ -59,12 +59,13 @@ pub(crate) struct Store {
     timeout: Duration,
 }
 
-/// Grants the lobby to ARGV[1] unless another node's record is there: returns {1, record, 0}
-/// when granted, {0, record, pttl} when not. A node re-claiming its own record (placed for it
-/// by a route) gets a new fence.
+/// Grants the lobby to ARGV[1] unless it is held: returns {1, record, 0} when granted,
+/// {0, record, pttl} when not. A placement for ARGV[1] (`"{node} p{fence}"`, by a route) is
+/// taken over with a new fence; a running lease never is, not even one of an earlier process
+/// with the same node id.
 const CLAIM: &str = r"
 local current = redis.call('GET', KEYS[1])
-if current and string.sub(current, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then
+if current and string.sub(current, 1, #ARGV[1] + 2) ~= ARGV[1] .. ' p' then
   return {0, current, redis.call('PTTL', KEYS[1])}
 end
 local record = ARGV[1] .. ' ' .. redis.call('INCR', KEYS[2])
@@ -72,29 +73,36 @@ redis.call('SET', KEYS[1], record, 'PX', ARGV[2])
 return {1, record, 0}
 ";
 
-/// Places the lobby on ARGV[1] unless it has an owner: returns the owner's record. A placed
-/// node's score rises at once, so a burst of routes spreads before the next heartbeats.
+/// Places the lobby on ARGV[1] unless it has an owner: returns the owner's record. The
+/// placement (`"{node} p{fence}"`) holds the name for the lease, until the node claims it.
+/// A placed node's score rises at once, so a burst of routes spreads before the next
+/// heartbeats.
 const PLACE: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current then return current end
-local record = ARGV[1] .. ' ' .. redis.call('INCR', KEYS[2])
+local record = ARGV[1] .. ' p' .. redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], record, 'PX', ARGV[2])
 redis.call('ZINCRBY', KEYS[3], 1, ARGV[1])
 return record
 ";
 
-/// Extends each KEYS[i] whose record is still ARGV[i + 1] by ARGV[1] ms, and writes it back
-/// where the key is missing (a Redis restarted without its data; the node only renews leases
-/// still valid, which nobody else can have been granted): 1 renewed, 0 lost.
+/// Extends each KEYS[i] whose record is still ARGV[i + 1] by ARGV[2] ms, and writes it back
+/// where the key is missing (a Redis restarted without its data): 1 renewed, 0 lost. A record
+/// written back raises the fence counter (ARGV[1] names it) past its fence, so no later grant
+/// repeats it.
 const RENEW: &str = r"
 local renewed = {}
 for i, key in ipairs(KEYS) do
   local current = redis.call('GET', key)
-  if current == ARGV[i + 1] then
-    redis.call('PEXPIRE', key, ARGV[1])
+  if current == ARGV[i + 2] then
+    redis.call('PEXPIRE', key, ARGV[2])
     renewed[i] = 1
   elseif not current then
-    redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
+    redis.call('SET', key, ARGV[i + 2], 'PX', ARGV[2])
+    local fence = tonumber(string.match(ARGV[i + 2], '(%d+)$'))
+    if fence and fence > tonumber(redis.call('GET', ARGV[1]) or '0') then
+      redis.call('SET', ARGV[1], fence)
+    end
     renewed[i] = 1
   else
     renewed[i] = 0
@@ -213,7 +221,7 @@ impl Store {
         for batch in leases.chunks(RENEW_BATCH) {
             let mut redis = self.redis.clone();
             let mut invocation = script.prepare_invoke();
-            invocation.arg(lease.as_millis() as u64);
+            invocation.arg(FENCE).arg(lease.as_millis() as u64);
             for (lobby, record) in batch {
                 invocation.key(format!("{LOBBY}{lobby}")).arg(record);
             }
@@ -332,7 +340,7 @@ impl Store {
     }
 }
 
-/// The node id in an owner record `"{node} {fence}"`.
+/// The node id in an owner record (`"{node} {fence}"`, or `"{node} p{fence}"` placed).
 fn node_of(record: &str) -> &str {
-    record.rsplit_once(' ').map_or(record, |(node, _)| node)
+    record.split_once(' ').map_or(record, |(node, _)| node)
 }

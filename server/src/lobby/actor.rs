@@ -279,6 +279,11 @@ impl Actor {
                     if received == 0 {
                         break;
                     }
+                    // Nothing is relayed past the lease either, not only ticks.
+                    if !self.registration.may_run(now()) {
+                        self.lease_lost();
+                        break;
+                    }
                     for command in commands.drain(..) {
                         self.apply(command);
                     }

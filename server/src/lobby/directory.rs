@@ -214,7 +214,7 @@ impl Drop for PendingJoin<'_> {
 struct LocalRegistration {
     shared: Arc<Shared>,
     entry: Arc<Entry>,
-    /// The fleet lease the lobby runs under, if any.
+    /// The fleet lease the lobby runs under, if any: held (counted) until the actor ends.
     lease: Option<Arc<Lease>>,
 }
 
@@ -251,9 +251,6 @@ impl Registration for LocalRegistration {
             .is_some_and(|current| Arc::ptr_eq(current, entry))
         {
             lobbies.remove(&entry.info.name);
-        }
-        if let Some(lease) = &self.lease {
-            lease.release();
         }
     }
 }

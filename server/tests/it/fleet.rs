@@ -26,7 +26,9 @@ fn node_config(redis: &str, id: &str) -> Config {
     Config {
         redis: Some(redis.to_owned()),
         node_id: Some(id.to_owned()),
-        lease: Duration::from_millis(1500),
+        // Long enough that this slow, shared box never lapses one by accident; the tests
+        // about lapses set their own.
+        lease: Duration::from_secs(5),
         resume_secret: Some(FLEET_SECRET.into()),
         ..test_config()
     }
@@ -166,8 +168,19 @@ async fn concurrent_creates_of_one_lobby_give_one_owner_and_new_lobbies_spread()
     .await;
     let record = redis.owner_record("rush").expect("the lobby is leased");
     assert!(record.starts_with(&format!("{} ", first.1["node"].as_str().unwrap())));
+    assert!(
+        !record.contains(" p"),
+        "claimed, no longer only placed: {record}"
+    );
     let (_, lobbies) = owner.http_get("/lobbies").await;
     assert!(lobbies.contains("\"rush\""), "{lobbies}");
+    assert_eq!(
+        owner
+            .metric("tickrelay_fleet_leases_total{event=\"acquired\"}")
+            .await,
+        Some(1.0),
+        "eight joins, one claim"
+    );
     drop(joins);
 
     // New lobbies go to the least-loaded node: a burst of them lands on more than one.
@@ -178,6 +191,37 @@ async fn concurrent_creates_of_one_lobby_give_one_owner_and_new_lobbies_spread()
         owners.insert(answer["node"].as_str().unwrap().to_owned());
     }
     assert_eq!(owners.len(), 3, "{owners:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lobby_that_empties_gives_its_lease_up_and_comes_back_under_a_new_one() {
+    let redis = RedisServer::start();
+    let nodes = fleet(&redis).await;
+    let node = &nodes[1];
+    for round in 0..3 {
+        let (mut ann, _, _) = Client::join(node, Codec::Json, "revolving", "ann").await;
+        ann.next_snapshot().await;
+        let record = redis
+            .owner_record("revolving")
+            .expect("leased while it runs");
+        assert!(record.starts_with("n2 "), "{record}");
+        ann.send(&tickrelay_protocol::ClientMessage::Leave).await;
+        ann.expect_close().await;
+        wait_until(WAIT_TIMEOUT, "the lease given up", async || {
+            redis.owner_record("revolving").is_none()
+        })
+        .await;
+        assert_eq!(
+            node.metric("tickrelay_fleet_leases_total{event=\"released\"}")
+                .await,
+            Some(f64::from(round + 1))
+        );
+    }
+    assert_eq!(
+        node.metric("tickrelay_fleet_leases_total{event=\"acquired\"}")
+            .await,
+        Some(3.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,6 +389,17 @@ async fn redis_down_refuses_new_lobbies_keeps_leased_ones_and_recovers_by_itself
             .is_some_and(|r| r.starts_with("solo "))
     })
     .await;
+    // The fence counter moved past the written-back record's, so no new grant repeats it.
+    let written_back: u64 = redis.owner_record("steady").unwrap()[5..].parse().unwrap();
+    let counter: u64 = redis::cmd("GET")
+        .arg("tickrelay:fence")
+        .query::<Option<u64>>(&mut redis.connection().unwrap())
+        .unwrap()
+        .unwrap_or(0);
+    assert!(
+        counter >= written_back,
+        "fence {counter} behind {written_back}"
+    );
     wait_until(WAIT_TIMEOUT, "routing works again", async || {
         route(node.addr, "fresh").await.0 == 200
     })
