@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tickrelay_protocol::ErrorCode;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::lease::Lease;
 use crate::lobby::directory::JoinFuture;
@@ -333,7 +333,8 @@ impl Fleet {
 }
 
 fn unavailable(err: &StoreError) -> JoinRefusal {
-    warn!(error = %err, "join refused: the lobby directory is unavailable");
+    // Per join: the heartbeat warns once per outage, the error counter counts them.
+    debug!(error = %err, "join refused: the lobby directory is unavailable");
     JoinRefusal::retry(
         format!("the lobby directory is unavailable ({err}); retry shortly"),
         RETRY_AFTER,

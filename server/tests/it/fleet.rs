@@ -194,6 +194,54 @@ async fn concurrent_creates_of_one_lobby_give_one_owner_and_new_lobbies_spread()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_joins_on_every_node_for_one_new_lobby_leave_one_owner() {
+    let redis = RedisServer::start();
+    let nodes = fleet(&redis).await;
+    // No route first: each join claims on the node it reached.
+    let attempts = futures_util::future::join_all((0..12).map(|i| {
+        let node = &nodes[i % nodes.len()];
+        async move {
+            let mut client = Client::connect(node, Codec::MessagePack).await;
+            client
+                .send(&join_message("melee", &format!("p{i}"), None))
+                .await;
+            let answer = client.recv().await;
+            (node.ws_url(), answer, client)
+        }
+    }))
+    .await;
+    let mut owners = std::collections::HashSet::new();
+    for (at, answer, _) in &attempts {
+        match answer {
+            ServerMessage::Welcome { .. } => owners.insert(at.clone()),
+            ServerMessage::Error {
+                code: ErrorCode::WrongNode,
+                url: Some(url),
+                ..
+            } => owners.insert(url.clone()),
+            other => panic!("expected welcome or wrong_node, got {other:?}"),
+        };
+    }
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    let owner = node_at(&nodes, owners.iter().next().unwrap());
+    let welcomed = attempts
+        .iter()
+        .filter(|(_, answer, _)| matches!(answer, ServerMessage::Welcome { .. }))
+        .count();
+    assert_eq!(welcomed, 4, "every join on the owner got in");
+    let id = ["n1", "n2", "n3"][nodes.iter().position(|n| n.addr == owner.addr).unwrap()];
+    assert!(
+        redis
+            .owner_record("melee")
+            .unwrap()
+            .starts_with(&format!("{id} "))
+    );
+    for node in nodes.iter().filter(|node| node.addr != owner.addr) {
+        assert!(!node.http_get("/lobbies").await.1.contains("\"melee\""));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lobby_that_empties_gives_its_lease_up_and_comes_back_under_a_new_one() {
     let redis = RedisServer::start();
     let nodes = fleet(&redis).await;
