@@ -221,7 +221,7 @@ export class TickrelayClient {
   #homeUrl;
   /** Where the current connection goes (another node after `wrong_node`). */
   #url;
-  /** `wrong_node` hops in a row (reset by `welcome`). */
+  /** `wrong_node` hops in a row (reset by `welcome` and by each reconnection). */
   #hops = 0;
   /** @type {Codec} */
   #codec;
@@ -552,7 +552,9 @@ export class TickrelayClient {
     this.#reconnectTimer = setTimeout(() => {
       this.#reconnectTimer = null;
       // From the start again: the node this client was sent to may be the one that failed.
+      // A new start is a new chain of hops: only `wrong_node` answers in a row count.
       this.#url = this.#homeUrl;
+      this.#hops = 0;
       if (!this.#closedByUser) this.#open();
     }, delayMs);
   }

@@ -142,11 +142,13 @@ impl Fleet {
     /// The refusal for a join of `lobby`, which `node` holds for up to `remaining`.
     async fn refer(&self, lobby: &str, node: &str, remaining: Duration) -> JoinRefusal {
         if node == self.node_id {
-            // An earlier process with this node id holds it: wait for its lease to end.
+            // A record of this node id that no lease here stands for: an earlier process's,
+            // one whose lease ran out here (the lobby stopped), or a claim whose answer timed
+            // out. Nobody may run it until Redis lets it go.
             return JoinRefusal::retry(
                 format!(
-                    "lobby {lobby:?} is held by an earlier process of this node; it can be taken \
-                     over once its lease ends"
+                    "lobby {lobby:?} is still leased to this node in Redis by a lease it no \
+                     longer runs under; it can be claimed again once that lease ends"
                 ),
                 remaining.max(RETRY_AFTER),
             );
