@@ -55,6 +55,7 @@ pub(crate) struct NodeStatus {
 
 pub(crate) struct Store {
     redis: ConnectionManager,
+    scripts: Scripts,
     /// Bound on every command, reconnects included.
     timeout: Duration,
 }
@@ -144,7 +145,11 @@ impl Store {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let redis = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { redis, timeout })
+        Ok(Self {
+            redis,
+            scripts: Scripts::new(),
+            timeout,
+        })
     }
 
     async fn bounded<T>(
@@ -165,10 +170,9 @@ impl Store {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let mut redis = self.redis.clone();
-        let script = Script::new(CLAIM);
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
-            .key(format!("{LOBBY}{lobby}"))
+            .key(lobby_key(lobby))
             .key(FENCE)
             .arg(node)
             .arg(lease.as_millis() as u64);
@@ -191,10 +195,9 @@ impl Store {
         lease: Duration,
     ) -> Result<String, StoreError> {
         let mut redis = self.redis.clone();
-        let script = Script::new(PLACE);
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = self.scripts.place.prepare_invoke();
         invocation
-            .key(format!("{LOBBY}{lobby}"))
+            .key(lobby_key(lobby))
             .key(FENCE)
             .key(NODES)
             .arg(node)
@@ -206,7 +209,7 @@ impl Store {
     /// The node that owns `lobby`, if any.
     pub(crate) async fn owner(&self, lobby: &str) -> Result<Option<String>, StoreError> {
         let mut redis = self.redis.clone();
-        let record: Option<String> = self.bounded(redis.get(format!("{LOBBY}{lobby}"))).await?;
+        let record: Option<String> = self.bounded(redis.get(lobby_key(lobby))).await?;
         Ok(record.map(|record| node_of(&record).to_owned()))
     }
 
@@ -217,13 +220,12 @@ impl Store {
         lease: Duration,
     ) -> Result<Vec<bool>, StoreError> {
         let mut renewed = Vec::with_capacity(leases.len());
-        let script = Script::new(RENEW);
         for batch in leases.chunks(RENEW_BATCH) {
             let mut redis = self.redis.clone();
-            let mut invocation = script.prepare_invoke();
+            let mut invocation = self.scripts.renew.prepare_invoke();
             invocation.arg(FENCE).arg(lease.as_millis() as u64);
             for (lobby, record) in batch {
-                invocation.key(format!("{LOBBY}{lobby}")).arg(record);
+                invocation.key(lobby_key(lobby)).arg(record);
             }
             let reply: Vec<u8> = self.bounded(invocation.invoke_async(&mut redis)).await?;
             renewed.extend(reply.into_iter().map(|r| r == 1));
@@ -234,9 +236,8 @@ impl Store {
     /// Gives `lobby` up, if `record` still holds it.
     pub(crate) async fn release(&self, lobby: &str, record: &str) -> Result<(), StoreError> {
         let mut redis = self.redis.clone();
-        let script = Script::new(RELEASE);
-        let mut invocation = script.prepare_invoke();
-        invocation.key(format!("{LOBBY}{lobby}")).arg(record);
+        let mut invocation = self.scripts.release.prepare_invoke();
+        invocation.key(lobby_key(lobby)).arg(record);
         let _: i64 = self.bounded(invocation.invoke_async(&mut redis)).await?;
         Ok(())
     }
@@ -282,8 +283,7 @@ impl Store {
     /// The live node with the fewest lobbies.
     pub(crate) async fn least_loaded(&self) -> Result<Option<String>, StoreError> {
         let mut redis = self.redis.clone();
-        let script = Script::new(LEAST_LOADED);
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = self.scripts.least_loaded.prepare_invoke();
         invocation.key(NODES).arg(NODE);
         self.bounded(invocation.invoke_async(&mut redis)).await
     }
@@ -338,6 +338,32 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// The scripts, each hashed once (invocations send the hash, and the source only when Redis
+/// does not know it yet).
+struct Scripts {
+    claim: Script,
+    place: Script,
+    renew: Script,
+    release: Script,
+    least_loaded: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            claim: Script::new(CLAIM),
+            place: Script::new(PLACE),
+            renew: Script::new(RENEW),
+            release: Script::new(RELEASE),
+            least_loaded: Script::new(LEAST_LOADED),
+        }
+    }
+}
+
+fn lobby_key(lobby: &str) -> String {
+    format!("{LOBBY}{lobby}")
 }
 
 /// The node id in an owner record (`"{node} {fence}"`, or `"{node} p{fence}"` placed).

@@ -41,7 +41,8 @@ async fn fleet(redis: &RedisServer) -> Vec<TestServer> {
     }
     for node in &nodes {
         wait_until(WAIT_TIMEOUT, "every node registered", async || {
-            cluster(node).await.0 == 200 && cluster(node).await.1["total"] == serde_json::json!(3)
+            let (status, page) = cluster(node).await;
+            status == 200 && page["total"] == serde_json::json!(3)
         })
         .await;
     }
