@@ -126,7 +126,9 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
     let mut seat: Option<SeatToResume> = None;
     // When the client lost its connection, for the reconnect-time metric.
     let mut outage_since: Option<Instant> = None;
-    // The node a fleet sent this client to (`wrong_node`), instead of --url.
+    // The node a fleet sent this client to (`wrong_node`), instead of --url. Every new
+    // attempt after a failure or a drop starts from --url again: the node it was sent to
+    // may be the one that died, and the directory sends it on.
     let mut sent_to: Option<Target> = None;
     // Follow `wrong_node` at once, but not forever: nodes that keep pointing elsewhere
     // (a lobby moving, a directory in flux) get the backoff.
@@ -175,6 +177,7 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
                     };
                     attempt += 1;
                     followed = 0;
+                    sent_to = None;
                     outage_since.get_or_insert_with(Instant::now);
                     continue;
                 }
@@ -214,6 +217,7 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
             SessionEnd::Dropped | SessionEnd::Lost => {
                 outage_since = Some(Instant::now());
                 attempt = 1;
+                sent_to = None;
             }
         }
     }
