@@ -51,7 +51,9 @@
  * that reaches a node not running the lobby is answered `wrong_node` with the owner's URL,
  * and the client goes there at once (`client.url` says where it is; up to three hops in a
  * row). Every reconnection starts from the `url` given to `connect` again, so a node that
- * died or lost the lobby (close 4007) is left behind: the directory sends the client on.
+ * died or lost the lobby (close 4007) is left behind: the directory sends the client on. When
+ * a node drains, its lobbies move to other nodes and each member gets `redirect`: the client
+ * resumes its seat there at once (a `redirect` event, then `welcome` with `resumed`).
  *
  * Sending never throws. While not joined, `sendState` keeps only the latest state (sent right
  * after the next `welcome`) and `sendEvent` queues up to `maxQueuedEvents` events; an event
@@ -168,6 +170,8 @@ export const SUBPROTOCOL_MSGPACK = "tickrelay.v1.msgpack";
  * @property {ClientError} error
  * @property {CloseInfo} close The socket closed.
  * @property {{ attempt: number, delayMs: number }} reconnecting A reconnection is scheduled.
+ * @property {{ url: string }} redirect The lobby moved to the node at `url` (a drain); the
+ *   client resumes its seat there at once.
  * @property {Record<string, unknown>} message Every decoded server message, payloads as Uint8Array.
  */
 
@@ -213,6 +217,7 @@ export class TickrelayClient {
     reconnects: 0,
     eventsDropped: 0,
     wrongNodeFollowed: 0,
+    redirects: 0,
   };
 
   /** @type {Required<Omit<ConnectOptions, "ticket" | "token" | "role" | "codec" | "reconnect" | "maxStateHz" | "WebSocket">> & ConnectOptions} */
@@ -524,13 +529,14 @@ export class TickrelayClient {
   /**
    * Leaves the current socket for `url` at once, without a reconnection's backoff.
    * @param {string} url
+   * @param {string} reason
    */
-  #hop(url) {
+  #hop(url, reason) {
     const ws = this.#ws;
     if (ws) {
       detach(ws);
-      // 4000: keep the seat (there is none here anyway).
-      safeClose(ws, 4000, "wrong node");
+      // 4000: keep the seat (it waits on the node `url` names).
+      safeClose(ws, 4000, reason);
     }
     this.#ws = null;
     this.#clearTimers();
@@ -682,6 +688,9 @@ export class TickrelayClient {
         this.#emit("member_left", member);
         break;
       }
+      case "redirect":
+        this.#onRedirect(message);
+        break;
       case "pong":
         this.#onPong(Number(message.client_time), Number(message.server_time_us));
         break;
@@ -793,6 +802,22 @@ export class TickrelayClient {
   }
 
   /**
+   * The lobby moved to another node (a drain): take the seat back there at once, with the
+   * token the redirect carries (same player id; the reliable messages not received yet are
+   * replayed there).
+   * @param {any} message
+   */
+  #onRedirect(message) {
+    const url = typeof message.url === "string" ? message.url : "";
+    if (url === "") return;
+    this.#resumeToken = typeof message.resume === "string" ? message.resume : null;
+    this.stats.redirects += 1;
+    this.#emit("redirect", { url });
+    this.#hops = 0;
+    this.#hop(url, "lobby moved");
+  }
+
+  /**
    * @param {string} code
    * @param {string} message
    * @param {number} retryAfterMs The server's hint with `overloaded` (0: none).
@@ -803,7 +828,7 @@ export class TickrelayClient {
       // The lobby runs on another node: go there now, seat and all (not an error).
       this.#hops += 1;
       this.stats.wrongNodeFollowed += 1;
-      this.#hop(url);
+      this.#hop(url, "wrong node");
       return;
     }
     this.#emit("error", retryAfterMs > 0 ? { code, message, retryAfterMs } : { code, message });

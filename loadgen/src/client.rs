@@ -133,6 +133,8 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
     // Follow `wrong_node` at once, but not forever: nodes that keep pointing elsewhere
     // (a lobby moving, a directory in flux) get the backoff.
     let mut followed = 0;
+    // After a `redirect`: the last tick received before it, to count what the move missed.
+    let mut moved_from: Option<u64> = None;
     loop {
         if (attempt > 0 || outage_since.is_some()) && followed == 0 {
             // The server's hint is the floor; the jittered backoff on top spreads a crowd told
@@ -201,18 +203,40 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
             }
         }
         shared.clients_joined.set(shared.clients_joined.get() + 1);
-        let (end, offset) = session(
+        let ended = session(
             &shared,
             reader,
             writer,
             joined.player_id,
             joined.offset,
+            moved_from.take(),
             &stop,
         )
         .await;
         shared.clients_joined.set(shared.clients_joined.get() - 1);
+        let offset = ended.offset;
         seat = joined.resume.map(|token| SeatToResume { token, offset });
-        match end {
+        if let (SessionEnd::Lost, Some(redirect)) = (&ended.end, ended.redirect) {
+            // The lobby moved (a drain): resume there at once, with the redirect's token.
+            match target.redirected(&redirect.url).await {
+                Ok(there) => {
+                    shared.count(|c| c.redirects += 1);
+                    outage_since = Some(Instant::now());
+                    if let Some(token) = redirect.resume {
+                        seat = Some(SeatToResume { token, offset });
+                    }
+                    moved_from = ended.last_tick;
+                    sent_to = Some(there);
+                    followed = 1;
+                    continue;
+                }
+                Err(err) => {
+                    shared.count(|c| c.error("redirect_unusable"));
+                    tracing::warn!(url = %redirect.url, error = %format!("{err:#}"), "cannot follow redirect");
+                }
+            }
+        }
+        match ended.end {
             SessionEnd::Stopped => return,
             SessionEnd::Dropped | SessionEnd::Lost => {
                 outage_since = Some(Instant::now());
@@ -456,17 +480,39 @@ struct SessionState {
     /// The lobby's offset of the last reliable message received, for a resume.
     offset: Cell<u64>,
     clock: RefCell<ClockEstimator>,
+    /// The server moved the lobby (`redirect`): where to, and the seat's token.
+    redirect: RefCell<Option<Redirect>>,
+    /// The last tick before a `redirect` brought this session here, until the first
+    /// snapshot says how many the move missed.
+    moved_from: Cell<Option<u64>>,
 }
 
-/// Plays one connection's life; returns how it ended and the last reliable offset it saw.
+/// A `redirect`: the lobby moved to the node at `url`.
+struct Redirect {
+    url: String,
+    resume: Option<String>,
+}
+
+/// How a session ended, and what the next connection needs of it.
+struct Ended {
+    end: SessionEnd,
+    /// The last reliable offset seen, for a resume.
+    offset: u64,
+    last_tick: Option<u64>,
+    redirect: Option<Redirect>,
+}
+
+/// Plays one connection's life (`moved_from`: the last tick before a `redirect` brought it
+/// here); returns how it ended.
 async fn session(
     shared: &Rc<Shared>,
     reader: Reader,
     writer: Writer,
     player_id: PlayerId,
     offset: u64,
+    moved_from: Option<u64>,
     stop: &CancellationToken,
-) -> (SessionEnd, u64) {
+) -> Ended {
     let state = Rc::new(SessionState {
         player_id,
         intended: RefCell::new([(0, 0); SEQ_WINDOW]),
@@ -477,9 +523,16 @@ async fn session(
         leaving: Cell::new(false),
         offset: Cell::new(offset),
         clock: RefCell::default(),
+        redirect: RefCell::default(),
+        moved_from: Cell::new(moved_from),
     });
     let end = Box::pin(play(shared, &state, reader, writer, stop)).await;
-    (end, state.offset.get())
+    Ended {
+        end,
+        offset: state.offset.get(),
+        last_tick: state.last_tick.get(),
+        redirect: state.redirect.take(),
+    }
 }
 
 async fn play(
@@ -657,9 +710,12 @@ async fn read_loop(shared: Rc<Shared>, state: Rc<SessionState>, mut reader: Read
                 // No code in the frame is reported as 1005, "no status received" (RFC 6455 7.1.5).
                 let code = framing::close_code(&frame.payload).unwrap_or(1005);
                 let leaving = state.leaving.get();
+                let moved = state.redirect.borrow().is_some();
                 shared.count(|c| {
                     *c.close_codes.entry(code).or_default() += 1;
-                    if !(leaving && code == tickrelay_protocol::close::NORMAL) {
+                    let expected = (leaving && code == tickrelay_protocol::close::NORMAL)
+                        || (moved && code == tickrelay_protocol::close::MOVED);
+                    if !expected {
                         c.error(format!("closed:{code}"));
                     }
                 });
@@ -700,6 +756,9 @@ fn on_snapshot(
         .record(Metric::Broadcast, received_us.saturating_sub(sent_local_us));
     let counters = &mut recorder.counters;
     counters.snapshots_received += 1;
+    if let Some(before) = state.moved_from.take() {
+        counters.redirect_ticks_missed += snapshot.tick.saturating_sub(before + 1);
+    }
     counters.keyframes += u64::from(snapshot.keyframe);
     match state.last_tick.get() {
         Some(previous) if snapshot.tick > previous => {
@@ -771,6 +830,9 @@ fn on_message(shared: &Shared, state: &SessionState, message: ServerMessage, rec
         }
         ServerMessage::MemberAway { offset, .. } | ServerMessage::MemberBack { offset, .. } => {
             saw_offset(state, Some(offset));
+        }
+        ServerMessage::Redirect { url, resume } => {
+            *state.redirect.borrow_mut() = Some(Redirect { url, resume });
         }
         ServerMessage::Welcome { .. } => {}
     }

@@ -313,6 +313,17 @@ impl Report {
                 ),
             ));
         }
+        if c.redirects > 0 {
+            rows.push((
+                "redirects (drains)",
+                format!(
+                    "{} followed; {} snapshots missed across them ({:.1} per redirect)",
+                    c.redirects,
+                    c.redirect_ticks_missed,
+                    c.redirect_ticks_missed as f64 / c.redirects as f64
+                ),
+            ));
+        }
         if let Some(rate) = &self.join_rate {
             rows.push((
                 "joins (ramp-up)",

@@ -149,6 +149,11 @@ pub(crate) struct Counters {
     pub(crate) resume_lost: u64,
     /// `wrong_node` answers followed to the node they named (fleet mode).
     pub(crate) wrong_node_followed: u64,
+    /// `redirect`s followed: a drain moved the client's lobby to another node (fleet mode).
+    pub(crate) redirects: u64,
+    /// Snapshots missed across those moves: ticks between the last snapshot before a
+    /// `redirect` and the first after it (the moved lobby's tick count goes on).
+    pub(crate) redirect_ticks_missed: u64,
     /// Clients' first joins (not reconnections), and the span they took: from the first
     /// connect attempt to the last first `welcome` (Unix µs; 0 when none), for the join rate.
     pub(crate) first_joins: u64,
@@ -223,6 +228,8 @@ impl Counters {
             (&mut self.resumes_refused, other.resumes_refused),
             (&mut self.resume_lost, other.resume_lost),
             (&mut self.wrong_node_followed, other.wrong_node_followed),
+            (&mut self.redirects, other.redirects),
+            (&mut self.redirect_ticks_missed, other.redirect_ticks_missed),
             (&mut self.first_joins, other.first_joins),
         ];
         for (mine, theirs) in pairs {

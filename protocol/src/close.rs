@@ -36,6 +36,9 @@ pub const REPLACED: u16 = 4006;
 /// longer than the lease): it stopped the lobby so that two nodes never run it. Route again
 /// (`GET /route`) and resume the seat where the route points.
 pub const LEASE_LOST: u16 = 4007;
+/// In a fleet, the lobby moved to another node (a drain): the `redirect` message sent just
+/// before says where, with the seat's resume token.
+pub const MOVED: u16 = 4008;
 
 /// The short reason sent with a close code (fits the 123-byte limit of a close frame).
 pub fn reason(code: u16) -> &'static str {
@@ -55,6 +58,7 @@ pub fn reason(code: u16) -> &'static str {
         UNAUTHORIZED => "ticket refused",
         REPLACED => "seat taken over by a newer connection",
         LEASE_LOST => "lobby lease lost: route again",
+        MOVED => "lobby moved: follow the redirect",
         _ => "",
     }
 }

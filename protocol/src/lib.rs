@@ -10,6 +10,7 @@ pub mod close;
 mod codec;
 mod fast;
 pub mod framing;
+mod handoff;
 mod messages;
 mod payload;
 #[cfg(feature = "ticket")]
@@ -17,6 +18,7 @@ pub mod ticket;
 
 pub use codec::{Codec, DecodeError, EncodeError, NegotiationError};
 pub use fast::{PlayerSeq, SnapshotSummary};
+pub use handoff::{HANDOFF_VERSION, Handoff, HandoffEntry, HandoffError, HandoffSeat};
 pub use messages::{
     ClientMessage, ErrorCode, Member, PlayerId, PlayerState, Role, ServerMessage, Snapshot,
 };

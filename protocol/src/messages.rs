@@ -112,6 +112,17 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         url: Option<String>,
     },
+    /// In a fleet, the lobby moved to another node (this one is draining): connect to `url`
+    /// and `join` there with `resume` and the offset of the last reliable message received.
+    /// The seat, its player id and the reliable messages not yet received wait there. Close
+    /// 4008 follows.
+    Redirect {
+        url: String,
+        /// The seat's resume token (absent when the server does not resume seats: join
+        /// afresh there).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
+    },
 }
 
 /// One lobby tick as seen by one member.
@@ -255,5 +266,6 @@ impl ServerMessage {
         "member_back",
         "pong",
         "error",
+        "redirect",
     ];
 }

@@ -150,6 +150,13 @@ pub struct Config {
     #[arg(long, env = "TICKRELAY_LEASE", default_value = "3s", value_parser = humantime::parse_duration)]
     pub lease: Duration,
 
+    /// Fleet mode: on SIGTERM (or SIGINT), first move every live lobby to other nodes, for at
+    /// most this long, then shut down; members follow a `redirect` and keep their seats (0 =
+    /// no drain: close 1001 at once). `POST /drain` on the admin surface drains without
+    /// stopping.
+    #[arg(long, env = "TICKRELAY_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
     /// Worker threads for the async runtime (0 = one per core).
     #[arg(long, env = "TICKRELAY_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
@@ -547,6 +554,9 @@ impl Config {
         }
         if !(Duration::from_millis(300)..=Duration::from_secs(60)).contains(&self.lease) {
             return fail("lease", "must be 300ms to 60s");
+        }
+        if self.drain_timeout > Duration::from_secs(3600) {
+            return fail("drain-timeout", "must be at most 1h");
         }
         if let Some(id) = &self.node_id
             && (id.is_empty()

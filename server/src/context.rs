@@ -102,6 +102,8 @@ impl ServerContext {
                     config.node_id.clone().unwrap_or_else(random_node_id),
                     config.public_url(),
                     config.lease,
+                    // A moved lobby waits for its members as long as an away seat does.
+                    config.resume_grace,
                     metrics.clone(),
                 )
                 .map_err(|err| ConfigError {

@@ -1,7 +1,8 @@
 //! HTTP routing: `/ws` (upgrade), `/healthz`, `/route` (which node runs a lobby), `/lobbies`,
 //! `/stats` and `/cluster` (JSON), `/metrics` (Prometheus), and the embedded browser files
 //! (`/`, `/monitor`, `/tickrelay.js`). Everything that is not the WebSocket itself is small,
-//! read-only and cheap; `/route` and `/cluster` ask Redis in fleet mode.
+//! read-only and cheap; `/route` and `/cluster` ask Redis in fleet mode. The one exception
+//! is `POST /drain` (admin): it moves this node's lobbies to other nodes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,7 +24,9 @@ use crate::fleet::{self, RouteError};
 use crate::{assets, stats, ws};
 
 /// The routes only the admin surface serves (on their own listener with `--admin-listen`).
-const ADMIN_PATHS: [&str; 5] = ["/lobbies", "/stats", "/metrics", "/monitor", "/cluster"];
+const ADMIN_PATHS: [&str; 6] = [
+    "/lobbies", "/stats", "/metrics", "/monitor", "/cluster", "/drain",
+];
 
 /// Nodes per `/cluster` page, by default and at most.
 const CLUSTER_PAGE_DEFAULT: usize = 100;
@@ -35,13 +38,19 @@ pub(crate) async fn route(
     peer: SocketAddr,
     surface: Surface,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if request.method() != Method::GET {
+    let path = request.uri().path();
+    // `/drain` changes the node: POST only, so no prefetch or crawler starts one.
+    let method = if path == "/drain" {
+        Method::POST
+    } else {
+        Method::GET
+    };
+    if request.method() != method {
         return Ok(text_response(
             StatusCode::METHOD_NOT_ALLOWED,
-            "only GET is served\n",
+            &format!("only {method} is served at {path}\n"),
         ));
     }
-    let path = request.uri().path();
     let admin_path = ADMIN_PATHS.contains(&path);
     let served = match surface {
         Surface::All => true,
@@ -58,6 +67,7 @@ pub(crate) async fn route(
         "/healthz" => text_response(StatusCode::OK, "ok\n"),
         "/route" => route_lobby(&ctx, request.uri().query()).await,
         "/cluster" => cluster(&ctx, request.uri().query()).await,
+        "/drain" => drain(&ctx).await,
         "/lobbies" => match stats::lobbies(&ctx, request.uri().query()) {
             Ok(page) => json_response(&page, false),
             Err(problem) => text_response(StatusCode::BAD_REQUEST, &format!("{problem}\n")),
@@ -122,6 +132,19 @@ async fn route_lobby(ctx: &ServerContext, query: Option<&str>) -> Response<Full<
             };
             unavailable(&err.to_string(), wait)
         }
+    }
+}
+
+/// `POST /drain`: moves every lobby here to other nodes (at most `--drain-timeout`) and takes
+/// this node out of placement for good; answers what moved once done. The node keeps
+/// serving: stop it afterwards.
+async fn drain(ctx: &ServerContext) -> Response<Full<Bytes>> {
+    match ctx.directory.drain(ctx.config.drain_timeout).await {
+        Some(report) => json_response(&report, false),
+        None => text_response(
+            StatusCode::CONFLICT,
+            "not in a fleet (--redis): there is no other node to move lobbies to\n",
+        ),
     }
 }
 
@@ -209,14 +232,16 @@ fn unavailable(message: &str, wait: std::time::Duration) -> Response<Full<Bytes>
 fn not_found(surface: Surface) -> Response<Full<Bytes>> {
     let served = match surface {
         Surface::All => {
-            "/ws, /healthz, /route, /lobbies, /stats, /cluster, /metrics, / (demo), /monitor and \
-             /tickrelay.js"
+            "/ws, /healthz, /route, /lobbies, /stats, /cluster, /metrics, POST /drain, / (demo), \
+             /monitor and /tickrelay.js"
         }
         Surface::Public => {
             "/ws, /healthz, /route, / (demo) and /tickrelay.js (the admin endpoints are on the \
              admin listener)"
         }
-        Surface::Admin => "/healthz, /lobbies, /stats, /cluster, /metrics and /monitor",
+        Surface::Admin => {
+            "/healthz, /lobbies, /stats, /cluster, /metrics, POST /drain and /monitor"
+        }
     };
     text_response(
         StatusCode::NOT_FOUND,

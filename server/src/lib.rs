@@ -112,15 +112,17 @@ pub async fn run(
     .await
 }
 
-/// Runs the server on `listeners` until `shutdown` is cancelled.
+/// Runs the server on `listeners` until `stop` is cancelled.
 ///
-/// Shutdown is one mechanism: cancelling the token stops the accept loops, makes every
-/// connection's writer send close 1001, stops every lobby, and lets idle HTTP connections
-/// finish; `serve` then waits for all tracked tasks, at most `config.shutdown_timeout`.
+/// Shutdown is one mechanism: cancelling the server's token stops the accept loops, makes
+/// every connection's writer send close 1001, stops every lobby, and lets idle HTTP
+/// connections finish; `serve` then waits for all tracked tasks, at most
+/// `config.shutdown_timeout`. In a fleet, `stop` first drains (moves every lobby to other
+/// nodes, at most `--drain-timeout`), then cancels that token.
 pub async fn serve(
     listeners: Listeners,
     config: Config,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) -> Result<(), RunError> {
     config.validate()?;
     let shutdown_timeout = config.shutdown_timeout;
@@ -130,7 +132,22 @@ pub async fn serve(
         listen: public_addr,
         ..config
     };
+    let shutdown = CancellationToken::new();
     let ctx = ServerContext::new(config, shutdown.clone())?;
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                // Stopped some other way (an accept loop failed): nothing to drain.
+                () = ctx.shutdown.cancelled() => return,
+            }
+            if !ctx.config.drain_timeout.is_zero() {
+                ctx.directory.drain(ctx.config.drain_timeout).await;
+            }
+            ctx.shutdown.cancel();
+        });
+    }
     let scheme = if ctx.tls.is_some() { "https" } else { "http" };
     info!(addr = %public_addr, scheme, tick_hz = ctx.config.tick_hz, "tickrelay listening");
     if let Some(tls) = &ctx.tls {
@@ -200,6 +217,8 @@ pub async fn serve(
         accept_loop(&ctx, listeners.public, public_surface),
         admin_loop
     );
+    // Whatever ended the accept loops, everything else stops too (the drain task included).
+    ctx.shutdown.cancel();
     ctx.tracker.close();
     info!(connections = ctx.tracker.len(), "shutting down");
     if tokio::time::timeout(shutdown_timeout, ctx.tracker.wait())

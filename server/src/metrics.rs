@@ -43,6 +43,7 @@ pub struct Metrics {
     pub(crate) fleet_leases: Family<Labels, Counter>,
     pub(crate) fleet_lease_renewals: Counter,
     pub(crate) fleet_redis_errors: Counter,
+    pub(crate) fleet_events_dropped_moving: Counter,
 }
 
 impl Default for Metrics {
@@ -87,6 +88,7 @@ impl Metrics {
             fleet_leases: Family::default(),
             fleet_lease_renewals: Counter::default(),
             fleet_redis_errors: Counter::default(),
+            fleet_events_dropped_moving: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -218,7 +220,7 @@ impl Metrics {
         );
         registry.register(
             "fleet_leases",
-            "Fleet lobby leases by event: acquired, released, lost (Redis names another owner), expired (not renewed in time: the lobby stopped here)",
+            "Fleet lobby leases by event: acquired, released, lost (Redis names another owner), expired (not renewed in time: the lobby stopped here), moved (handed to another node by a drain), adopted (a moved lobby taken over here)",
             metrics.fleet_leases.clone(),
         );
         registry.register(
@@ -230,6 +232,11 @@ impl Metrics {
             "fleet_redis_errors",
             "Fleet heartbeats that failed to reach Redis",
             metrics.fleet_redis_errors.clone(),
+        );
+        registry.register(
+            "fleet_events_dropped_moving",
+            "Events that reached a lobby after a drain froze it for its move (between the handoff and the members' redirect); their senders were redirected",
+            metrics.fleet_events_dropped_moving.clone(),
         );
         Self {
             registry,

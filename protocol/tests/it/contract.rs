@@ -77,6 +77,11 @@ fn server_contract(message: &ServerMessage) -> (&'static str, Vec<&'static str>)
             keys.extend(url.as_ref().map(|_| "url"));
             ("error", keys)
         }
+        ServerMessage::Redirect { resume, .. } => {
+            let mut keys = vec!["t", "url"];
+            keys.extend(resume.as_ref().map(|_| "resume"));
+            ("redirect", keys)
+        }
     }
 }
 
@@ -152,7 +157,8 @@ fn server_tags_and_field_names() {
             "member_back",
             "member_left",
             "pong",
-            "error"
+            "error",
+            "redirect"
         ]
     );
 }
@@ -448,6 +454,8 @@ fn close_codes_and_reasons() {
         (close::JOIN_TIMEOUT, 4004),
         (close::UNAUTHORIZED, 4005),
         (close::REPLACED, 4006),
+        (close::LEASE_LOST, 4007),
+        (close::MOVED, 4008),
     ];
     for (code, number) in table {
         assert_eq!(code, number);

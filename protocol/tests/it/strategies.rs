@@ -235,6 +235,9 @@ pub(crate) fn server_message() -> BoxedStrategy<ServerMessage> {
                 }
             )
             .boxed(),
+        ((text(), proptest::option::of(text()))
+            .prop_map(|(url, resume)| ServerMessage::Redirect { url, resume }))
+        .boxed(),
     ]
     .boxed()
 }
@@ -350,6 +353,10 @@ pub(crate) fn server_examples() -> Vec<ServerMessage> {
             message: "lobby \"arena\" runs on node \"n2\": join there".into(),
             retry_after_ms: None,
             url: Some("ws://10.0.0.2:8080/ws".into()),
+        },
+        ServerMessage::Redirect {
+            url: "ws://10.0.0.3:8080/ws".into(),
+            resume: Some("eyJhbGciOiJIUzI1NiJ9.e30.sig".into()),
         },
     ]
 }

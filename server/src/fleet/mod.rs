@@ -5,6 +5,13 @@
 //! registers it and renews all its leases about once a second (at least three times per
 //! `--lease`), never per tick.
 //!
+//! A drain (SIGTERM, or `POST /drain`) moves each live lobby to another node without
+//! dropping its seats: the lobby freezes and hands over what it did (`Handoff`); one Redis
+//! script checks the lease is still this node's, places the lobby on the least-loaded other
+//! node and leaves the handoff beside it; then the members are sent `redirect` and resume
+//! there, where the first to arrive claims the placement and starts the lobby from the
+//! handoff (same instance, seats, player ids, history, tick count).
+//!
 //! `store` owns the Redis schema and commands; this module owns the node's side: which
 //! leases it holds, the heartbeat task, and [`FleetDirectory`], the [`Directory`] that asks
 //! Redis before a lobby is created here.
@@ -12,15 +19,16 @@
 mod store;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tickrelay_protocol::ErrorCode;
+use tickrelay_protocol::{ErrorCode, Handoff};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::lease::Lease;
-use crate::lobby::directory::JoinFuture;
+use crate::lobby::directory::{DrainFuture, DrainReport, JoinFuture, MovedLobby};
 use crate::lobby::{Directory, JoinRefusal, JoinRequest, LobbyInfo, LocalDirectory};
 use crate::metrics::Metrics;
 use crate::sync::lock;
@@ -42,6 +50,10 @@ pub(crate) struct Fleet {
     /// Claims in Redis go one at a time: two joins creating one lobby here must share its
     /// lease. (A lease already held is handed out without it.)
     claiming: tokio::sync::Mutex<()>,
+    /// How long a moved lobby's handoff waits in Redis for its members (the resume grace).
+    handoff_keep: Duration,
+    /// A drain started: no new lobby here, and out of placement.
+    draining: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -54,6 +66,15 @@ pub(crate) enum RouteError {
     NoNode,
     #[error("the node that ran the lobby stopped answering; its lease ends within {0:?}")]
     OwnerGone(Duration),
+}
+
+/// Why a drain could not move a lobby.
+#[derive(Debug, thiserror::Error)]
+enum MoveError {
+    #[error(transparent)]
+    Unavailable(#[from] StoreError),
+    #[error("no other live node to move lobbies to")]
+    NoNode,
 }
 
 /// Where `/route` sends a client.
@@ -72,6 +93,7 @@ impl Fleet {
         node_id: String,
         public_url: String,
         lease: Duration,
+        handoff_keep: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Self, redis::RedisError> {
         Ok(Self {
@@ -83,6 +105,8 @@ impl Fleet {
             lease,
             held: Mutex::new(HashMap::new()),
             claiming: tokio::sync::Mutex::new(()),
+            handoff_keep: handoff_keep.max(lease),
+            draining: AtomicBool::new(false),
             metrics,
         })
     }
@@ -93,8 +117,15 @@ impl Fleet {
     }
 
     /// The lease to run `lobby` here under, or why not: the one held if still valid, else a
-    /// new claim in Redis.
-    async fn claim(&self, lobby: &str) -> Result<Arc<Lease>, JoinRefusal> {
+    /// new claim in Redis. With `moved_only` (a resume, which never creates a lobby) only a
+    /// lobby a drain moved here is claimed. A claim that takes a handoff calls `adopt` with
+    /// it, before any other join can find the lease, so the moved lobby is the one started.
+    async fn claim(
+        &self,
+        lobby: &str,
+        moved_only: bool,
+        adopt: impl FnOnce(Handoff, Arc<Lease>),
+    ) -> Result<Arc<Lease>, JoinRefusal> {
         if let Some(lease) = self.held_valid(lobby) {
             return Ok(lease);
         }
@@ -104,12 +135,31 @@ impl Fleet {
                 return Ok(lease);
             }
             let sent = now();
-            match self.store.claim(lobby, &self.node_id, self.lease).await {
-                Ok(Claim::Ours(record)) => {
+            let claim = self
+                .store
+                .claim(lobby, &self.node_id, self.lease, moved_only)
+                .await;
+            match claim {
+                Ok(Claim::Ours(record, handoff)) => {
                     self.metrics.fleet_lease("acquired");
                     let lease = Arc::new(Lease::granted(record, sent, self.lease));
+                    match handoff.as_deref().map(Handoff::decode) {
+                        Some(Ok(handoff)) => {
+                            self.metrics.fleet_lease("adopted");
+                            info!(lobby, seats = handoff.seats.len(), "lobby moved here");
+                            adopt(handoff, lease.clone());
+                        }
+                        Some(Err(err)) => {
+                            warn!(lobby, error = %err, "a moved lobby's handoff is unusable: the lobby starts afresh");
+                        }
+                        None => {}
+                    }
                     lock(&self.held).insert(lobby.to_owned(), lease.clone());
                     return Ok(lease);
+                }
+                Ok(Claim::NoHandoff) => return Err(JoinRefusal::lobby_gone(lobby)),
+                Ok(Claim::Theirs { node, .. }) if moved_only && node == self.node_id => {
+                    return Err(JoinRefusal::lobby_gone(lobby));
                 }
                 Ok(Claim::Theirs { node, remaining }) => (node, remaining),
                 Err(err) => return Err(unavailable(&err)),
@@ -127,15 +177,23 @@ impl Fleet {
             .cloned()
     }
 
-    /// A resume of `lobby`, which does not run here: refused with where it runs, if another
-    /// node runs it (a resume never creates a lobby, so none is claimed).
-    async fn check_elsewhere(&self, lobby: &str) -> Result<(), JoinRefusal> {
-        match self.store.owner(lobby).await {
-            Ok(Some(node)) if node != self.node_id => {
-                Err(self.refer(lobby, &node, self.lease).await)
-            }
-            Ok(_) => Ok(()),
-            Err(err) => Err(unavailable(&err)),
+    /// A draining node's answer to a join of a lobby it does not run: where the route
+    /// points (never here: a draining node is out of placement).
+    async fn send_elsewhere(&self, lobby: &str) -> JoinRefusal {
+        match self.route(lobby).await {
+            Ok(route) if route.node.as_deref() != Some(&self.node_id) => JoinRefusal {
+                url: Some(route.url),
+                ..JoinRefusal::new(
+                    ErrorCode::WrongNode,
+                    format!("this node is draining: lobby {lobby:?} is placed elsewhere"),
+                )
+            },
+            Ok(_) => JoinRefusal::retry(
+                format!("this node is draining; lobby {lobby:?} cannot start here"),
+                RETRY_AFTER,
+            ),
+            Err(RouteError::Unavailable(err)) => unavailable(&err),
+            Err(err) => JoinRefusal::retry(err.to_string(), RETRY_AFTER),
         }
     }
 
@@ -224,11 +282,12 @@ impl Fleet {
                 lobbies,
                 connections,
             };
+            let listed = !self.draining.load(Ordering::Acquire);
             let result = async {
                 // Two beats: a dead node leaves placement before its leases run out, so a
                 // lobby it held is never placed back on it.
                 self.store
-                    .heartbeat(&node, 2 * self.heartbeat_interval())
+                    .heartbeat(&node, 2 * self.heartbeat_interval(), listed)
                     .await?;
                 self.renew().await
             }
@@ -355,26 +414,162 @@ pub(crate) struct FleetDirectory {
     pub(crate) fleet: Arc<Fleet>,
 }
 
+impl FleetDirectory {
+    /// Moves every lobby here to other nodes until none is left, there is no other node, or
+    /// `timeout` passes; lobbies that cannot move yet (Redis unreachable) are tried again.
+    async fn move_all(&self, timeout: Duration) -> DrainReport {
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        let fleet = &self.fleet;
+        if !fleet.draining.swap(true, Ordering::AcqRel) {
+            info!(
+                lobbies = self.local.names().len(),
+                ?timeout,
+                "draining: moving every lobby to other nodes"
+            );
+        }
+        // Out of placement now, not at the next heartbeat: no new lobby comes here.
+        if let Err(err) = fleet.store.unlist(&fleet.node_id).await {
+            warn!(error = %err, "draining: could not leave placement yet (the next heartbeat does)");
+        }
+        let mut report = DrainReport::default();
+        // Moved, or stopping by themselves: they leave the map on their own, soon.
+        let mut done = std::collections::HashSet::new();
+        loop {
+            let mut names = self.local.names();
+            names.retain(|name| !done.contains(name));
+            if names.is_empty() || tokio::time::Instant::now() >= deadline {
+                report.stayed = names;
+                break;
+            }
+            let mut again = false;
+            for name in names {
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                match self.move_lobby(&name).await {
+                    Ok(moved) => {
+                        report.moved.extend(moved);
+                        done.insert(name);
+                    }
+                    Err(MoveError::NoNode) => {
+                        warn!(
+                            "draining: no other live node to move lobbies to; they stay until shutdown"
+                        );
+                        report.stayed = self.local.names();
+                        report.seconds = started.elapsed().as_secs_f64();
+                        return report;
+                    }
+                    Err(err) => {
+                        debug!(lobby = %name, error = %err, "draining: lobby not moved yet");
+                        again = true;
+                    }
+                }
+            }
+            if again {
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + RETRY_AFTER))
+                    .await;
+            }
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        if !report.stayed.is_empty() {
+            warn!(
+                stayed = report.stayed.len(),
+                "drain timeout: lobbies left here"
+            );
+        }
+        info!(
+            moved = report.moved.len(),
+            seconds = report.seconds,
+            "drain done"
+        );
+        report
+    }
+
+    /// Moves lobby `name` to the least-loaded other node; `None` if it stopped meanwhile or
+    /// its lease turned out to be lost (it then stops with 4007).
+    async fn move_lobby(&self, name: &str) -> Result<Option<MovedLobby>, MoveError> {
+        let fleet = &self.fleet;
+        let Some(lease) = fleet.held_valid(name) else {
+            return Ok(None);
+        };
+        let target = match fleet.store.least_loaded().await? {
+            Some(node) if node != fleet.node_id => node,
+            _ => return Err(MoveError::NoNode),
+        };
+        let Some(status) = fleet.store.node(&target).await? else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        let Some(frozen) = self.local.freeze(name).await else {
+            return Ok(None);
+        };
+        let moved = fleet
+            .store
+            .move_lobby(
+                name,
+                &lease.record,
+                &target,
+                &frozen.handoff.encode(),
+                fleet.lease,
+                fleet.handoff_keep,
+            )
+            .await;
+        let moved = match moved {
+            Ok(true) => true,
+            Ok(false) => {
+                warn!(lobby = %name, "lease lost before the lobby could move: it stops here");
+                fleet.metrics.fleet_lease("lost");
+                false
+            }
+            Err(err) => {
+                // Not moved: it goes on here, and is tried again.
+                let _ = frozen.decision.send(None);
+                return Err(err.into());
+            }
+        };
+        // Not the lobby's any more (moved or lost): never renewed again.
+        lease.lose();
+        let url = moved.then(|| status.url.clone());
+        let _ = frozen.decision.send(url);
+        Ok(moved.then(|| MovedLobby {
+            lobby: name.to_owned(),
+            node: target,
+            members: frozen.members,
+            frozen_ms: started.elapsed().as_secs_f64() * 1e3,
+        }))
+    }
+}
+
 impl Directory for FleetDirectory {
     fn join(&self, request: JoinRequest) -> JoinFuture<'_> {
         Box::pin(async move {
+            let adopt = |handoff, lease| self.local.adopt(handoff, lease);
             if request.resume.is_some() {
-                // A resume never creates a lobby: here it finds the lobby or `seat_expired`;
-                // elsewhere is `wrong_node`.
+                // A resume never creates a lobby: here it finds the lobby, or a lobby a drain
+                // moved here (started by the first of its members to arrive), or
+                // `seat_expired`; elsewhere is `wrong_node`.
                 if !self.local.runs(&request.lobby) {
-                    self.fleet.check_elsewhere(&request.lobby).await?;
+                    self.fleet.claim(&request.lobby, true, adopt).await?;
                 }
                 return self.local.join_leased(request, None).await;
+            }
+            if self.fleet.draining.load(Ordering::Acquire) && !self.local.runs(&request.lobby) {
+                return Err(self.fleet.send_elsewhere(&request.lobby).await);
             }
             // Always under a lease: a lobby that retires between a look and the join is
             // created again under the lease held, never without one. A lease no lobby takes
             // (the join refused) is given up by the next heartbeat.
-            let lease = self.fleet.claim(&request.lobby).await?;
+            let lease = self.fleet.claim(&request.lobby, false, adopt).await?;
             self.local.join_leased(request, Some(lease)).await
         })
     }
 
     fn list(&self) -> Vec<Arc<LobbyInfo>> {
         self.local.list()
+    }
+
+    fn drain(&self, timeout: Duration) -> DrainFuture<'_> {
+        Box::pin(async move { Some(self.move_all(timeout).await) })
     }
 }

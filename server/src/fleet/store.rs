@@ -8,7 +8,9 @@
 //! - `tickrelay:node:{id}`: a hash (`url`, `lobbies`, `connections`), expiring unless the
 //!   node's heartbeat renews it.
 //! - `tickrelay:nodes`: a sorted set of node ids scored by lobbies run; ids whose hash has
-//!   expired are pruned when met.
+//!   expired are pruned when met. A draining node takes itself out.
+//! - `tickrelay:handoff:{name}`: a lobby a drain moved (`Handoff`, MessagePack), left by
+//!   its old owner beside the new owner's placement and taken by the claim that grants it.
 //!
 //! Scripts make each check-and-set one atomic step. They build node keys from ids, which is
 //! fine on one Redis; Redis Cluster would need the keys passed in (see ARCHITECTURE.md).
@@ -22,6 +24,7 @@ const LOBBY: &str = "tickrelay:lobby:";
 const NODE: &str = "tickrelay:node:";
 const NODES: &str = "tickrelay:nodes";
 const FENCE: &str = "tickrelay:fence";
+const HANDOFF: &str = "tickrelay:handoff:";
 
 /// Renewals sent in one script call.
 const RENEW_BATCH: usize = 500;
@@ -38,8 +41,11 @@ pub(crate) enum StoreError {
 /// Who holds a lobby, as a claim found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Claim {
-    /// Granted to this node, under this record.
-    Ours(String),
+    /// Granted to this node, under this record; with the lobby's handoff if it was moved
+    /// here.
+    Ours(String, Option<Vec<u8>>),
+    /// Asked only for a moved lobby, and none was there to take.
+    NoHandoff,
     /// Another node's, until its lease ends.
     Theirs { node: String, remaining: Duration },
 }
@@ -60,18 +66,35 @@ pub(crate) struct Store {
     timeout: Duration,
 }
 
-/// Grants the lobby to ARGV[1] unless it is held: returns {1, record, 0} when granted,
-/// {0, record, pttl} when not. A placement for ARGV[1] (`"{node} p{fence}"`, by a route) is
-/// taken over with a new fence; a running lease never is, not even one of an earlier process
-/// with the same node id.
+/// Grants the lobby to ARGV[1] unless it is held: returns {1, record, 0, handoff} when
+/// granted (taking the handoff KEYS[3] a drain left, if any), {0, record, pttl, false} when
+/// not, {2, '', 0, false} when ARGV[3] is '1' (a resume: only a moved lobby may be claimed)
+/// and there is no handoff. A placement for ARGV[1] (`"{node} p{fence}"`, by a route or a
+/// drain) is taken over with a new fence; a running lease never is, not even one of an
+/// earlier process with the same node id.
 const CLAIM: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, #ARGV[1] + 2) ~= ARGV[1] .. ' p' then
-  return {0, current, redis.call('PTTL', KEYS[1])}
+  return {0, current, redis.call('PTTL', KEYS[1]), false}
 end
+local handoff = redis.call('GET', KEYS[3])
+if ARGV[3] == '1' and not handoff then return {2, '', 0, false} end
 local record = ARGV[1] .. ' ' .. redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], record, 'PX', ARGV[2])
-return {1, record, 0}
+if handoff then redis.call('DEL', KEYS[3]) end
+return {1, record, 0, handoff}
+";
+
+/// A drain's move: if KEYS[1] is still ARGV[1] (the old owner's lease), places the lobby on
+/// node ARGV[2] for ARGV[3] ms with a new fence and leaves the handoff ARGV[4] in KEYS[3]
+/// for ARGV[5] ms, in one step: returns 1; 0 when the lease is not the old owner's any more.
+const MOVE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local record = ARGV[2] .. ' p' .. redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], record, 'PX', ARGV[3])
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+redis.call('ZINCRBY', KEYS[4], 1, ARGV[2])
+return 1
 ";
 
 /// Places the lobby on ARGV[1] unless it has an owner: returns the owner's record. The
@@ -162,29 +185,62 @@ impl Store {
         }
     }
 
-    /// Claims `lobby` for `node` for `lease`.
+    /// Claims `lobby` for `node` for `lease`; with `moved_only`, only if a drain moved it
+    /// (a resume never creates a lobby).
     pub(crate) async fn claim(
         &self,
         lobby: &str,
         node: &str,
         lease: Duration,
+        moved_only: bool,
     ) -> Result<Claim, StoreError> {
         let mut redis = self.redis.clone();
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
             .key(lobby_key(lobby))
             .key(FENCE)
+            .key(handoff_key(lobby))
             .arg(node)
-            .arg(lease.as_millis() as u64);
-        let reply: (u8, String, Option<i64>) =
+            .arg(lease.as_millis() as u64)
+            .arg(if moved_only { "1" } else { "0" });
+        let reply: (u8, String, Option<i64>, Option<Vec<u8>>) =
             self.bounded(invocation.invoke_async(&mut redis)).await?;
         Ok(match reply {
-            (1, record, _) => Claim::Ours(record),
-            (_, record, pttl) => Claim::Theirs {
+            (1, record, _, handoff) => Claim::Ours(record, handoff),
+            (2, ..) => Claim::NoHandoff,
+            (_, record, pttl, _) => Claim::Theirs {
                 node: node_of(&record).to_owned(),
                 remaining: Duration::from_millis(pttl.unwrap_or(0).max(0) as u64),
             },
         })
+    }
+
+    /// Moves `lobby`, held under `record`, to `node`: places it there for `lease` and leaves
+    /// `handoff` for the claim that takes it, kept for `keep`. False when `record` no longer
+    /// holds the lobby (nothing was written).
+    pub(crate) async fn move_lobby(
+        &self,
+        lobby: &str,
+        record: &str,
+        node: &str,
+        handoff: &[u8],
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut redis = self.redis.clone();
+        let mut invocation = self.scripts.move_lobby.prepare_invoke();
+        invocation
+            .key(lobby_key(lobby))
+            .key(FENCE)
+            .key(handoff_key(lobby))
+            .key(NODES)
+            .arg(record)
+            .arg(node)
+            .arg(lease.as_millis() as u64)
+            .arg(handoff)
+            .arg(keep.as_millis() as u64);
+        let moved: u8 = self.bounded(invocation.invoke_async(&mut redis)).await?;
+        Ok(moved == 1)
     }
 
     /// The node that owns `lobby`, placing it on `node` if nobody does.
@@ -242,11 +298,13 @@ impl Store {
         Ok(())
     }
 
-    /// Publishes this node's status, alive for `ttl` unless renewed.
+    /// Publishes this node's status, alive for `ttl` unless renewed; `listed`: among the nodes
+    /// new lobbies are placed on (not while draining).
     pub(crate) async fn heartbeat(
         &self,
         node: &NodeStatus,
         ttl: Duration,
+        listed: bool,
     ) -> Result<(), StoreError> {
         let mut redis = self.redis.clone();
         let key = format!("{NODE}{}", node.id);
@@ -262,10 +320,20 @@ impl Store {
             )
             .ignore()
             .pexpire(&key, ttl.as_millis() as i64)
-            .ignore()
-            .zadd(NODES, &node.id, node.lobbies)
             .ignore();
+        if listed {
+            pipe.zadd(NODES, &node.id, node.lobbies).ignore();
+        } else {
+            pipe.zrem(NODES, &node.id).ignore();
+        }
         self.bounded(pipe.query_async::<()>(&mut redis)).await
+    }
+
+    /// Takes this node out of placement (a drain): it stays registered, so its lobbies are
+    /// still routed to it until they move.
+    pub(crate) async fn unlist(&self, id: &str) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        self.bounded(redis.zrem::<_, _, ()>(NODES, id)).await
     }
 
     /// Takes this node out of the directory (on shutdown).
@@ -344,6 +412,7 @@ impl Store {
 /// does not know it yet).
 struct Scripts {
     claim: Script,
+    move_lobby: Script,
     place: Script,
     renew: Script,
     release: Script,
@@ -354,6 +423,7 @@ impl Scripts {
     fn new() -> Self {
         Self {
             claim: Script::new(CLAIM),
+            move_lobby: Script::new(MOVE),
             place: Script::new(PLACE),
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
@@ -364,6 +434,10 @@ impl Scripts {
 
 fn lobby_key(lobby: &str) -> String {
     format!("{LOBBY}{lobby}")
+}
+
+fn handoff_key(lobby: &str) -> String {
+    format!("{HANDOFF}{lobby}")
 }
 
 /// The node id in an owner record (`"{node} {fence}"`, or `"{node} p{fence}"` placed).

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tickrelay_protocol::{Codec, ErrorCode, Payload, PlayerId, Role, ServerMessage, close};
+use tickrelay_protocol::{
+    Codec, ErrorCode, HANDOFF_VERSION, Handoff, Payload, PlayerId, Role, ServerMessage, close,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +21,7 @@ use super::info::{LobbyInfo, TrafficCounts};
 use super::input::InputSlot;
 use super::schedule::{Fired, TickSchedule};
 use super::state::{
-    Delivery, JoinRefused, Joiner, LobbyState, MemberKey, MemberState, PushOutcome, Seat,
+    Delivery, JoinRefused, Joiner, LobbyState, MemberKey, MemberState, Previous, PushOutcome, Seat,
 };
 use crate::clock::unix_micros;
 use crate::metrics::Metrics;
@@ -83,6 +85,14 @@ impl JoinRefusal {
         }
     }
 
+    /// `seat_expired` for a resume of a lobby that does not run anywhere any more.
+    pub(crate) fn lobby_gone(lobby: &str) -> Self {
+        Self::new(
+            ErrorCode::SeatExpired,
+            format!("lobby {lobby:?} is gone (its seats with it): join afresh"),
+        )
+    }
+
     /// `overloaded`, to be tried again after `wait`.
     pub(crate) fn retry(message: String, wait: Duration) -> Self {
         Self {
@@ -112,6 +122,20 @@ pub(crate) enum Command {
     Away {
         seat: Seat,
     },
+    /// A drain moves the lobby to another node: the lobby freezes (no tick, no command) and
+    /// answers with what the next owner needs, then waits for the decision.
+    Move {
+        reply: oneshot::Sender<Frozen>,
+    },
+}
+
+/// A lobby frozen for its move: everything it did is in `handoff`. Send `decision` the URL of
+/// the node that took it over (members are redirected there, the lobby stops), or `None` to
+/// go on here.
+pub(crate) struct Frozen {
+    pub(crate) handoff: Handoff,
+    pub(crate) members: usize,
+    pub(crate) decision: oneshot::Sender<Option<String>>,
 }
 
 /// A connection's way to its lobby.
@@ -186,6 +210,19 @@ struct Connection {
 }
 
 impl Connection {
+    /// What stands for the connection of a seat whose member has not arrived yet (a lobby
+    /// moved here): closed, so nothing is ever queued for it.
+    fn arriving() -> Self {
+        let codec = Codec::MessagePack;
+        let outbox = Outbox::new(0, 0, codec.frame_kind(), None, CancellationToken::new());
+        outbox.close(close::MOVED);
+        Self {
+            outbox: Arc::new(outbox),
+            input: Arc::default(),
+            codec,
+        }
+    }
+
     /// Queues an `error` for this member: the lobby refused something it sent. (Counting it
     /// is the caller's: the tick counts its refusals once per tick.)
     fn send_error(&self, code: ErrorCode, message: String, retry_after: Option<Duration>) {
@@ -220,12 +257,14 @@ pub(crate) struct Actor {
 }
 
 impl Actor {
-    /// The actor of a new lobby; `handle` is its own channel's (it hands clones to joiners).
+    /// The actor of a new lobby, or of one `moved` here from another node; `handle` is its
+    /// own channel's (it hands clones to joiners).
     pub(crate) fn new(
         settings: LobbySettings,
         info: Arc<LobbyInfo>,
         registration: Box<dyn Registration>,
         handle: LobbyHandle,
+        moved: Option<Handoff>,
     ) -> Self {
         let limits = settings.resume.as_ref().map_or(
             HistoryLimits {
@@ -235,10 +274,34 @@ impl Actor {
             },
             |resume| resume.history,
         );
+        let (max_players, max_spectators) = (settings.max_members, settings.max_spectators);
+        let (state, history, instance) = match moved {
+            None => (
+                LobbyState::new(max_players, max_spectators),
+                History::new(limits),
+                resume::new_instance(),
+            ),
+            Some(handoff) => {
+                let now = tokio::time::Instant::now().into_std();
+                let grace = settings.resume.as_ref().map_or(Duration::ZERO, |r| r.grace);
+                let mut state = LobbyState::moved_in(
+                    max_players,
+                    max_spectators,
+                    handoff.tick,
+                    handoff.next_player_id,
+                );
+                for seat in handoff.seats {
+                    state.adopt(seat, Connection::arriving(), now, grace);
+                }
+                let history = History::moved_in(limits, handoff.offset, handoff.history, now);
+                info.set_roster(state.roster());
+                (state, history, handoff.instance)
+            }
+        };
         Self {
-            state: LobbyState::new(settings.max_members, settings.max_spectators),
-            history: History::new(limits),
-            instance: resume::new_instance(),
+            state,
+            history,
+            instance,
             settings,
             info,
             registration,
@@ -284,8 +347,25 @@ impl Actor {
                         self.lease_lost();
                         break;
                     }
+                    let mut moved_to = None;
                     for command in commands.drain(..) {
-                        self.apply(command);
+                        match (command, &moved_to) {
+                            (Command::Move { reply }, None) => {
+                                moved_to = self.freeze(reply).await;
+                            }
+                            (command, None) => self.apply(command),
+                            (command, Some(url)) => self.refuse_moved(command, url),
+                        }
+                    }
+                    if let Some(url) = moved_to {
+                        // Out of the directory first, so no new join is sent here; then
+                        // what is still on its way gets the new node.
+                        self.registration.stopped();
+                        inbox.close();
+                        while let Some(command) = inbox.recv().await {
+                            self.refuse_moved(command, &url);
+                        }
+                        break;
                     }
                     if self.state.is_empty() && self.registration.try_retire() {
                         break;
@@ -311,6 +391,86 @@ impl Actor {
         }
     }
 
+    /// Hands everything the lobby did so far to the drain, and waits (not ticking, applying
+    /// nothing: all of it would be missing from the handoff) for where it went. Moved: every
+    /// connected member is sent `redirect` with its resume token, then closed 4008, and the
+    /// URL is returned; otherwise the lobby goes on here (its schedule counts the ticks the
+    /// pause cost).
+    async fn freeze(&mut self, reply: oneshot::Sender<Frozen>) -> Option<String> {
+        // States sent since the last tick move with the lobby.
+        let mut out = FanOut::default();
+        take_inputs(&mut self.state, self.settings.max_snapshot_bytes, &mut out);
+        self.count_inputs(&out);
+        let now = tokio::time::Instant::now().into_std();
+        let handoff = Handoff {
+            v: HANDOFF_VERSION,
+            lobby: self.info.name.clone(),
+            instance: self.instance,
+            tick: self.state.tick_number(),
+            next_player_id: self.state.next_player_id(),
+            offset: self.history.offset(),
+            seats: self.state.handoff_seats(now),
+            history: self.history.handoff(now),
+        };
+        let (decision, decided) = oneshot::channel();
+        let frozen = Frozen {
+            handoff,
+            members: self.state.members().count(),
+            decision,
+        };
+        reply.send(frozen).ok()?;
+        let url = decided.await.ok().flatten()?;
+        let now_secs = unix_micros() / 1_000_000;
+        for (key, member) in self.state.members() {
+            if member.is_away() {
+                continue;
+            }
+            let seat = member.seat(key);
+            let resume = self.settings.resume.as_ref().map(|resume| {
+                let name = &self.info.name;
+                resume
+                    .keys
+                    .issue(name, self.instance, seat.id, seat.holder, now_secs)
+            });
+            let redirect = ServerMessage::Redirect {
+                url: url.clone(),
+                resume,
+            };
+            let _ = member
+                .conn
+                .outbox
+                .push_reliable(member.conn.codec.encode_server(&redirect));
+            member.conn.outbox.close(close::MOVED);
+        }
+        self.settings.metrics.fleet_lease("moved");
+        debug!(lobby = %self.info.name, %url, "lobby moved");
+        Some(url)
+    }
+
+    /// A command that came after the lobby froze for its move: a join is sent to the new
+    /// node; an event is dropped and counted (its sender was redirected).
+    fn refuse_moved(&self, command: Command, url: &str) {
+        match command {
+            Command::Join { reply, .. } => {
+                self.registration.join_processed();
+                let _ = reply.send(Err(JoinRefusal {
+                    url: Some(url.to_owned()),
+                    ..JoinRefusal::new(
+                        ErrorCode::WrongNode,
+                        format!(
+                            "lobby {:?} moved to another node: join there",
+                            self.info.name
+                        ),
+                    )
+                }));
+            }
+            Command::Event { .. } => {
+                self.settings.metrics.fleet_events_dropped_moving.inc();
+            }
+            Command::Move { .. } | Command::Leave { .. } | Command::Away { .. } => {}
+        }
+    }
+
     /// Away seats nobody took back in time leave; old history goes.
     fn expire_away(&mut self, now: std::time::Instant) {
         for seat in self.state.expired_away(now) {
@@ -332,16 +492,9 @@ impl Actor {
             unix_micros(),
             self.settings.max_snapshot_bytes,
         );
-        if out.over_budget > 0 {
-            self.settings
-                .metrics
-                .errors_sent
-                .get_or_create(&[("code", ErrorCode::StateTooLarge.as_str())])
-                .inc_by(out.over_budget);
-        }
+        self.count_inputs(&out);
+        let metrics = &self.settings.metrics;
         metrics.ticks.inc();
-        metrics.messages_in.inc_by(out.messages_in);
-        metrics.bytes_in.inc_by(out.bytes_in);
         metrics.snapshots_sent.inc_by(out.sent);
         metrics.snapshots_written_direct.inc_by(out.written);
         metrics.snapshots_coalesced.inc_by(out.coalesced);
@@ -349,7 +502,6 @@ impl Actor {
         metrics.messages_out.inc_by(out.written);
         metrics.bytes_out.inc_by(out.written_bytes);
         self.traffic.ticks += 1;
-        self.traffic.states_in += out.states_in;
         self.traffic.snapshots_out += out.sent;
         self.traffic.messages_out += out.sent;
         self.traffic.bytes_out += out.bytes;
@@ -358,6 +510,20 @@ impl Actor {
         metrics
             .tick_duration
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts what [`take_inputs`] took in.
+    fn count_inputs(&mut self, out: &FanOut) {
+        let metrics = &self.settings.metrics;
+        if out.over_budget > 0 {
+            metrics
+                .errors_sent
+                .get_or_create(&[("code", ErrorCode::StateTooLarge.as_str())])
+                .inc_by(out.over_budget);
+        }
+        metrics.messages_in.inc_by(out.messages_in);
+        metrics.bytes_in.inc_by(out.bytes_in);
+        self.traffic.states_in += out.states_in;
     }
 
     fn apply(&mut self, command: Command) {
@@ -398,6 +564,8 @@ impl Actor {
             }
             Command::Leave { seat } => self.leave(seat),
             Command::Away { seat } => self.away(seat),
+            // Taken by the run loop, which may await the decision.
+            Command::Move { .. } => {}
         }
     }
 
@@ -481,13 +649,8 @@ impl Actor {
         };
         let seat = match takeover {
             Some(seat) => {
-                let (seat, old, was_away) = self.take_over(seat, connection);
-                // An away seat's connection is gone already: nothing to replace.
-                if was_away {
-                    self.back(seat);
-                } else {
-                    self.replaced(&old);
-                }
+                let (seat, old, previous) = self.take_over(seat, connection);
+                self.returned(seat, &old, previous);
                 seat
             }
             None => {
@@ -542,7 +705,7 @@ impl Actor {
             return expired();
         };
         let (outbox, codec) = (connection.outbox.clone(), connection.codec);
-        let (seat, old, was_away) = self.take_over(seat, connection);
+        let (seat, old, previous) = self.take_over(seat, connection);
         // What it missed, before `member_back` takes an offset (and maybe a history slot).
         let replay = self.history.since(resume.offset, seat.id);
         let mut lost = replay.lost;
@@ -571,11 +734,7 @@ impl Actor {
             frames.drain(..dropped);
             lost += dropped as u64;
         }
-        if was_away {
-            self.back(seat);
-        } else {
-            self.replaced(&old);
-        }
+        self.returned(seat, &old, previous);
         self.info.set_roster(self.state.roster());
         self.welcome(seat, &outbox, codec, Some((from, lost)));
         let (mut sent, mut bytes) = (0, 0);
@@ -598,9 +757,9 @@ impl Actor {
 
     /// [`LobbyState::take_over`], carrying over the state the old connection received but
     /// no tick took yet, so a quick reconnect loses nothing it sent.
-    fn take_over(&mut self, seat: Seat, connection: Connection) -> (Seat, Connection, bool) {
+    fn take_over(&mut self, seat: Seat, connection: Connection) -> (Seat, Connection, Previous) {
         let input = connection.input.clone();
-        let (seat, old, was_away) = self.state.take_over(seat, connection);
+        let (seat, old, previous) = self.state.take_over(seat, connection);
         let taken = old.input.take();
         if let Some((seq, data)) = taken.state {
             input.hand_over(seq, data);
@@ -610,7 +769,18 @@ impl Actor {
             .messages_in
             .inc_by(taken.counts.messages);
         self.settings.metrics.bytes_in.inc_by(taken.counts.bytes);
-        (seat, old, was_away)
+        (seat, old, previous)
+    }
+
+    /// After a takeover: the connection that held the seat is closed 4006 if it still looked
+    /// open; the others hear `member_back` if they were told it was away (a seat arriving
+    /// from another node was never announced away).
+    fn returned(&mut self, seat: Seat, old: &Connection, previous: Previous) {
+        match previous {
+            Previous::Connected => self.replaced(old),
+            Previous::Away => self.back(seat),
+            Previous::Arriving => {}
+        }
     }
 
     fn accepted(&self, seat: Seat) -> JoinAccepted {
@@ -799,12 +969,9 @@ fn outcome(pushed: Result<Pushed, PushError>) -> PushOutcome {
     }
 }
 
-/// The work of one tick: take each member's newest state (refusing one that would make the
-/// keyframe's states exceed `max_snapshot_bytes`), advance the state, build the delta (and the
-/// keyframe if any member needs it), encode each once per codec, and hand the shared bytes to
-/// every member's outbox, each member getting what the state's delivery rule says.
-fn fan_out(state: &mut LobbyState<Connection>, now_us: u64, max_snapshot_bytes: usize) -> FanOut {
-    let mut out = FanOut::default();
+/// Takes each member's newest state from its input slot into the lobby (refusing one that
+/// would make the keyframe's states exceed `max_snapshot_bytes`), counting what came in.
+fn take_inputs(state: &mut LobbyState<Connection>, max_snapshot_bytes: usize, out: &mut FanOut) {
     let mut state_bytes = state.state_bytes();
     for (_, member) in state.members_mut() {
         let taken = member.conn.input.take();
@@ -828,6 +995,15 @@ fn fan_out(state: &mut LobbyState<Connection>, now_us: u64, max_snapshot_bytes: 
         out.messages_in += taken.counts.messages;
         out.bytes_in += taken.counts.bytes;
     }
+}
+
+/// The work of one tick: take each member's newest state (refusing one that would make the
+/// keyframe's states exceed `max_snapshot_bytes`), advance the state, build the delta (and the
+/// keyframe if any member needs it), encode each once per codec, and hand the shared bytes to
+/// every member's outbox, each member getting what the state's delivery rule says.
+fn fan_out(state: &mut LobbyState<Connection>, now_us: u64, max_snapshot_bytes: usize) -> FanOut {
+    let mut out = FanOut::default();
+    take_inputs(state, max_snapshot_bytes, &mut out);
     let delta = state.tick(now_us);
     let keyframe_of = |state: &LobbyState<Connection>| {
         PerCodec::new(ServerMessage::Snapshot(state.keyframe(now_us)))

@@ -15,13 +15,13 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tickrelay_protocol::ErrorCode;
+use tickrelay_protocol::{ErrorCode, Handoff};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use super::actor::{
-    self, Actor, Command, JoinAccepted, JoinRefusal, JoinRequest, LobbyHandle, LobbySettings,
-    Registration,
+    self, Actor, Command, Frozen, JoinAccepted, JoinRefusal, JoinRequest, LobbyHandle,
+    LobbySettings, Registration,
 };
 use super::info::LobbyInfo;
 use crate::lease::Lease;
@@ -40,6 +40,36 @@ pub(crate) trait Directory: Send + Sync {
 
     /// Every lobby running here, sorted by name.
     fn list(&self) -> Vec<Arc<LobbyInfo>>;
+
+    /// Moves every lobby here to other nodes, within `timeout`, and stops taking new ones;
+    /// `None` when there is nowhere to move them (a single node).
+    fn drain(&self, timeout: std::time::Duration) -> DrainFuture<'_> {
+        let _ = timeout;
+        Box::pin(async { None })
+    }
+}
+
+/// A drain's eventual report.
+pub(crate) type DrainFuture<'a> = Pin<Box<dyn Future<Output = Option<DrainReport>> + Send + 'a>>;
+
+/// What a drain did.
+#[derive(Debug, Default, serde::Serialize)]
+pub(crate) struct DrainReport {
+    pub(crate) moved: Vec<MovedLobby>,
+    /// Lobbies still here when the drain gave up (no node to take them, Redis unreachable,
+    /// or the timeout).
+    pub(crate) stayed: Vec<String>,
+    pub(crate) seconds: f64,
+}
+
+/// One lobby a drain moved.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct MovedLobby {
+    pub(crate) lobby: String,
+    pub(crate) node: String,
+    pub(crate) members: usize,
+    /// How long the lobby was frozen here: from the handoff's start to the redirects.
+    pub(crate) frozen_ms: f64,
 }
 
 /// The single-node directory: a map from name to running lobby.
@@ -74,6 +104,30 @@ impl LocalDirectory {
                 tracker,
             }),
         }
+    }
+
+    /// The names of the lobbies running here.
+    pub(crate) fn names(&self) -> Vec<String> {
+        lock(&self.shared.lobbies).keys().cloned().collect()
+    }
+
+    /// Starts a lobby moved here from another node, under `lease`, unless one of its name
+    /// runs here already.
+    pub(crate) fn adopt(&self, handoff: Handoff, lease: Arc<Lease>) {
+        let mut lobbies = lock(&self.shared.lobbies);
+        if !lobbies.contains_key(&handoff.lobby) {
+            let name = handoff.lobby.clone();
+            let entry = self.spawn_lobby(&name, Some(lease), Some(handoff));
+            lobbies.insert(name, entry);
+        }
+    }
+
+    /// Freezes lobby `name` for a move (see `Command::Move`); `None` if it stopped.
+    pub(crate) async fn freeze(&self, name: &str) -> Option<Frozen> {
+        let handle = lock(&self.shared.lobbies).get(name)?.handle.clone();
+        let (reply, frozen) = oneshot::channel();
+        handle.send(Command::Move { reply }).await.ok()?;
+        frozen.await.ok()
     }
 
     /// Whether the lobby `name` runs here.
@@ -120,12 +174,7 @@ impl LocalDirectory {
         let mut lobbies = lock(&shared.lobbies);
         let entry = match lobbies.get(name) {
             Some(entry) => entry.clone(),
-            None if resume => {
-                return Err(JoinRefusal::new(
-                    ErrorCode::SeatExpired,
-                    format!("lobby {name:?} is gone (its seats with it): join afresh"),
-                ));
-            }
+            None if resume => return Err(JoinRefusal::lobby_gone(name)),
             None => {
                 if lobbies.len() >= shared.max_lobbies {
                     return Err(JoinRefusal::new(
@@ -136,7 +185,7 @@ impl LocalDirectory {
                         ),
                     ));
                 }
-                let entry = self.spawn_lobby(name, lease);
+                let entry = self.spawn_lobby(name, lease, None);
                 lobbies.insert(name.to_owned(), entry.clone());
                 entry
             }
@@ -145,7 +194,12 @@ impl LocalDirectory {
         Ok(entry)
     }
 
-    fn spawn_lobby(&self, name: &str, lease: Option<Arc<Lease>>) -> Arc<Entry> {
+    fn spawn_lobby(
+        &self,
+        name: &str,
+        lease: Option<Arc<Lease>>,
+        moved: Option<Handoff>,
+    ) -> Arc<Entry> {
         let shared = &self.shared;
         let info = Arc::new(LobbyInfo::new(name.to_owned(), shared.settings.tick_hz));
         let (handle, inbox) = actor::channel();
@@ -164,6 +218,7 @@ impl LocalDirectory {
             info,
             Box::new(registration),
             handle,
+            moved,
         );
         shared.settings.metrics.lobbies.inc();
         shared.tracker.spawn(lobby.run(inbox));

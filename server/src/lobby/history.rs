@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use tickrelay_protocol::{PlayerId, ServerMessage};
+use tickrelay_protocol::{HandoffEntry, PlayerId, ServerMessage};
 
 /// What a history keeps at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,50 @@ impl History {
             bytes: 0,
             offset: 0,
         }
+    }
+
+    /// The history of a lobby moved here: `entries` (oldest first) as its previous node kept
+    /// them at `now`, and that node's last offset, which the next message goes on from.
+    pub(crate) fn moved_in(
+        limits: HistoryLimits,
+        offset: u64,
+        entries: Vec<HandoffEntry>,
+        now: Instant,
+    ) -> Self {
+        let mut history = Self::new(limits);
+        history.offset = offset;
+        for entry in entries.into_iter().filter(|e| e.offset <= offset) {
+            let size = entry.size as usize;
+            history.bytes += size;
+            history.entries.push_back(Entry {
+                offset: entry.offset,
+                at: now
+                    .checked_sub(Duration::from_millis(entry.age_ms))
+                    .unwrap_or(now),
+                subject: entry.subject,
+                message: entry.message,
+                size,
+            });
+        }
+        history.trim(now);
+        history
+    }
+
+    /// What a node the lobby moves to needs to replay from (`offset` is the rest), as of `now`.
+    pub(crate) fn handoff(&self, now: Instant) -> Vec<HandoffEntry> {
+        if self.limits.messages == 0 || self.limits.bytes == 0 {
+            return Vec::new();
+        }
+        self.entries
+            .iter()
+            .map(|e| HandoffEntry {
+                offset: e.offset,
+                age_ms: now.saturating_duration_since(e.at).as_millis() as u64,
+                subject: e.subject,
+                size: e.size as u64,
+                message: e.message.clone(),
+            })
+            .collect()
     }
 
     /// The offset of the last reliable message (what `welcome` tells a joiner).
@@ -202,6 +246,33 @@ mod tests {
         let mut nothing = History::new(limits(0, 0));
         left(&mut nothing, now, 1);
         assert_eq!(nothing.since(0, 99).lost, 1, "resume off: all lost");
+    }
+
+    #[test]
+    fn a_moved_history_replays_as_the_old_one_did_and_goes_on_counting() {
+        let now = Instant::now();
+        let mut old = History::new(limits(3, 1000));
+        for id in 1..=5 {
+            left(&mut old, now, id);
+        }
+        old.push(now, Some(9), 10, |offset| ServerMessage::MemberAway {
+            id: 9,
+            offset,
+        });
+        let later = now + Duration::from_secs(1);
+        let mut moved = History::moved_in(limits(3, 1000), old.offset(), old.handoff(now), later);
+        for (after, to) in [(0, 99), (3, 99), (4, 9), (6, 99)] {
+            let (a, b) = (old.since(after, to), moved.since(after, to));
+            assert_eq!(
+                (a.lost, ids(&a)),
+                (b.lost, ids(&b)),
+                "after {after} to {to}"
+            );
+        }
+        assert_eq!(left(&mut moved, later, 10), 7);
+        // Ages go on (from the handoff: the time in transit is not counted).
+        moved.trim(later + Duration::from_secs(61));
+        assert_eq!(moved.since(0, 99).lost, 6);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use slab::Slab;
-use tickrelay_protocol::{Member, Payload, PlayerId, PlayerState, Role, Snapshot};
+use tickrelay_protocol::{HandoffSeat, Member, Payload, PlayerId, PlayerState, Role, Snapshot};
 
 /// A member's handle inside its lobby (a slab key). Only valid until that member leaves.
 pub(crate) type MemberKey = usize;
@@ -75,6 +75,20 @@ pub(crate) struct MemberState<C> {
     /// Its connection dropped: the seat waits until then for a resume (it gets nothing, and
     /// stays in snapshots with its last state).
     away_until: Option<Instant>,
+    /// Away only because the lobby moved here from another node: its member is on its way
+    /// (the others were told nothing, so they are told nothing when it arrives).
+    arriving: bool,
+}
+
+/// Who held a seat before [`LobbyState::take_over`] gave it to a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Previous {
+    /// A connection that still looked open (half-open, or the same identity again).
+    Connected,
+    /// Nobody: its connection had dropped, and the others were told (`member_away`).
+    Away,
+    /// Nobody: the lobby moved here and the seat waited for its member.
+    Arriving,
 }
 
 /// A member's life cycle as far as snapshots go. (An away member, whose connection dropped,
@@ -119,7 +133,8 @@ impl<C> MemberState<C> {
         self.id == seat.id && self.holder == seat.holder
     }
 
-    fn seat(&self, key: MemberKey) -> Seat {
+    /// Its seat, at its key `key`.
+    pub(crate) fn seat(&self, key: MemberKey) -> Seat {
         Seat {
             key,
             id: self.id,
@@ -247,8 +262,71 @@ impl<C> LobbyState<C> {
             dirty: false,
             events_spent_until: None,
             away_until: None,
+            arriving: false,
         });
         Ok(Seat { key, id, holder: 0 })
+    }
+
+    /// A lobby moved here from another node: its tick counter and player ids go on from
+    /// there, and its seats are added with [`adopt`](Self::adopt).
+    pub(crate) fn moved_in(
+        max_players: usize,
+        max_spectators: usize,
+        tick: u64,
+        next_player_id: PlayerId,
+    ) -> Self {
+        Self {
+            tick,
+            next_player_id: next_player_id.max(1),
+            ..Self::new(max_players, max_spectators)
+        }
+    }
+
+    /// Adds a seat the lobby had on its previous node, waiting for its member's resume (until
+    /// `now + grace`, or what was left of its grace if it was away already). `conn` stands in
+    /// for the connection until then. Limits do not apply: the seat exists already.
+    pub(crate) fn adopt(&mut self, seat: HandoffSeat, conn: C, now: Instant, grace: Duration) {
+        self.spectators += usize::from(seat.role == Role::Spectator);
+        let wait = seat.away_ms.map_or(grace, Duration::from_millis);
+        self.members.insert(MemberState {
+            id: seat.id,
+            name: seat.name,
+            identity: seat.identity,
+            role: seat.role,
+            holder: seat.holder,
+            conn,
+            phase: Phase::Joining,
+            latest: seat.state,
+            dirty: false,
+            events_spent_until: None,
+            away_until: Some(now + wait),
+            arriving: seat.away_ms.is_none(),
+        });
+    }
+
+    /// Every seat, for the node the lobby moves to. A seat still arriving from an earlier
+    /// move is arriving there too.
+    pub(crate) fn handoff_seats(&self, now: Instant) -> Vec<HandoffSeat> {
+        self.members
+            .iter()
+            .map(|(_, m)| HandoffSeat {
+                id: m.id,
+                name: m.name.clone(),
+                identity: m.identity.clone(),
+                role: m.role,
+                holder: m.holder,
+                state: m.latest.clone(),
+                away_ms: m
+                    .away_until
+                    .filter(|_| !m.arriving)
+                    .map(|until| until.saturating_duration_since(now).as_millis() as u64),
+            })
+            .collect()
+    }
+
+    /// The next player id this lobby assigns.
+    pub(crate) fn next_player_id(&self) -> PlayerId {
+        self.next_player_id
     }
 
     /// Charges an event of `len` bytes to the sender's share of the lobby's event budget
@@ -320,16 +398,20 @@ impl<C> LobbyState<C> {
     /// Gives `seat` (current: just found with [`seat_of`](Self::seat_of)) to a new
     /// connection: same player, same state, nothing for the others to see (but `member_back`
     /// when it was away). The new connection starts with a keyframe. Returns its seat, the
-    /// replaced connection, and whether the seat was away.
-    pub(crate) fn take_over(&mut self, seat: Seat, conn: C) -> (Seat, C, bool) {
+    /// replaced connection, and who held the seat before.
+    pub(crate) fn take_over(&mut self, seat: Seat, conn: C) -> (Seat, C, Previous) {
         let member = self
             .member_mut(seat)
             .expect("take_over is given a current seat");
         member.holder = member.holder.wrapping_add(1);
         member.phase = Phase::Joining;
-        let was_away = member.away_until.take().is_some();
+        let previous = match member.away_until.take() {
+            None => Previous::Connected,
+            Some(_) if std::mem::take(&mut member.arriving) => Previous::Arriving,
+            Some(_) => Previous::Away,
+        };
         let old = std::mem::replace(&mut member.conn, conn);
-        (member.seat(seat.key), old, was_away)
+        (member.seat(seat.key), old, previous)
     }
 
     /// Removes a member; its id goes into the next delta's `removed`. Returns the member, or
@@ -407,7 +489,8 @@ impl<C> LobbyState<C> {
                 id: m.id,
                 name: m.name.clone(),
                 role: m.role,
-                away: m.is_away(),
+                // A seat arriving from another node was never announced away.
+                away: m.is_away() && !m.arriving,
             })
             .collect()
     }
@@ -622,8 +705,8 @@ mod tests {
             vec![seat]
         );
         let (found, _) = lobby.seat_of_player(seat.id).unwrap();
-        let (back, _, was_away) = lobby.take_over(found, "second");
-        assert!(was_away);
+        let (back, _, previous) = lobby.take_over(found, "second");
+        assert_eq!(previous, Previous::Away);
         assert!(!lobby.member(back).unwrap().is_away());
         assert!(
             lobby
@@ -634,6 +717,39 @@ mod tests {
             !lobby.set_away(seat, start),
             "the old holder's handle is stale"
         );
+    }
+
+    #[test]
+    fn a_moved_lobby_keeps_ids_states_and_ticks_and_its_seats_arrive_quietly() {
+        let start = Instant::now();
+        let mut old: LobbyState<&str> = LobbyState::new(8, 8);
+        let ann = old.join(player("ann"), "a").unwrap();
+        let bob = old.join(player("bob"), "b").unwrap();
+        old.members_mut()
+            .for_each(|(_, m)| m.set_state(3, data(b"s")));
+        old.tick(1);
+        assert!(old.set_away(bob, start + Duration::from_secs(4)));
+
+        let seats = old.handoff_seats(start);
+        let mut moved: LobbyState<&str> =
+            LobbyState::moved_in(8, 8, old.tick_number(), old.next_player_id());
+        for seat in seats {
+            moved.adopt(seat, "gone", start, Duration::from_secs(10));
+        }
+        // Ann, connected when the lobby moved, is not shown away while she arrives.
+        assert_eq!(moved.roster(), old.roster());
+        assert_eq!(ids(&moved.keyframe(5)), ids(&old.keyframe(5)));
+        assert_eq!(moved.tick(6).tick, old.tick_number() + 1);
+        // Bob's grace goes on; Ann's starts now.
+        let expired = moved.expired_away(start + Duration::from_secs(4));
+        assert_eq!(expired.iter().map(|s| s.id).collect::<Vec<_>>(), [bob.id]);
+        let (seat, _) = moved.seat_of_player(ann.id).unwrap();
+        assert_eq!(seat.holder, ann.holder, "her resume token names it");
+        assert_eq!(moved.take_over(seat, "new").2, Previous::Arriving);
+        let (seat, _) = moved.seat_of_player(bob.id).unwrap();
+        assert_eq!(moved.take_over(seat, "new").2, Previous::Away);
+        let carol = moved.join(player("carol"), "c").unwrap();
+        assert_eq!(carol.id, bob.id + 1, "ids go on from the old node's");
     }
 
     #[test]
@@ -653,8 +769,8 @@ mod tests {
         let (seat, _) = lobby.seat_of("user-1").expect("the identity has a seat");
         assert_eq!(seat, old);
         assert!(lobby.seat_of("user-2").is_none());
-        let (new, replaced, was_away) = lobby.take_over(seat, "second");
-        assert!(!was_away);
+        let (new, replaced, previous) = lobby.take_over(seat, "second");
+        assert_eq!(previous, Previous::Connected);
         assert_eq!(replaced, "first");
         assert_eq!(
             (new.key, new.id),

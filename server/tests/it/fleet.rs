@@ -2,8 +2,9 @@
 //! on a free port; CI installs Debian's package), in this process or as processes of the
 //! binary where signals are needed. Routing from any node, one owner per lobby under
 //! concurrent creates, `wrong_node`, `/cluster`, a node cut off from Redis stopping its
-//! lobbies before anyone else may take them, a Redis restart, `kill -9` of a node, and a node
-//! paused (SIGSTOP) past its lease never ticking a lobby another node runs.
+//! lobbies before anyone else may take them, a Redis restart, `kill -9` of a node, a node
+//! paused (SIGSTOP) past its lease never ticking a lobby another node runs, and drains
+//! (`POST /drain`, SIGTERM) moving live lobbies with their seats, ids and history.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -14,9 +15,10 @@ use tickrelay_server::Config;
 use tickrelay_testkit::{FaultProxy, Link, RedisServer};
 
 use crate::process::{ServerProcess, Stderr};
-use crate::resume::{answer as resume_answer, join_message};
+use crate::resume::{Seat, answer as resume_answer, event, events_until, join_message};
 use crate::support::{
-    Client, TestServer, WAIT_TIMEOUT, http_get, metric_at, spawn_server, test_config, wait_until,
+    Client, TestServer, WAIT_TIMEOUT, http_get, http_post, metric_at, spawn_server, test_config,
+    wait_until,
 };
 
 /// The resume secret every node of a fleet shares, so a seat's token verifies anywhere.
@@ -622,4 +624,146 @@ async fn a_node_paused_past_its_lease_never_ticks_a_lobby_another_node_runs() {
     );
     // The other node kept ticking throughout.
     assert!(other_ticks.windows(2).all(|pair| pair[0] < pair[1]));
+}
+
+/// Joins `lobby` on `node` afresh: the client and its seat.
+async fn seated(node: &TestServer, codec: Codec, lobby: &str, name: &str) -> (Client, Seat) {
+    let mut client = Client::connect(node, codec).await;
+    client.send(&join_message(lobby, name, None)).await;
+    let seat = resume_answer(&mut client).await.expect("welcome");
+    (client, seat)
+}
+
+/// What a drained lobby's member is told: the `redirect` (URL and resume token), then close
+/// 4008. Snapshots before it are skipped; the last one's tick is returned too.
+async fn redirected(client: &mut Client) -> (String, String, u64) {
+    let mut last_tick = 0;
+    let (url, token) = loop {
+        match client.recv_or_close().await {
+            Ok(ServerMessage::Snapshot(snapshot)) => last_tick = snapshot.tick,
+            Ok(ServerMessage::Redirect { url, resume }) => {
+                break (url, resume.expect("a resume token in the redirect"));
+            }
+            Ok(_) => {}
+            Err(code) => panic!("closed ({code:?}) without a redirect"),
+        }
+    };
+    assert_eq!(client.expect_close_code().await, close::MOVED);
+    (url, token, last_tick)
+}
+
+/// Takes `seat` back on the node at `url` with `token`, having received up to `offset`.
+async fn resume_at(
+    nodes: &[TestServer],
+    url: &str,
+    seat: &Seat,
+    token: String,
+    offset: u64,
+    codec: Codec,
+) -> (Client, Seat) {
+    let mut client = Client::connect(node_at(nodes, url), codec).await;
+    let seat = Seat {
+        token,
+        ..seat.clone()
+    };
+    client
+        .send(&join_message("moving", "ignored", Some((&seat, offset))))
+        .await;
+    let back = resume_answer(&mut client)
+        .await
+        .expect("the seat taken back");
+    (client, back)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_moves_a_live_lobby_with_its_seats_ids_and_history() {
+    let redis = RedisServer::start();
+    let nodes = fleet(&redis).await;
+    let (_, answer) = route(nodes[0].addr, "moving").await;
+    let owner = node_at(&nodes, answer["url"].as_str().unwrap());
+    let (mut ann, ann_seat) = seated(owner, Codec::MessagePack, "moving", "ann").await;
+    let (mut bob, bob_seat) = seated(owner, Codec::Json, "moving", "bob").await;
+    bob.send_state(1, b"bob-state").await;
+    event(&mut ann, b"one").await;
+    event(&mut ann, b"two").await;
+    let before = events_until(&mut bob, b"two").await;
+    assert_eq!(events_until(&mut ann, b"two").await, before);
+    let bob_offset = before.last().unwrap().1;
+
+    let (status, body) = http_post(owner.addr, "/drain").await;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["moved"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["moved"][0]["lobby"], "moving");
+    assert_eq!(report["moved"][0]["members"], 2);
+    assert_eq!(report["stayed"], serde_json::json!([]));
+
+    let (url, ann_token, ann_tick) = redirected(&mut ann).await;
+    let (bob_url, bob_token, _) = redirected(&mut bob).await;
+    assert_eq!(url, bob_url);
+    assert_ne!(url, owner.ws_url(), "moved to another node");
+
+    // Ann says she saw nothing after her welcome: the history moved with the lobby.
+    let (mut ann, back) = resume_at(
+        &nodes,
+        &url,
+        &ann_seat,
+        ann_token,
+        ann_seat.offset,
+        Codec::MessagePack,
+    )
+    .await;
+    assert_eq!((back.id, back.resumed, back.lost), (ann_seat.id, true, 0));
+    assert_eq!(events_until(&mut ann, b"two").await, before);
+    // Bob resumes from where he was; the state he sent is in the moved lobby's keyframe.
+    let (mut bob, back) =
+        resume_at(&nodes, &url, &bob_seat, bob_token, bob_offset, Codec::Json).await;
+    assert_eq!((back.id, back.resumed, back.lost), (bob_seat.id, true, 0));
+    let keyframe = bob.next_snapshot().await;
+    assert!(
+        keyframe.keyframe && keyframe.tick > ann_tick,
+        "{keyframe:?}"
+    );
+    assert!(
+        keyframe
+            .players
+            .iter()
+            .any(|p| p.id == bob_seat.id && p.data.0[..] == *b"bob-state"),
+        "{keyframe:?}"
+    );
+    // Nobody was announced away or back: the next reliable message is the next offset.
+    event(&mut bob, b"three").await;
+    let after = events_until(&mut ann, b"three").await;
+    assert_eq!(after.last().unwrap().1, bob_offset + 1, "{after:?}");
+
+    // The drained node runs nothing, places nothing and sends new lobbies elsewhere.
+    assert!(!owner.http_get("/lobbies").await.1.contains("moving"));
+    assert_eq!(
+        route(owner.addr, "moving").await.1["url"],
+        serde_json::json!(url)
+    );
+    let mut late = Client::connect(owner, Codec::Json).await;
+    late.send_join("fresh", "carl").await;
+    match late.recv().await {
+        ServerMessage::Error {
+            code: ErrorCode::WrongNode,
+            url: Some(to),
+            ..
+        } => assert_ne!(to, owner.ws_url()),
+        other => panic!("expected wrong_node, got {other:?}"),
+    }
+    assert_eq!(cluster(&nodes[0]).await.1["total"], serde_json::json!(2));
+    let target = node_at(&nodes, &url);
+    assert_eq!(
+        target
+            .metric("tickrelay_fleet_leases_total{event=\"adopted\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        owner
+            .metric("tickrelay_fleet_leases_total{event=\"moved\"}")
+            .await,
+        Some(1.0)
+    );
 }

@@ -152,14 +152,29 @@ pub(crate) async fn http_get(
     (status, body)
 }
 
+/// POST (no body) to `path`: (status, body).
+pub(crate) async fn http_post(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = http_request(addr, "POST", path, &[("Content-Length", "0")]).await;
+    (status, body)
+}
+
 /// GET `path` over a plain TCP connection; returns (status, lower-cased header block, body).
 pub(crate) async fn http_get_with_headers(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String, String) {
+    http_request(addr, "GET", path, headers).await
+}
+
+async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
