@@ -98,6 +98,7 @@ async function main() {
   await test("demo over https: two tabs on wss see each other", () => tlsTest());
   await test("library: a dropped socket resumes its seat and gets the events sent meanwhile", () => resumeTest(base, port));
   await test("library: in a fleet, wrong_node is followed and a dead node left behind", () => fleetTest(base));
+  await test("library: a drained node's lobby moves and its players follow the redirect", () => drainTest(base));
   const demo = await test("demo: a key press in one tab moves the dot in the other", () => demoMoveTest(base));
   await test("demo: both tabs reconnect after a server restart and see each other", () => restartTest(demo));
   await test("screenshots: demo and monitor are rendered", () => screenshotTest(base, demo));
@@ -280,10 +281,11 @@ async function resumeTest(base, port) {
   return `player ${results.annId} back`;
 }
 
-async function fleetTest(base) {
-  // Two nodes sharing a Redis of the test's own (redis-server from apt). The lobby is created
-  // on "a"; the page connects to "b" and is sent on; then "a" is killed and the client,
-  // starting over from "b", gets the lobby there once a's lease ran out.
+/**
+ * Two nodes "a" and "b" sharing a Redis of the test's own (redis-server from apt), with one
+ * resume secret and a 1 s lease.
+ */
+async function startFleet() {
   const redisPort = await freePort();
   const redis = spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
   fleetProcesses.push({ kill: () => redis.kill("SIGKILL") });
@@ -295,11 +297,24 @@ async function fleetTest(base) {
       TICKRELAY_REDIS: `redis://127.0.0.1:${redisPort}`,
       TICKRELAY_NODE_ID: id,
       TICKRELAY_LEASE: "1s",
+      TICKRELAY_RESUME_SECRET: "a fleet secret both nodes share, 32 bytes or more",
     });
     await nodes[id].start();
     fleetProcesses.push(nodes[id]);
   }
   const url = (id) => `ws://127.0.0.1:${nodes[id].port}/ws`;
+  const stop = async () => {
+    for (const node of Object.values(nodes)) await node.stop();
+    redis.kill("SIGKILL");
+    fleetProcesses = [];
+  };
+  return { nodes, url, stop };
+}
+
+async function fleetTest(base) {
+  // The lobby is created on "a"; the page connects to "b" and is sent on; then "a" is killed
+  // and the client, starting over from "b", gets the lobby there once a's lease ran out.
+  const { nodes, url, stop } = await startFleet();
   const page = await blankPage(`http://127.0.0.1:${nodes.b.port}`);
   await page.exposeFunction("killNodeA", () => nodes.a.kill());
   const results = await page.evaluate(async ({ a, b }) => {
@@ -324,15 +339,78 @@ async function fleetTest(base) {
     return result;
   }, { a: url("a"), b: url("b") });
   await page.close();
-  for (const node of Object.values(nodes)) await node.stop();
-  redis.kill("SIGKILL");
-  fleetProcesses = [];
+  await stop();
   assertEqual(results.sentTo, url("a"), "wrong_node sent the guest to the node running the lobby");
   assertEqual(results.followed, 1, "one hop");
   assertEqual(results.endedOn, url("b"), "after a died, the lobby came back on b");
   assert(results.rejoined, "the second welcome is a rejoin");
   assert(!results.errors.includes("wrong_node"), `no wrong_node surfaced as an error: ${results.errors}`);
   return `hopped to a, back on b after a's death`;
+}
+
+async function drainTest(base) {
+  // Two players in a lobby on "a"; "a" is drained (POST /drain): both follow the redirect to
+  // "b" and keep their ids, their view of each other, and the lobby's events.
+  const { nodes, url, stop } = await startFleet();
+  const page = await blankPage(`http://127.0.0.1:${nodes.b.port}`);
+  await page.exposeFunction("drainNodeA", async () => {
+    const response = await fetch(`http://127.0.0.1:${nodes.a.port}/drain`, { method: "POST" });
+    return response.json();
+  });
+  const results = await page.evaluate(async ({ a }) => {
+    const { connect } = await import("/tickrelay.js");
+    const until = window.e2eUntil;
+    const lobby = `drain-${Math.random().toString(36).slice(2, 8)}`;
+    const watch = (client) => {
+      const seen = { welcomes: [], left: [], events: [], redirects: [] };
+      client.on("welcome", (w) => seen.welcomes.push(w));
+      client.on("member_left", (m) => seen.left.push(m.id));
+      client.on("event", (e) => seen.events.push(JSON.parse(new TextDecoder().decode(e.data))));
+      client.on("redirect", (r) => seen.redirects.push(r.url));
+      return seen;
+    };
+    const host = connect(a, { lobby, name: "host" });
+    const hostSeen = watch(host);
+    await until("the host's welcome on a", () => host.readyState === "open");
+    const guest = connect(a, { lobby, name: "guest" });
+    const guestSeen = watch(guest);
+    await until("the guest sees the host", () => guest.readyState === "open" && guest.members.has(host.playerId));
+    const ids = [host.playerId, guest.playerId];
+    host.sendEvent(new TextEncoder().encode(JSON.stringify({ n: 1 })));
+    await until("the first event", () => guestSeen.events.length === 1);
+    const report = await window.drainNodeA();
+    await until("both back after the redirect", () =>
+      [host, guest].every((c) => c.readyState === "open" && c.stats.redirects === 1 && c.url !== a), 15000);
+    host.sendEvent(new TextEncoder().encode(JSON.stringify({ n: 2 })));
+    await until("the second event, there", () => guestSeen.events.length === 2);
+    const result = {
+      report,
+      ids,
+      idsAfter: [host.playerId, guest.playerId],
+      urls: [host.url, guest.url],
+      redirects: guestSeen.redirects,
+      resumed: [hostSeen, guestSeen].map((seen) => seen.welcomes.at(-1)),
+      guestSeesHost: guest.members.has(host.playerId),
+      left: guestSeen.left.concat(hostSeen.left),
+      events: guestSeen.events,
+    };
+    host.close();
+    guest.close();
+    return result;
+  }, { a: url("a") });
+  await page.close();
+  await stop();
+  assertEqual(results.report.moved.length, 1, "the drain moved the lobby");
+  assertEqual(results.urls, [url("b"), url("b")], "both followed the redirect to b");
+  assertEqual(results.redirects, [url("b")], "one redirect event, naming b");
+  assertEqual(results.idsAfter, results.ids, "same player ids");
+  for (const welcome of results.resumed) {
+    assert(welcome.resumed && welcome.lost === 0, `resumed without loss: ${JSON.stringify(welcome)}`);
+  }
+  assert(results.guestSeesHost, "the guest still sees the host");
+  assertEqual(results.left, [], "nobody left");
+  assertEqual(results.events, [{ n: 1 }, { n: 2 }], "the events before and after the move");
+  return `moved in ${results.report.moved[0].frozen_ms.toFixed(1)} ms`;
 }
 
 /** Whether something listens on a loopback port. */

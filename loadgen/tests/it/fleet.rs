@@ -1,6 +1,6 @@
 //! The load generator against a fleet: clients pointed at a node that does not run their
 //! lobby follow `wrong_node` to the one that does, keeping nothing from the detour but a
-//! counter.
+//! counter; clients of a drained node follow `redirect` and keep their seats.
 
 use tickrelay_server::Config;
 use tickrelay_testkit::RedisServer;
@@ -80,4 +80,87 @@ async fn clients_sent_to_the_wrong_node_follow_wrong_node_to_the_owner() {
     );
     // Every member of the lobbies is on the owner: none ever ran on the other node.
     assert_eq!(other.metric("tickrelay_lobbies").await, Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_drained_node_follow_the_redirect_and_keep_their_seats() {
+    let redis = RedisServer::start();
+    let node = |id: &str| Config {
+        redis: Some(redis.url()),
+        node_id: Some(id.to_owned()),
+        resume_secret: Some("a fleet secret every node shares, 32 bytes or more".into()),
+        ..Config::default()
+    };
+    let drained = spawn_server_with(node("drained")).await;
+    let survivor = spawn_server_with(node("survivor")).await;
+    let clients = CLIENTS.to_string();
+    let url = drained.url();
+    let args = [
+        "--url",
+        &url,
+        "--clients",
+        &clients,
+        "--lobby-size",
+        "8",
+        "--lobby-prefix",
+        "drained",
+        "--event-rate",
+        "5",
+        "--duration",
+        "6s",
+        "--warmup",
+        "0s",
+    ];
+    let run = loadgen_report(&args);
+    let drain = async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        // Every client joined (both lobbies full), and has been playing a while.
+        let joined = async || {
+            let response = drained.request("GET", "/lobbies").await.unwrap_or_default();
+            let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+            let page: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            let lobbies = page["lobbies"].as_array().cloned().unwrap_or_default();
+            lobbies
+                .iter()
+                .map(|lobby| lobby["member_count"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+                == CLIENTS as u64
+        };
+        while !joined().await {
+            assert!(tokio::time::Instant::now() < deadline, "the run never joined");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        drained.request("POST", "/drain").await.expect("a drain report")
+    };
+    let ((output, report), drain) = tokio::join!(run, drain);
+    assert!(drain.starts_with("HTTP/1.1 200"), "{drain}");
+    assert!(output.status.success(), "{}", describe(&output));
+    let counters = &report["counters"];
+    assert_eq!(counters["redirects"], CLIENTS, "{drain}\n{}", describe(&output));
+    assert_eq!(counters["resumes"], CLIENTS, "{}", describe(&output));
+    assert_eq!(counters["resume_lost"], 0, "{}", describe(&output));
+    assert_eq!(counters["resumes_refused"], 0, "{}", describe(&output));
+    // Close 4008 after a redirect is expected, not an error.
+    assert_eq!(counters["close_codes"]["4008"], CLIENTS);
+    assert_eq!(
+        report["errors_whole_run"],
+        serde_json::json!({}),
+        "{}",
+        describe(&output)
+    );
+    assert_eq!(report["clients_joined_at_end"], CLIENTS);
+    assert_eq!(drained.metric("tickrelay_lobbies").await, Some(0.0));
+    // Both lobbies ran on there from their handoffs (they retired when the run left).
+    assert_eq!(
+        survivor
+            .metric("tickrelay_fleet_leases_total{event=\"adopted\"}")
+            .await,
+        Some(2.0)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("redirects (drains)   16 followed"),
+        "{}",
+        describe(&output)
+    );
 }

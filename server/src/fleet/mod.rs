@@ -532,6 +532,8 @@ impl FleetDirectory {
         lease.lose();
         let url = moved.then(|| status.url.clone());
         let _ = frozen.decision.send(url);
+        // Its members are redirected before the drain reports (and a shutdown closes them).
+        let _ = frozen.done.await;
         Ok(moved.then(|| MovedLobby {
             lobby: name.to_owned(),
             node: target,

@@ -136,6 +136,9 @@ pub(crate) struct Frozen {
     pub(crate) handoff: Handoff,
     pub(crate) members: usize,
     pub(crate) decision: oneshot::Sender<Option<String>>,
+    /// Ends once the decision is carried out (the redirects queued before any shutdown's
+    /// close can win).
+    pub(crate) done: oneshot::Receiver<()>,
 }
 
 /// A connection's way to its lobby.
@@ -413,10 +416,13 @@ impl Actor {
             history: self.history.handoff(now),
         };
         let (decision, decided) = oneshot::channel();
+        // Dropped when this returns: the decision is carried out.
+        let (_done, done) = oneshot::channel::<()>();
         let frozen = Frozen {
             handoff,
             members: self.state.members().count(),
             decision,
+            done,
         };
         reply.send(frozen).ok()?;
         let url = decided.await.ok().flatten()?;

@@ -767,3 +767,36 @@ async fn a_drain_moves_a_live_lobby_with_its_seats_ids_and_history() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_moves_a_nodes_lobbies_before_it_exits() {
+    let redis = RedisServer::start();
+    let mut fleet = ProcessFleet::start(&redis, "3s", 2).await;
+    let owner = fleet.addr_of(&routed(fleet.nodes[0].1, "deploy").await);
+    let index = fleet.index_of(owner);
+    let other = fleet.nodes[1 - index].1;
+    let mut ann = Client::connect_to(owner, Codec::MessagePack).await;
+    ann.send(&join_message("deploy", "ann", None)).await;
+    let seat = resume_answer(&mut ann).await.expect("welcome");
+    ann.next_snapshot().await;
+
+    fleet.signal(index, "-TERM");
+    let (url, token, _) = match tokio::spawn(async move { (redirected(&mut ann).await, ann) }).await {
+        Ok((moved, _)) => moved,
+        Err(panic) => panic!("{panic}\n{}", fleet.nodes[index].0.log.text()),
+    };
+    assert_eq!(url, format!("ws://{other}/ws"));
+    let mut back = Client::connect_to(other, Codec::MessagePack).await;
+    let moved = Seat {
+        token,
+        ..seat.clone()
+    };
+    back.send(&join_message("deploy", "ann", Some((&moved, seat.offset))))
+        .await;
+    let resumed = resume_answer(&mut back).await.expect("the seat taken back");
+    assert_eq!((resumed.id, resumed.resumed, resumed.lost), (seat.id, true, 0));
+    back.next_snapshot().await;
+    let (node, _) = &mut fleet.nodes[index];
+    node.wait_log("drain done").await;
+    assert!(node.wait_for_exit().await.success());
+}

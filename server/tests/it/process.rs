@@ -34,7 +34,7 @@ pub(crate) enum Stderr {
 
 /// Everything the server wrote to stderr so far, appended line by line by a reader thread.
 #[derive(Default)]
-struct Log {
+pub(crate) struct Log {
     bytes: Mutex<Vec<u8>>,
     /// Set once stderr reached its end (the server exited), so `bytes` is complete.
     ended: AtomicBool,
@@ -45,7 +45,7 @@ impl Log {
         self.bytes.lock().unwrap().clone()
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.bytes()).into_owned()
     }
 }
@@ -55,7 +55,7 @@ impl Log {
 pub(crate) struct ServerProcess {
     child: Child,
     mode: Stderr,
-    log: Arc<Log>,
+    pub(crate) log: Arc<Log>,
     /// Where the reader thread hands the stderr pipe back in [`Stderr::LeftUnread`] mode.
     handoff: mpsc::Receiver<BufReader<ChildStderr>>,
     /// The pipe's read end, held open and unread ([`Stderr::LeftUnread`] only).
@@ -165,7 +165,7 @@ impl ServerProcess {
     }
 
     /// Waits (up to `WAIT_TIMEOUT`) for the process to exit and for its stderr to end.
-    async fn wait_for_exit(&mut self) -> ExitStatus {
+    pub(crate) async fn wait_for_exit(&mut self) -> ExitStatus {
         let mut status = None;
         let child = &mut self.child;
         wait_until(WAIT_TIMEOUT, "the server to exit", async || {
@@ -182,7 +182,7 @@ impl ServerProcess {
     }
 
     /// Waits until a log line contains `needle`.
-    async fn wait_log(&self, needle: &str) {
+    pub(crate) async fn wait_log(&self, needle: &str) {
         let what = format!("a log line with {needle:?}");
         wait_until(WAIT_TIMEOUT, &what, async || {
             self.log.text().contains(needle)

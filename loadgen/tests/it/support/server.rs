@@ -17,19 +17,25 @@ impl TestServer {
 
     /// One series of the server's `/metrics` (e.g. `tickrelay_connections`), if present.
     pub(crate) async fn metric(&self, name: &str) -> Option<f64> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut stream = tokio::net::TcpStream::connect(self.addr).await.ok()?;
-        let request = format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await.ok()?;
+        let body = self.request("GET", "/metrics").await?;
         body.lines()
             .filter_map(|line| line.split_once(' '))
             .find(|(series, _)| *series == name)
             .and_then(|(_, value)| value.parse().ok())
+    }
+
+    /// `method path` without a body: the whole response, head included.
+    pub(crate) async fn request(&self, method: &str, path: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.ok()?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        Some(response)
     }
 }
 
