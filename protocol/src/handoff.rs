@@ -27,6 +27,11 @@ pub struct Handoff {
     pub seats: Vec<HandoffSeat>,
     /// The reliable history kept for resumes, oldest first.
     pub history: Vec<HandoffEntry>,
+    /// Not handed over but rebuilt after its node died, from what that node last reported
+    /// (instance, ids, offset, tick): no seats, no history. Members come back one by one
+    /// with their resume tokens, which then create their seats.
+    #[serde(default)]
+    pub recovered: bool,
 }
 
 /// One seat, to be taken back by its member's resume.
@@ -119,6 +124,7 @@ mod tests {
                     offset: Some(7),
                 },
             }],
+            recovered: false,
         };
         assert_eq!(Handoff::decode(&handoff.encode()).unwrap(), handoff);
         handoff.v = HANDOFF_VERSION + 1;

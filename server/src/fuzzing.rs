@@ -127,7 +127,18 @@ pub fn resume_token(input: &[u8]) {
     let lobby = String::from_utf8_lossy(input.get(16..).unwrap_or_default()).into_owned();
     let (instance, player_id, holder) = (number(0), number(8) as u32, (number(8) >> 32) as u32);
     let now_secs = crate::clock::unix_micros() / 1_000_000;
-    let token = keys.issue(&lobby, instance, player_id, holder, now_secs);
+    let token = keys.issue(
+        crate::resume::SeatClaims {
+            lobby: &lobby,
+            instance,
+            player_id,
+            holder,
+            name: &lobby,
+            role: tickrelay_protocol::Role::Player,
+            identity: None,
+        },
+        now_secs,
+    );
     let claims = keys.verify(&token).expect("a token just issued verifies");
     assert_eq!(
         (

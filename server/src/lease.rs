@@ -7,6 +7,9 @@
 //! starved) finds its deadline passed at its next tick and stops before anybody else can
 //! take the lobby. Who holds a lease is counted by `Arc`: the fleet's map, the lobby running
 //! under it, joins on their way; when only the map is left, the fleet gives the lease up.
+//! The lobby also reports its progress here (instance, next player id, reliable offset, tick)
+//! for the renewals to keep in Redis: what another node rebuilds the lobby from if this one
+//! dies.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,6 +25,8 @@ pub(crate) struct Lease {
     until: AtomicU64,
     /// Redis said the lobby is no longer ours: never valid again.
     lost: AtomicBool,
+    /// The lobby's instance, next player id, reliable offset and tick, as it last reported.
+    progress: [AtomicU64; 4],
 }
 
 impl Lease {
@@ -32,6 +37,7 @@ impl Lease {
             epoch: sent,
             until: AtomicU64::new(0),
             lost: AtomicBool::new(false),
+            progress: Default::default(),
         };
         lease.renewed(sent, length);
         lease
@@ -50,10 +56,88 @@ impl Lease {
         self.lost.store(true, Ordering::Release);
     }
 
+    /// The lobby running under this lease reports where it is (once per tick: plain stores).
+    pub(crate) fn report(&self, progress: Progress) {
+        let values = [
+            progress.instance,
+            u64::from(progress.next_player_id),
+            progress.offset,
+            progress.tick,
+        ];
+        for (slot, value) in self.progress.iter().zip(values) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// What the lobby last reported, if it ever did.
+    pub(crate) fn progress(&self) -> Option<Progress> {
+        let [instance, next_player_id, offset, tick] = self
+            .progress
+            .each_ref()
+            .map(|slot| slot.load(Ordering::Relaxed));
+        (next_player_id > 0).then_some(Progress {
+            instance,
+            next_player_id: next_player_id as u32,
+            offset,
+            tick,
+        })
+    }
+
     /// Whether the lobby may still run at `now`.
     pub(crate) fn valid(&self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         !self.lost.load(Ordering::Acquire) && elapsed < self.until.load(Ordering::Acquire)
+    }
+}
+
+/// Where a lobby is: what a node rebuilding it after its owner died starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Progress {
+    pub(crate) instance: u64,
+    pub(crate) next_player_id: u32,
+    pub(crate) offset: u64,
+    pub(crate) tick: u64,
+}
+
+impl Progress {
+    /// Player ids a lobby may have given out since its last report (a second at most) and
+    /// that its rebuilt self must never give again: a generous bound on joins per second.
+    const ID_MARGIN: u32 = 4096;
+
+    /// As stored in Redis: `"{instance} {next_player_id} {offset} {tick}"`.
+    pub(crate) fn encode(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.instance, self.next_player_id, self.offset, self.tick
+        )
+    }
+
+    pub(crate) fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.split(' ').map(str::parse::<u64>);
+        let mut next = || parts.next()?.ok();
+        let progress = Self {
+            instance: next()?,
+            next_player_id: u32::try_from(next()?).ok()?,
+            offset: next()?,
+            tick: next()?,
+        };
+        Some(progress)
+    }
+
+    /// The lobby as another node rebuilds it: no seats, no history, ids past any it may
+    /// have given.
+    pub(crate) fn recovered(&self, lobby: &str) -> tickrelay_protocol::Handoff {
+        tickrelay_protocol::Handoff {
+            v: tickrelay_protocol::HANDOFF_VERSION,
+            lobby: lobby.to_owned(),
+            instance: self.instance,
+            tick: self.tick,
+            next_player_id: self.next_player_id.saturating_add(Self::ID_MARGIN),
+            offset: self.offset,
+            seats: Vec::new(),
+            history: Vec::new(),
+            recovered: true,
+        }
     }
 }
 
@@ -99,6 +183,27 @@ mod tests {
         let sent = Instant::now();
         let lease = Lease::granted("a 1".into(), sent, LENGTH);
         assert!(!lease.valid(sent + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn progress_round_trips_and_a_rebuilt_lobby_never_reuses_an_id() {
+        let progress = Progress {
+            instance: u64::MAX,
+            next_player_id: 12,
+            offset: 99,
+            tick: 4000,
+        };
+        assert_eq!(Progress::decode(&progress.encode()), Some(progress));
+        assert_eq!(Progress::decode("1 2 3"), None);
+        assert_eq!(Progress::decode("1 99999999999 3 4"), None);
+        let lease = Lease::granted("a 1".into(), Instant::now(), LENGTH);
+        assert_eq!(lease.progress(), None, "nothing reported yet");
+        lease.report(progress);
+        assert_eq!(lease.progress(), Some(progress));
+        let rebuilt = progress.recovered("arena");
+        assert!(rebuilt.recovered && rebuilt.seats.is_empty());
+        assert_eq!((rebuilt.instance, rebuilt.offset), (u64::MAX, 99));
+        assert!(rebuilt.next_player_id > 12 + 1000);
     }
 
     #[test]

@@ -220,7 +220,7 @@ impl Metrics {
         );
         registry.register(
             "fleet_leases",
-            "Fleet lobby leases by event: acquired, released, lost (Redis names another owner), expired (not renewed in time: the lobby stopped here), moved (handed to another node by a drain), adopted (a moved lobby taken over here)",
+            "Fleet lobby leases by event: acquired, released, lost (Redis names another owner), expired (not renewed in time: the lobby stopped here), moved (handed to another node by a drain), adopted (a moved lobby taken over here), recovered (a lobby whose node died rebuilt here)",
             metrics.fleet_leases.clone(),
         );
         registry.register(

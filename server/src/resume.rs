@@ -2,11 +2,13 @@
 //! dropped connection. A token is a JWT signed (HS256) with the server's resume secret, naming
 //! the lobby (and the lobby's instance, since a name can be reused by a later lobby), the
 //! player and which connection of the seat it was issued to. The lobby accepts it only while
-//! that connection still holds the seat (or left it away), so each token works once.
+//! that connection still holds the seat (or left it away), so each token works once. It also
+//! names who holds the seat (name, role, ticket identity): in a fleet, a node that takes over
+//! the lobby of a node that died seats the player again from its token alone.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use tickrelay_protocol::PlayerId;
+use tickrelay_protocol::{PlayerId, Role};
 
 /// How long a token stays verifiable at all; whether its seat is still there is the lobby's
 /// call (a member may stay connected for hours, then drop).
@@ -25,7 +27,26 @@ pub(crate) struct ResumeClaims {
     /// The seat's holder the token was issued to (see `lobby::Seat`).
     #[serde(rename = "h")]
     pub(crate) holder: u32,
+    #[serde(rename = "n", default)]
+    pub(crate) name: String,
+    #[serde(rename = "r", default)]
+    pub(crate) role: Role,
+    /// The ticket's `sub`, with tickets.
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) identity: Option<String>,
     exp: u64,
+}
+
+/// The seat a token is issued for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SeatClaims<'a> {
+    pub(crate) lobby: &'a str,
+    pub(crate) instance: u64,
+    pub(crate) player_id: PlayerId,
+    pub(crate) holder: u32,
+    pub(crate) name: &'a str,
+    pub(crate) role: Role,
+    pub(crate) identity: Option<&'a str>,
 }
 
 pub(crate) struct ResumeKeys {
@@ -53,20 +74,16 @@ impl ResumeKeys {
         }
     }
 
-    /// A token for seat (`player_id`, `holder`) of lobby `lobby` (`instance`).
-    pub(crate) fn issue(
-        &self,
-        lobby: &str,
-        instance: u64,
-        player_id: PlayerId,
-        holder: u32,
-        now_secs: u64,
-    ) -> String {
+    /// A token for `seat`.
+    pub(crate) fn issue(&self, seat: SeatClaims<'_>, now_secs: u64) -> String {
         let claims = ResumeClaims {
-            lobby: lobby.to_owned(),
-            instance,
-            player_id,
-            holder,
+            lobby: seat.lobby.to_owned(),
+            instance: seat.instance,
+            player_id: seat.player_id,
+            holder: seat.holder,
+            name: seat.name.to_owned(),
+            role: seat.role,
+            identity: seat.identity.map(str::to_owned),
             exp: now_secs + TOKEN_LIFETIME_SECS,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -91,27 +108,42 @@ pub(crate) fn new_instance() -> u64 {
 mod tests {
     use super::*;
 
+    fn seat(lobby: &str, instance: u64, player_id: PlayerId, holder: u32) -> SeatClaims<'_> {
+        SeatClaims {
+            lobby,
+            instance,
+            player_id,
+            holder,
+            name: "ann",
+            role: Role::Spectator,
+            identity: Some("user-1"),
+        }
+    }
+
     #[test]
     fn tokens_verify_only_with_the_key_that_issued_them() {
         let keys = ResumeKeys::new(None);
         let now = 1_800_000_000;
-        let token = keys.issue("arena", 42, 7, 3, now);
+        let token = keys.issue(seat("arena", 42, 7, 3), now);
         let claims = keys.verify(&token).expect("its own token");
         assert_eq!(
             (
                 claims.lobby.as_str(),
                 claims.instance,
                 claims.player_id,
-                claims.holder
+                claims.holder,
+                claims.name.as_str(),
+                claims.role,
+                claims.identity.as_deref()
             ),
-            ("arena", 42, 7, 3)
+            ("arena", 42, 7, 3, "ann", Role::Spectator, Some("user-1"))
         );
         assert!(
             ResumeKeys::new(None).verify(&token).is_none(),
             "another random key"
         );
         let shared = ResumeKeys::new(Some(b"fleet secret"));
-        let token = shared.issue("arena", 1, 1, 0, now);
+        let token = shared.issue(seat("arena", 1, 1, 0), now);
         assert!(
             ResumeKeys::new(Some(b"fleet secret"))
                 .verify(&token)

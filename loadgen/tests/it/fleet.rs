@@ -127,17 +127,28 @@ async fn clients_of_a_drained_node_follow_the_redirect_and_keep_their_seats() {
                 == CLIENTS as u64
         };
         while !joined().await {
-            assert!(tokio::time::Instant::now() < deadline, "the run never joined");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the run never joined"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        drained.request("POST", "/drain").await.expect("a drain report")
+        drained
+            .request("POST", "/drain")
+            .await
+            .expect("a drain report")
     };
     let ((output, report), drain) = tokio::join!(run, drain);
     assert!(drain.starts_with("HTTP/1.1 200"), "{drain}");
     assert!(output.status.success(), "{}", describe(&output));
     let counters = &report["counters"];
-    assert_eq!(counters["redirects"], CLIENTS, "{drain}\n{}", describe(&output));
+    assert_eq!(
+        counters["redirects"],
+        CLIENTS,
+        "{drain}\n{}",
+        describe(&output)
+    );
     assert_eq!(counters["resumes"], CLIENTS, "{}", describe(&output));
     assert_eq!(counters["resume_lost"], 0, "{}", describe(&output));
     assert_eq!(counters["resumes_refused"], 0, "{}", describe(&output));

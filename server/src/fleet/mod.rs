@@ -27,7 +27,7 @@ use tickrelay_protocol::{ErrorCode, Handoff};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::lease::Lease;
+use crate::lease::{Lease, Progress};
 use crate::lobby::directory::{DrainFuture, DrainReport, JoinFuture, MovedLobby};
 use crate::lobby::{Directory, JoinRefusal, JoinRequest, LobbyInfo, LocalDirectory};
 use crate::metrics::Metrics;
@@ -140,19 +140,15 @@ impl Fleet {
                 .claim(lobby, &self.node_id, self.lease, moved_only)
                 .await;
             match claim {
-                Ok(Claim::Ours(record, handoff)) => {
+                Ok(Claim::Ours {
+                    record,
+                    handoff,
+                    progress,
+                }) => {
                     self.metrics.fleet_lease("acquired");
                     let lease = Arc::new(Lease::granted(record, sent, self.lease));
-                    match handoff.as_deref().map(Handoff::decode) {
-                        Some(Ok(handoff)) => {
-                            self.metrics.fleet_lease("adopted");
-                            info!(lobby, seats = handoff.seats.len(), "lobby moved here");
-                            adopt(handoff, lease.clone());
-                        }
-                        Some(Err(err)) => {
-                            warn!(lobby, error = %err, "a moved lobby's handoff is unusable: the lobby starts afresh");
-                        }
-                        None => {}
+                    if let Some(handoff) = self.handoff_of(lobby, handoff, progress) {
+                        adopt(handoff, lease.clone());
                     }
                     lock(&self.held).insert(lobby.to_owned(), lease.clone());
                     return Ok(lease);
@@ -166,6 +162,35 @@ impl Fleet {
             }
         };
         Err(self.refer(lobby, &node, remaining).await)
+    }
+
+    /// What a granted claim starts `lobby` from: the handoff a drain left, or else the
+    /// lobby rebuilt from the progress its dead owner last reported; `None`: a new lobby.
+    fn handoff_of(
+        &self,
+        lobby: &str,
+        handoff: Option<Vec<u8>>,
+        progress: Option<String>,
+    ) -> Option<Handoff> {
+        if let Some(bytes) = handoff {
+            match Handoff::decode(&bytes) {
+                Ok(handoff) => {
+                    self.metrics.fleet_lease("adopted");
+                    info!(lobby, seats = handoff.seats.len(), "lobby moved here");
+                    return Some(handoff);
+                }
+                Err(err) => {
+                    warn!(lobby, error = %err, "a moved lobby's handoff is unusable: the lobby starts afresh");
+                }
+            }
+        }
+        let progress = progress.as_deref().and_then(Progress::decode)?;
+        self.metrics.fleet_lease("recovered");
+        info!(
+            lobby,
+            "the lobby's node died: rebuilt here, its players resume one by one"
+        );
+        Some(progress.recovered(lobby))
     }
 
     /// The lease held for `lobby`, if still valid (cloned under the map's lock, so the renew
@@ -318,9 +343,15 @@ impl Fleet {
         let (in_use, unused) = self.sort_held(sent);
         let records: Vec<_> = in_use
             .iter()
-            .map(|(name, lease)| (name.clone(), lease.record.clone()))
+            .map(|(name, lease)| {
+                let progress = lease.progress().map(|p| p.encode()).unwrap_or_default();
+                (name.clone(), lease.record.clone(), progress)
+            })
             .collect();
-        let renewed = self.store.renew(&records, self.lease).await?;
+        let renewed = self
+            .store
+            .renew(&records, self.lease, self.handoff_keep + self.lease)
+            .await?;
         self.metrics
             .fleet_lease_renewals
             .inc_by(records.len() as u64);

@@ -11,6 +11,10 @@
 //!   expired are pruned when met. A draining node takes itself out.
 //! - `tickrelay:handoff:{name}`: a lobby a drain moved (`Handoff`, MessagePack), left by
 //!   its old owner beside the new owner's placement and taken by the claim that grants it.
+//! - `tickrelay:progress:{name}`: where a running lobby is (`lease::Progress`), written by
+//!   each renewal and outliving the lease by the resume grace, so a node that claims the
+//!   lobby after its owner died rebuilds it (same instance, ids past the old ones, offset,
+//!   tick); deleted with a lobby given up.
 //!
 //! Scripts make each check-and-set one atomic step. They build node keys from ids, which is
 //! fine on one Redis; Redis Cluster would need the keys passed in (see ARCHITECTURE.md).
@@ -25,6 +29,7 @@ const NODE: &str = "tickrelay:node:";
 const NODES: &str = "tickrelay:nodes";
 const FENCE: &str = "tickrelay:fence";
 const HANDOFF: &str = "tickrelay:handoff:";
+const PROGRESS: &str = "tickrelay:progress:";
 
 /// Renewals sent in one script call.
 const RENEW_BATCH: usize = 500;
@@ -42,9 +47,13 @@ pub(crate) enum StoreError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Claim {
     /// Granted to this node, under this record; with the lobby's handoff if it was moved
-    /// here.
-    Ours(String, Option<Vec<u8>>),
-    /// Asked only for a moved lobby, and none was there to take.
+    /// here, else its last progress if its owner died.
+    Ours {
+        record: String,
+        handoff: Option<Vec<u8>>,
+        progress: Option<String>,
+    },
+    /// Asked only for a moved or orphaned lobby, and there was none.
     NoHandoff,
     /// Another node's, until its lease ends.
     Theirs { node: String, remaining: Duration },
@@ -66,23 +75,25 @@ pub(crate) struct Store {
     timeout: Duration,
 }
 
-/// Grants the lobby to ARGV[1] unless it is held: returns {1, record, 0, handoff} when
-/// granted (taking the handoff KEYS[3] a drain left, if any), {0, record, pttl, false} when
-/// not, {2, '', 0, false} when ARGV[3] is '1' (a resume: only a moved lobby may be claimed)
-/// and there is no handoff. A placement for ARGV[1] (`"{node} p{fence}"`, by a route or a
-/// drain) is taken over with a new fence; a running lease never is, not even one of an
+/// Grants the lobby to ARGV[1] unless it is held: returns {1, record, 0, handoff, progress}
+/// when granted (taking the handoff KEYS[3] a drain left, if any, and reading the progress
+/// KEYS[4] a dead owner left), {0, record, pttl, false, false} when not, and {2, '', 0,
+/// false, false} when ARGV[3] is '1' (a resume: only a lobby moved or orphaned may be
+/// claimed) and there is neither. A placement for ARGV[1] (`"{node} p{fence}"`, by a route or
+/// a drain) is taken over with a new fence; a running lease never is, not even one of an
 /// earlier process with the same node id.
 const CLAIM: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, #ARGV[1] + 2) ~= ARGV[1] .. ' p' then
-  return {0, current, redis.call('PTTL', KEYS[1]), false}
+  return {0, current, redis.call('PTTL', KEYS[1]), false, false}
 end
 local handoff = redis.call('GET', KEYS[3])
-if ARGV[3] == '1' and not handoff then return {2, '', 0, false} end
+local progress = redis.call('GET', KEYS[4])
+if ARGV[3] == '1' and not handoff and not progress then return {2, '', 0, false, false} end
 local record = ARGV[1] .. ' ' .. redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], record, 'PX', ARGV[2])
 if handoff then redis.call('DEL', KEYS[3]) end
-return {1, record, 0, handoff}
+return {1, record, 0, handoff, progress}
 ";
 
 /// A drain's move: if KEYS[1] is still ARGV[1] (the old owner's lease), places the lobby on
@@ -110,20 +121,22 @@ redis.call('ZINCRBY', KEYS[3], 1, ARGV[1])
 return record
 ";
 
-/// Extends each KEYS[i] whose record is still ARGV[i + 1] by ARGV[2] ms, and writes it back
-/// where the key is missing (a Redis restarted without its data): 1 renewed, 0 lost. A record
-/// written back raises the fence counter (ARGV[1] names it) past its fence, so no later grant
-/// repeats it.
+/// For each lease i (lobby key KEYS[2i-1], progress key KEYS[2i]): extends the lobby key by
+/// ARGV[2] ms if its record is still ARGV[2i+2], or writes it back where it is missing (a
+/// Redis restarted without its data), and then stores the progress ARGV[2i+3] (if any) for
+/// ARGV[3] ms: 1 renewed, 0 lost. A record written back raises the fence counter (ARGV[1]
+/// names it) past its fence, so no later grant repeats it.
 const RENEW: &str = r"
 local renewed = {}
-for i, key in ipairs(KEYS) do
+for i = 1, #KEYS / 2 do
+  local key, record, progress = KEYS[2 * i - 1], ARGV[2 * i + 2], ARGV[2 * i + 3]
   local current = redis.call('GET', key)
-  if current == ARGV[i + 2] then
+  if current == record then
     redis.call('PEXPIRE', key, ARGV[2])
     renewed[i] = 1
   elseif not current then
-    redis.call('SET', key, ARGV[i + 2], 'PX', ARGV[2])
-    local fence = tonumber(string.match(ARGV[i + 2], '(%d+)$'))
+    redis.call('SET', key, record, 'PX', ARGV[2])
+    local fence = tonumber(string.match(record, '(%d+)$'))
     if fence and fence > tonumber(redis.call('GET', ARGV[1]) or '0') then
       redis.call('SET', ARGV[1], fence)
     end
@@ -131,13 +144,19 @@ for i, key in ipairs(KEYS) do
   else
     renewed[i] = 0
   end
+  if renewed[i] == 1 and progress ~= '' then
+    redis.call('SET', KEYS[2 * i], progress, 'PX', ARGV[3])
+  end
 end
 return renewed
 ";
 
-/// Deletes KEYS[1] if its record is still ARGV[1].
+/// Deletes KEYS[1], and the progress KEYS[2], if its record is still ARGV[1].
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 ";
 
@@ -200,15 +219,20 @@ impl Store {
             .key(lobby_key(lobby))
             .key(FENCE)
             .key(handoff_key(lobby))
+            .key(progress_key(lobby))
             .arg(node)
             .arg(lease.as_millis() as u64)
             .arg(if moved_only { "1" } else { "0" });
-        let reply: (u8, String, Option<i64>, Option<Vec<u8>>) =
-            self.bounded(invocation.invoke_async(&mut redis)).await?;
+        type Reply = (u8, String, Option<i64>, Option<Vec<u8>>, Option<String>);
+        let reply: Reply = self.bounded(invocation.invoke_async(&mut redis)).await?;
         Ok(match reply {
-            (1, record, _, handoff) => Claim::Ours(record, handoff),
+            (1, record, _, handoff, progress) => Claim::Ours {
+                record,
+                handoff,
+                progress,
+            },
             (2, ..) => Claim::NoHandoff,
-            (_, record, pttl, _) => Claim::Theirs {
+            (_, record, pttl, ..) => Claim::Theirs {
                 node: node_of(&record).to_owned(),
                 remaining: Duration::from_millis(pttl.unwrap_or(0).max(0) as u64),
             },
@@ -269,19 +293,28 @@ impl Store {
         Ok(record.map(|record| node_of(&record).to_owned()))
     }
 
-    /// Renews `leases` (lobby, record) for `lease`: whether each is still ours.
+    /// Renews `leases` (lobby, record, progress: "" for none) for `lease`, keeping each
+    /// progress for `keep`: whether each is still ours.
     pub(crate) async fn renew(
         &self,
-        leases: &[(String, String)],
+        leases: &[(String, String, String)],
         lease: Duration,
+        keep: Duration,
     ) -> Result<Vec<bool>, StoreError> {
         let mut renewed = Vec::with_capacity(leases.len());
         for batch in leases.chunks(RENEW_BATCH) {
             let mut redis = self.redis.clone();
             let mut invocation = self.scripts.renew.prepare_invoke();
-            invocation.arg(FENCE).arg(lease.as_millis() as u64);
-            for (lobby, record) in batch {
-                invocation.key(lobby_key(lobby)).arg(record);
+            invocation
+                .arg(FENCE)
+                .arg(lease.as_millis() as u64)
+                .arg(keep.as_millis() as u64);
+            for (lobby, record, progress) in batch {
+                invocation
+                    .key(lobby_key(lobby))
+                    .key(progress_key(lobby))
+                    .arg(record)
+                    .arg(progress);
             }
             let reply: Vec<u8> = self.bounded(invocation.invoke_async(&mut redis)).await?;
             renewed.extend(reply.into_iter().map(|r| r == 1));
@@ -293,7 +326,10 @@ impl Store {
     pub(crate) async fn release(&self, lobby: &str, record: &str) -> Result<(), StoreError> {
         let mut redis = self.redis.clone();
         let mut invocation = self.scripts.release.prepare_invoke();
-        invocation.key(lobby_key(lobby)).arg(record);
+        invocation
+            .key(lobby_key(lobby))
+            .key(progress_key(lobby))
+            .arg(record);
         let _: i64 = self.bounded(invocation.invoke_async(&mut redis)).await?;
         Ok(())
     }
@@ -438,6 +474,10 @@ fn lobby_key(lobby: &str) -> String {
 
 fn handoff_key(lobby: &str) -> String {
     format!("{HANDOFF}{lobby}")
+}
+
+fn progress_key(lobby: &str) -> String {
+    format!("{PROGRESS}{lobby}")
 }
 
 /// The node id in an owner record (`"{node} {fence}"`, or `"{node} p{fence}"` placed).

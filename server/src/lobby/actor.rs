@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tickrelay_protocol::{
-    Codec, ErrorCode, HANDOFF_VERSION, Handoff, Payload, PlayerId, Role, ServerMessage, close,
+    Codec, ErrorCode, HANDOFF_VERSION, Handoff, HandoffSeat, Payload, PlayerId, Role,
+    ServerMessage, close,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
@@ -24,6 +25,7 @@ use super::state::{
     Delivery, JoinRefused, Joiner, LobbyState, MemberKey, MemberState, Previous, PushOutcome, Seat,
 };
 use crate::clock::unix_micros;
+use crate::lease::Progress;
 use crate::metrics::Metrics;
 use crate::outbox::{IfUnsent, Outbox, PushError, Pushed};
 use crate::resume::{self, ResumeKeys};
@@ -168,6 +170,9 @@ pub(crate) trait Registration: Send + Sync + 'static {
     fn try_retire(&self) -> bool;
     /// Whether the lobby may still tick at `now` (false once a fleet lease has run out).
     fn may_run(&self, now: std::time::Instant) -> bool;
+    /// Where the lobby is, after each tick (a fleet keeps it for rebuilding the lobby
+    /// elsewhere should this node die).
+    fn report(&self, progress: Progress);
     /// The actor stopped, for whatever reason: the lobby is no longer in the directory.
     fn stopped(&self);
 }
@@ -255,6 +260,9 @@ pub(crate) struct Actor {
     history: History,
     /// This lobby among all that ever had its name: resume tokens name it.
     instance: u64,
+    /// Rebuilt after its node died (`Handoff::recovered`): until then (the resume grace), a
+    /// resume token of this instance whose seat is not here yet seats its player again.
+    reseat_until: Option<std::time::Instant>,
     /// Traffic since the last tick, added to the lobby's shared counters once per tick.
     traffic: TrafficCounts,
 }
@@ -278,11 +286,12 @@ impl Actor {
             |resume| resume.history,
         );
         let (max_players, max_spectators) = (settings.max_members, settings.max_spectators);
-        let (state, history, instance) = match moved {
+        let (state, history, instance, reseat_until) = match moved {
             None => (
                 LobbyState::new(max_players, max_spectators),
                 History::new(limits),
                 resume::new_instance(),
+                None,
             ),
             Some(handoff) => {
                 let now = tokio::time::Instant::now().into_std();
@@ -298,13 +307,15 @@ impl Actor {
                 }
                 let history = History::moved_in(limits, handoff.offset, handoff.history, now);
                 info.set_roster(state.roster());
-                (state, history, handoff.instance)
+                let reseat_until = handoff.recovered.then_some(now + grace);
+                (state, history, handoff.instance, reseat_until)
             }
         };
         Self {
             state,
             history,
             instance,
+            reseat_until,
             settings,
             info,
             registration,
@@ -414,6 +425,7 @@ impl Actor {
             offset: self.history.offset(),
             seats: self.state.handoff_seats(now),
             history: self.history.handoff(now),
+            recovered: false,
         };
         let (decision, decided) = oneshot::channel();
         // Dropped when this returns: the decision is carried out.
@@ -431,13 +443,7 @@ impl Actor {
             if member.is_away() {
                 continue;
             }
-            let seat = member.seat(key);
-            let resume = self.settings.resume.as_ref().map(|resume| {
-                let name = &self.info.name;
-                resume
-                    .keys
-                    .issue(name, self.instance, seat.id, seat.holder, now_secs)
-            });
+            let resume = self.token(member, member.seat(key), now_secs);
             let redirect = ServerMessage::Redirect {
                 url: url.clone(),
                 resume,
@@ -513,6 +519,12 @@ impl Actor {
         self.traffic.bytes_out += out.bytes;
         let traffic = std::mem::take(&mut self.traffic);
         self.info.traffic.add(&traffic);
+        self.registration.report(Progress {
+            instance: self.instance,
+            next_player_id: self.state.next_player_id(),
+            offset: self.history.offset(),
+            tick: self.state.tick_number(),
+        });
         metrics
             .tick_duration
             .observe(started.elapsed().as_secs_f64());
@@ -627,7 +639,7 @@ impl Actor {
             codec,
         };
         if let Some(resume) = resume {
-            return self.resume(resume, connection);
+            return self.resume(resume, joiner, connection);
         }
         // One seat per identity: a newer connection takes it over, unnoticed by the others
         // when the role is the same; with another role the old seat leaves first (once the
@@ -689,6 +701,7 @@ impl Actor {
     fn resume(
         &mut self,
         resume: ResumeRequest,
+        holder: Joiner,
         connection: Connection,
     ) -> Result<JoinAccepted, JoinRefusal> {
         let expired = || {
@@ -703,6 +716,27 @@ impl Actor {
         if resume.instance != self.instance {
             return expired();
         }
+        // A lobby rebuilt after its node died seats each player again as it comes back.
+        let now = tokio::time::Instant::now().into_std();
+        let reseated = self.reseat_until.is_some_and(|until| now < until)
+            && self.state.seat_of_player(resume.player_id).is_none();
+        if reseated {
+            let grace = self
+                .settings
+                .resume
+                .as_ref()
+                .map_or(Duration::ZERO, |r| r.grace);
+            let seat = HandoffSeat {
+                id: resume.player_id,
+                name: holder.name,
+                identity: holder.identity,
+                role: holder.role,
+                holder: resume.holder,
+                state: None,
+                away_ms: None,
+            };
+            self.state.adopt(seat, Connection::arriving(), now, grace);
+        }
         let Some((seat, _)) = self
             .state
             .seat_of_player(resume.player_id)
@@ -712,6 +746,18 @@ impl Actor {
         };
         let (outbox, codec) = (connection.outbox.clone(), connection.codec);
         let (seat, old, previous) = self.take_over(seat, connection);
+        if reseated && let Some(member) = self.state.member(seat) {
+            // Back in the rebuilt lobby: the members already there see it join.
+            let (id, name, role) = (seat.id, member.name.clone(), member.role);
+            self.broadcast(Some(seat.key), Some(id), 0, |offset| {
+                ServerMessage::MemberJoined {
+                    id,
+                    name,
+                    role,
+                    offset: Some(offset),
+                }
+            });
+        }
         // What it missed, before `member_back` takes an offset (and maybe a history slot).
         let replay = self.history.since(resume.offset, seat.id);
         let mut lost = replay.lost;
@@ -810,12 +856,10 @@ impl Actor {
     /// can be, so `welcome` is always the first message.
     fn welcome(&mut self, seat: Seat, outbox: &Outbox, codec: Codec, resumed: Option<(u64, u64)>) {
         let name = &self.info.name;
-        let resume = self.settings.resume.as_ref().map(|resume| {
-            let now_secs = unix_micros() / 1_000_000;
-            resume
-                .keys
-                .issue(name, self.instance, seat.id, seat.holder, now_secs)
-        });
+        let resume = self
+            .state
+            .member(seat)
+            .and_then(|member| self.token(member, seat, unix_micros() / 1_000_000));
         let welcome = ServerMessage::Welcome {
             player_id: seat.id,
             lobby: name.clone(),
@@ -832,6 +876,21 @@ impl Actor {
             self.traffic.messages_out += 1;
             self.traffic.bytes_out += len;
         }
+    }
+
+    /// A resume token for `member`, holding `seat` (none when resume is off).
+    fn token(&self, member: &MemberState<Connection>, seat: Seat, now_secs: u64) -> Option<String> {
+        let resume = self.settings.resume.as_ref()?;
+        let claims = resume::SeatClaims {
+            lobby: &self.info.name,
+            instance: self.instance,
+            player_id: seat.id,
+            holder: seat.holder,
+            name: &member.name,
+            role: member.role,
+            identity: member.identity.as_deref(),
+        };
+        Some(resume.keys.issue(claims, now_secs))
     }
 
     /// Sends one member an `error` (the lobby refused something it sent), counted.

@@ -298,6 +298,12 @@ impl Registration for LocalRegistration {
         self.lease.as_ref().is_none_or(|lease| lease.valid(now))
     }
 
+    fn report(&self, progress: crate::lease::Progress) {
+        if let Some(lease) = &self.lease {
+            lease.report(progress);
+        }
+    }
+
     fn stopped(&self) {
         let mut lobbies = lock(&self.shared.lobbies);
         let entry = &self.entry;

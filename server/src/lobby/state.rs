@@ -287,6 +287,8 @@ impl<C> LobbyState<C> {
     /// for the connection until then. Limits do not apply: the seat exists already.
     pub(crate) fn adopt(&mut self, seat: HandoffSeat, conn: C, now: Instant, grace: Duration) {
         self.spectators += usize::from(seat.role == Role::Spectator);
+        // Never given to anyone else.
+        self.next_player_id = self.next_player_id.max(seat.id.wrapping_add(1)).max(1);
         let wait = seat.away_ms.map_or(grace, Duration::from_millis);
         self.members.insert(MemberState {
             id: seat.id,

@@ -612,7 +612,7 @@ impl<'a> Session<'a> {
         // A resume token proves the seat: no ticket needed.
         let (joiner, resume) = match resume {
             Some(token) => match self.resume_request(&lobby, &token, offset) {
-                Some(resume) => (Joiner::player(name), Some(resume)),
+                Some((joiner, resume)) => (joiner, Some(resume)),
                 None => return Flow::Continue,
             },
             None => match self.joiner(&lobby, name, ticket, role) {
@@ -647,14 +647,15 @@ impl<'a> Session<'a> {
         Flow::Continue
     }
 
-    /// The seat a resume token names, for a join to `lobby`; refused (`seat_expired`, the
-    /// connection stays) when the token is not this server's or is for another lobby.
+    /// The seat a resume token names, and who holds it, for a join to `lobby`; refused
+    /// (`seat_expired`, the connection stays) when the token is not this server's or is for
+    /// another lobby.
     fn resume_request(
         &self,
         lobby: &str,
         token: &str,
         offset: Option<u64>,
-    ) -> Option<crate::lobby::ResumeRequest> {
+    ) -> Option<(Joiner, crate::lobby::ResumeRequest)> {
         let claims = self
             .ctx
             .resume_keys
@@ -668,13 +669,19 @@ impl<'a> Session<'a> {
             );
             return None;
         };
-        Some(crate::lobby::ResumeRequest {
+        let resume = crate::lobby::ResumeRequest {
             instance: claims.instance,
             player_id: claims.player_id,
             holder: claims.holder,
             // Without an offset, everything the history still holds.
             offset: offset.unwrap_or(0),
-        })
+        };
+        let joiner = Joiner {
+            name: claims.name,
+            identity: claims.identity,
+            role: claims.role,
+        };
+        Some((joiner, resume))
     }
 
     /// Who joins: from the ticket when the server requires one (a refused ticket closes the

@@ -530,12 +530,30 @@ async fn routed(node: SocketAddr, lobby: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_nodes_lobbies_are_routed_to_a_survivor_within_the_lease() {
+async fn a_killed_nodes_lobbies_come_back_on_a_survivor_within_the_lease_with_the_same_ids() {
     let redis = RedisServer::start();
     let mut fleet = ProcessFleet::start(&redis, "2s", 3).await;
     let owner = fleet.addr_of(&routed(fleet.nodes[0].1, "doomed").await);
-    let (mut player, _, _) = Client::join_at(owner, Codec::MessagePack, "doomed", "ann").await;
-    player.next_snapshot().await;
+    let mut ann = Client::connect_to(owner, Codec::MessagePack).await;
+    ann.send(&join_message("doomed", "ann", None)).await;
+    let ann_seat = resume_answer(&mut ann).await.expect("welcome");
+    let mut bob = Client::connect_to(owner, Codec::Json).await;
+    bob.send(&join_message("doomed", "bob", None)).await;
+    let bob_seat = resume_answer(&mut bob).await.expect("welcome");
+    event(&mut bob, b"one").await;
+    event(&mut bob, b"two").await;
+    let seen = events_until(&mut ann, b"two").await;
+    let last_offset = seen.last().unwrap().1;
+    let last_tick = ann.next_snapshot().await.tick;
+    // The owner's renewals keep where the lobby is (about once a second).
+    wait_until(WAIT_TIMEOUT, "the lobby's progress in redis", async || {
+        let progress: Option<String> = redis::cmd("GET")
+            .arg("tickrelay:progress:doomed")
+            .query(&mut redis.connection().unwrap())
+            .unwrap();
+        progress.is_some_and(|p| p.split(' ').nth(2) == Some(&last_offset.to_string()))
+    })
+    .await;
 
     let index = fleet.index_of(owner);
     let (mut dead, _) = fleet.nodes.remove(index);
@@ -562,9 +580,59 @@ async fn a_killed_nodes_lobbies_are_routed_to_a_survivor_within_the_lease() {
     // The bound: the lease (2 s) from the last renewal, plus this slow box's polling.
     assert!(took < Duration::from_secs(4), "moved after {took:?}");
     let new_owner = fleet.addr_of(&moved_to);
-    let (mut back, _, _) = Client::join_at(new_owner, Codec::MessagePack, "doomed", "ann").await;
-    back.next_snapshot().await;
-    drop(player);
+
+    // Ann resumes there with her token, having seen nothing since her welcome: the same
+    // player id, and everything the dead node's history held counted as lost.
+    let mut ann = Client::connect_to(new_owner, Codec::MessagePack).await;
+    ann.send(&join_message(
+        "doomed",
+        "ann",
+        Some((&ann_seat, ann_seat.offset)),
+    ))
+    .await;
+    let back = resume_answer(&mut ann).await.expect("ann's seat rebuilt");
+    assert_eq!(back.id, ann_seat.id);
+    assert!(back.resumed);
+    assert_eq!(back.lost, last_offset - ann_seat.offset);
+    let snapshot = ann.next_snapshot().await;
+    assert!(
+        snapshot.tick > last_tick,
+        "the tick count goes on: {snapshot:?}"
+    );
+    // Bob, who saw everything, loses nothing; Ann sees him join the rebuilt lobby.
+    let mut bob = Client::connect_to(new_owner, Codec::Json).await;
+    bob.send(&join_message(
+        "doomed",
+        "bob",
+        Some((&bob_seat, last_offset)),
+    ))
+    .await;
+    let back = resume_answer(&mut bob).await.expect("bob's seat rebuilt");
+    assert_eq!((back.id, back.resumed, back.lost), (bob_seat.id, true, 0));
+    match crate::resume::next_member_change(&mut ann).await {
+        ServerMessage::MemberJoined { id, name, .. } => {
+            assert_eq!((id, name.as_str()), (bob_seat.id, "bob"));
+        }
+        other => panic!("expected bob's member_joined, got {other:?}"),
+    }
+    // A newcomer gets an id no seat of the dead node's lobby had.
+    let (mut carl, carl_seat) = {
+        let mut carl = Client::connect_to(new_owner, Codec::MessagePack).await;
+        carl.send(&join_message("doomed", "carl", None)).await;
+        let seat = resume_answer(&mut carl).await.expect("welcome");
+        (carl, seat)
+    };
+    assert!(carl_seat.id > bob_seat.id.max(ann_seat.id));
+    carl.next_snapshot().await;
+    // A used token is refused: the rebuilt lobby seats each player once.
+    let mut again = Client::connect_to(new_owner, Codec::MessagePack).await;
+    again
+        .send(&join_message("doomed", "ann", Some((&ann_seat, 0))))
+        .await;
+    assert_eq!(
+        resume_answer(&mut again).await.err(),
+        Some(ErrorCode::SeatExpired)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -781,7 +849,8 @@ async fn sigterm_moves_a_nodes_lobbies_before_it_exits() {
     ann.next_snapshot().await;
 
     fleet.signal(index, "-TERM");
-    let (url, token, _) = match tokio::spawn(async move { (redirected(&mut ann).await, ann) }).await {
+    let (url, token, _) = match tokio::spawn(async move { (redirected(&mut ann).await, ann) }).await
+    {
         Ok((moved, _)) => moved,
         Err(panic) => panic!("{panic}\n{}", fleet.nodes[index].0.log.text()),
     };
@@ -794,7 +863,10 @@ async fn sigterm_moves_a_nodes_lobbies_before_it_exits() {
     back.send(&join_message("deploy", "ann", Some((&moved, seat.offset))))
         .await;
     let resumed = resume_answer(&mut back).await.expect("the seat taken back");
-    assert_eq!((resumed.id, resumed.resumed, resumed.lost), (seat.id, true, 0));
+    assert_eq!(
+        (resumed.id, resumed.resumed, resumed.lost),
+        (seat.id, true, 0)
+    );
     back.next_snapshot().await;
     let (node, _) = &mut fleet.nodes[index];
     node.wait_log("drain done").await;
