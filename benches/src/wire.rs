@@ -1,5 +1,5 @@
-//! Plain blocking sockets for the bench binaries' side channels: an HTTP GET (`/metrics`,
-//! `/route`, `/cluster`) and a hand-made WebSocket client (upgrade, masked frames), so a
+//! Plain blocking sockets for the bench binaries' side channels: HTTP GET (`/metrics`,
+//! `/route`, `/cluster`) and POST (`/drain`) and a hand-made WebSocket client (upgrade, masked frames), so a
 //! bench measures the server and not a client library.
 
 use std::io::{Read as _, Write as _};
@@ -10,11 +10,26 @@ use anyhow::{Context as _, bail};
 
 /// `GET path` with `Connection: close`: the status and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    http_request(addr, "GET", path, Duration::from_secs(5))
+}
+
+/// `POST path` without a body, waiting up to `timeout` for the answer (`/drain` answers
+/// once done): the status and the body.
+pub fn http_post(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    http_request(addr, "POST", path, timeout)
+}
+
+fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
     let mut socket = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    socket.set_read_timeout(Some(timeout))?;
     write!(
         socket,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     socket.read_to_string(&mut response)?;

@@ -1,12 +1,17 @@
 //! Fleet figures: Redis commands per second per node, idle and with `--lobbies` lobbies
-//! running, and join latency through `/route` (route, WebSocket upgrade, `join`, `welcome`).
+//! running, join latency through `/route` (route, WebSocket upgrade, `join`, `welcome`), and
+//! a drain: how long each lobby is frozen, what its players miss, what is lost.
 //!
 //!     cargo run --release -p tickrelay-benches --bin fleet -- --nodes 3 --lobbies 1000
 //!
 //! It starts a `redis-server` of its own on a free loopback port and `--nodes` release server
 //! processes sharing it, counts what Redis executes over `--window` with no lobby, then with
 //! the lobbies held by one load generator per node (one player each, states at 10 Hz), then
-//! times `--joins` sequential joins through `/route` of new lobbies spread over the nodes.
+//! times `--joins` sequential joins through `/route` of new lobbies spread over the nodes,
+//! then drains the first node (`POST /drain`) while a load generator plays
+//! `--drain-lobbies` lobbies of 8 players on it (states at 30 Hz, 2 events/s each) and reads
+//! the drain's report, the load generator's (redirects, snapshots missed, resume time, lost)
+//! and the events the node dropped while lobbies were frozen.
 //! Prints a table and appends it to benches/RESULTS.md unless `--no-record`.
 
 use std::io::Write as _;
@@ -36,6 +41,9 @@ struct Args {
     /// Joins through `/route` to time.
     #[arg(long, default_value_t = 500)]
     joins: usize,
+    /// Lobbies of 8 players on the drained node (0: no drain).
+    #[arg(long, default_value_t = 50)]
+    drain_lobbies: usize,
     #[command(flatten)]
     run: RunOptions,
 }
@@ -54,6 +62,10 @@ fn main() -> anyhow::Result<()> {
             Command::new(bin_dir.join("tickrelay-server"))
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(["--redis", &redis.url(), "--node-id", &format!("n{i}")])
+                .args([
+                    "--resume-secret",
+                    "the fleet bench's secret, shared by every node",
+                ])
                 .args([
                     "--max-connections-per-ip",
                     "0",
@@ -123,6 +135,15 @@ fn main() -> anyhow::Result<()> {
     eprintln!("fleet: {} joins through /route", args.joins);
     let (route, join) = joins_through_route(&addrs, args.joins)?;
     drop(loadgens);
+    let drain = if args.drain_lobbies > 0 && args.nodes > 1 {
+        eprintln!(
+            "fleet: drain of n0 with {} lobbies of 8",
+            args.drain_lobbies
+        );
+        drain_figures(&bin_dir, &addrs, args.drain_lobbies)?
+    } else {
+        String::new()
+    };
 
     let nodes_f = args.nodes as f64;
     let table = format!(
@@ -132,7 +153,7 @@ fn main() -> anyhow::Result<()> {
          | Redis commands executed/s per node (the scripts' own included) | {:.1} | {:.1} |\n\n\
          | join through `/route` ({} joins of new lobbies, sequential) | p50 | p99 | max |\n|---|---|---|---|\n\
          | `GET /route` (placement included) | {} | {} | {} |\n\
-         | route + upgrade + `join` → `welcome` | {} | {} | {} |\n",
+         | route + upgrade + `join` → `welcome` | {} | {} | {} |\n{drain}",
         args.nodes,
         args.lobbies,
         args.window,
@@ -270,4 +291,114 @@ fn ms(duration: Duration) -> String {
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_default()
+}
+
+/// Drains the node at `nodes[0]` while one load generator plays `lobbies` lobbies of 8 on
+/// it; the figures as a table.
+fn drain_figures(
+    bin_dir: &std::path::Path,
+    nodes: &[SocketAddr],
+    lobbies: usize,
+) -> anyhow::Result<String> {
+    const SIZE: usize = 8;
+    let clients = lobbies * SIZE;
+    let drained = nodes[0];
+    let report_path =
+        std::env::temp_dir().join(format!("tickrelay-drain-{}.json", std::process::id()));
+    let mut loadgen = Guard(
+        Command::new(bin_dir.join("tickrelay-loadgen"))
+            .args(["--url", &format!("ws://{drained}/ws"), "--quiet"])
+            .args([
+                "--clients",
+                &clients.to_string(),
+                "--lobby-size",
+                &SIZE.to_string(),
+            ])
+            .args(["--lobby-prefix", "drain", "--event-rate", "2"])
+            .args(["--duration", "20s", "--warmup", "0s"])
+            .arg("--json")
+            .arg(&report_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting tickrelay-loadgen")?,
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "every drain player to join",
+        || {
+            wire::http_get(drained, "/lobbies?limit=1000").is_ok_and(|(status, body)| {
+                let page = json(&body);
+                status == 200
+                    && page["lobbies"].as_array().is_some_and(|lobbies| {
+                        lobbies
+                            .iter()
+                            .filter_map(|lobby| lobby["member_count"].as_u64())
+                            .sum::<u64>()
+                            == clients as u64
+                    })
+            })
+        },
+    )?;
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, body) = wire::http_post(drained, "/drain", Duration::from_secs(60))?;
+    ensure!(status == 200, "/drain answered {status}: {body}");
+    let report = json(&body);
+    let mut frozen: Vec<Duration> = report["moved"]
+        .as_array()
+        .context("no moved lobbies")?
+        .iter()
+        .filter_map(|lobby| lobby["frozen_ms"].as_f64())
+        .map(|ms| Duration::from_secs_f64(ms / 1e3))
+        .collect();
+    frozen.sort();
+    ensure!(!frozen.is_empty(), "the drain moved nothing: {body}");
+    let stayed = report["stayed"].as_array().map_or(0, Vec::len);
+    let dropped = metric(drained, "tickrelay_fleet_events_dropped_moving_total")?;
+    let status = loadgen.0.wait()?;
+    ensure!(
+        status.success(),
+        "the drain's load generator failed ({status})"
+    );
+    let run = json(&std::fs::read_to_string(&report_path)?);
+    let _ = std::fs::remove_file(&report_path);
+    let counters = &run["counters"];
+    let number = |field: &str| counters[field].as_u64().unwrap_or(0);
+    let resume = &run["latency"]["resume"];
+    let micros = |field: &str| Duration::from_micros(resume[field].as_u64().unwrap_or(0));
+    Ok(format!(
+        "\n| drain of one node ({lobbies} lobbies × {SIZE} players, 30 Hz, 2 events/s each) | figure |\n|---|---|\n\
+         | lobbies moved / left behind | {} / {stayed} |\n\
+         | whole drain | {:.0} ms |\n\
+         | lobby frozen (handoff, Redis move, redirects), p50 / p99 / max | {} / {} / {} |\n\
+         | players redirected / resumed / refused | {} / {} / {} |\n\
+         | redirect → resumed `welcome` on the new node, p50 / p99 / max | {} / {} / {} |\n\
+         | snapshots missed per player across the move | {:.1} |\n\
+         | reliable messages lost (resumed seats' `lost` + events dropped while frozen) | {} + {dropped} |\n",
+        frozen.len(),
+        report["seconds"].as_f64().unwrap_or(0.0) * 1e3,
+        ms(percentile(&frozen, 0.50)),
+        ms(percentile(&frozen, 0.99)),
+        ms(percentile(&frozen, 1.0)),
+        number("redirects"),
+        number("resumes"),
+        number("resumes_refused"),
+        ms(micros("p50")),
+        ms(micros("p99")),
+        ms(micros("max")),
+        number("redirect_ticks_missed") as f64 / number("redirects").max(1) as f64,
+        number("resume_lost"),
+    ))
+}
+
+/// One series of a node's `/metrics` (0 when absent).
+fn metric(node: SocketAddr, name: &str) -> anyhow::Result<u64> {
+    let (status, body) = wire::http_get(node, "/metrics")?;
+    ensure!(status == 200, "/metrics answered {status}");
+    Ok(body
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .find(|(series, _)| *series == name)
+        .and_then(|(_, value)| value.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64)
 }

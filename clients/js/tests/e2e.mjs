@@ -352,6 +352,11 @@ async function drainTest(base) {
   // Two players in a lobby on "a"; "a" is drained (POST /drain): both follow the redirect to
   // "b" and keep their ids, their view of each other, and the lobby's events.
   const { nodes, url, stop } = await startFleet();
+  // The monitor of a fleet node shows the fleet: both nodes, then a after its drain.
+  const monitor = await (await newContext()).newPage();
+  await monitor.goto(`http://127.0.0.1:${nodes.a.port}/monitor`);
+  const fleetRows = () => document.querySelectorAll("#fleet tbody tr").length;
+  await waitFor(monitor, "the monitor's fleet table with both nodes", (n) => document.querySelectorAll("#fleet tbody tr").length === n, 2);
   const page = await blankPage(`http://127.0.0.1:${nodes.b.port}`);
   await page.exposeFunction("drainNodeA", async () => {
     const response = await fetch(`http://127.0.0.1:${nodes.a.port}/drain`, { method: "POST" });
@@ -399,6 +404,9 @@ async function drainTest(base) {
     return result;
   }, { a: url("a") });
   await page.close();
+  await waitFor(monitor, "the drained node noted on its monitor", () => document.querySelector("#fleet-note").textContent.includes("draining"));
+  assertEqual(await monitor.evaluate(fleetRows), 1, "the drained node is out of placement");
+  await monitor.close();
   await stop();
   assertEqual(results.report.moved.length, 1, "the drain moved the lobby");
   assertEqual(results.urls, [url("b"), url("b")], "both followed the redirect to b");

@@ -9,6 +9,17 @@ use crate::support::{describe, loadgen_report, spawn_server_with};
 
 const CLIENTS: usize = 16;
 
+/// No error in the whole run, and every client joined at the end.
+fn assert_clean(output: &std::process::Output, report: &serde_json::Value) {
+    assert_eq!(
+        report["errors_whole_run"],
+        serde_json::json!({}),
+        "{}",
+        describe(output)
+    );
+    assert_eq!(report["clients_joined_at_end"], CLIENTS);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_sent_to_the_wrong_node_follow_wrong_node_to_the_owner() {
     let redis = RedisServer::start();
@@ -64,13 +75,7 @@ async fn clients_sent_to_the_wrong_node_follow_wrong_node_to_the_owner() {
         "{}",
         describe(&output)
     );
-    assert_eq!(
-        report["errors_whole_run"],
-        serde_json::json!({}),
-        "{}",
-        describe(&output)
-    );
-    assert_eq!(report["clients_joined_at_end"], CLIENTS);
+    assert_clean(&output, &report);
     assert!(counters["snapshots_received"].as_u64().unwrap() > 0);
     assert_eq!(
         other
@@ -154,13 +159,7 @@ async fn clients_of_a_drained_node_follow_the_redirect_and_keep_their_seats() {
     assert_eq!(counters["resumes_refused"], 0, "{}", describe(&output));
     // Close 4008 after a redirect is expected, not an error.
     assert_eq!(counters["close_codes"]["4008"], CLIENTS);
-    assert_eq!(
-        report["errors_whole_run"],
-        serde_json::json!({}),
-        "{}",
-        describe(&output)
-    );
-    assert_eq!(report["clients_joined_at_end"], CLIENTS);
+    assert_clean(&output, &report);
     assert_eq!(drained.metric("tickrelay_lobbies").await, Some(0.0));
     // Both lobbies ran on there from their handoffs (they retired when the run left).
     assert_eq!(

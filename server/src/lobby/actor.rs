@@ -678,15 +678,7 @@ impl Actor {
                     .join(joiner, connection)
                     .map_err(|refused| self.refusal(refused))?;
                 // Before the welcome, whose offset then covers it.
-                let id = seat.id;
-                self.broadcast(Some(seat.key), Some(id), 0, |offset| {
-                    ServerMessage::MemberJoined {
-                        id,
-                        name,
-                        role,
-                        offset: Some(offset),
-                    }
-                });
+                self.joined(seat, name, role);
                 seat
             }
         };
@@ -748,15 +740,8 @@ impl Actor {
         let (seat, old, previous) = self.take_over(seat, connection);
         if reseated && let Some(member) = self.state.member(seat) {
             // Back in the rebuilt lobby: the members already there see it join.
-            let (id, name, role) = (seat.id, member.name.clone(), member.role);
-            self.broadcast(Some(seat.key), Some(id), 0, |offset| {
-                ServerMessage::MemberJoined {
-                    id,
-                    name,
-                    role,
-                    offset: Some(offset),
-                }
-            });
+            let (name, role) = (member.name.clone(), member.role);
+            self.joined(seat, name, role);
         }
         // What it missed, before `member_back` takes an offset (and maybe a history slot).
         let replay = self.history.since(resume.offset, seat.id);
@@ -841,6 +826,19 @@ impl Actor {
             seat,
             role: self.state.member(seat).map_or(Role::Player, |m| m.role),
         }
+    }
+
+    /// Tells the others that `seat` joined.
+    fn joined(&mut self, seat: Seat, name: String, role: Role) {
+        let id = seat.id;
+        self.broadcast(Some(seat.key), Some(id), 0, |offset| {
+            ServerMessage::MemberJoined {
+                id,
+                name,
+                role,
+                offset: Some(offset),
+            }
+        });
     }
 
     /// Tells the others that an away seat is taken again.
