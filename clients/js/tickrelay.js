@@ -43,7 +43,9 @@
  * those it could not), then a keyframe. If the seat is gone (`seat_expired`: the server's
  * grace ran out, or it restarted) the client joins afresh on the same connection, as a new
  * player (and with a fresh ticket, when `ticket` is a function). Events the app sent that
- * were already written to the dropped socket are not resent. With tickets the seat belongs to
+ * were written to the dropped socket but never came back (every event is echoed to its
+ * sender) are sent again after a resume, once the replay shows which the lobby did get; after
+ * a fresh join they cannot be told apart and are counted in `stats.eventsUnconfirmed`. With tickets the seat belongs to
  * the ticket's identity: a newer connection of the same identity takes it over, and the older
  * client closes for good (close code 4006, `replaced`).
  *
@@ -218,6 +220,8 @@ export class TickrelayClient {
     eventsDropped: 0,
     wrongNodeFollowed: 0,
     redirects: 0,
+    eventsResent: 0,
+    eventsUnconfirmed: 0,
   };
 
   /** @type {Required<Omit<ConnectOptions, "ticket" | "token" | "role" | "codec" | "reconnect" | "maxStateHz" | "WebSocket">> & ConnectOptions} */
@@ -261,6 +265,11 @@ export class TickrelayClient {
   #retryAfterMs = 0;
   /** Events sent while not joined, in order. @type {Uint8Array[]} */
   #queuedEvents = [];
+  /** Events written to a socket whose echo has not come back yet, oldest first. */
+  #unechoed = [];
+  /** A resumed welcome came with events unechoed: until its replay ends (the first
+   * snapshot), events wait, then the unechoed ones go again. */
+  #replaying = false;
   /** The `resume` token of the last `welcome`, sent on reconnection. @type {string | null} */
   #resumeToken = null;
   /** The offset of the last reliable message received (welcome, events, member changes). */
@@ -373,7 +382,7 @@ export class TickrelayClient {
    */
   sendEvent(event) {
     const data = toPayload(event);
-    if (this.readyState === "open" && this.#send({ t: "event", data })) {
+    if (this.readyState === "open" && !this.#replaying && this.#sendEvent(data)) {
       return true;
     }
     if (this.readyState !== "closed" && this.#queuedEvents.length < this.#options.maxQueuedEvents) {
@@ -398,6 +407,7 @@ export class TickrelayClient {
     this.#clearTimers();
     this.#pendingState = null;
     this.#queuedEvents = [];
+    this.#unechoed = [];
     const ws = this.#ws;
     this.#ws = null;
     this.readyState = "closed";
@@ -658,6 +668,7 @@ export class TickrelayClient {
         this.#sawOffset(message.offset);
         message.from = Number(message.from);
         message.data = toBytes(message.data);
+        if (message.from === this.playerId) this.#echoed(message.data);
         this.stats.eventsReceived += 1;
         this.#emit("event", { from: message.from, data: message.data });
         break;
@@ -736,11 +747,16 @@ export class TickrelayClient {
     this.stats.welcomes += 1;
     const rejoined = this.#everJoined;
     this.#everJoined = true;
-    // What the app sent while disconnected goes out first, events in order, then the state.
-    const queued = this.#queuedEvents;
-    this.#queuedEvents = [];
-    for (const data of queued) {
-      if (!this.#send({ t: "event", data })) this.#queuedEvents.push(data);
+    const lost = Number(message.lost ?? 0);
+    if (resumed && lost === 0 && this.#unechoed.length > 0) {
+      // The replay that follows echoes what the lobby got of them; the rest go again at the
+      // first snapshot, which comes after the whole replay, and the app's events after them.
+      this.#replaying = true;
+    } else {
+      this.stats.eventsUnconfirmed += this.#unechoed.length;
+      this.#unechoed = [];
+      // What the app sent while disconnected goes out first, in order.
+      this.#flushEvents([]);
     }
     this.#lastStateSentAt = -Infinity;
     this.#flushState();
@@ -752,12 +768,54 @@ export class TickrelayClient {
       members: [...this.members.values()],
       rejoined,
       resumed,
-      lost: Number(message.lost ?? 0),
+      lost,
     });
+  }
+
+  /**
+   * Sends `again` (events the lobby never echoed), then the events queued while not joined.
+   * @param {Uint8Array[]} again
+   */
+  #flushEvents(again) {
+    this.stats.eventsResent += again.length;
+    const queued = again.concat(this.#queuedEvents);
+    this.#queuedEvents = [];
+    for (const data of queued) {
+      if (!this.#sendEvent(data)) this.#queuedEvents.push(data);
+    }
+  }
+
+  /**
+   * Our own event came back: it is no longer unechoed. Matched by its bytes (the first
+   * equal one: echoes come in the order sent), so an event the server refused instead
+   * (`event_too_large`, `overloaded`) cannot make a later one look unechoed.
+   * @param {Uint8Array} data
+   */
+  #echoed(data) {
+    const at = this.#unechoed.findIndex((sent) => sameBytes(sent, data));
+    if (at >= 0) this.#unechoed.splice(at, 1);
+  }
+
+  /**
+   * Writes an event to the socket, remembering it until its echo comes back.
+   * @param {Uint8Array} data
+   */
+  #sendEvent(data) {
+    if (!this.#send({ t: "event", data })) return false;
+    this.#unechoed.push(data);
+    // Bounded: refused events are never echoed.
+    if (this.#unechoed.length > this.#options.maxQueuedEvents) this.#unechoed.shift();
+    return true;
   }
 
   /** @param {any} message */
   #onSnapshot(message) {
+    if (this.#replaying) {
+      this.#replaying = false;
+      const again = this.#unechoed;
+      this.#unechoed = [];
+      this.#flushEvents(again);
+    }
     const tick = Number(message.tick);
     const missed = this.tick === null ? 0 : Math.max(0, tick - this.tick - 1);
     this.tick = tick;
@@ -956,6 +1014,16 @@ export function base64ToBytes(base64) {
   const bytes = new Uint8Array(binary.length);
   for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
   return bytes;
+}
+
+/**
+ * @param {Uint8Array} a
+ * @param {Uint8Array} b
+ */
+function sameBytes(a, b) {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /**

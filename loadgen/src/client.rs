@@ -6,6 +6,7 @@
 //! thread, so recording a sample is a plain histogram increment.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -135,6 +136,8 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
     let mut followed = 0;
     // After a `redirect`: the last tick received before it, to count what the move missed.
     let mut moved_from: Option<u64> = None;
+    // Own events written to a connection and not echoed back yet, across connections.
+    let unechoed: Rc<RefCell<VecDeque<Payload>>> = Rc::default();
     loop {
         if (attempt > 0 || outage_since.is_some()) && followed == 0 {
             // The server's hint is the floor; the jittered backoff on top spreads a crowd told
@@ -202,14 +205,25 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
                 shared.record(Metric::Resume, micros);
             }
         }
+        // After a lossless resume, the replay says which of the unechoed events the lobby
+        // got; otherwise nobody can tell, and they are counted as unconfirmed.
+        let replaying = joined.resumed && joined.lost == 0 && !unechoed.borrow().is_empty();
+        if !replaying {
+            let unconfirmed = std::mem::take(&mut *unechoed.borrow_mut()).len() as u64;
+            shared.count(|c| c.events_unconfirmed += unconfirmed);
+        }
         shared.clients_joined.set(shared.clients_joined.get() + 1);
         let ended = session(
             &shared,
             reader,
             writer,
-            joined.player_id,
-            joined.offset,
-            moved_from.take(),
+            Resumed {
+                player_id: joined.player_id,
+                offset: joined.offset,
+                moved_from: moved_from.take(),
+                unechoed: unechoed.clone(),
+                replaying,
+            },
             &stop,
         )
         .await;
@@ -272,6 +286,8 @@ struct Joined {
     offset: u64,
     /// The seat was taken back.
     resumed: bool,
+    /// With `resumed`: reliable messages the server could not replay.
+    lost: u64,
 }
 
 /// Connects to `target` and joins (resuming `seat` if given, joining afresh if the server
@@ -423,6 +439,7 @@ async fn join_on(
                 resume,
                 offset,
                 resumed,
+                lost,
             })
         }
         Ok(Some(Err((ErrorCode::SeatExpired, _, _)))) => Err(JoinFailed::SeatExpired),
@@ -485,6 +502,23 @@ struct SessionState {
     /// The last tick before a `redirect` brought this session here, until the first
     /// snapshot says how many the move missed.
     moved_from: Cell<Option<u64>>,
+    /// Own events written and not echoed yet (the client's, across its connections).
+    unechoed: Rc<RefCell<VecDeque<Payload>>>,
+    /// A resume's replay is under way (it ends at the first snapshot): no new event yet,
+    /// then the unechoed ones go again.
+    replaying: Cell<bool>,
+    /// The replay ended: the writer sends the unechoed events again.
+    resend_due: Cell<bool>,
+}
+
+/// Where a session starts.
+struct Resumed {
+    player_id: PlayerId,
+    offset: u64,
+    /// The last tick before a `redirect` brought it here.
+    moved_from: Option<u64>,
+    unechoed: Rc<RefCell<VecDeque<Payload>>>,
+    replaying: bool,
 }
 
 /// A `redirect`: the lobby moved to the node at `url`.
@@ -502,17 +536,21 @@ struct Ended {
     redirect: Option<Redirect>,
 }
 
-/// Plays one connection's life (`moved_from`: the last tick before a `redirect` brought it
-/// here); returns how it ended.
+/// Plays one connection's life; returns how it ended.
 async fn session(
     shared: &Rc<Shared>,
     reader: Reader,
     writer: Writer,
-    player_id: PlayerId,
-    offset: u64,
-    moved_from: Option<u64>,
+    from: Resumed,
     stop: &CancellationToken,
 ) -> Ended {
+    let Resumed {
+        player_id,
+        offset,
+        moved_from,
+        unechoed,
+        replaying,
+    } = from;
     let state = Rc::new(SessionState {
         player_id,
         intended: RefCell::new([(0, 0); SEQ_WINDOW]),
@@ -525,6 +563,9 @@ async fn session(
         clock: RefCell::default(),
         redirect: RefCell::default(),
         moved_from: Cell::new(moved_from),
+        unechoed,
+        replaying: Cell::new(replaying),
+        resend_due: Cell::new(false),
     });
     let end = Box::pin(play(shared, &state, reader, writer, stop)).await;
     Ended {
@@ -599,6 +640,15 @@ async fn play(
                 {
                     return lost(shared, read_task, "write_failed");
                 }
+                if state.resend_due.take() {
+                    let again = std::mem::take(&mut *state.unechoed.borrow_mut());
+                    shared.count(|c| c.events_resent += again.len() as u64);
+                    for data in again {
+                        if send_event(&mut writer, state, data, &mut buffer, shared).await.is_err() {
+                            return lost(shared, read_task, "write_failed");
+                        }
+                    }
+                }
                 continue;
             }
         }
@@ -635,13 +685,11 @@ async fn play(
         }
         if let (Some(at), Some(period)) = (next_event, event_period)
             && at <= now
+            && !state.replaying.get()
         {
             let mut data = vec![0u8; plan.event_size];
             data[..8].copy_from_slice(&unix_micros().to_be_bytes());
-            let message = ClientMessage::Event {
-                data: Payload::from(data),
-            };
-            if send(&mut writer, plan.codec, &message, &mut buffer, shared)
+            if send_event(&mut writer, state, Payload::from(data), &mut buffer, shared)
                 .await
                 .is_err()
             {
@@ -666,6 +714,31 @@ async fn play(
         }
     }
 }
+
+/// Sends an own event, remembering it until its echo comes back (at most
+/// `MAX_UNECHOED`: events the server refused are never echoed).
+async fn send_event(
+    writer: &mut Writer,
+    state: &SessionState,
+    data: Payload,
+    buffer: &mut Vec<u8>,
+    shared: &Shared,
+) -> Result<(), WebSocketError> {
+    let message = ClientMessage::Event { data };
+    send(writer, shared.plan.codec, &message, buffer, shared).await?;
+    let ClientMessage::Event { data } = message else {
+        unreachable!("built as an event above")
+    };
+    let mut unechoed = state.unechoed.borrow_mut();
+    unechoed.push_back(data);
+    if unechoed.len() > MAX_UNECHOED {
+        unechoed.pop_front();
+    }
+    Ok(())
+}
+
+/// Own events remembered until echoed.
+const MAX_UNECHOED: usize = 256;
 
 fn lost(shared: &Shared, read_task: tokio::task::JoinHandle<()>, kind: &str) -> SessionEnd {
     read_task.abort();
@@ -754,6 +827,12 @@ fn on_snapshot(
     recorder
         .histograms
         .record(Metric::Broadcast, received_us.saturating_sub(sent_local_us));
+    if state.replaying.take() {
+        // Every replayed message came before this snapshot: what is still unechoed never
+        // reached the lobby.
+        state.resend_due.set(true);
+        state.wake_writer.notify_one();
+    }
     let counters = &mut recorder.counters;
     counters.snapshots_received += 1;
     if let Some(before) = state.moved_from.take() {
@@ -795,8 +874,16 @@ fn on_message(shared: &Shared, state: &SessionState, message: ServerMessage, rec
                 received_us,
             );
         }
-        ServerMessage::Event { data, offset, .. } => {
+        ServerMessage::Event { from, data, offset } => {
             saw_offset(state, offset);
+            if from == state.player_id {
+                let mut unechoed = state.unechoed.borrow_mut();
+                // Echoes come in the order sent; matched by bytes, so a refused event cannot
+                // make a later one look unechoed.
+                if let Some(at) = unechoed.iter().position(|sent| sent.0 == data.0) {
+                    unechoed.remove(at);
+                }
+            }
             let mut recorder = shared.recorder.borrow_mut();
             recorder.counters.events_received += 1;
             if let Some(sent) = data.0.get(..8) {

@@ -324,6 +324,15 @@ impl Report {
                 ),
             ));
         }
+        if c.events_resent + c.events_unconfirmed > 0 {
+            rows.push((
+                "events resent",
+                format!(
+                    "{} (never echoed before a resume), {} unconfirmed (connection ended without a lossless resume)",
+                    c.events_resent, c.events_unconfirmed
+                ),
+            ));
+        }
         if let Some(rate) = &self.join_rate {
             rows.push((
                 "joins (ramp-up)",

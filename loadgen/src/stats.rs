@@ -154,6 +154,12 @@ pub(crate) struct Counters {
     /// Snapshots missed across those moves: ticks between the last snapshot before a
     /// `redirect` and the first after it (the moved lobby's tick count goes on).
     pub(crate) redirect_ticks_missed: u64,
+    /// Own events sent again after a resume because the replay did not echo them (they never
+    /// reached the lobby: written to a node while its lobby was frozen for a move, say).
+    pub(crate) events_resent: u64,
+    /// Own events written but never echoed when a connection ended in a fresh join or a
+    /// lossy resume: whether the lobby got them cannot be known.
+    pub(crate) events_unconfirmed: u64,
     /// Clients' first joins (not reconnections), and the span they took: from the first
     /// connect attempt to the last first `welcome` (Unix µs; 0 when none), for the join rate.
     pub(crate) first_joins: u64,
@@ -230,6 +236,8 @@ impl Counters {
             (&mut self.wrong_node_followed, other.wrong_node_followed),
             (&mut self.redirects, other.redirects),
             (&mut self.redirect_ticks_missed, other.redirect_ticks_missed),
+            (&mut self.events_resent, other.events_resent),
+            (&mut self.events_unconfirmed, other.events_unconfirmed),
             (&mut self.first_joins, other.first_joins),
         ];
         for (mine, theirs) in pairs {

@@ -374,7 +374,9 @@ fn drain_figures(
          | players redirected / resumed / refused | {} / {} / {} |\n\
          | redirect → resumed `welcome` on the new node, p50 / p99 / max | {} / {} / {} |\n\
          | snapshots missed per player across the move | {:.1} |\n\
-         | reliable messages lost (resumed seats' `lost` + events dropped while frozen) | {} + {dropped} |\n",
+         | events that reached the node while their lobby was frozen (dropped there) | {dropped} |\n\
+         | events the players sent again (never echoed before the resume) | {} |\n\
+         | reliable messages lost (resumed seats' `lost` + events never confirmed) | {} + {} |\n",
         frozen.len(),
         report["seconds"].as_f64().unwrap_or(0.0) * 1e3,
         ms(percentile(&frozen, 0.50)),
@@ -387,7 +389,9 @@ fn drain_figures(
         ms(micros("p99")),
         ms(micros("max")),
         number("redirect_ticks_missed") as f64 / number("redirects").max(1) as f64,
+        number("events_resent"),
         number("resume_lost"),
+        number("events_unconfirmed"),
     ))
 }
 

@@ -99,6 +99,7 @@ async function main() {
   await test("library: a dropped socket resumes its seat and gets the events sent meanwhile", () => resumeTest(base, port));
   await test("library: in a fleet, wrong_node is followed and a dead node left behind", () => fleetTest(base));
   await test("library: a drained node's lobby moves and its players follow the redirect", () => drainTest(base));
+  await test("library: events the lobby never echoed are sent again after a redirect", () => resendTest(base));
   const demo = await test("demo: a key press in one tab moves the dot in the other", () => demoMoveTest(base));
   await test("demo: both tabs reconnect after a server restart and see each other", () => restartTest(demo));
   await test("screenshots: demo and monitor are rendered", () => screenshotTest(base, demo));
@@ -419,6 +420,61 @@ async function drainTest(base) {
   assertEqual(results.left, [], "nobody left");
   assertEqual(results.events, [{ n: 1 }, { n: 2 }], "the events before and after the move");
   return `moved in ${results.report.moved[0].frozen_ms.toFixed(1)} ms`;
+}
+
+async function resendTest(base) {
+  // Which own events to send again after a redirect depends on a race no real server can be
+  // made to lose on cue (an event written to the old node while its lobby was frozen), so
+  // this test plays the server's side itself, through the client's `WebSocket` option: the
+  // client must resend exactly the events the replay does not echo, before newer ones.
+  const page = await blankPage(base);
+  const results = await page.evaluate(async () => {
+    const { connect, decodeJSON } = await import("/tickrelay.js");
+    const until = window.e2eUntil;
+    const sockets = [];
+    class ScriptedSocket {
+      constructor(url, protocols) {
+        this.url = url;
+        this.protocol = protocols[0];
+        this.readyState = 0;
+        this.sent = [];
+        sockets.push(this);
+        setTimeout(() => { this.readyState = 1; this.onopen?.(); }, 0);
+      }
+      send(frame) { this.sent.push(JSON.parse(frame)); }
+      close() { this.readyState = 3; }
+      serve(message) { this.onmessage?.({ data: JSON.stringify(message) }); }
+    }
+    const event = (n) => new TextEncoder().encode(JSON.stringify({ n }));
+    const b64 = (n) => btoa(String.fromCharCode(...event(n)));
+    const events = (socket) => socket.sent.filter((m) => m.t === "event").map((m) => decodeJSON(Uint8Array.from(atob(m.data), (c) => c.charCodeAt(0))).n);
+    const client = connect("ws://a.test/ws", { lobby: "scripted", name: "ann", WebSocket: ScriptedSocket });
+    await until("the join on a", () => sockets[0]?.sent.some((m) => m.t === "join"));
+    const welcome = { t: "welcome", player_id: 5, lobby: "scripted", tick_hz: 30, members: [{ id: 5, name: "ann" }], offset: 0, resume: "token-1" };
+    sockets[0].serve(welcome);
+    for (const n of [1, 2, 3]) client.sendEvent(event(n));
+    sockets[0].serve({ t: "event", from: 5, data: b64(1), offset: 1 });
+    // The lobby moves; 2 and 3 were written to a, only 2 reached the lobby before it froze.
+    sockets[0].serve({ t: "redirect", url: "ws://b.test/ws", resume: "token-2" });
+    await until("the resume on b", () => sockets[1]?.sent.some((m) => m.t === "join"));
+    const join = sockets[1].sent.find((m) => m.t === "join");
+    sockets[1].serve({ ...welcome, offset: 1, resume: "token-3", resumed: true, lost: 0 });
+    client.sendEvent(event(4)); // during the replay: waits
+    const duringReplay = events(sockets[1]);
+    sockets[1].serve({ t: "event", from: 5, data: b64(2), offset: 2 });
+    sockets[1].serve({ t: "snapshot", tick: 9, server_time_us: Date.now() * 1000, keyframe: true, players: [], removed: [] });
+    const result = { join, duringReplay, after: events(sockets[1]), url: client.url, stats: { ...client.stats } };
+    client.close();
+    return result;
+  });
+  await page.close();
+  assertEqual(results.join.resume, "token-2", "resumed with the redirect's token");
+  assertEqual(results.join.offset, 1, "from the last offset received");
+  assertEqual(results.url, "ws://b.test/ws", "on the node the redirect named");
+  assertEqual(results.duringReplay, [], "nothing sent before the replay ended");
+  assertEqual(results.after, [3, 4], "the unechoed event again, then the newer one");
+  assertEqual([results.stats.eventsResent, results.stats.redirects], [1, 1], "counted");
+  return "event 3 resent after the replay, before event 4";
 }
 
 /** Whether something listens on a loopback port. */

@@ -5,6 +5,7 @@ mod support;
 
 #[cfg(feature = "self-host")]
 mod fleet;
+mod redirects;
 #[cfg(feature = "self-host")]
 mod runs;
 mod slo_gates;

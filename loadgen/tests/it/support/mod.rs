@@ -1,6 +1,6 @@
 //! Helpers: a real tickrelay server in the test process (`server`, with the `self-host`
 //! feature), a silent stand-in that welcomes clients and never sends a snapshot (`silent`),
-//! and the loadgen binary as a child.
+//! the upgrade such stand-ins accept, and the loadgen binary as a child.
 
 #[cfg(feature = "self-host")]
 mod server;
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 #[cfg(feature = "self-host")]
 pub(crate) use server::{TestServer, spawn_server, spawn_server_with};
-pub(crate) use silent::spawn_silent_server;
+pub(crate) use silent::{echo_msgpack_subprotocol, spawn_silent_server};
 
 /// A debug build on a busy two-core box can be slow; a run that takes longer than this hangs.
 const RUN_DEADLINE: Duration = Duration::from_secs(90);

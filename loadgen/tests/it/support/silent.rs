@@ -50,7 +50,7 @@ pub(crate) async fn spawn_silent_server() -> SilentServer {
 /// Accepts the upgrade only for the MessagePack subprotocol, and echoes it, as tickrelay does.
 // The signature is tungstenite's callback shape; its refusal type is large by design.
 #[allow(clippy::result_large_err)]
-fn echo_msgpack_subprotocol(
+pub(crate) fn echo_msgpack_subprotocol(
     request: &Request,
     mut response: Response,
 ) -> Result<Response, ErrorResponse> {
