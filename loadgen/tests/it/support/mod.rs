@@ -60,7 +60,6 @@ pub(crate) async fn loadgen_with_open_file_limit(args: &[&str], max_open_files: 
 
 /// Runs the loadgen binary quietly with `args` plus `--json FILE`; returns its output and the
 /// JSON report it wrote.
-#[cfg(feature = "self-host")]
 pub(crate) async fn loadgen_report(args: &[&str]) -> (Output, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let json = temp_path(&dir, "report.json");
