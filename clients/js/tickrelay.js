@@ -408,6 +408,7 @@ export class TickrelayClient {
     this.#pendingState = null;
     this.#queuedEvents = [];
     this.#unechoed = [];
+    this.#replaying = false;
     const ws = this.#ws;
     this.#ws = null;
     this.readyState = "closed";
@@ -753,6 +754,8 @@ export class TickrelayClient {
       // first snapshot, which comes after the whole replay, and the app's events after them.
       this.#replaying = true;
     } else {
+      // A replay cut short by another drop ends here too.
+      this.#replaying = false;
       this.stats.eventsUnconfirmed += this.#unechoed.length;
       this.#unechoed = [];
       // What the app sent while disconnected goes out first, in order.
@@ -786,14 +789,13 @@ export class TickrelayClient {
   }
 
   /**
-   * Our own event came back: it is no longer unechoed. Matched by its bytes (the first
-   * equal one: echoes come in the order sent), so an event the server refused instead
-   * (`event_too_large`, `overloaded`) cannot make a later one look unechoed.
+   * Our own event came back. Echoes come in the order sent, so the events before it that
+   * never came back were refused (`event_too_large`, `overloaded`): none is sent again.
    * @param {Uint8Array} data
    */
   #echoed(data) {
     const at = this.#unechoed.findIndex((sent) => sameBytes(sent, data));
-    if (at >= 0) this.#unechoed.splice(at, 1);
+    if (at >= 0) this.#unechoed.splice(0, at + 1);
   }
 
   /**

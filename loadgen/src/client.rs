@@ -878,10 +878,10 @@ fn on_message(shared: &Shared, state: &SessionState, message: ServerMessage, rec
             saw_offset(state, offset);
             if from == state.player_id {
                 let mut unechoed = state.unechoed.borrow_mut();
-                // Echoes come in the order sent; matched by bytes, so a refused event cannot
-                // make a later one look unechoed.
+                // Echoes come in the order sent: the events before this one that never came
+                // back were refused, and are not sent again.
                 if let Some(at) = unechoed.iter().position(|sent| sent.0 == data.0) {
-                    unechoed.remove(at);
+                    unechoed.drain(..=at);
                 }
             }
             let mut recorder = shared.recorder.borrow_mut();

@@ -67,6 +67,11 @@ pub(crate) async fn route(
         "/healthz" => text_response(StatusCode::OK, "ok\n"),
         "/route" => route_lobby(&ctx, request.uri().query()).await,
         "/cluster" => cluster(&ctx, request.uri().query()).await,
+        "/drain" if surface == Surface::All && !peer.ip().is_loopback() => text_response(
+            StatusCode::FORBIDDEN,
+            "POST /drain is served on the admin listener (--admin-listen), or from loopback \
+             when there is none\n",
+        ),
         "/drain" => drain(&ctx).await,
         "/lobbies" => match stats::lobbies(&ctx, request.uri().query()) {
             Ok(page) => json_response(&page, false),
@@ -138,13 +143,20 @@ async fn route_lobby(ctx: &ServerContext, query: Option<&str>) -> Response<Full<
 /// `POST /drain`: moves every lobby here to other nodes (at most `--drain-timeout`) and takes
 /// this node out of placement for good; answers what moved once done. The node keeps
 /// serving: stop it afterwards.
-async fn drain(ctx: &ServerContext) -> Response<Full<Bytes>> {
-    match ctx.directory.drain(ctx.config.drain_timeout).await {
-        Some(report) => json_response(&report, false),
-        None => text_response(
+async fn drain(ctx: &Arc<ServerContext>) -> Response<Full<Bytes>> {
+    // A task of its own: a drain cut off in the middle of a move (the request gone) could
+    // leave a lobby frozen.
+    let server = ctx.clone();
+    let drained = ctx
+        .tracker
+        .spawn(async move { server.directory.drain(server.config.drain_timeout).await });
+    match drained.await {
+        Ok(Some(report)) => json_response(&report, false),
+        Ok(None) => text_response(
             StatusCode::CONFLICT,
             "not in a fleet (--redis): there is no other node to move lobbies to\n",
         ),
+        Err(_) => text_response(StatusCode::INTERNAL_SERVER_ERROR, "the drain failed\n"),
     }
 }
 

@@ -33,7 +33,7 @@ use crate::lobby::{Directory, JoinRefusal, JoinRequest, LobbyInfo, LocalDirector
 use crate::metrics::Metrics;
 use crate::sync::lock;
 pub(crate) use store::NodeStatus;
-use store::{Claim, Store, StoreError};
+use store::{Claim, Moved, Store, StoreError};
 
 /// How long a client told Redis is unavailable should wait.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -52,7 +52,8 @@ pub(crate) struct Fleet {
     claiming: tokio::sync::Mutex<()>,
     /// How long a moved lobby's handoff waits in Redis for its members (the resume grace).
     handoff_keep: Duration,
-    /// A drain started: no new lobby here, and out of placement.
+    /// A drain started: out of placement, and no lobby starts here any more (new, moved or
+    /// rebuilt); joins of lobbies not running here are sent where the route points.
     draining: AtomicBool,
     metrics: Arc<Metrics>,
 }
@@ -75,7 +76,13 @@ enum MoveError {
     Unavailable(#[from] StoreError),
     #[error("no other live node to move lobbies to")]
     NoNode,
+    #[error("the node chosen left placement or stopped answering")]
+    TargetGone,
 }
+
+/// How long a drain keeps looking for another node when there is none (a peer's heartbeat
+/// may be a beat late) before it gives up.
+const NO_NODE_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Where `/route` sends a client.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -118,7 +125,7 @@ impl Fleet {
 
     /// The lease to run `lobby` here under, or why not: the one held if still valid, else a
     /// new claim in Redis. With `moved_only` (a resume, which never creates a lobby) only a
-    /// lobby a drain moved here is claimed. A claim that takes a handoff calls `adopt` with
+    /// lobby a drain moved here, or one whose node died, is claimed. A claim that takes a handoff calls `adopt` with
     /// it, before any other join can find the lease, so the moved lobby is the one started.
     async fn claim(
         &self,
@@ -154,9 +161,6 @@ impl Fleet {
                     return Ok(lease);
                 }
                 Ok(Claim::NoHandoff) => return Err(JoinRefusal::lobby_gone(lobby)),
-                Ok(Claim::Theirs { node, .. }) if moved_only && node == self.node_id => {
-                    return Err(JoinRefusal::lobby_gone(lobby));
-                }
                 Ok(Claim::Theirs { node, remaining }) => (node, remaining),
                 Err(err) => return Err(unavailable(&err)),
             }
@@ -260,7 +264,11 @@ impl Fleet {
         let node = match self.store.owner(lobby).await? {
             Some(node) => node,
             None => {
-                let least = self.store.least_loaded().await?.ok_or(RouteError::NoNode)?;
+                let least = self
+                    .store
+                    .least_loaded("")
+                    .await?
+                    .ok_or(RouteError::NoNode)?;
                 self.store.place(lobby, &least, self.lease).await?
             }
         };
@@ -466,6 +474,7 @@ impl FleetDirectory {
         let mut report = DrainReport::default();
         // Moved, or stopping by themselves: they leave the map on their own, soon.
         let mut done = std::collections::HashSet::new();
+        let mut no_node_since = None;
         loop {
             let mut names = self.local.names();
             names.retain(|name| !done.contains(name));
@@ -484,12 +493,17 @@ impl FleetDirectory {
                         done.insert(name);
                     }
                     Err(MoveError::NoNode) => {
-                        warn!(
-                            "draining: no other live node to move lobbies to; they stay until shutdown"
-                        );
-                        report.stayed = self.local.names();
-                        report.seconds = started.elapsed().as_secs_f64();
-                        return report;
+                        let since = *no_node_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() >= NO_NODE_PATIENCE {
+                            warn!(
+                                "draining: no other live node to move lobbies to; they stay until shutdown"
+                            );
+                            report.stayed = self.local.names();
+                            report.seconds = started.elapsed().as_secs_f64();
+                            return report;
+                        }
+                        again = true;
+                        break;
                     }
                     Err(err) => {
                         debug!(lobby = %name, error = %err, "draining: lobby not moved yet");
@@ -498,8 +512,8 @@ impl FleetDirectory {
                 }
             }
             if again {
-                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + RETRY_AFTER))
-                    .await;
+                let pause = RETRY_AFTER.min(self.fleet.heartbeat_interval());
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
             }
         }
         report.seconds = started.elapsed().as_secs_f64();
@@ -524,13 +538,16 @@ impl FleetDirectory {
         let Some(lease) = fleet.held_valid(name) else {
             return Ok(None);
         };
-        let target = match fleet.store.least_loaded().await? {
-            Some(node) if node != fleet.node_id => node,
-            _ => return Err(MoveError::NoNode),
-        };
-        let Some(status) = fleet.store.node(&target).await? else {
-            return Ok(None);
-        };
+        let target = fleet
+            .store
+            .least_loaded(&fleet.node_id)
+            .await?
+            .ok_or(MoveError::NoNode)?;
+        let status = fleet
+            .store
+            .node(&target)
+            .await?
+            .ok_or(MoveError::TargetGone)?;
         let started = std::time::Instant::now();
         let Some(frozen) = self.local.freeze(name).await else {
             return Ok(None);
@@ -547,17 +564,31 @@ impl FleetDirectory {
             )
             .await;
         let moved = match moved {
-            Ok(true) => true,
-            Ok(false) => {
+            Ok(Moved::Yes) => true,
+            Ok(Moved::NotOurs) => {
                 warn!(lobby = %name, "lease lost before the lobby could move: it stops here");
                 fleet.metrics.fleet_lease("lost");
                 false
             }
-            Err(err) => {
-                // Not moved: it goes on here, and is tried again.
+            Ok(Moved::TargetGone) => {
+                // Nothing written: it goes on here, and is tried again elsewhere.
                 let _ = frozen.decision.send(None);
-                return Err(err.into());
+                return Err(MoveError::TargetGone);
             }
+            // No answer: the script may have run. Only Redis can say whether the lobby is
+            // still this node's; unfrozen on a guess, it could run on two nodes.
+            Err(err) => match fleet.store.record(name).await {
+                Ok(Some(record)) if record == lease.record => {
+                    let _ = frozen.decision.send(None);
+                    return Err(err.into());
+                }
+                Ok(Some(record)) if store::placed_on(&record, &target) => true,
+                _ => {
+                    warn!(lobby = %name, error = %err, "the lobby's move is in doubt: it stops here (4007)");
+                    fleet.metrics.fleet_lease("lost");
+                    false
+                }
+            },
         };
         // Not the lobby's any more (moved or lost): never renewed again.
         lease.lose();
@@ -577,18 +608,25 @@ impl FleetDirectory {
 impl Directory for FleetDirectory {
     fn join(&self, request: JoinRequest) -> JoinFuture<'_> {
         Box::pin(async move {
-            let adopt = |handoff, lease| self.local.adopt(handoff, lease);
+            let adopt = |handoff: Handoff, lease| {
+                let lobby = handoff.lobby.clone();
+                if !self.local.adopt(handoff, lease) {
+                    warn!(%lobby, "a lobby of this name still stops here: the one moved here is not started, its members join afresh");
+                }
+            };
+            let draining = self.fleet.draining.load(Ordering::Acquire);
+            if draining && !self.local.runs(&request.lobby) {
+                // Nothing starts here any more, a moved or rebuilt lobby neither.
+                return Err(self.fleet.send_elsewhere(&request.lobby).await);
+            }
             if request.resume.is_some() {
-                // A resume never creates a lobby: here it finds the lobby, or a lobby a drain
-                // moved here (started by the first of its members to arrive), or
-                // `seat_expired`; elsewhere is `wrong_node`.
+                // A resume never creates a lobby: here it finds the lobby, or one a drain
+                // moved here or whose node died (started by the first of its members to
+                // arrive), or `seat_expired`; elsewhere is `wrong_node`.
                 if !self.local.runs(&request.lobby) {
                     self.fleet.claim(&request.lobby, true, adopt).await?;
                 }
                 return self.local.join_leased(request, None).await;
-            }
-            if self.fleet.draining.load(Ordering::Acquire) && !self.local.runs(&request.lobby) {
-                return Err(self.fleet.send_elsewhere(&request.lobby).await);
             }
             // Always under a lease: a lobby that retires between a look and the join is
             // created again under the lease held, never without one. A lease no lobby takes

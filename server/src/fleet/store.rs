@@ -43,6 +43,17 @@ pub(crate) enum StoreError {
     Timeout(Duration),
 }
 
+/// What a drain's move did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Moved {
+    /// Placed on the target, the handoff beside it.
+    Yes,
+    /// The lease was not the mover's any more: nothing written.
+    NotOurs,
+    /// The target left placement (draining, or dead): nothing written.
+    TargetGone,
+}
+
 /// Who holds a lobby, as a claim found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Claim {
@@ -96,28 +107,30 @@ if handoff then redis.call('DEL', KEYS[3]) end
 return {1, record, 0, handoff, progress}
 ";
 
-/// A drain's move: if KEYS[1] is still ARGV[1] (the old owner's lease), places the lobby on
-/// node ARGV[2] for ARGV[3] ms with a new fence and leaves the handoff ARGV[4] in KEYS[3]
-/// for ARGV[5] ms, in one step: returns 1; 0 when the lease is not the old owner's any more.
+/// A drain's move: if KEYS[1] is still ARGV[1] (the old owner's lease) and node ARGV[2] is
+/// still in placement (KEYS[4]), places the lobby on it for ARGV[3] ms with a new fence and
+/// leaves the handoff ARGV[4] in KEYS[3] for ARGV[5] ms, in one step: returns 1; 0 when the
+/// lease is not the old owner's any more; 2 when the node left placement (try another).
 const MOVE: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if not redis.call('ZSCORE', KEYS[4], ARGV[2]) then return 2 end
 local record = ARGV[2] .. ' p' .. redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], record, 'PX', ARGV[3])
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
-redis.call('ZINCRBY', KEYS[4], 1, ARGV[2])
+redis.call('ZADD', KEYS[4], 'XX', 'INCR', 1, ARGV[2])
 return 1
 ";
 
 /// Places the lobby on ARGV[1] unless it has an owner: returns the owner's record. The
 /// placement (`"{node} p{fence}"`) holds the name for the lease, until the node claims it.
 /// A placed node's score rises at once, so a burst of routes spreads before the next
-/// heartbeats.
+/// heartbeats (`XX`: a node that left placement meanwhile is not put back).
 const PLACE: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current then return current end
 local record = ARGV[1] .. ' p' .. redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], record, 'PX', ARGV[2])
-redis.call('ZINCRBY', KEYS[3], 1, ARGV[1])
+redis.call('ZADD', KEYS[3], 'XX', 'INCR', 1, ARGV[1])
 return record
 ";
 
@@ -160,16 +173,19 @@ end
 return 0
 ";
 
-/// The live node with the lowest score; dead ones met on the way are pruned.
+/// The live node with the lowest score other than ARGV[2] (a draining node asking); dead
+/// ones met on the way are pruned.
 const LEAST_LOADED: &str = r"
 for _ = 1, 4 do
   local ids = redis.call('ZRANGE', KEYS[1], 0, 15)
   if #ids == 0 then return false end
   local pruned = false
   for _, id in ipairs(ids) do
-    if redis.call('EXISTS', ARGV[1] .. id) == 1 then return id end
-    redis.call('ZREM', KEYS[1], id)
-    pruned = true
+    if id ~= ARGV[2] then
+      if redis.call('EXISTS', ARGV[1] .. id) == 1 then return id end
+      redis.call('ZREM', KEYS[1], id)
+      pruned = true
+    end
   end
   if not pruned then return false end
 end
@@ -240,8 +256,7 @@ impl Store {
     }
 
     /// Moves `lobby`, held under `record`, to `node`: places it there for `lease` and leaves
-    /// `handoff` for the claim that takes it, kept for `keep`. False when `record` no longer
-    /// holds the lobby (nothing was written).
+    /// `handoff` for the claim that takes it, kept for `keep`.
     pub(crate) async fn move_lobby(
         &self,
         lobby: &str,
@@ -250,7 +265,7 @@ impl Store {
         handoff: &[u8],
         lease: Duration,
         keep: Duration,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Moved, StoreError> {
         let mut redis = self.redis.clone();
         let mut invocation = self.scripts.move_lobby.prepare_invoke();
         invocation
@@ -264,7 +279,17 @@ impl Store {
             .arg(handoff)
             .arg(keep.as_millis() as u64);
         let moved: u8 = self.bounded(invocation.invoke_async(&mut redis)).await?;
-        Ok(moved == 1)
+        Ok(match moved {
+            1 => Moved::Yes,
+            2 => Moved::TargetGone,
+            _ => Moved::NotOurs,
+        })
+    }
+
+    /// The record holding `lobby` now, if any.
+    pub(crate) async fn record(&self, lobby: &str) -> Result<Option<String>, StoreError> {
+        let mut redis = self.redis.clone();
+        self.bounded(redis.get(lobby_key(lobby))).await
     }
 
     /// The node that owns `lobby`, placing it on `node` if nobody does.
@@ -288,8 +313,7 @@ impl Store {
 
     /// The node that owns `lobby`, if any.
     pub(crate) async fn owner(&self, lobby: &str) -> Result<Option<String>, StoreError> {
-        let mut redis = self.redis.clone();
-        let record: Option<String> = self.bounded(redis.get(lobby_key(lobby))).await?;
+        let record = self.record(lobby).await?;
         Ok(record.map(|record| node_of(&record).to_owned()))
     }
 
@@ -384,11 +408,11 @@ impl Store {
         self.bounded(pipe.query_async::<()>(&mut redis)).await
     }
 
-    /// The live node with the fewest lobbies.
-    pub(crate) async fn least_loaded(&self) -> Result<Option<String>, StoreError> {
+    /// The live node with the fewest lobbies, other than `except`.
+    pub(crate) async fn least_loaded(&self, except: &str) -> Result<Option<String>, StoreError> {
         let mut redis = self.redis.clone();
         let mut invocation = self.scripts.least_loaded.prepare_invoke();
-        invocation.key(NODES).arg(NODE);
+        invocation.key(NODES).arg(NODE).arg(except);
         self.bounded(invocation.invoke_async(&mut redis)).await
     }
 
@@ -478,6 +502,13 @@ fn handoff_key(lobby: &str) -> String {
 
 fn progress_key(lobby: &str) -> String {
     format!("{PROGRESS}{lobby}")
+}
+
+/// Whether `record` is a placement of its lobby on `node` (by a route or a drain).
+pub(crate) fn placed_on(record: &str, node: &str) -> bool {
+    record
+        .strip_prefix(node)
+        .is_some_and(|rest| rest.starts_with(" p"))
 }
 
 /// The node id in an owner record (`"{node} {fence}"`, or `"{node} p{fence}"` placed).

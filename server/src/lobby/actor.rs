@@ -244,6 +244,29 @@ impl Connection {
     }
 }
 
+/// A lobby rebuilt after its node died seats each player again as it comes back with a
+/// resume token of the lobby's instance, until `until` (the resume grace).
+#[derive(Debug, Clone, Copy)]
+struct Reseat {
+    until: std::time::Instant,
+    /// The offset the dead node last reported (later messages are unknown).
+    last_known_offset: u64,
+}
+
+/// Offsets a rebuilt lobby skips: its dead node may have used them after its last report
+/// (a second at most), and none may mean two messages.
+const OFFSET_MARGIN: u64 = 1 << 16;
+
+/// Where a batch of commands stands after a `Move` in it.
+enum AfterFreeze {
+    /// No move, or the lobby goes on here.
+    Running,
+    /// Moved to the node at this URL: later commands are answered for it.
+    Moved(String),
+    /// The lease was lost meanwhile: the lobby stops.
+    LeaseLost,
+}
+
 /// A new lobby's command channel: the handle connections send on, the actor's inbox.
 pub(crate) fn channel() -> (LobbyHandle, mpsc::Receiver<Command>) {
     let (commands, inbox) = mpsc::channel(INBOX_CAPACITY);
@@ -260,9 +283,8 @@ pub(crate) struct Actor {
     history: History,
     /// This lobby among all that ever had its name: resume tokens name it.
     instance: u64,
-    /// Rebuilt after its node died (`Handoff::recovered`): until then (the resume grace), a
-    /// resume token of this instance whose seat is not here yet seats its player again.
-    reseat_until: Option<std::time::Instant>,
+    /// Rebuilt after its node died (`Handoff::recovered`): see [`Reseat`].
+    reseat: Option<Reseat>,
     /// Traffic since the last tick, added to the lobby's shared counters once per tick.
     traffic: TrafficCounts,
 }
@@ -286,7 +308,7 @@ impl Actor {
             |resume| resume.history,
         );
         let (max_players, max_spectators) = (settings.max_members, settings.max_spectators);
-        let (state, history, instance, reseat_until) = match moved {
+        let (state, history, instance, reseat) = match moved {
             None => (
                 LobbyState::new(max_players, max_spectators),
                 History::new(limits),
@@ -305,17 +327,23 @@ impl Actor {
                 for seat in handoff.seats {
                     state.adopt(seat, Connection::arriving(), now, grace);
                 }
-                let history = History::moved_in(limits, handoff.offset, handoff.history, now);
+                // A rebuilt lobby's last messages may have had offsets past the last one its
+                // node reported: new ones start past any of them.
+                let offset = handoff.offset + if handoff.recovered { OFFSET_MARGIN } else { 0 };
+                let history = History::moved_in(limits, offset, handoff.history, now);
                 info.set_roster(state.roster());
-                let reseat_until = handoff.recovered.then_some(now + grace);
-                (state, history, handoff.instance, reseat_until)
+                let reseat = handoff.recovered.then_some(Reseat {
+                    until: now + grace,
+                    last_known_offset: handoff.offset,
+                });
+                (state, history, handoff.instance, reseat)
             }
         };
         Self {
             state,
             history,
             instance,
-            reseat_until,
+            reseat,
             settings,
             info,
             registration,
@@ -348,7 +376,7 @@ impl Actor {
                     self.expire_away(now());
                     self.on_tick(fired);
                     timer.as_mut().reset(fired.next_due.into());
-                    if self.state.is_empty() && self.registration.try_retire() {
+                    if self.may_retire(now()) && self.registration.try_retire() {
                         break;
                     }
                 }
@@ -361,27 +389,42 @@ impl Actor {
                         self.lease_lost();
                         break;
                     }
-                    let mut moved_to = None;
+                    let mut after = AfterFreeze::Running;
                     for command in commands.drain(..) {
-                        match (command, &moved_to) {
-                            (Command::Move { reply }, None) => {
-                                moved_to = self.freeze(reply).await;
+                        match (command, &after) {
+                            (Command::Move { reply }, AfterFreeze::Running) => {
+                                after = match self.freeze(reply).await {
+                                    Some(url) => AfterFreeze::Moved(url),
+                                    // Lost while frozen (or its move in doubt): nothing more.
+                                    None if !self.registration.may_run(now()) => {
+                                        AfterFreeze::LeaseLost
+                                    }
+                                    None => AfterFreeze::Running,
+                                };
                             }
-                            (command, None) => self.apply(command),
-                            (command, Some(url)) => self.refuse_moved(command, url),
+                            (command, AfterFreeze::Running) => self.apply(command),
+                            (command, AfterFreeze::Moved(url)) => self.refuse_moved(command, url),
+                            (_, AfterFreeze::LeaseLost) => {}
                         }
                     }
-                    if let Some(url) = moved_to {
-                        // Out of the directory first, so no new join is sent here; then
-                        // what is still on its way gets the new node.
-                        self.registration.stopped();
-                        inbox.close();
-                        while let Some(command) = inbox.recv().await {
-                            self.refuse_moved(command, &url);
+                    match after {
+                        AfterFreeze::Moved(url) => {
+                            // Out of the directory first, so no new join is sent here; then
+                            // what is still on its way gets the new node.
+                            self.registration.stopped();
+                            inbox.close();
+                            while let Some(command) = inbox.recv().await {
+                                self.refuse_moved(command, &url);
+                            }
+                            break;
                         }
-                        break;
+                        AfterFreeze::LeaseLost => {
+                            self.lease_lost();
+                            break;
+                        }
+                        AfterFreeze::Running => {}
                     }
-                    if self.state.is_empty() && self.registration.try_retire() {
+                    if self.may_retire(now()) && self.registration.try_retire() {
                         break;
                     }
                 }
@@ -403,6 +446,12 @@ impl Actor {
         for (_, member) in self.state.members() {
             member.conn.outbox.close(close::LEASE_LOST);
         }
+    }
+
+    /// Whether the lobby, empty, may leave the directory: not while a rebuilt lobby still
+    /// waits for its players (retiring would give up what it was rebuilt from).
+    fn may_retire(&self, now: std::time::Instant) -> bool {
+        self.state.is_empty() && self.reseat.is_none_or(|reseat| now >= reseat.until)
     }
 
     /// Hands everything the lobby did so far to the drain, and waits (not ticking, applying
@@ -710,8 +759,11 @@ impl Actor {
         }
         // A lobby rebuilt after its node died seats each player again as it comes back.
         let now = tokio::time::Instant::now().into_std();
-        let reseated = self.reseat_until.is_some_and(|until| now < until)
-            && self.state.seat_of_player(resume.player_id).is_none();
+        let reseat = self
+            .reseat
+            .filter(|reseat| now < reseat.until)
+            .filter(|_| self.state.seat_of_player(resume.player_id).is_none());
+        let reseated = reseat.is_some();
         if reseated {
             let grace = self
                 .settings
@@ -745,7 +797,12 @@ impl Actor {
         }
         // What it missed, before `member_back` takes an offset (and maybe a history slot).
         let replay = self.history.since(resume.offset, seat.id);
-        let mut lost = replay.lost;
+        // A rebuilt lobby has no history: what its dead node sent after the member's offset
+        // is lost, as far as its last report tells.
+        let mut lost = match reseat {
+            Some(reseat) => reseat.last_known_offset.saturating_sub(resume.offset),
+            None => replay.lost,
+        };
         // The welcome's offset is where the replay starts: the replayed messages raise it,
         // so a client that drops again mid-replay resumes from what it really got.
         let from = resume.offset.min(self.history.offset());

@@ -112,14 +112,17 @@ impl LocalDirectory {
     }
 
     /// Starts a lobby moved here from another node, under `lease`, unless one of its name
-    /// runs here already.
-    pub(crate) fn adopt(&self, handoff: Handoff, lease: Arc<Lease>) {
+    /// runs here already (one stopping under a lease it lost): false then, and the handoff
+    /// is not used.
+    pub(crate) fn adopt(&self, handoff: Handoff, lease: Arc<Lease>) -> bool {
         let mut lobbies = lock(&self.shared.lobbies);
-        if !lobbies.contains_key(&handoff.lobby) {
-            let name = handoff.lobby.clone();
-            let entry = self.spawn_lobby(&name, Some(lease), Some(handoff));
-            lobbies.insert(name, entry);
+        if lobbies.contains_key(&handoff.lobby) {
+            return false;
         }
+        let name = handoff.lobby.clone();
+        let entry = self.spawn_lobby(&name, Some(lease), Some(handoff));
+        lobbies.insert(name, entry);
+        true
     }
 
     /// Freezes lobby `name` for a move (see `Command::Move`); `None` if it stopped.

@@ -581,6 +581,20 @@ async fn a_killed_nodes_lobbies_come_back_on_a_survivor_within_the_lease_with_th
     assert!(took < Duration::from_secs(4), "moved after {took:?}");
     let new_owner = fleet.addr_of(&moved_to);
 
+    // A newcomer is first: the lobby is rebuilt for it, and it gets an id no seat of the dead
+    // node's lobby had. It leaves at once, and the empty lobby waits for its players anyway.
+    let mut carl = Client::connect_to(new_owner, Codec::MessagePack).await;
+    carl.send(&join_message("doomed", "carl", None)).await;
+    let carl_seat = resume_answer(&mut carl).await.expect("welcome");
+    assert!(carl_seat.id > bob_seat.id.max(ann_seat.id));
+    carl.send(&tickrelay_protocol::ClientMessage::Leave).await;
+    assert_eq!(carl.expect_close_code().await, close::NORMAL);
+    // The empty rebuilt lobby stays for its players: it keeps ticking.
+    let ticks = metric_at(new_owner, "tickrelay_ticks_total")
+        .await
+        .unwrap_or(0.0);
+    crate::support::wait_metric_at(new_owner, "tickrelay_ticks_total", ticks + 5.0).await;
+
     // Ann resumes there with her token, having seen nothing since her welcome: the same
     // player id, and everything the dead node's history held counted as lost.
     let mut ann = Client::connect_to(new_owner, Codec::MessagePack).await;
@@ -615,15 +629,6 @@ async fn a_killed_nodes_lobbies_come_back_on_a_survivor_within_the_lease_with_th
         }
         other => panic!("expected bob's member_joined, got {other:?}"),
     }
-    // A newcomer gets an id no seat of the dead node's lobby had.
-    let (mut carl, carl_seat) = {
-        let mut carl = Client::connect_to(new_owner, Codec::MessagePack).await;
-        carl.send(&join_message("doomed", "carl", None)).await;
-        let seat = resume_answer(&mut carl).await.expect("welcome");
-        (carl, seat)
-    };
-    assert!(carl_seat.id > bob_seat.id.max(ann_seat.id));
-    carl.next_snapshot().await;
     // A used token is refused: the rebuilt lobby seats each player once.
     let mut again = Client::connect_to(new_owner, Codec::MessagePack).await;
     again
