@@ -92,10 +92,17 @@ pub(crate) struct RunArgs {
     #[arg(
         long,
         env = "TICKRELAY_LOADGEN_URL",
-        required_unless_present = "self_host",
+        required_unless_present_any = ["self_host", "route"],
         conflicts_with = "self_host"
     )]
     pub(crate) url: Option<String>,
+
+    /// Fleet mode: before each connection, ask this node (http://HOST:PORT, or https://) with
+    /// `GET /route?lobby=NAME` where the client's lobby runs, and connect there: the run's
+    /// lobbies spread over the fleet as its routing places them. Without --url the clients
+    /// fall back to this node's ws://HOST:PORT/ws.
+    #[arg(long, value_name = "URL", conflicts_with = "self_host")]
+    pub(crate) route: Option<String>,
 
     /// For wss:// URLs: trust the CA certificates (PEM) in this file instead of the system's
     /// roots (a private CA, or the server's own self-signed certificate).

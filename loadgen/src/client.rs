@@ -164,6 +164,21 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
                 }
             });
         }
+        // `--route`: where the lobby runs, asked afresh at every new start (the node it ran
+        // on may have died or drained).
+        if sent_to.is_none()
+            && let Some(route) = &plan.route
+        {
+            match routed(&shared, route, &spec.lobby, source).await {
+                Ok(there) => sent_to = Some(there),
+                Err(hint) => {
+                    retry_after = hint;
+                    attempt += 1;
+                    outage_since.get_or_insert_with(Instant::now);
+                    continue;
+                }
+            }
+        }
         let resume = seat.as_ref().filter(|_| plan.resume);
         let target = sent_to.as_ref().unwrap_or(&shared.target);
         let (reader, writer, joined) =
@@ -257,6 +272,43 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
                 attempt = 1;
                 sent_to = None;
             }
+        }
+    }
+}
+
+/// The node `GET /route` names for `lobby`, or (counted) when to try again.
+async fn routed(
+    shared: &Shared,
+    route: &Target,
+    lobby: &str,
+    source: Option<std::net::Ipv4Addr>,
+) -> Result<Target, Option<Duration>> {
+    let asked = timeout(
+        shared.plan.connect_timeout,
+        net::route(route, lobby, source),
+    )
+    .await
+    .unwrap_or(Err(net::ConnectError::Timeout));
+    let url = match asked {
+        Ok(url) => url,
+        Err(err) => {
+            shared.count(|c| c.error(format!("route_{}", err.kind())));
+            shared.describe_once(&err);
+            return Err(match err {
+                net::ConnectError::Shed(hint) => hint,
+                _ => None,
+            });
+        }
+    };
+    match shared.target.redirected(&url).await {
+        Ok(there) => {
+            shared.count(|c| c.routed += 1);
+            Ok(there)
+        }
+        Err(err) => {
+            shared.count(|c| c.error("route_unusable"));
+            tracing::warn!(%url, error = %format!("{err:#}"), "cannot connect where /route points");
+            Err(None)
         }
     }
 }

@@ -94,10 +94,11 @@ fn measure(args: &RunArgs) -> anyhow::Result<Report> {
     } else {
         None
     };
-    let url = match (&self_hosted, &args.url) {
-        (Some(server), _) => server.url().to_owned(),
-        (None, Some(url)) => url.clone(),
-        (None, None) => anyhow::bail!("give --url ws://HOST:PORT/ws or --self-host"),
+    let url = match (&self_hosted, &args.url, &args.route) {
+        (Some(server), _, _) => server.url().to_owned(),
+        (None, Some(url), _) => url.clone(),
+        (None, None, Some(route)) => plan::ws_url_of_route(route)?,
+        (None, None, None) => anyhow::bail!("give --url ws://HOST:PORT/ws or --self-host"),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -110,7 +111,11 @@ fn measure(args: &RunArgs) -> anyhow::Result<Report> {
             (None, false) => None,
         };
         let target = plan::resolve_target(&url, trust).await?;
-        let plan = plan::Plan::new(args, Some(target.clone()))?;
+        let route = match &args.route {
+            Some(route) => Some(plan::resolve_route(route, trust).await?),
+            None => None,
+        };
+        let plan = plan::Plan::new(args, Some(target.clone()), route)?;
         if !args.quiet {
             eprintln!(
                 "tickrelay-loadgen: {} clients ({} in this shard {}/{}) in lobbies of {} against {url}, scenario {:?}, {} worker threads",

@@ -152,6 +152,89 @@ pub(crate) async fn connect(
     ))
 }
 
+/// Asks the node `route` (a target whose path is `/route`) where `lobby` runs: the WebSocket
+/// URL of its node. A 503 (the directory unreachable) is `Shed`, with its Retry-After.
+pub(crate) async fn route(
+    route: &Target,
+    lobby: &str,
+    source: Option<Ipv4Addr>,
+) -> Result<String, ConnectError> {
+    let tcp = tcp_connect(route.addr, source).await?;
+    match &route.tls {
+        None => ask_route(route, lobby, TokioIo::new(tcp)).await,
+        Some(tls) => {
+            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            let stream = connector
+                .connect(tls.server_name.clone(), tcp)
+                .await
+                .map_err(ConnectError::Tls)?;
+            ask_route(route, lobby, TokioIo::new(stream)).await
+        }
+    }
+}
+
+async fn ask_route<S>(route: &Target, lobby: &str, io: TokioIo<S>) -> Result<String, ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let failed = |err: hyper::Error| ConnectError::Handshake(format!("route: {err}"));
+    let request = Request::builder()
+        .method("GET")
+        .uri(format!("{}?lobby={}", route.path, percent_encoded(lobby)))
+        .header(HOST, &route.host)
+        .body(Empty::<Bytes>::new())
+        .map_err(|err| ConnectError::Handshake(err.to_string()))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(failed)?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let response = sender.send_request(request).await.map_err(failed)?;
+    let status = response.status();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        return Err(ConnectError::Shed(retry_after(response.headers())));
+    }
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map_err(failed)?
+        .to_bytes();
+    if status != StatusCode::OK {
+        return Err(ConnectError::Handshake(format!(
+            "route: HTTP {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        )));
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        url: String,
+    }
+    serde_json::from_slice::<Answer>(&body)
+        .map(|answer| answer.url)
+        .map_err(|err| ConnectError::Handshake(format!("route: unexpected answer: {err}")))
+}
+
+/// `text` for a URL's query: unreserved characters as they are, every other byte `%XX`.
+fn percent_encoded(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+/// A 503's `Retry-After`, in seconds.
+fn retry_after(headers: &hyper::HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok()?.trim().parse().ok())
+        .map(Duration::from_secs)
+}
+
 /// The WebSocket handshake over `io`: returns the socket back (hyper's wrapper taken off)
 /// with the bytes hyper read past the response.
 async fn handshake<S>(
@@ -190,12 +273,7 @@ where
     match response.status() {
         StatusCode::SWITCHING_PROTOCOLS => {}
         StatusCode::SERVICE_UNAVAILABLE => {
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|value| value.to_str().ok()?.trim().parse().ok())
-                .map(Duration::from_secs);
-            return Err(ConnectError::Shed(retry_after));
+            return Err(ConnectError::Shed(retry_after(response.headers())));
         }
         status => return Err(ConnectError::Handshake(format!("HTTP {status}"))),
     }

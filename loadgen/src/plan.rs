@@ -47,6 +47,8 @@ pub(crate) struct ClientSpec {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Plan {
     pub(crate) target: Option<Target>,
+    /// `--route`: the node asked where each client's lobby runs (`GET /route`).
+    pub(crate) route: Option<Target>,
     pub(crate) self_host: bool,
     pub(crate) tick_hz: u32,
     pub(crate) scenario: Scenario,
@@ -122,7 +124,11 @@ fn codec_name<S: serde::Serializer>(codec: &Codec, s: S) -> Result<S::Ok, S::Err
 
 impl Plan {
     /// Validates `args`; `target` is the resolved server (None until self-host starts).
-    pub(crate) fn new(args: &RunArgs, target: Option<Target>) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        args: &RunArgs,
+        target: Option<Target>,
+        route: Option<Target>,
+    ) -> anyhow::Result<Self> {
         ensure!(args.clients > 0, "--clients must be at least 1");
         ensure!(args.lobby_size > 0, "--lobby-size must be at least 1");
         ensure!(args.connect_rate > 0.0, "--connect-rate must be positive");
@@ -161,6 +167,7 @@ impl Plan {
         );
         let plan = Self {
             target,
+            route,
             self_host: args.self_host,
             tick_hz: args.tick_hz,
             scenario: args.scenario,
@@ -254,6 +261,42 @@ impl Plan {
 /// checks the server's certificate.
 pub(crate) async fn resolve_target(url: &str, trust: Option<Trust<'_>>) -> anyhow::Result<Target> {
     let parsed = WsUrl::parse(url).with_context(|| format!("--url {url:?}"))?;
+    secured(parsed, url, trust).await
+}
+
+/// `--route`'s node (`http://host:port` or `https://`), as a target whose path is `/route`.
+pub(crate) async fn resolve_route(url: &str, trust: Option<Trust<'_>>) -> anyhow::Result<Target> {
+    let parsed =
+        WsUrl::parse(&route_as_ws(url, "/route")?).with_context(|| format!("--route {url:?}"))?;
+    // --ca and --insecure are about TLS: a plain http:// route needs neither.
+    let trust = trust.filter(|_| parsed.secure);
+    secured(parsed, url, trust).await
+}
+
+/// The WebSocket URL of `--route`'s node: the clients' fallback when --url is not given.
+pub(crate) fn ws_url_of_route(url: &str) -> anyhow::Result<String> {
+    route_as_ws(url, "/ws")
+}
+
+/// `http(s)://host:port[/...]` as `ws(s)://host:port{path}`.
+fn route_as_ws(url: &str, path: &str) -> anyhow::Result<String> {
+    let uri: hyper::Uri = url
+        .parse()
+        .with_context(|| format!("--route {url:?}: not a URL"))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => "ws",
+        Some("https") => "wss",
+        _ => {
+            bail!("--route {url:?} must start with http:// or https://, e.g. http://127.0.0.1:8080")
+        }
+    };
+    let authority = uri
+        .authority()
+        .with_context(|| format!("--route {url:?}: no host"))?;
+    Ok(format!("{scheme}://{authority}{path}"))
+}
+
+async fn secured(parsed: WsUrl, url: &str, trust: Option<Trust<'_>>) -> anyhow::Result<Target> {
     let tls = match (parsed.secure, trust) {
         (true, trust) => Some(TlsClient::new(
             &parsed.host,

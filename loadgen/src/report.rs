@@ -154,6 +154,8 @@ pub(crate) struct Report {
     /// `wrong_node` answers followed over the whole run (fleet mode; joins happen in the
     /// ramp-up, outside the measured window).
     pub(crate) wrong_node_followed: u64,
+    /// `GET /route` answers followed, over the whole run (`--route`).
+    pub(crate) routed: u64,
     /// Ticks × members in the window, from the tick rate and the clients joined.
     pub(crate) snapshots_nominal: f64,
     pub(crate) snapshots_per_second: f64,
@@ -203,6 +205,7 @@ impl Report {
             },
             errors_whole_run: counters.errors.clone(),
             wrong_node_followed: counters.wrong_node_followed,
+            routed: counters.routed,
             counters,
             snapshots_nominal: 0.0,
             clock_offset: None,
@@ -304,6 +307,12 @@ impl Report {
             "connects / reconnects",
             format!("{} / {}", c.connects, c.reconnects),
         ));
+        if self.routed > 0 {
+            rows.push((
+                "routed",
+                format!("{} (whole run: GET /route answers followed)", self.routed),
+            ));
+        }
         if self.wrong_node_followed > 0 {
             rows.push((
                 "wrong_node followed",

@@ -465,6 +465,7 @@ impl Coordinator {
             * report.clients_joined_avg;
         report.errors_whole_run = self.cumulative.errors.clone();
         report.wrong_node_followed = self.cumulative.wrong_node_followed;
+        report.routed = self.cumulative.routed;
         report.join_rate =
             self.cumulative
                 .join_rate()

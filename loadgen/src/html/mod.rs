@@ -459,7 +459,7 @@ mod tests {
             .concat(),
         )
         .unwrap();
-        Plan::new(&cli.run, None).unwrap()
+        Plan::new(&cli.run, None, None).unwrap()
     }
 
     /// Broadcast 100 µs .. 10 ms, input 10..50 ms, rtt 200 µs .. 1 ms: three metrics with

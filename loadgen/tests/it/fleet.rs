@@ -174,3 +174,59 @@ async fn clients_of_a_drained_node_follow_the_redirect_and_keep_their_seats() {
         describe(&output)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_route_the_runs_lobbies_spread_over_the_fleet() {
+    let redis = RedisServer::start();
+    let node = |id: &str| Config {
+        redis: Some(redis.url()),
+        node_id: Some(id.to_owned()),
+        ..Config::default()
+    };
+    let first = spawn_server_with(node("first")).await;
+    let second = spawn_server_with(node("second")).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !first
+        .request("GET", "/cluster")
+        .await
+        .is_some_and(|response| response.contains("\"total\":2"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both nodes registered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let route = format!("http://{}", first.addr);
+    let clients = CLIENTS.to_string();
+    let args = [
+        "--route",
+        &route,
+        "--clients",
+        &clients,
+        "--lobby-size",
+        "4",
+        "--lobby-prefix",
+        "routed",
+        "--duration",
+        "3s",
+        "--warmup",
+        "0s",
+    ];
+    let (output, report) = loadgen_report(&args).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_clean(&output, &report);
+    assert!(
+        report["routed"].as_u64().unwrap() >= CLIENTS as u64,
+        "{}",
+        describe(&output)
+    );
+    assert_eq!(report["wrong_node_followed"], 0, "{}", describe(&output));
+    // The four lobbies were placed on both nodes, each run where it was placed.
+    for node in [&first, &second] {
+        let acquired = node
+            .metric("tickrelay_fleet_leases_total{event=\"acquired\"}")
+            .await;
+        assert!(acquired >= Some(1.0), "{acquired:?}\n{}", describe(&output));
+    }
+}
