@@ -152,8 +152,8 @@ pub struct Config {
 
     /// Fleet mode: on SIGTERM (or SIGINT), first move every live lobby to other nodes, for at
     /// most this long, then shut down; members follow a `redirect` and keep their seats (0 =
-    /// no drain: close 1001 at once). `POST /drain` on the admin surface drains without
-    /// stopping.
+    /// no drain: close 1001 at once; a second signal exits at once). `POST /drain` on the
+    /// admin surface drains without stopping.
     #[arg(long, env = "TICKRELAY_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 

@@ -76,10 +76,16 @@ fn real_main() -> anyhow::Result<()> {
         let listener = tickrelay_server::bind(config.listen)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
-        tickrelay_server::run(listener, config, shutdown)
-            .await
-            .context("server failed")
+        let now = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone(), now.clone()));
+        tokio::select! {
+            served = tickrelay_server::run(listener, config, shutdown) => {
+                served.context("server failed")
+            }
+            () = now.cancelled() => {
+                anyhow::bail!("second signal: exited at once, without finishing the drain or the shutdown")
+            }
+        }
     })
 }
 
@@ -111,7 +117,9 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     guard
 }
 
-async fn cancel_on_signal(shutdown: CancellationToken) {
+/// The first SIGTERM or SIGINT cancels `shutdown` (in a fleet: drain, then shut down); a
+/// second one cancels `now`.
+async fn cancel_on_signal(shutdown: CancellationToken, now: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut terminate), Ok(mut interrupt)) = (
         signal(SignalKind::terminate()),
@@ -125,4 +133,10 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = interrupt.recv() => info!("SIGINT received"),
     }
     shutdown.cancel();
+    // In a fleet the first signal drains (up to --drain-timeout); a second one means now.
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    now.cancel();
 }

@@ -366,7 +366,9 @@ impl Fleet {
         for ((name, lease), still_ours) in in_use.iter().zip(renewed) {
             if still_ours {
                 lease.renewed(sent, self.lease);
-            } else {
+            } else if lease.valid(now()) {
+                // (A lobby a drain moved while this renewal was on its way is given up
+                // already: nothing to say.)
                 warn!(lobby = %name, "lease lost: another node holds the lobby, it stops here");
                 self.metrics.fleet_lease("lost");
                 lease.lose();

@@ -877,3 +877,21 @@ async fn sigterm_moves_a_nodes_lobbies_before_it_exits() {
     node.wait_log("drain done").await;
     assert!(node.wait_for_exit().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_a_drain_at_once() {
+    let redis = RedisServer::start();
+    let mut fleet = ProcessFleet::start(&redis, "3s", 1).await;
+    let node = fleet.nodes[0].1;
+    let (mut ann, _, _) = Client::join_at(node, Codec::MessagePack, "stuck", "ann").await;
+    ann.next_snapshot().await;
+    // Alone in its fleet, the node looks for another for a while before it gives up.
+    fleet.signal(0, "-TERM");
+    let (process, _) = &mut fleet.nodes[0];
+    process.wait_log("draining").await;
+    fleet.signal(0, "-TERM");
+    let (process, _) = &mut fleet.nodes[0];
+    let status = process.wait_for_exit().await;
+    assert_eq!(status.code(), Some(1));
+    assert!(process.log.text().contains("second signal"));
+}
