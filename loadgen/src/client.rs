@@ -8,6 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -181,6 +182,7 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
         }
         let resume = seat.as_ref().filter(|_| plan.resume);
         let target = sent_to.as_ref().unwrap_or(&shared.target);
+        let node: Arc<str> = Arc::from(target.url.as_str());
         let (reader, writer, joined) =
             match connect_and_join(&spec, &shared, target, source, resume).await {
                 Ok(joined) => joined,
@@ -234,6 +236,7 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
             writer,
             Resumed {
                 player_id: joined.player_id,
+                node,
                 offset: joined.offset,
                 moved_from: moved_from.take(),
                 unechoed: unechoed.clone(),
@@ -537,6 +540,8 @@ async fn send(
 /// State shared by a session's writer (this task) and its reader task.
 struct SessionState {
     player_id: PlayerId,
+    /// The node this connection is to (its URL), for the per-node figures.
+    node: Arc<str>,
     /// Intended send time (unix µs) of recent `state` seqs, indexed by `seq % SEQ_WINDOW`.
     intended: RefCell<[(u64, u64); SEQ_WINDOW]>,
     last_seen_seq: Cell<u64>,
@@ -566,6 +571,7 @@ struct SessionState {
 /// Where a session starts.
 struct Resumed {
     player_id: PlayerId,
+    node: Arc<str>,
     offset: u64,
     /// The last tick before a `redirect` brought it here.
     moved_from: Option<u64>,
@@ -598,6 +604,7 @@ async fn session(
 ) -> Ended {
     let Resumed {
         player_id,
+        node,
         offset,
         moved_from,
         unechoed,
@@ -605,6 +612,7 @@ async fn session(
     } = from;
     let state = Rc::new(SessionState {
         player_id,
+        node,
         intended: RefCell::new([(0, 0); SEQ_WINDOW]),
         last_seen_seq: Cell::new(0),
         last_tick: Cell::new(None),
@@ -878,7 +886,7 @@ fn on_snapshot(
     let mut recorder = shared.recorder.borrow_mut();
     recorder
         .histograms
-        .record(Metric::Broadcast, received_us.saturating_sub(sent_local_us));
+        .record_snapshot(&state.node, received_us.saturating_sub(sent_local_us));
     if state.replaying.take() {
         // Every replayed message came before this snapshot: what is still unechoed never
         // reached the lobby.

@@ -83,6 +83,13 @@ impl StormResult {
     }
 }
 
+/// What the clients connected to one node received from it over the window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct NodeFigures {
+    pub(crate) snapshots: u64,
+    pub(crate) broadcast: Summary,
+}
+
 /// One collection interval (about a second) of a run, as the coordinator saw it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct TimelinePoint {
@@ -147,6 +154,9 @@ pub(crate) struct Report {
     pub(crate) clients_joined_avg: f64,
     /// Latency summaries in microseconds, by metric name; metrics without samples are absent.
     pub(crate) latency: BTreeMap<String, Summary>,
+    /// By node the clients were connected to (its WebSocket URL; several in a fleet): the
+    /// snapshots received from it in the window and their broadcast latency (µs).
+    pub(crate) nodes: BTreeMap<String, NodeFigures>,
     /// Counters over the measured window.
     pub(crate) counters: Counters,
     /// Errors over the whole run, ramp-up and leaving included (what `--slo errors=...` checks).
@@ -186,6 +196,18 @@ impl Report {
             .filter(|m| !histograms.get(**m).is_empty())
             .map(|m| (m.name().to_owned(), Summary::of(histograms.get(*m))))
             .collect();
+        let nodes = histograms
+            .by_node
+            .iter()
+            .filter(|(_, samples)| samples.snapshots > 0)
+            .map(|(node, samples)| {
+                let figures = NodeFigures {
+                    snapshots: samples.snapshots,
+                    broadcast: Summary::of(&samples.broadcast),
+                };
+                (node.to_string(), figures)
+            })
+            .collect();
         Self {
             version: REPORT_VERSION,
             tool: "tickrelay-loadgen",
@@ -198,6 +220,7 @@ impl Report {
             clients_joined_at_end: 0,
             clients_joined_avg: 0.0,
             latency,
+            nodes,
             snapshots_per_second: if measured_seconds > 0.0 {
                 counters.snapshots_received as f64 / measured_seconds
             } else {
@@ -253,6 +276,31 @@ impl Report {
             .filter_map(|metric| Some((metric.name(), self.latency.get(metric.name())?)))
     }
 
+    /// Each node's share: clients on average (its snapshots over ticks × window), snapshots,
+    /// broadcast p50/p99.
+    fn by_node(&self) -> String {
+        let ticks = f64::from(self.tick_hz.unwrap_or(0)) * self.measured_seconds;
+        let total: u64 = self.nodes.values().map(|node| node.snapshots).sum();
+        self.nodes
+            .iter()
+            .map(|(url, node)| {
+                let clients = if ticks > 0.0 {
+                    format!("{:.0} clients, ", node.snapshots as f64 / ticks)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{url}: {clients}{} snapshots ({:.0}%), broadcast p50 {:.2} ms p99 {:.2} ms",
+                    node.snapshots,
+                    100.0 * node.snapshots as f64 / total.max(1) as f64,
+                    node.broadcast.p50 as f64 / 1000.0,
+                    node.broadcast.p99 as f64 / 1000.0
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// The counters and derived figures as (label, value) lines: the body of the table on
     /// stdout and of the HTML page's counters table.
     pub(crate) fn summary_rows(&self) -> Vec<(&'static str, String)> {
@@ -268,6 +316,9 @@ impl Report {
                 self.clients_joined_at_end, self.clients_joined_avg
             ),
         ));
+        if self.nodes.len() > 1 {
+            rows.push(("by node", self.by_node()));
+        }
         rows.push((
             "snapshots",
             format!(

@@ -5,6 +5,7 @@
 //! cumulative counters, and the coordinator merges them with `add`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -68,16 +69,26 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid histogram bounds")
 }
 
-/// One histogram per metric.
+/// One histogram per metric, and the snapshots of each node the clients were connected to
+/// (their URL: several in a fleet).
 #[derive(Clone)]
 pub(crate) struct Histograms {
     by_metric: Vec<Histogram<u64>>,
+    pub(crate) by_node: BTreeMap<Arc<str>, NodeSamples>,
+}
+
+/// What the clients connected to one node received from it.
+#[derive(Clone)]
+pub(crate) struct NodeSamples {
+    pub(crate) snapshots: u64,
+    pub(crate) broadcast: Histogram<u64>,
 }
 
 impl Default for Histograms {
     fn default() -> Self {
         Self {
             by_metric: Metric::ALL.iter().map(|_| new_histogram()).collect(),
+            by_node: BTreeMap::new(),
         }
     }
 }
@@ -106,15 +117,49 @@ impl Histograms {
         &mut self.by_metric[metric as usize]
     }
 
+    /// A snapshot from `node` that took `micros` to arrive (recorded under `Broadcast` too).
+    pub(crate) fn record_snapshot(&mut self, node: &Arc<str>, micros: u64) {
+        self.record(Metric::Broadcast, micros);
+        let samples = match self.by_node.get_mut(&**node) {
+            Some(samples) => samples,
+            None => self
+                .by_node
+                .entry(node.clone())
+                .or_insert_with(|| NodeSamples {
+                    snapshots: 0,
+                    broadcast: new_histogram(),
+                }),
+        };
+        samples.snapshots += 1;
+        samples
+            .broadcast
+            .saturating_record(micros.clamp(1, MAX_MICROS));
+    }
+
     pub(crate) fn add(&mut self, other: &Self) {
         for (mine, theirs) in self.by_metric.iter_mut().zip(&other.by_metric) {
             // Same bounds on both sides, so adding cannot fail.
             let _ = mine.add(theirs);
         }
+        for (node, theirs) in &other.by_node {
+            let mine = self
+                .by_node
+                .entry(node.clone())
+                .or_insert_with(|| NodeSamples {
+                    snapshots: 0,
+                    broadcast: new_histogram(),
+                });
+            mine.snapshots += theirs.snapshots;
+            let _ = mine.broadcast.add(&theirs.broadcast);
+        }
     }
 
     pub(crate) fn reset(&mut self) {
         self.by_metric.iter_mut().for_each(Histogram::reset);
+        for samples in self.by_node.values_mut() {
+            samples.snapshots = 0;
+            samples.broadcast.reset();
+        }
     }
 }
 

@@ -229,4 +229,27 @@ async fn with_route_the_runs_lobbies_spread_over_the_fleet() {
             .await;
         assert!(acquired >= Some(1.0), "{acquired:?}\n{}", describe(&output));
     }
+    // The report gives each node's share beside the totals.
+    let nodes = report["nodes"].as_object().unwrap();
+    let mut expected = [first.url(), second.url()];
+    expected.sort();
+    let urls: Vec<&String> = nodes.keys().collect();
+    assert_eq!(
+        urls,
+        expected.iter().collect::<Vec<_>>(),
+        "{}",
+        describe(&output)
+    );
+    let per_node: u64 = nodes
+        .values()
+        .map(|node| {
+            assert!(node["broadcast"]["count"].as_u64().unwrap() > 0);
+            node["snapshots"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(
+        per_node,
+        report["counters"]["snapshots_received"].as_u64().unwrap()
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("by node"));
 }
