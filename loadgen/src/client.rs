@@ -667,6 +667,20 @@ async fn play(
     tokio::pin!(stopped, stormed, wake, timer);
 
     loop {
+        if state.resend_due.take() {
+            // The replay ended (its first snapshot came): what it did not echo goes again,
+            // before any newer event.
+            let again = std::mem::take(&mut *state.unechoed.borrow_mut());
+            shared.count(|c| c.events_resent += again.len() as u64);
+            for data in again {
+                if send_event(&mut writer, state, data, &mut buffer, shared)
+                    .await
+                    .is_err()
+                {
+                    return lost(shared, read_task, "write_failed");
+                }
+            }
+        }
         let due = [next_state, next_event, Some(next_ping)]
             .into_iter()
             .flatten()
@@ -699,15 +713,6 @@ async fn play(
                     && writer.write_frame(Frame::pong(WsPayload::Borrowed(&pong))).await.is_err()
                 {
                     return lost(shared, read_task, "write_failed");
-                }
-                if state.resend_due.take() {
-                    let again = std::mem::take(&mut *state.unechoed.borrow_mut());
-                    shared.count(|c| c.events_resent += again.len() as u64);
-                    for data in again {
-                        if send_event(&mut writer, state, data, &mut buffer, shared).await.is_err() {
-                            return lost(shared, read_task, "write_failed");
-                        }
-                    }
                 }
                 continue;
             }
@@ -745,7 +750,9 @@ async fn play(
         }
         if let (Some(at), Some(period)) = (next_event, event_period)
             && at <= now
+            // After a resume, the events to send again go first (top of the loop).
             && !state.replaying.get()
+            && !state.resend_due.get()
         {
             let mut data = vec![0u8; plan.event_size];
             data[..8].copy_from_slice(&unix_micros().to_be_bytes());

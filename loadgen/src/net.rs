@@ -131,11 +131,7 @@ pub(crate) async fn connect(
             (early, Either::Left(read), Either::Left(write))
         }
         Some(tls) => {
-            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-            let stream = connector
-                .connect(tls.server_name.clone(), tcp)
-                .await
-                .map_err(ConnectError::Tls)?;
+            let stream = tls_connect(tls, tcp).await?;
             let (early, stream) = handshake(target, TokioIo::new(stream), codec).await?;
             let (read, write) = tokio::io::split(stream);
             (early, Either::Right(read), Either::Right(write))
@@ -162,15 +158,19 @@ pub(crate) async fn route(
     let tcp = tcp_connect(route.addr, source).await?;
     match &route.tls {
         None => ask_route(route, lobby, TokioIo::new(tcp)).await,
-        Some(tls) => {
-            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-            let stream = connector
-                .connect(tls.server_name.clone(), tcp)
-                .await
-                .map_err(ConnectError::Tls)?;
-            ask_route(route, lobby, TokioIo::new(stream)).await
-        }
+        Some(tls) => ask_route(route, lobby, TokioIo::new(tls_connect(tls, tcp).await?)).await,
     }
+}
+
+/// The TLS handshake over `tcp`, checking the server as `tls` says.
+async fn tls_connect(
+    tls: &crate::tls::TlsClient,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    tokio_rustls::TlsConnector::from(tls.config.clone())
+        .connect(tls.server_name.clone(), tcp)
+        .await
+        .map_err(ConnectError::Tls)
 }
 
 async fn ask_route<S>(route: &Target, lobby: &str, io: TokioIo<S>) -> Result<String, ConnectError>

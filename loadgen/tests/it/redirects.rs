@@ -34,17 +34,23 @@ async fn serve(socket: &mut WebSocketStream<tokio::net::TcpStream>, message: &Se
     socket.send(Message::Binary(bytes.into())).await.unwrap();
 }
 
-/// The next client message that is not a `state` or `ping`.
-async fn next(socket: &mut WebSocketStream<tokio::net::TcpStream>) -> ClientMessage {
+/// The next client message that is not a `state` or `ping`; `None` once the client is gone.
+async fn next_or_gone(
+    socket: &mut WebSocketStream<tokio::net::TcpStream>,
+) -> Option<ClientMessage> {
     loop {
         let Some(Ok(Message::Binary(bytes))) = socket.next().await else {
-            panic!("the client went away");
+            return None;
         };
         match CODEC.decode_client(&bytes).unwrap() {
             ClientMessage::State { .. } | ClientMessage::Ping { .. } => {}
-            other => return other,
+            other => return Some(other),
         }
     }
+}
+
+async fn next(socket: &mut WebSocketStream<tokio::net::TcpStream>) -> ClientMessage {
+    next_or_gone(socket).await.expect("the client went away")
 }
 
 fn welcome(resumed: bool, offset: u64, token: &str) -> ServerMessage {
@@ -124,13 +130,14 @@ async fn after_a_redirect_the_events_the_old_node_never_echoed_are_sent_again_fi
             ..Snapshot::default()
         };
         serve(&mut socket, &ServerMessage::Snapshot(snapshot)).await;
-        // Everything the client sends here until it leaves.
+        // Everything the client sends here until it leaves (or, on a busy box, its run ends
+        // before the leave goes out).
         let mut events = Vec::new();
         loop {
-            match next(&mut socket).await {
-                ClientMessage::Event { data } => events.push(data),
-                ClientMessage::Leave => break,
-                other => panic!("unexpected {other:?}"),
+            match next_or_gone(&mut socket).await {
+                Some(ClientMessage::Event { data }) => events.push(data),
+                Some(ClientMessage::Leave) | None => break,
+                Some(other) => panic!("unexpected {other:?}"),
             }
         }
         (resume, offset, events)

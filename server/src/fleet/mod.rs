@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tickrelay_protocol::{ErrorCode, Handoff};
+use tickrelay_protocol::Handoff;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -210,13 +210,10 @@ impl Fleet {
     /// points (never here: a draining node is out of placement).
     async fn send_elsewhere(&self, lobby: &str) -> JoinRefusal {
         match self.route(lobby).await {
-            Ok(route) if route.node.as_deref() != Some(&self.node_id) => JoinRefusal {
-                url: Some(route.url),
-                ..JoinRefusal::new(
-                    ErrorCode::WrongNode,
-                    format!("this node is draining: lobby {lobby:?} is placed elsewhere"),
-                )
-            },
+            Ok(route) if route.node.as_deref() != Some(&self.node_id) => JoinRefusal::wrong_node(
+                route.url,
+                format!("this node is draining: lobby {lobby:?} is placed elsewhere"),
+            ),
             Ok(_) => JoinRefusal::retry(
                 format!("this node is draining; lobby {lobby:?} cannot start here"),
                 RETRY_AFTER,
@@ -241,13 +238,10 @@ impl Fleet {
             );
         }
         match self.store.node(node).await {
-            Ok(Some(owner)) => JoinRefusal {
-                url: Some(owner.url),
-                ..JoinRefusal::new(
-                    ErrorCode::WrongNode,
-                    format!("lobby {lobby:?} runs on node {node:?}: join there"),
-                )
-            },
+            Ok(Some(owner)) => JoinRefusal::wrong_node(
+                owner.url,
+                format!("lobby {lobby:?} runs on node {node:?}: join there"),
+            ),
             Ok(None) => JoinRefusal::retry(
                 format!(
                     "lobby {lobby:?} was on node {node:?}, which stopped answering; it can be \

@@ -87,6 +87,14 @@ impl JoinRefusal {
         }
     }
 
+    /// `wrong_node`: the lobby runs on the node at `url`.
+    pub(crate) fn wrong_node(url: String, message: String) -> Self {
+        Self {
+            url: Some(url),
+            ..Self::new(ErrorCode::WrongNode, message)
+        }
+    }
+
     /// `seat_expired` for a resume of a lobby that does not run anywhere any more.
     pub(crate) fn lobby_gone(lobby: &str) -> Self {
         Self::new(
@@ -514,16 +522,11 @@ impl Actor {
         match command {
             Command::Join { reply, .. } => {
                 self.registration.join_processed();
-                let _ = reply.send(Err(JoinRefusal {
-                    url: Some(url.to_owned()),
-                    ..JoinRefusal::new(
-                        ErrorCode::WrongNode,
-                        format!(
-                            "lobby {:?} moved to another node: join there",
-                            self.info.name
-                        ),
-                    )
-                }));
+                let name = &self.info.name;
+                let _ = reply.send(Err(JoinRefusal::wrong_node(
+                    url.to_owned(),
+                    format!("lobby {name:?} moved to another node: join there"),
+                )));
             }
             Command::Event { .. } => {
                 self.settings.metrics.fleet_events_dropped_moving.inc();
