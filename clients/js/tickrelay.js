@@ -511,6 +511,9 @@ export class TickrelayClient {
     if (!willReconnect) {
       this.#pendingState = null;
       this.#queuedEvents = [];
+      this.stats.eventsUnconfirmed += this.#unechoed.length;
+      this.#unechoed = [];
+      this.#replaying = false;
     }
     this.#emit("close", { code, reason, wasClean, willReconnect });
     if (willReconnect) {
@@ -543,6 +546,8 @@ export class TickrelayClient {
    * @param {string} reason
    */
   #hop(url, reason) {
+    // An app may close the client from the handler of what sent it here (`redirect`).
+    if (this.#closedByUser) return;
     const ws = this.#ws;
     if (ws) {
       detach(ws);
@@ -806,7 +811,10 @@ export class TickrelayClient {
     if (!this.#send({ t: "event", data })) return false;
     this.#unechoed.push(data);
     // Bounded: refused events are never echoed.
-    if (this.#unechoed.length > this.#options.maxQueuedEvents) this.#unechoed.shift();
+    if (this.#unechoed.length > this.#options.maxQueuedEvents) {
+      this.#unechoed.shift();
+      this.stats.eventsUnconfirmed += 1;
+    }
     return true;
   }
 

@@ -200,6 +200,9 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
                     attempt += 1;
                     followed = 0;
                     sent_to = None;
+                    // Not joined where the redirect pointed: the ticks from here on are an
+                    // outage, not the move's cost.
+                    moved_from = None;
                     outage_since.get_or_insert_with(Instant::now);
                     continue;
                 }
@@ -257,7 +260,8 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
                     if let Some(token) = redirect.resume {
                         seat = Some(SeatToResume { token, offset });
                     }
-                    moved_from = ended.last_tick;
+                    // (A session that saw no snapshot passes on the tick it came with.)
+                    moved_from = ended.last_tick.or(ended.moved_from);
                     sent_to = Some(there);
                     followed = 1;
                     continue;
@@ -591,6 +595,8 @@ struct Ended {
     /// The last reliable offset seen, for a resume.
     offset: u64,
     last_tick: Option<u64>,
+    /// The tick before the redirect that brought this session, if no snapshot came since.
+    moved_from: Option<u64>,
     redirect: Option<Redirect>,
 }
 
@@ -632,6 +638,7 @@ async fn session(
         end,
         offset: state.offset.get(),
         last_tick: state.last_tick.get(),
+        moved_from: state.moved_from.take(),
         redirect: state.redirect.take(),
     }
 }
@@ -677,11 +684,13 @@ async fn play(
                     .await
                     .is_err()
                 {
-                    return lost(shared, read_task, "write_failed");
+                    return lost(shared, state, read_task, "write_failed").await;
                 }
             }
         }
-        let due = [next_state, next_event, Some(next_ping)]
+        // While a resume's replay runs, events wait (the snapshot that ends it wakes the loop).
+        let event_due = next_event.filter(|_| !state.replaying.get() && !state.resend_due.get());
+        let due = [next_state, event_due, Some(next_ping)]
             .into_iter()
             .flatten()
             .min()
@@ -712,7 +721,7 @@ async fn play(
                 if let Some(pong) = pong
                     && writer.write_frame(Frame::pong(WsPayload::Borrowed(&pong))).await.is_err()
                 {
-                    return lost(shared, read_task, "write_failed");
+                    return lost(shared, state, read_task, "write_failed").await;
                 }
                 continue;
             }
@@ -738,7 +747,7 @@ async fn play(
                 .await
                 .is_err()
             {
-                return lost(shared, read_task, "write_failed");
+                return lost(shared, state, read_task, "write_failed").await;
             }
             shared.count(|c| {
                 c.states_sent += 1;
@@ -760,7 +769,7 @@ async fn play(
                 .await
                 .is_err()
             {
-                return lost(shared, read_task, "write_failed");
+                return lost(shared, state, read_task, "write_failed").await;
             }
             shared.count(|c| c.events_sent += 1);
             let behind = ((now - at).as_nanos() / period.as_nanos()) as u32;
@@ -774,7 +783,7 @@ async fn play(
                 .await
                 .is_err()
             {
-                return lost(shared, read_task, "write_failed");
+                return lost(shared, state, read_task, "write_failed").await;
             }
             shared.count(|c| c.pings_sent += 1);
             next_ping = now + plan.ping_interval;
@@ -791,25 +800,46 @@ async fn send_event(
     buffer: &mut Vec<u8>,
     shared: &Shared,
 ) -> Result<(), WebSocketError> {
-    let message = ClientMessage::Event { data };
-    send(writer, shared.plan.codec, &message, buffer, shared).await?;
-    let ClientMessage::Event { data } = message else {
-        unreachable!("built as an event above")
-    };
-    let mut unechoed = state.unechoed.borrow_mut();
-    unechoed.push_back(data);
-    if unechoed.len() > MAX_UNECHOED {
-        unechoed.pop_front();
+    // Kept before it is written: its echo may come before the write returns.
+    {
+        let mut unechoed = state.unechoed.borrow_mut();
+        unechoed.push_back(data.clone());
+        if unechoed.len() > MAX_UNECHOED {
+            unechoed.pop_front();
+            shared.count(|c| c.events_unconfirmed += 1);
+        }
     }
-    Ok(())
+    send(
+        writer,
+        shared.plan.codec,
+        &ClientMessage::Event { data },
+        buffer,
+        shared,
+    )
+    .await
 }
 
 /// Own events remembered until echoed.
 const MAX_UNECHOED: usize = 256;
 
-fn lost(shared: &Shared, read_task: tokio::task::JoinHandle<()>, kind: &str) -> SessionEnd {
-    read_task.abort();
-    shared.count(|c| c.error(kind));
+/// The session's socket failed a write. The server may have closed it right after a
+/// `redirect` (a drain): the reader gets a moment to take what is still on its way, and a
+/// write failing then is no error.
+async fn lost(
+    shared: &Shared,
+    state: &SessionState,
+    mut read_task: tokio::task::JoinHandle<()>,
+    kind: &str,
+) -> SessionEnd {
+    if timeout(Duration::from_millis(200), &mut read_task)
+        .await
+        .is_err()
+    {
+        read_task.abort();
+    }
+    if state.redirect.borrow().is_none() {
+        shared.count(|c| c.error(kind));
+    }
     SessionEnd::Lost
 }
 
