@@ -90,6 +90,19 @@ impl Shared {
         }
     }
 
+    /// The node at `url` that a fleet's `what` (`wrong_node`, `redirect`, `route`) names,
+    /// reached as `from` is (codec, TLS trust); `None`, counted and logged, if it cannot be.
+    async fn follow(&self, from: &Target, url: &str, what: &str) -> Option<Target> {
+        match from.redirected(url).await {
+            Ok(there) => Some(there),
+            Err(err) => {
+                self.count(|c| c.error(format!("{what}_unusable")));
+                tracing::warn!(%url, error = %format!("{err:#}"), "cannot follow {what}");
+                None
+            }
+        }
+    }
+
     fn record(&self, metric: Metric, micros: u64) {
         self.recorder.borrow_mut().histograms.record(metric, micros);
     }
@@ -253,23 +266,17 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
         seat = joined.resume.map(|token| SeatToResume { token, offset });
         if let (SessionEnd::Lost, Some(redirect)) = (&ended.end, ended.redirect) {
             // The lobby moved (a drain): resume there at once, with the redirect's token.
-            match target.redirected(&redirect.url).await {
-                Ok(there) => {
-                    shared.count(|c| c.redirects += 1);
-                    outage_since = Some(Instant::now());
-                    if let Some(token) = redirect.resume {
-                        seat = Some(SeatToResume { token, offset });
-                    }
-                    // (A session that saw no snapshot passes on the tick it came with.)
-                    moved_from = ended.last_tick.or(ended.moved_from);
-                    sent_to = Some(there);
-                    followed = 1;
-                    continue;
+            if let Some(there) = shared.follow(target, &redirect.url, "redirect").await {
+                shared.count(|c| c.redirects += 1);
+                outage_since = Some(Instant::now());
+                if let Some(token) = redirect.resume {
+                    seat = Some(SeatToResume { token, offset });
                 }
-                Err(err) => {
-                    shared.count(|c| c.error("redirect_unusable"));
-                    tracing::warn!(url = %redirect.url, error = %format!("{err:#}"), "cannot follow redirect");
-                }
+                // (A session that saw no snapshot passes on the tick it came with.)
+                moved_from = ended.last_tick.or(ended.moved_from);
+                sent_to = Some(there);
+                followed = 1;
+                continue;
             }
         }
         match ended.end {
@@ -307,17 +314,12 @@ async fn routed(
             });
         }
     };
-    match shared.target.redirected(&url).await {
-        Ok(there) => {
-            shared.count(|c| c.routed += 1);
-            Ok(there)
-        }
-        Err(err) => {
-            shared.count(|c| c.error("route_unusable"));
-            tracing::warn!(%url, error = %format!("{err:#}"), "cannot connect where /route points");
-            Err(None)
-        }
-    }
+    let there = shared
+        .follow(&shared.target, &url, "route")
+        .await
+        .ok_or(None)?;
+    shared.count(|c| c.routed += 1);
+    Ok(there)
 }
 
 /// `wrong_node` answers followed in a row before the client backs off.
@@ -413,14 +415,10 @@ async fn connect_and_join(
             Err(JoinFailed::SeatExpired) => return Err(Again::After(None)),
             Err(JoinFailed::Retry(hint)) => return Err(Again::After(hint)),
             Err(JoinFailed::WrongNode(url)) => {
-                return match target.redirected(&url).await {
-                    Ok(there) => Err(Again::At(there)),
-                    Err(err) => {
-                        shared.count(|c| c.error("wrong_node_unusable"));
-                        tracing::warn!(%url, error = %format!("{err:#}"), "cannot follow wrong_node");
-                        Err(Again::After(None))
-                    }
-                };
+                return Err(match shared.follow(target, &url, "wrong_node").await {
+                    Some(there) => Again::At(there),
+                    None => Again::After(None),
+                });
             }
             Ok(joined) => return Ok((reader, writer, joined)),
         }

@@ -125,8 +125,9 @@ impl Fleet {
 
     /// The lease to run `lobby` here under, or why not: the one held if still valid, else a
     /// new claim in Redis. With `moved_only` (a resume, which never creates a lobby) only a
-    /// lobby a drain moved here, or one whose node died, is claimed. A claim that takes a handoff calls `adopt` with
-    /// it, before any other join can find the lease, so the moved lobby is the one started.
+    /// lobby a drain moved here, or one whose node died, is claimed. A claim that takes a
+    /// handoff calls `adopt` with it, before any other join can find the lease, so the moved
+    /// lobby is the one started.
     async fn claim(
         &self,
         lobby: &str,
@@ -471,7 +472,7 @@ impl FleetDirectory {
         // Moved, or stopping by themselves: they leave the map on their own, soon.
         let mut done = std::collections::HashSet::new();
         let mut no_node_since = None;
-        loop {
+        'drain: loop {
             let mut names = self.local.names();
             names.retain(|name| !done.contains(name));
             if names.is_empty() || tokio::time::Instant::now() >= deadline {
@@ -495,8 +496,7 @@ impl FleetDirectory {
                                 "draining: no other live node to move lobbies to; they stay until shutdown"
                             );
                             report.stayed = self.local.names();
-                            report.seconds = started.elapsed().as_secs_f64();
-                            return report;
+                            break 'drain;
                         }
                         again = true;
                         break;
@@ -516,7 +516,7 @@ impl FleetDirectory {
         if !report.stayed.is_empty() {
             warn!(
                 stayed = report.stayed.len(),
-                "drain timeout: lobbies left here"
+                "drain ended: lobbies left here"
             );
         }
         info!(
