@@ -15,6 +15,8 @@ use serde::Serialize;
 ///   tickrelay-loadgen --url ws://10.0.0.5:8080/ws --clients 5000 --slo 'broadcast.p99<20ms,errors=0'
 ///   tickrelay-loadgen --url ws://HOST/ws --clients 40000 --shard 0/2 --hlog a.hlog   (machine 1)
 ///   tickrelay-loadgen merge a.hlog b.hlog
+///   tickrelay-loadgen --url ws://HOST/ws --clients 40000 --coordinate redis://R:6379 --shard 1/2
+///   tickrelay-loadgen watch redis://R:6379 --json merged.json --slo 'broadcast.p99<20ms'
 #[derive(Debug, Parser)]
 #[command(
     name = "tickrelay-loadgen",
@@ -35,6 +37,38 @@ pub struct Cli {
 pub(crate) enum Command {
     /// Merge interval logs (--hlog) from several load-generator machines into one report.
     Merge(MergeArgs),
+    /// Follow a distributed run (--coordinate): the shards' merged progress live, then the
+    /// merged report (JSON, interval log, HTML) and the --slo verdict on the merged
+    /// histograms. Start it before, during or after the run (up to an hour after).
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    /// The Redis the shards coordinate through, e.g. redis://10.0.0.9:6379.
+    #[arg(value_name = "REDIS_URL")]
+    pub(crate) redis: String,
+    /// The run to follow (the shards' --run).
+    #[arg(long, default_value = "default")]
+    pub(crate) run: String,
+    /// How long to wait for the run to start.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    pub(crate) wait_shards: Duration,
+    /// Exit non-zero (2) when the merged figures break a bound (see the run's --slo).
+    #[arg(long)]
+    pub(crate) slo: Option<String>,
+    /// Write the merged report as JSON.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+    /// Write the merged report as a self-contained HTML page.
+    #[arg(long)]
+    pub(crate) html: Option<PathBuf>,
+    /// Write the merged interval log (one tagged histogram per metric per second).
+    #[arg(long)]
+    pub(crate) hlog: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long, short = 'q')]
+    pub(crate) quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +271,29 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "0/1")]
     pub(crate) shard: String,
 
+    /// Distributed run: coordinate this shard (--shard i/n) with the others through this
+    /// Redis. The shards start together, open their measured windows together and publish
+    /// their figures every second; shard 0 (or `tickrelay-loadgen watch REDIS_URL`) shows the
+    /// merged progress and writes the merged report: with --coordinate, shard 0's --json,
+    /// --html, --hlog and --slo are about the merged run, the other shards' about their own
+    /// share (no --slo verdict on a share). Every shard must run the same command but --shard.
+    #[arg(
+        long,
+        value_name = "REDIS_URL",
+        env = "TICKRELAY_LOADGEN_COORDINATE",
+        conflicts_with = "self_host"
+    )]
+    pub(crate) coordinate: Option<String>,
+
+    /// Name of the distributed run (its keys in Redis; a run whose shards are all gone is
+    /// replaced by the next one of the same name).
+    #[arg(long, default_value = "default")]
+    pub(crate) run: String,
+
+    /// How long a shard waits for the others: to register, and to be ready to measure.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    pub(crate) wait_shards: Duration,
+
     /// Lobby names are PREFIX-0, PREFIX-1, ...
     #[arg(long, default_value = "lg")]
     pub(crate) lobby_prefix: String,
@@ -273,4 +330,29 @@ pub(crate) struct RunArgs {
     /// No progress line.
     #[arg(long, short = 'q')]
     pub(crate) quiet: bool,
+}
+
+impl RunArgs {
+    /// What every shard of a distributed run must run alike: the load, not where it comes
+    /// from (URL, source addresses, threads, outputs may differ by machine).
+    pub(crate) fn load_parameters(&self) -> String {
+        format!(
+            "clients={} lobby-size={} scenario={:?} duration={:?} warmup={:?} connect-rate={} state-rate={} state-size={} event-rate={} event-size={} codec={:?} lobby-prefix={} churn-rate={} storm-after={:?} resume={}",
+            self.clients,
+            self.lobby_size,
+            self.scenario,
+            self.duration,
+            self.warmup,
+            self.connect_rate,
+            self.state_rate,
+            self.state_size,
+            self.event_rate,
+            self.event_size,
+            self.codec,
+            self.lobby_prefix,
+            self.churn_rate,
+            self.storm_after,
+            !self.no_resume,
+        )
+    }
 }

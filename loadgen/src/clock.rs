@@ -5,9 +5,9 @@
 //! server stamped its time somewhere inside the round trip. The sample with the smallest round
 //! trip bounds the offset most tightly, so that is the one kept.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(crate) struct OffsetEstimate {
     /// Server clock minus local clock, microseconds.
     pub(crate) offset_us: f64,

@@ -9,10 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
+use hdrhistogram::Histogram;
 use hdrhistogram::serialization::interval_log::{
     IntervalLogIterator, IntervalLogWriterBuilder, LogEntry, Tag,
 };
-use hdrhistogram::serialization::{Deserializer, V2DeflateSerializer};
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2DeflateSerializer};
 
 use crate::stats::{Histograms, Metric};
 
@@ -60,6 +61,28 @@ impl HlogWriter {
     }
 }
 
+/// One histogram as an interval log carries it: base64 of its V2 deflate encoding.
+pub(crate) fn encode(histogram: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    // Writing into a Vec cannot fail, and these histograms' bounds always encode.
+    let _ = V2DeflateSerializer::new().serialize(histogram, &mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The inverse of [`encode`].
+pub(crate) fn decode(text: &str) -> anyhow::Result<Histogram<u64>> {
+    decode_with(&mut Deserializer::new(), text)
+}
+
+fn decode_with(deserializer: &mut Deserializer, text: &str) -> anyhow::Result<Histogram<u64>> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .context("bad base64 histogram")?;
+    deserializer
+        .deserialize(&mut &bytes[..])
+        .map_err(|err| anyhow::anyhow!("bad histogram ({err:?})"))
+}
+
 /// What a set of interval logs adds up to.
 pub(crate) struct Merged {
     pub(crate) histograms: Histograms,
@@ -95,12 +118,8 @@ pub(crate) fn merge(paths: &[impl AsRef<Path>]) -> anyhow::Result<Merged> {
             let Some(metric) = interval.tag().and_then(|t| Metric::from_name(t.as_str())) else {
                 continue;
             };
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(interval.encoded_histogram())
-                .with_context(|| format!("{}: bad base64 histogram", path.display()))?;
-            let histogram: hdrhistogram::Histogram<u64> = deserializer
-                .deserialize(&mut &bytes[..])
-                .map_err(|err| anyhow::anyhow!("{}: bad histogram ({err:?})", path.display()))?;
+            let histogram = decode_with(&mut deserializer, interval.encoded_histogram())
+                .with_context(|| format!("{}", path.display()))?;
             merged.get_mut(metric).add(&histogram).map_err(|err| {
                 anyhow::anyhow!("{}: incompatible histogram ({err:?})", path.display())
             })?;

@@ -5,11 +5,14 @@
 //! per-second collection, merged by interval index in `interval`) → `worker` threads, each a
 //! single-threaded runtime running many `client`s that record into the worker's own
 //! histograms → `report` (table, JSON), `html` (the `--html` page), `hlog` (interval logs,
-//! merge) and `slo` (exit code).
+//! merge) and `slo` (exit code). A distributed run (`--coordinate`) adds `coordinate` (the
+//! Redis the shards meet in), `shards` (what they publish, and its merge) and `watch` (the
+//! merged progress and report, for `watch` and shard 0).
 
 mod cli;
 mod client;
 mod clock;
+mod coordinate;
 mod hlog;
 mod html;
 mod interval;
@@ -39,10 +42,12 @@ mod selfhost {
         }
     }
 }
+mod shards;
 mod slo;
 
 mod stats;
 mod tls;
+mod watch;
 mod worker;
 
 use std::path::Path;
@@ -51,7 +56,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 pub use crate::cli::Cli;
-use crate::cli::{Command, MergeArgs, RunArgs};
+use crate::cli::{Command, MergeArgs, RunArgs, Scenario, WatchArgs};
+use crate::coordinate::{RunStore, ShardLink};
 use crate::report::{Report, SloResult};
 
 /// Exit code when a `--slo` bound is broken (1 is any other failure).
@@ -61,34 +67,74 @@ pub const EXIT_SLO_BROKEN: u8 = 2;
 pub fn main_with(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Merge(args)) => merge(&args),
+        Some(Command::Watch(args)) => watch(&args),
         None => run(&cli.run),
     }
 }
 
+/// How long a shard waits for Redis to take its last figures.
+const FINISH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let bounds = match &args.slo {
-        Some(spec) => Some(slo::parse(spec)?),
-        None => None,
-    };
-    let mut report = measure(args)?;
-    let mut code = ExitCode::SUCCESS;
-    if let (Some(bounds), Some(spec)) = (bounds, &args.slo) {
-        let violations = slo::check(&bounds, &report);
-        if !violations.is_empty() {
-            code = ExitCode::from(EXIT_SLO_BROKEN);
+    let bounds = slo_bounds(args.slo.as_deref())?;
+    let (own, merged) = measure(args)?;
+    let mut report = match merged {
+        Some(merged) => merged,
+        None if args.coordinate.is_some() => {
+            finish(&own, args.json.as_deref(), args.html.as_deref())?;
+            if args.slo.is_some() {
+                eprintln!(
+                    "tickrelay-loadgen: this is shard {}'s share; --slo is judged on the merged figures (shard 0, or `watch`)",
+                    args.shard
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
         }
-        report.slo = Some(SloResult {
-            spec: spec.clone(),
-            passed: violations.is_empty(),
-            violations,
-        });
-    }
+        None => own,
+    };
+    let code = verdict(&mut report, bounds, args.slo.as_deref());
     finish(&report, args.json.as_deref(), args.html.as_deref())?;
     Ok(code)
 }
 
+fn slo_bounds(spec: Option<&str>) -> anyhow::Result<Option<Vec<slo::Bound>>> {
+    Ok(spec.map(slo::parse).transpose()?)
+}
+
+/// Judges `--slo` (exit 2 when a bound is broken), and a merged report that lacks a shard's
+/// share (exit 1: it is not the run's figures).
+fn verdict(report: &mut Report, bounds: Option<Vec<slo::Bound>>, spec: Option<&str>) -> ExitCode {
+    let mut code = ExitCode::SUCCESS;
+    if let Some(missing) = report.shards.as_ref().map(|shards| &shards.missing)
+        && !missing.is_empty()
+    {
+        eprintln!(
+            "tickrelay-loadgen: shards {missing:?} never sent their figures: the merged report lacks their share"
+        );
+        code = ExitCode::FAILURE;
+    }
+    if let (Some(bounds), Some(spec)) = (bounds, spec) {
+        let violations = slo::check(&bounds, report);
+        if !violations.is_empty() {
+            code = ExitCode::from(EXIT_SLO_BROKEN);
+        }
+        report.slo = Some(SloResult {
+            spec: spec.to_owned(),
+            passed: violations.is_empty(),
+            violations,
+        });
+    }
+    code
+}
+
 /// Runs the load against `--url` or a self-hosted server, which stops when this returns.
-fn measure(args: &RunArgs) -> anyhow::Result<Report> {
+/// Returns this process's report and, for shard 0 of a distributed run, the merged one.
+fn measure(args: &RunArgs) -> anyhow::Result<(Report, Option<Report>)> {
+    if args.coordinate.is_some() && args.scenario == Scenario::Ramp {
+        anyhow::bail!(
+            "--scenario ramp judges each step on one process's histograms: with --coordinate use steady, churn or storm"
+        );
+    }
     let self_hosted = if args.self_host {
         Some(selfhost::SelfHosted::start(args)?)
     } else {
@@ -122,8 +168,53 @@ fn measure(args: &RunArgs) -> anyhow::Result<Report> {
                 plan.total_clients, plan.shard_clients, plan.shard_index, plan.shard_count, plan.lobby_size, plan.scenario, plan.threads
             );
         }
-        runner::run(plan, target, args.quiet, args.hlog.as_deref()).await
+        let Some(coordinate) = &args.coordinate else {
+            let (report, _) = runner::run(plan, target, args.quiet, args.hlog.as_deref(), None).await?;
+            return Ok((report, None));
+        };
+        let store = RunStore::connect(coordinate, &args.run).await?;
+        let merging = plan.shard_index == 0;
+        let link = ShardLink::join(
+            store.clone(),
+            plan.shard_index,
+            plan.shard_count,
+            &args.load_parameters(),
+            args.wait_shards,
+            args.quiet,
+        )
+        .await?;
+        // Shard 0 shows the merged progress and writes the merged interval log instead of its own.
+        let own = async {
+            let hlog = if merging { None } else { args.hlog.as_deref() };
+            let (report, link) = runner::run(plan, target, args.quiet || merging, hlog, Some(link)).await?;
+            if let Some(link) = link {
+                link.finish(&report, FINISH_PATIENCE).await?;
+            }
+            anyhow::Ok(report)
+        };
+        if merging {
+            let merged = watch::follow(store, args.quiet, args.hlog.as_deref(), args.wait_shards);
+            let (own, merged) = tokio::join!(own, merged);
+            Ok((own?, Some(merged?)))
+        } else {
+            Ok((own.await?, None))
+        }
     })
+}
+
+fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
+    let bounds = slo_bounds(args.slo.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let mut report = runtime.block_on(async {
+        let store = RunStore::connect(&args.redis, &args.run).await?;
+        watch::follow(store, args.quiet, args.hlog.as_deref(), args.wait_shards).await
+    })?;
+    let code = verdict(&mut report, bounds, args.slo.as_deref());
+    finish(&report, args.json.as_deref(), args.html.as_deref())?;
+    Ok(code)
 }
 
 fn merge(args: &MergeArgs) -> anyhow::Result<ExitCode> {

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::OffsetEstimate;
 use crate::plan::Plan;
+use crate::shards::Shards;
 use crate::stats::{Counters, Histograms, Metric, Summary};
 
 /// Bumped when a field changes meaning or disappears.
@@ -50,7 +51,7 @@ pub(crate) struct JoinRate {
     pub(crate) per_second: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct StormResult {
     pub(crate) clients: usize,
     pub(crate) clients_back: usize,
@@ -179,9 +180,15 @@ pub(crate) struct Report {
     /// One point per collection interval of the whole run, ramp-up included (empty for
     /// `merge`: interval logs keep only histograms).
     pub(crate) timeline: Vec<TimelinePoint>,
+    /// A distributed run (`--coordinate`): its shards and each one's share.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) shards: Option<Shards>,
     /// The histograms behind `latency`, for plots (not in the JSON: `--hlog` carries them).
     #[serde(skip)]
     pub(crate) histograms: Histograms,
+    /// Counters over the whole run (`errors_whole_run` and the others above come from it).
+    #[serde(skip)]
+    pub(crate) whole_run: Counters,
 }
 
 impl Report {
@@ -238,7 +245,9 @@ impl Report {
             join_rate: None,
             slo: None,
             timeline: Vec::new(),
+            shards: None,
             histograms: histograms.clone(),
+            whole_run: Counters::default(),
         }
     }
 
@@ -316,6 +325,9 @@ impl Report {
                 self.clients_joined_at_end, self.clients_joined_avg
             ),
         ));
+        if let Some(shards) = &self.shards {
+            rows.push(("by shard", shards.describe()));
+        }
         if self.nodes.len() > 1 {
             rows.push(("by node", self.by_node()));
         }

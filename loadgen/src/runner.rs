@@ -11,10 +11,12 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use crate::cli::Scenario;
+use crate::coordinate::{BARRIER_POLL, Barrier, ShardLink, Waiting};
 use crate::hlog::HlogWriter;
 use crate::interval::{IntervalMerger, IntervalReport};
 use crate::plan::{Plan, Target};
 use crate::report::{RampResult, RampStep, Report, StormResult, TimelinePoint};
+use crate::shards::{ShardInterval, ShardMessage, WireHistograms};
 use crate::stats::{Counters, Histograms, Metric, Summary};
 use crate::worker::{self, Command, WorkerHandle};
 
@@ -26,13 +28,16 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 const STOP_REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const PACING_STEP: Duration = Duration::from_millis(10);
 
-/// Runs the plan against `target` and returns the report (SLOs not yet checked).
+/// Runs the plan against `target` and returns the report (SLOs not yet checked). With a
+/// `link`, this is one shard of a distributed run: it publishes every interval and opens its
+/// measured window with the other shards; the link comes back to publish the final figures.
 pub(crate) async fn run(
     plan: Plan,
     target: Target,
     quiet: bool,
     hlog: Option<&Path>,
-) -> anyhow::Result<Report> {
+    link: Option<ShardLink>,
+) -> anyhow::Result<(Report, Option<ShardLink>)> {
     let plan = Arc::new(plan);
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let workers = (0..plan.threads)
@@ -72,11 +77,13 @@ pub(crate) async fn run(
         timeline: Vec::new(),
         clients_started: 0,
         plan: plan.clone(),
+        link,
     };
     let outcome = coordinator.play().await;
     coordinator.stop_all().await;
     let (ramp, storm) = outcome?;
-    Ok(coordinator.report(ramp, storm))
+    let report = coordinator.report(ramp, storm);
+    Ok((report, coordinator.link.take()))
 }
 
 struct Coordinator {
@@ -110,6 +117,8 @@ struct Coordinator {
     /// One point per collection, for the report's timeline.
     timeline: Vec<TimelinePoint>,
     clients_started: usize,
+    /// This run's place in a distributed run.
+    link: Option<ShardLink>,
 }
 
 impl Coordinator {
@@ -119,6 +128,7 @@ impl Coordinator {
             Scenario::Steady | Scenario::Churn => {
                 self.ramp_to(n_clients).await;
                 self.idle(self.plan.warmup).await;
+                self.with_other_shards().await?;
                 self.open_window().await;
                 if self.plan.scenario == Scenario::Churn {
                     self.churn(self.plan.duration).await;
@@ -131,6 +141,7 @@ impl Coordinator {
             Scenario::Storm => {
                 self.ramp_to(n_clients).await;
                 self.idle(self.plan.warmup).await;
+                self.with_other_shards().await?;
                 self.open_window().await;
                 self.idle(self.plan.storm_after).await;
                 let storm = self.storm(n_clients).await;
@@ -276,6 +287,38 @@ impl Coordinator {
         }
     }
 
+    /// In a distributed run, waits (collecting as usual) until every live shard is ready to
+    /// measure, and until the instant they all open their windows at.
+    async fn with_other_shards(&mut self) -> anyhow::Result<()> {
+        let Some(link) = &self.link else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + link.patience();
+        loop {
+            let Some(link) = &mut self.link else {
+                return Ok(());
+            };
+            match link.arrive(Barrier::Measure).await {
+                Ok(Waiting::PassAt { at, .. }) => {
+                    self.idle(at.saturating_duration_since(Instant::now()))
+                        .await;
+                    return Ok(());
+                }
+                Ok(Waiting::Arrived(_)) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "coordinating Redis: barrier poll failed; retrying")
+                }
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "the other shards were not ready to measure within {:?} (--wait-shards)",
+                    link.patience()
+                );
+            }
+            self.idle(BARRIER_POLL).await;
+        }
+    }
+
     /// Opens the measured window on a collection boundary, so the window's counters and
     /// histograms cover exactly its duration.
     async fn open_window(&mut self) {
@@ -370,6 +413,18 @@ impl Coordinator {
             }
         }
         let point = self.timeline_point(&histograms, self.last_collect - interval_start);
+        if let Some(link) = &self.link {
+            link.publish(&ShardMessage::Interval(Box::new(ShardInterval {
+                shard: link.shard(),
+                end_ms: link.since_start_ms(),
+                length_ms: (self.last_collect - interval_start).as_millis() as u64,
+                histograms: WireHistograms::of(&histograms),
+                counters: self.cumulative.clone(),
+                clients_joined: self.clients_joined,
+                clients: self.plan.shard_clients,
+                measuring: self.measuring.is_some(),
+            })));
+        }
         if !self.quiet {
             self.progress(&point);
         }
@@ -463,6 +518,7 @@ impl Coordinator {
         report.snapshots_nominal = self.measured_seconds
             * f64::from(report.tick_hz.unwrap_or(0))
             * report.clients_joined_avg;
+        report.whole_run = self.cumulative.clone();
         report.errors_whole_run = self.cumulative.errors.clone();
         report.wrong_node_followed = self.cumulative.wrong_node_followed;
         report.routed = self.cumulative.routed;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Highest latency recorded: 60 s in microseconds (larger values saturate at this).
 const MAX_MICROS: u64 = 60_000_000;
@@ -164,7 +164,7 @@ impl Histograms {
 }
 
 /// Monotonic counters. Workers keep cumulative values; reports use differences.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Counters {
     pub(crate) snapshots_received: u64,
     /// Snapshots a client should have received judging by tick numbers (received + gaps).
@@ -303,7 +303,7 @@ impl Counters {
 }
 
 /// Percentile summary of one histogram, in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Summary {
     pub(crate) count: u64,
     pub(crate) min: u64,

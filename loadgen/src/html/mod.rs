@@ -94,7 +94,16 @@ fn header(page: &mut String, report: &Report) {
                 facts.push(target.url.clone());
             }
         }
-        None => facts.push("merged interval logs".to_owned()),
+        None => match &report.shards {
+            Some(shards) => {
+                let total = &shards.parameters["total_clients"];
+                facts.push(format!(
+                    "{} shards merged (run {:?}), {total} clients",
+                    shards.count, shards.run
+                ));
+            }
+            None => facts.push("merged interval logs".to_owned()),
+        },
     }
     if report.started_unix_ms > 0 {
         let started = UNIX_EPOCH + Duration::from_millis(report.started_unix_ms as u64);
@@ -229,9 +238,10 @@ fn counters(page: &mut String, report: &Report) {
     );
 }
 
-/// Only `merge` builds a report without run parameters.
+/// Only `merge` builds a report without run parameters or shards (whose figures are a
+/// run's, counters included).
 fn is_merge(report: &Report) -> bool {
-    report.parameters.is_none()
+    report.parameters.is_none() && report.shards.is_none()
 }
 
 /// What the latency histograms cover.
@@ -309,13 +319,16 @@ fn scenario_results(page: &mut String, report: &Report) {
 }
 
 fn parameters(page: &mut String, report: &Report) {
-    match &report.parameters {
-        Some(plan) => {
+    let value = match (&report.parameters, &report.shards) {
+        (Some(plan), _) => serde_json::to_value(plan).ok(),
+        (None, Some(shards)) => Some(shards.parameters.clone()),
+        (None, None) => None,
+    };
+    match value {
+        Some(value) => {
             section(page, "Run parameters", "As resolved from the command line.");
             let mut rows = Vec::new();
-            if let Ok(value) = serde_json::to_value(plan) {
-                flatten_parameters("", &value, &mut rows);
-            }
+            flatten_parameters("", &value, &mut rows);
             page.push_str("<div class=\"parameters\">\n");
             for (key, value) in rows {
                 let _ = writeln!(

@@ -4,6 +4,8 @@
 mod support;
 
 #[cfg(feature = "self-host")]
+mod distributed;
+#[cfg(feature = "self-host")]
 mod fleet;
 mod redirects;
 #[cfg(feature = "self-host")]
