@@ -24,6 +24,7 @@ fn verify(c: &mut Criterion) {
         nbf: None,
         name: Some("Player One".into()),
         role: None,
+        node: None,
     };
     let leeway = Duration::from_secs(5);
     let cases = [

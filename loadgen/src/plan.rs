@@ -223,6 +223,7 @@ impl Plan {
             nbf: None,
             name: None,
             role: None,
+            node: None,
         }))
     }
 

@@ -32,6 +32,11 @@ pub struct TicketClaims {
     /// `player` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// The fleet node the lobby was placed on when the ticket was made (`/route`,
+    /// `/matchmake`): where to connect. A hint, not a condition: a drain may move the lobby,
+    /// and the ticket stays good for it wherever it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A verified ticket: who joins, under which name, in which role.
@@ -298,6 +303,7 @@ mod tests {
             nbf: None,
             name: None,
             role: None,
+            node: None,
         }
     }
 

@@ -157,6 +157,11 @@ pub struct Config {
     #[arg(long, env = "TICKRELAY_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// `POST /matchmake`: how long a seat promised to a placed player stays counted while
+    /// the player is on the way (a player who never comes frees it after this).
+    #[arg(long, env = "TICKRELAY_MATCHMAKE_PROMISE", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub matchmake_promise: Duration,
+
     /// Worker threads for the async runtime (0 = one per core).
     #[arg(long, env = "TICKRELAY_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
@@ -557,6 +562,11 @@ impl Config {
         }
         if self.drain_timeout > Duration::from_secs(3600) {
             return fail("drain-timeout", "must be at most 1h");
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(600))
+            .contains(&self.matchmake_promise)
+        {
+            return fail("matchmake-promise", "must be 100ms to 10m");
         }
         if let Some(id) = &self.node_id
             && (id.is_empty()

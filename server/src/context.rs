@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tickrelay_protocol::ticket::TicketVerifier;
+use tickrelay_protocol::ticket::{TicketSigner, TicketVerifier};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,6 +26,9 @@ pub(crate) struct ServerContext {
     pub(crate) fleet: Option<Arc<Fleet>>,
     /// Verifies join tickets; `None` when joins need none (`--ticket-secret` and the like).
     pub(crate) tickets: Option<TicketVerifier>,
+    /// Signs the tickets `/route` and `/matchmake` answer with: only with an HS256 secret
+    /// (with an Ed25519 public key, relay nodes never hold the signing key).
+    pub(crate) ticket_signer: Option<TicketSigner>,
     /// Cancelled to shut down: see [`run`].
     pub(crate) shutdown: CancellationToken,
     /// Every task the server spawns, so shutdown can wait for all of them.
@@ -55,6 +58,15 @@ impl ServerContext {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, ConfigError> {
         let tickets = config.ticket_verifier()?;
+        let ticket_signer = match config.ticket_public_key {
+            Some(_) => None,
+            None => config
+                .ticket_secret
+                .load()?
+                .map(|secret| TicketSigner::hs256(&secret))
+                .transpose()
+                .map_err(ConfigError::key(config.ticket_secret.flag()))?,
+        };
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(Arc::new(Tls::load(cert, key).map_err(|err| {
                 ConfigError {
@@ -94,7 +106,12 @@ impl ServerContext {
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         };
-        let local = lobby::LocalDirectory::new(settings, config.max_lobbies, tracker.clone());
+        let local = lobby::LocalDirectory::new(
+            settings,
+            config.max_lobbies,
+            config.matchmake_promise,
+            tracker.clone(),
+        );
         let fleet = match &config.redis {
             Some(url) => Some(Arc::new(
                 Fleet::new(
@@ -104,6 +121,7 @@ impl ServerContext {
                     config.lease,
                     // A moved lobby waits for its members as long as an away seat does.
                     config.resume_grace,
+                    config.matchmake_promise,
                     metrics.clone(),
                 )
                 .map_err(|err| ConfigError {
@@ -130,6 +148,7 @@ impl ServerContext {
             resume_keys,
             metrics,
             tickets,
+            ticket_signer,
             shutdown,
             tracker,
             started: Instant::now(),
@@ -140,7 +159,12 @@ impl ServerContext {
 
 /// A node id for a node given none: 8 random hex digits.
 fn random_node_id() -> String {
-    let mut bytes = [0u8; 4];
-    getrandom::fill(&mut bytes).expect("the OS random source works");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    random_hex(4)
+}
+
+/// `bytes` random bytes as hex.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    getrandom::fill(&mut buffer).expect("the OS random source works");
+    buffer.iter().map(|b| format!("{b:02x}")).collect()
 }

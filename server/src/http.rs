@@ -1,8 +1,9 @@
-//! HTTP routing: `/ws` (upgrade), `/healthz`, `/route` (which node runs a lobby), `/lobbies`,
-//! `/stats` and `/cluster` (JSON), `/metrics` (Prometheus), and the embedded browser files
-//! (`/`, `/monitor`, `/tickrelay.js`). Everything that is not the WebSocket itself is small,
-//! read-only and cheap; `/route` and `/cluster` ask Redis in fleet mode. The one exception
-//! is `POST /drain` (admin): it moves this node's lobbies to other nodes.
+//! HTTP routing: `/ws` (upgrade), `/healthz`, `/route` (which node runs a lobby) and `POST
+//! /matchmake` (a seat in a pool's lobbies; both in `routing.rs`), `/lobbies`, `/stats` and
+//! `/cluster` (JSON), `/metrics` (Prometheus), and the embedded browser files (`/`,
+//! `/monitor`, `/tickrelay.js`). Everything that is not the WebSocket itself is small and
+//! cheap; `/route`, `/matchmake` and `/cluster` ask Redis in fleet mode. `POST /drain`
+//! (admin) moves this node's lobbies to other nodes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,15 +13,15 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER, X_CONTENT_TYPE_OPTIONS,
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+    X_CONTENT_TYPE_OPTIONS,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use crate::Surface;
-use crate::config::Config;
 use crate::context::ServerContext;
-use crate::fleet::{self, RouteError};
+use crate::routing::{self, Refused};
+use crate::{Surface, fleet};
 use crate::{assets, stats, ws};
 
 /// The routes only the admin surface serves (on their own listener with `--admin-listen`).
@@ -39,8 +40,8 @@ pub(crate) async fn route(
     surface: Surface,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path();
-    // `/drain` changes the node: POST only, so no prefetch or crawler starts one.
-    let method = if path == "/drain" {
+    // These change things: POST only, so no prefetch or crawler starts one.
+    let method = if path == "/drain" || path == "/matchmake" {
         Method::POST
     } else {
         Method::GET
@@ -65,7 +66,8 @@ pub(crate) async fn route(
     }
     let response = match path {
         "/healthz" => text_response(StatusCode::OK, "ok\n"),
-        "/route" => route_lobby(&ctx, request.uri().query()).await,
+        "/route" => route_lobby(&ctx, &request).await,
+        "/matchmake" => matchmake(&ctx, &request).await,
         "/cluster" => cluster(&ctx, request.uri().query()).await,
         "/drain" if surface == Surface::All && !peer.ip().is_loopback() => text_response(
             StatusCode::FORBIDDEN,
@@ -99,44 +101,86 @@ pub(crate) async fn route(
 
 /// `GET /route?lobby=NAME`: the URL of the node that runs the lobby (in fleet mode, placing a
 /// new lobby on the least-loaded live node; on a single node, this node).
-async fn route_lobby(ctx: &ServerContext, query: Option<&str>) -> Response<Full<Bytes>> {
-    let mut lobby = None;
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match &*key {
-            "lobby" => lobby = Some(value.into_owned()),
-            other => {
-                return text_response(
-                    StatusCode::BAD_REQUEST,
-                    &format!("unknown parameter {other:?}: use lobby\n"),
-                );
-            }
-        }
-    }
-    let Some(lobby) = lobby else {
+async fn route_lobby(ctx: &ServerContext, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let params = match params(request.uri().query(), &["lobby"]) {
+        Ok(params) => params,
+        Err(problem) => return answer(Err(Refused::BadRequest(problem))),
+    };
+    let Some(lobby) = params.into_iter().next().flatten() else {
         return text_response(StatusCode::BAD_REQUEST, "missing parameter lobby\n");
     };
-    if let Err(problem) = ws::session::validate_name("lobby", &lobby, Config::MAX_LOBBY_NAME) {
-        return text_response(StatusCode::BAD_REQUEST, &format!("{problem}\n"));
-    }
-    let Some(fleet) = &ctx.fleet else {
-        return json_response(
-            &fleet::Route {
-                lobby,
-                node: None,
-                url: ctx.config.public_url(),
-            },
-            false,
-        );
+    answer(routing::route(ctx, &lobby, bearer(request)).await)
+}
+
+/// `POST /matchmake?pool=NAME[&size=N]`: a seat in the fullest lobby of the pool with room.
+async fn matchmake(ctx: &ServerContext, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let params = match params(request.uri().query(), &["pool", "size"]) {
+        Ok(params) => params,
+        Err(problem) => return answer(Err(Refused::BadRequest(problem))),
     };
-    match fleet.route(&lobby).await {
-        Ok(route) => json_response(&route, false),
-        Err(err) => {
-            let wait = match err {
-                RouteError::OwnerGone(wait) => wait,
-                _ => fleet::RETRY_AFTER,
-            };
-            unavailable(&err.to_string(), wait)
+    let [pool, size] = <[Option<String>; 2]>::try_from(params).unwrap_or_default();
+    let Some(pool) = pool else {
+        return text_response(StatusCode::BAD_REQUEST, "missing parameter pool\n");
+    };
+    let size = match size.map(|size| size.parse::<usize>()) {
+        None => None,
+        Some(Ok(size)) => Some(size),
+        Some(Err(_)) => {
+            return text_response(StatusCode::BAD_REQUEST, "size must be a number\n");
         }
+    };
+    answer(routing::matchmake(ctx, &pool, size, bearer(request)).await)
+}
+
+/// The query's values for `names`, in order; an unknown parameter is a problem (a 400).
+fn params(query: Option<&str>, names: &[&str]) -> Result<Vec<Option<String>>, String> {
+    let mut values = vec![None; names.len()];
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let Some(index) = names.iter().position(|name| *name == key) else {
+            return Err(format!(
+                "unknown parameter {key:?}: use {}",
+                names.join(", ")
+            ));
+        };
+        values[index] = Some(value.into_owned());
+    }
+    Ok(values)
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(request: &Request<Incoming>) -> Option<&str> {
+    let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn answer(result: Result<routing::Answer, Refused>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(answer) => json_response(&answer, false),
+        Err(Refused::BadRequest(problem)) => {
+            text_response(StatusCode::BAD_REQUEST, &format!("{problem}\n"))
+        }
+        Err(Refused::Ticket(refusal)) => {
+            let missing = refusal == tickrelay_protocol::ticket::TicketRefusal::Missing;
+            let status = if missing {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            let mut response = text_response(
+                status,
+                &format!(
+                    "{refusal}: this server requires tickets; send one for the lobby (or the pool) as Authorization: Bearer TICKET\n"
+                ),
+            );
+            if missing {
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            response
+        }
+        Err(Refused::Unavailable { message, retry }) => unavailable(&message, retry),
     }
 }
 
@@ -244,12 +288,12 @@ fn unavailable(message: &str, wait: std::time::Duration) -> Response<Full<Bytes>
 fn not_found(surface: Surface) -> Response<Full<Bytes>> {
     let served = match surface {
         Surface::All => {
-            "/ws, /healthz, /route, /lobbies, /stats, /cluster, /metrics, POST /drain, / (demo), \
-             /monitor and /tickrelay.js"
+            "/ws, /healthz, /route, POST /matchmake, /lobbies, /stats, /cluster, /metrics, POST \
+             /drain, / (demo), /monitor and /tickrelay.js"
         }
         Surface::Public => {
-            "/ws, /healthz, /route, / (demo) and /tickrelay.js (the admin endpoints are on the \
-             admin listener)"
+            "/ws, /healthz, /route, POST /matchmake, / (demo) and /tickrelay.js (the admin \
+             endpoints are on the admin listener)"
         }
         Surface::Admin => {
             "/healthz, /lobbies, /stats, /cluster, /metrics, POST /drain and /monitor"

@@ -25,8 +25,9 @@ pub(crate) struct Lease {
     until: AtomicU64,
     /// Redis said the lobby is no longer ours: never valid again.
     lost: AtomicBool,
-    /// The lobby's instance, next player id, reliable offset and tick, as it last reported.
-    progress: [AtomicU64; 4],
+    /// The lobby's instance, next player id, reliable offset, tick and seats, as it last
+    /// reported.
+    progress: [AtomicU64; 5],
 }
 
 impl Lease {
@@ -63,6 +64,7 @@ impl Lease {
             u64::from(progress.next_player_id),
             progress.offset,
             progress.tick,
+            u64::from(progress.seats),
         ];
         for (slot, value) in self.progress.iter().zip(values) {
             slot.store(value, Ordering::Relaxed);
@@ -71,7 +73,7 @@ impl Lease {
 
     /// What the lobby last reported, if it ever did.
     pub(crate) fn progress(&self) -> Option<Progress> {
-        let [instance, next_player_id, offset, tick] = self
+        let [instance, next_player_id, offset, tick, seats] = self
             .progress
             .each_ref()
             .map(|slot| slot.load(Ordering::Relaxed));
@@ -80,6 +82,7 @@ impl Lease {
             next_player_id: next_player_id as u32,
             offset,
             tick,
+            seats: seats as u32,
         })
     }
 
@@ -97,6 +100,8 @@ pub(crate) struct Progress {
     pub(crate) next_player_id: u32,
     pub(crate) offset: u64,
     pub(crate) tick: u64,
+    /// Player seats taken (away ones included): what matchmaking counts.
+    pub(crate) seats: u32,
 }
 
 impl Progress {
@@ -104,14 +109,16 @@ impl Progress {
     /// that its rebuilt self must never give again: a generous bound on joins per second.
     const ID_MARGIN: u32 = 4096;
 
-    /// As stored in Redis: `"{instance} {next_player_id} {offset} {tick}"`.
+    /// As stored in Redis: `"{instance} {next_player_id} {offset} {tick} {seats}"` (the
+    /// matchmaking script reads the last field).
     pub(crate) fn encode(&self) -> String {
         format!(
-            "{} {} {} {}",
-            self.instance, self.next_player_id, self.offset, self.tick
+            "{} {} {} {} {}",
+            self.instance, self.next_player_id, self.offset, self.tick, self.seats
         )
     }
 
+    /// Reads [`encode`](Self::encode)'s text, or an earlier version's without `seats`.
     pub(crate) fn decode(text: &str) -> Option<Self> {
         let mut parts = text.split(' ').map(str::parse::<u64>);
         let mut next = || parts.next()?.ok();
@@ -120,6 +127,7 @@ impl Progress {
             next_player_id: u32::try_from(next()?).ok()?,
             offset: next()?,
             tick: next()?,
+            seats: next().map_or(Some(0), |seats| u32::try_from(seats).ok())?,
         };
         Some(progress)
     }
@@ -192,8 +200,20 @@ mod tests {
             next_player_id: 12,
             offset: 99,
             tick: 4000,
+            seats: 7,
         };
         assert_eq!(Progress::decode(&progress.encode()), Some(progress));
+        assert_eq!(
+            Progress::decode("1 2 3 4"),
+            Some(Progress {
+                instance: 1,
+                next_player_id: 2,
+                offset: 3,
+                tick: 4,
+                seats: 0,
+            }),
+            "an earlier version's, without seats"
+        );
         assert_eq!(Progress::decode("1 2 3"), None);
         assert_eq!(Progress::decode("1 99999999999 3 4"), None);
         let lease = Lease::granted("a 1".into(), Instant::now(), LENGTH);

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub(crate) tls_handshakes: Family<Labels, Counter>,
     pub(crate) tls_reloads: Family<Labels, Counter>,
     pub(crate) fleet_leases: Family<Labels, Counter>,
+    pub(crate) matchmakes: Family<Labels, Counter>,
     pub(crate) fleet_lease_renewals: Counter,
     pub(crate) fleet_redis_errors: Counter,
     pub(crate) fleet_events_dropped_moving: Counter,
@@ -86,6 +87,7 @@ impl Metrics {
             tls_handshakes: Family::default(),
             tls_reloads: Family::default(),
             fleet_leases: Family::default(),
+            matchmakes: Family::default(),
             fleet_lease_renewals: Counter::default(),
             fleet_redis_errors: Counter::default(),
             fleet_events_dropped_moving: Counter::default(),
@@ -224,6 +226,11 @@ impl Metrics {
             metrics.fleet_leases.clone(),
         );
         registry.register(
+            "matchmakes",
+            "POST /matchmake answers by outcome: placed (in a lobby with room), opened (a new lobby), refused (no room for another lobby, or the fleet's directory unavailable)",
+            metrics.matchmakes.clone(),
+        );
+        registry.register(
             "fleet_lease_renewals",
             "Fleet lease renewals sent to Redis (one batch per heartbeat)",
             metrics.fleet_lease_renewals.clone(),
@@ -254,6 +261,10 @@ impl Metrics {
 
     pub(crate) fn fleet_lease(&self, event: &'static str) {
         self.fleet_leases.get_or_create(&[("event", event)]).inc();
+    }
+
+    pub(crate) fn matchmake(&self, outcome: &'static str) {
+        self.matchmakes.get_or_create(&[("outcome", outcome)]).inc();
     }
 
     pub(crate) fn resume(&self, result: &'static str) {

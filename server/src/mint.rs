@@ -80,6 +80,7 @@ impl TicketCommand {
             nbf: None,
             name: self.name.clone(),
             role: (self.role != Role::Player).then_some(self.role),
+            node: None,
         };
         Ok(signer.sign(&claims))
     }

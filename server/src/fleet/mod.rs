@@ -28,8 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::lease::{Lease, Progress};
-use crate::lobby::directory::{DrainFuture, DrainReport, JoinFuture, MovedLobby};
+use crate::lobby::directory::{DrainFuture, DrainReport, JoinFuture, MatchFuture, MovedLobby};
 use crate::lobby::{Directory, JoinRefusal, JoinRequest, LobbyInfo, LocalDirectory};
+use crate::matchmake::{MatchError, Matched, Placement};
 use crate::metrics::Metrics;
 use crate::sync::lock;
 pub(crate) use store::NodeStatus;
@@ -55,6 +56,8 @@ pub(crate) struct Fleet {
     /// A drain started: out of placement, and no lobby starts here any more (new, moved or
     /// rebuilt); joins of lobbies not running here are sent where the route points.
     draining: AtomicBool,
+    /// How long a matchmaking promise holds its seat.
+    promise: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -101,9 +104,11 @@ impl Fleet {
         public_url: String,
         lease: Duration,
         handoff_keep: Duration,
+        promise: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Self, redis::RedisError> {
         Ok(Self {
+            promise,
             node_id,
             public_url,
             // A command waits at most a third of a lease (and a second): a renewal that
@@ -275,6 +280,39 @@ impl Fleet {
             lobby: lobby.to_owned(),
             node: Some(node),
             url: status.url,
+        })
+    }
+
+    /// Places a player (`promise` names them) in `pool`, whose lobbies hold `size`: the
+    /// fleet-wide count in Redis decides the lobby, routing decides its node.
+    pub(crate) async fn matchmake(
+        &self,
+        pool: &str,
+        size: usize,
+        promise: &str,
+    ) -> Result<Matched, MatchError> {
+        let unavailable = |err: RouteError| MatchError::Unavailable {
+            retry: match err {
+                RouteError::OwnerGone(wait) => wait,
+                _ => RETRY_AFTER,
+            },
+            reason: err.to_string(),
+        };
+        // A lobby nobody renewed for this long has no owner and nobody on the way.
+        let forget_after = self.lease + self.handoff_keep + self.promise;
+        let (lobby, seats, opened) = self
+            .store
+            .matchmake(pool, size, promise, self.promise, forget_after)
+            .await
+            .map_err(|err| unavailable(RouteError::Unavailable(err)))?;
+        let route = self.route(&lobby).await.map_err(unavailable)?;
+        Ok(Matched {
+            placement: Placement {
+                lobby,
+                seats,
+                opened,
+            },
+            node: route.node.map(|node| (node, route.url)),
         })
     }
 
@@ -634,6 +672,10 @@ impl Directory for FleetDirectory {
 
     fn list(&self) -> Vec<Arc<LobbyInfo>> {
         self.local.list()
+    }
+
+    fn matchmake<'a>(&'a self, pool: &'a str, size: usize, promise: &'a str) -> MatchFuture<'a> {
+        Box::pin(self.fleet.matchmake(pool, size, promise))
     }
 
     fn drain(&self, timeout: Duration) -> DrainFuture<'_> {

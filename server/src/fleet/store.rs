@@ -16,6 +16,12 @@
 //!   lobby after its owner died rebuilds it (same instance, ids past the old ones, offset,
 //!   tick); deleted with a lobby given up.
 //!
+//! - `tickrelay:pool:{pool}`: a matchmaking pool's lobbies, scored by seats counted (players
+//!   plus live promises); `tickrelay:pool-seen:{pool}` by when their owner last renewed them
+//!   (lobbies unseen for long are forgotten); `tickrelay:pool-next:{pool}` numbers new ones;
+//!   `tickrelay:pooled:{lobby}` names a lobby's pool, and `tickrelay:promises:{lobby}` holds
+//!   the seats promised to players on their way (member → expiry, ms).
+//!
 //! Scripts make each check-and-set one atomic step. They build node keys from ids, which is
 //! fine on one Redis; Redis Cluster would need the keys passed in (see ARCHITECTURE.md).
 
@@ -30,6 +36,9 @@ const NODES: &str = "tickrelay:nodes";
 const FENCE: &str = "tickrelay:fence";
 const HANDOFF: &str = "tickrelay:handoff:";
 const PROGRESS: &str = "tickrelay:progress:";
+const POOL: &str = "tickrelay:pool:";
+const POOL_SEEN: &str = "tickrelay:pool-seen:";
+const POOL_NEXT: &str = "tickrelay:pool-next:";
 
 /// Renewals sent in one script call.
 const RENEW_BATCH: usize = 500;
@@ -138,8 +147,12 @@ return record
 /// ARGV[2] ms if its record is still ARGV[2i+2], or writes it back where it is missing (a
 /// Redis restarted without its data), and then stores the progress ARGV[2i+3] (if any) for
 /// ARGV[3] ms: 1 renewed, 0 lost. A record written back raises the fence counter (ARGV[1]
-/// names it) past its fence, so no later grant repeats it.
+/// names it) past its fence, so no later grant repeats it. A lobby of a matchmaking pool
+/// gets its count corrected (seats from the progress plus live promises): the owner is the
+/// one who knows who is in it.
 const RENEW: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local renewed = {}
 for i = 1, #KEYS / 2 do
   local key, record, progress = KEYS[2 * i - 1], ARGV[2 * i + 2], ARGV[2 * i + 3]
@@ -159,18 +172,90 @@ for i = 1, #KEYS / 2 do
   end
   if renewed[i] == 1 and progress ~= '' then
     redis.call('SET', KEYS[2 * i], progress, 'PX', ARGV[3])
+    local name = string.sub(key, #'tickrelay:lobby:' + 1)
+    local pool = redis.call('GET', 'tickrelay:pooled:' .. name)
+    if pool then
+      local promises = 'tickrelay:promises:' .. name
+      redis.call('ZREMRANGEBYSCORE', promises, '-inf', now)
+      local seats = tonumber(string.match(progress, '^%d+ %d+ %d+ %d+ (%d+)$')) or 0
+      redis.call('ZADD', 'tickrelay:pool:' .. pool, seats + redis.call('ZCARD', promises), name)
+      redis.call('ZADD', 'tickrelay:pool-seen:' .. pool, now, name)
+    end
   end
 end
 return renewed
 ";
 
-/// Deletes KEYS[1], and the progress KEYS[2], if its record is still ARGV[1].
+/// Deletes KEYS[1], and the progress KEYS[2], if its record is still ARGV[1]. A lobby of a
+/// matchmaking pool (ARGV[2] its name) leaves the pool unless players are still on their way
+/// (their join starts it again).
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[2])
+  local pool = redis.call('GET', 'tickrelay:pooled:' .. ARGV[2])
+  if pool then
+    local t = redis.call('TIME')
+    local promises = 'tickrelay:promises:' .. ARGV[2]
+    redis.call('ZREMRANGEBYSCORE', promises, '-inf', t[1] * 1000 + math.floor(t[2] / 1000))
+    local pending = redis.call('ZCARD', promises)
+    if pending == 0 then
+      redis.call('ZREM', 'tickrelay:pool:' .. pool, ARGV[2])
+      redis.call('ZREM', 'tickrelay:pool-seen:' .. pool, ARGV[2])
+      redis.call('DEL', 'tickrelay:pooled:' .. ARGV[2])
+    else
+      redis.call('ZADD', 'tickrelay:pool:' .. pool, pending, ARGV[2])
+    end
+  end
   return redis.call('DEL', KEYS[1])
 end
 return 0
+";
+
+/// Matchmaking in pool ARGV[1] (KEYS: its lobbies by count, by last renewal, its counter):
+/// promises player ARGV[4] a seat for ARGV[3] ms in the fullest lobby whose count (seats in
+/// its progress plus live promises, recomputed here) is below ARGV[2], or opens the pool's
+/// next lobby. Lobbies unseen for ARGV[5] ms are forgotten first. Returns {lobby, count,
+/// opened}.
+const MATCHMAKE: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local size, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local function promise(lobby)
+  local promises = 'tickrelay:promises:' .. lobby
+  redis.call('ZADD', promises, now + ttl, ARGV[4])
+  redis.call('PEXPIRE', promises, ttl)
+end
+for _, lobby in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[5]), 'LIMIT', 0, 16)) do
+  redis.call('ZREM', KEYS[1], lobby)
+  redis.call('ZREM', KEYS[2], lobby)
+  redis.call('DEL', 'tickrelay:pooled:' .. lobby, 'tickrelay:promises:' .. lobby)
+end
+for _ = 1, 4 do
+  local open = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. size, '-inf', 'LIMIT', 0, 16)
+  if #open == 0 then break end
+  for _, lobby in ipairs(open) do
+    local promises = 'tickrelay:promises:' .. lobby
+    redis.call('ZREMRANGEBYSCORE', promises, '-inf', now)
+    local progress = redis.call('GET', 'tickrelay:progress:' .. lobby)
+    local seats = 0
+    -- (An earlier version's progress has no seats: counted as none.)
+    if progress then seats = tonumber(string.match(progress, '^%d+ %d+ %d+ %d+ (%d+)$')) or 0 end
+    local count = seats + redis.call('ZCARD', promises)
+    if count < size then
+      promise(lobby)
+      count = seats + redis.call('ZCARD', promises)
+      redis.call('ZADD', KEYS[1], count, lobby)
+      return {lobby, count, 0}
+    end
+    redis.call('ZADD', KEYS[1], count, lobby)
+  end
+end
+local lobby = ARGV[1] .. '-' .. redis.call('INCR', KEYS[3])
+promise(lobby)
+redis.call('ZADD', KEYS[1], 1, lobby)
+redis.call('ZADD', KEYS[2], now, lobby)
+redis.call('SET', 'tickrelay:pooled:' .. lobby, ARGV[1])
+return {lobby, 1, 1}
 ";
 
 /// The live node with the lowest score other than ARGV[2] (a draining node asking); dead
@@ -353,9 +438,37 @@ impl Store {
         invocation
             .key(lobby_key(lobby))
             .key(progress_key(lobby))
-            .arg(record);
+            .arg(record)
+            .arg(lobby);
         let _: i64 = self.bounded(invocation.invoke_async(&mut redis)).await?;
         Ok(())
+    }
+
+    /// Promises `player` a seat in `pool` (lobbies of `size`) for `promise`: the lobby, its
+    /// count with this promise, and whether this opened it. Lobbies of the pool that no owner
+    /// renewed for `forget_after` are dropped from it on the way.
+    pub(crate) async fn matchmake(
+        &self,
+        pool: &str,
+        size: usize,
+        player: &str,
+        promise: Duration,
+        forget_after: Duration,
+    ) -> Result<(String, usize, bool), StoreError> {
+        let mut redis = self.redis.clone();
+        let mut invocation = self.scripts.matchmake.prepare_invoke();
+        invocation
+            .key(format!("{POOL}{pool}"))
+            .key(format!("{POOL_SEEN}{pool}"))
+            .key(format!("{POOL_NEXT}{pool}"))
+            .arg(pool)
+            .arg(size)
+            .arg(promise.as_millis() as u64)
+            .arg(player)
+            .arg(forget_after.as_millis() as u64);
+        let (lobby, count, opened): (String, usize, u8) =
+            self.bounded(invocation.invoke_async(&mut redis)).await?;
+        Ok((lobby, count, opened == 1))
     }
 
     /// Publishes this node's status, alive for `ttl` unless renewed; `listed`: among the nodes
@@ -476,6 +589,7 @@ struct Scripts {
     place: Script,
     renew: Script,
     release: Script,
+    matchmake: Script,
     least_loaded: Script,
 }
 
@@ -487,6 +601,7 @@ impl Scripts {
             place: Script::new(PLACE),
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
+            matchmake: Script::new(MATCHMAKE),
             least_loaded: Script::new(LEAST_LOADED),
         }
     }

@@ -576,6 +576,7 @@ impl Actor {
             next_player_id: self.state.next_player_id(),
             offset: self.history.offset(),
             tick: self.state.tick_number(),
+            seats: u32::try_from(self.state.player_count()).unwrap_or(u32::MAX),
         });
         metrics
             .tick_duration

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tickrelay_protocol::{ErrorCode, Handoff};
 use tokio::sync::oneshot;
@@ -25,6 +26,7 @@ use super::actor::{
 };
 use super::info::LobbyInfo;
 use crate::lease::Lease;
+use crate::matchmake::{MatchError, Matched, Placement, Pools};
 use crate::sync::lock;
 
 /// A join's eventual answer.
@@ -41,13 +43,21 @@ pub(crate) trait Directory: Send + Sync {
     /// Every lobby running here, sorted by name.
     fn list(&self) -> Vec<Arc<LobbyInfo>>;
 
+    /// Places a player in matchmaking pool `pool`, whose lobbies hold `size` players
+    /// (`matchmake.rs`); `promise` names the player (a ticket's `sub`, or a random id).
+    fn matchmake<'a>(&'a self, pool: &'a str, size: usize, promise: &'a str) -> MatchFuture<'a>;
+
     /// Moves every lobby here to other nodes, within `timeout`, and stops taking new ones;
     /// `None` when there is nowhere to move them (a single node).
-    fn drain(&self, timeout: std::time::Duration) -> DrainFuture<'_> {
+    fn drain(&self, timeout: Duration) -> DrainFuture<'_> {
         let _ = timeout;
         Box::pin(async { None })
     }
 }
+
+/// A matchmaking's eventual placement.
+pub(crate) type MatchFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Matched, MatchError>> + Send + 'a>>;
 
 /// A drain's eventual report.
 pub(crate) type DrainFuture<'a> = Pin<Box<dyn Future<Output = Option<DrainReport>> + Send + 'a>>;
@@ -79,6 +89,8 @@ pub(crate) struct LocalDirectory {
 
 struct Shared {
     lobbies: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Matchmaking pools; locked after `lobbies` when both are.
+    pools: Mutex<Pools>,
     settings: LobbySettings,
     max_lobbies: usize,
     tracker: TaskTracker,
@@ -94,16 +106,30 @@ struct Entry {
 
 impl LocalDirectory {
     /// A directory whose lobbies run with `settings`, at most `max_lobbies` at once, as tasks
-    /// of `tracker`.
-    pub(crate) fn new(settings: LobbySettings, max_lobbies: usize, tracker: TaskTracker) -> Self {
+    /// of `tracker`; a matchmaking promise holds its seat for `promise_ttl`.
+    pub(crate) fn new(
+        settings: LobbySettings,
+        max_lobbies: usize,
+        promise_ttl: Duration,
+        tracker: TaskTracker,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 lobbies: Mutex::new(HashMap::new()),
+                pools: Mutex::new(Pools::new(promise_ttl, max_lobbies)),
                 settings,
                 max_lobbies,
                 tracker,
             }),
         }
+    }
+
+    /// Places a player in `pool` among the lobbies running here (a fleet places it in
+    /// Redis instead).
+    pub(crate) fn place(&self, pool: &str, size: usize) -> Result<Placement, MatchError> {
+        let lobbies = lock(&self.shared.lobbies);
+        let players = |name: &str| lobbies.get(name).map(|entry| entry.info.player_count());
+        lock(&self.shared.pools).place(pool, size, Instant::now(), players)
     }
 
     /// The names of the lobbies running here.
@@ -234,6 +260,14 @@ impl Directory for LocalDirectory {
         self.join_leased(request, None)
     }
 
+    fn matchmake<'a>(&'a self, pool: &'a str, size: usize, _promise: &'a str) -> MatchFuture<'a> {
+        let placed = self.place(pool, size).map(|placement| Matched {
+            placement,
+            node: None,
+        });
+        Box::pin(async move { placed })
+    }
+
     fn list(&self) -> Vec<Arc<LobbyInfo>> {
         let mut list: Vec<_> = lock(&self.shared.lobbies)
             .values()
@@ -297,7 +331,7 @@ impl Registration for LocalRegistration {
         true
     }
 
-    fn may_run(&self, now: std::time::Instant) -> bool {
+    fn may_run(&self, now: Instant) -> bool {
         self.lease.as_ref().is_none_or(|lease| lease.valid(now))
     }
 

@@ -45,6 +45,14 @@ impl LobbyInfo {
     pub(crate) fn member_count(&self) -> usize {
         lock(&self.members).len()
     }
+
+    /// Members in player seats (away ones included: their seats are held).
+    pub(crate) fn player_count(&self) -> usize {
+        lock(&self.members)
+            .iter()
+            .filter(|member| member.role == tickrelay_protocol::Role::Player)
+            .count()
+    }
 }
 
 /// A lobby's traffic counters. Only its actor adds to them, once per tick (never per member or

@@ -225,6 +225,11 @@ impl<C> LobbyState<C> {
         self.members.is_empty()
     }
 
+    /// Members in player seats (away ones included).
+    pub(crate) fn player_count(&self) -> usize {
+        self.members.len() - self.spectators
+    }
+
     /// The tick number of the last snapshot built (0 before the first tick).
     pub(crate) fn tick_number(&self) -> u64 {
         self.tick

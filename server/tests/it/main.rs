@@ -10,6 +10,7 @@ mod fleet;
 mod http;
 mod limits;
 mod lobby;
+mod matchmaking;
 mod process;
 mod resume;
 mod robustness;

@@ -452,6 +452,7 @@ async fn with_tickets_on_a_resume_needs_no_new_ticket() {
             nbf: None,
             name: None,
             role: None,
+            node: None,
         });
     let mut ann = Client::connect(&server, Codec::MessagePack).await;
     ann.send(&ClientMessage::Join {

@@ -154,8 +154,19 @@ pub(crate) async fn http_get(
 
 /// POST (no body) to `path`: (status, body).
 pub(crate) async fn http_post(addr: SocketAddr, path: &str) -> (u16, String) {
-    let (status, _, body) = http_request(addr, "POST", path, &[("Content-Length", "0")]).await;
+    let (status, _, body) = http_post_with_headers(addr, path, &[]).await;
     (status, body)
+}
+
+/// POST (no body) to `path` with `headers`: (status, lower-cased header block, body).
+pub(crate) async fn http_post_with_headers(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let mut headers = headers.to_vec();
+    headers.push(("Content-Length", "0"));
+    http_request(addr, "POST", path, &headers).await
 }
 
 /// GET `path` over a plain TCP connection; returns (status, lower-cased header block, body).

@@ -48,6 +48,7 @@ fn claims(sub: &str, lobby: &str) -> TicketClaims {
         nbf: None,
         name: None,
         role: None,
+        node: None,
     }
 }
 
