@@ -138,6 +138,12 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "URL", conflicts_with = "self_host")]
     pub(crate) route: Option<String>,
 
+    /// With --route: each client asks the node `POST /matchmake?pool=POOL&size=LOBBY_SIZE`
+    /// for a seat instead of joining its planned lobby, and keeps the lobby it is given
+    /// (reconnections route to it); the pool's lobbies fill to --lobby-size.
+    #[arg(long, value_name = "POOL", requires = "route")]
+    pub(crate) matchmake: Option<String>,
+
     /// For wss:// URLs: trust the CA certificates (PEM) in this file instead of the system's
     /// roots (a private CA, or the server's own self-signed certificate).
     #[arg(long, value_name = "FILE", conflicts_with = "insecure")]

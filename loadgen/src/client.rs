@@ -152,6 +152,8 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
     let mut moved_from: Option<u64> = None;
     // Own events written to a connection and not echoed back yet, across connections.
     let unechoed: Rc<RefCell<VecDeque<Payload>>> = Rc::default();
+    // The lobby this client plays in: its planned one, or the one matchmaking gave it.
+    let mut lobby: Option<String> = plan.matchmake.is_none().then(|| spec.lobby.clone());
     loop {
         if (attempt > 0 || outage_since.is_some()) && followed == 0 {
             // The server's hint is the floor; the jittered backoff on top spreads a crowd told
@@ -179,12 +181,25 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
             });
         }
         // `--route`: where the lobby runs, asked afresh at every new start (the node it ran
-        // on may have died or drained).
+        // on may have died or drained); with `--matchmake`, the first start asks for a seat
+        // instead, and the lobby it names is this client's from then on.
         if sent_to.is_none()
             && let Some(route) = &plan.route
         {
-            match routed(&shared, route, &spec.lobby, source).await {
-                Ok(there) => sent_to = Some(there),
+            let ask = match (&plan.matchmake, &lobby) {
+                (Some(pool), None) => net::Ask::Matchmake {
+                    pool,
+                    size: plan.lobby_size,
+                },
+                (_, lobby) => net::Ask::Route {
+                    lobby: lobby.as_deref().unwrap_or(&spec.lobby),
+                },
+            };
+            match routed(&shared, route, ask, &spec.name, source).await {
+                Ok((placed_in, there)) => {
+                    lobby = Some(placed_in);
+                    sent_to = Some(there);
+                }
                 Err(hint) => {
                     retry_after = hint;
                     attempt += 1;
@@ -196,8 +211,12 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
         let resume = seat.as_ref().filter(|_| plan.resume);
         let target = sent_to.as_ref().unwrap_or(&shared.target);
         let node: Arc<str> = Arc::from(target.url.as_str());
+        let Some(joining) = lobby.as_deref() else {
+            // (Only --matchmake without --route, which the plan refuses.)
+            return;
+        };
         let (reader, writer, joined) =
-            match connect_and_join(&spec, &shared, target, source, resume).await {
+            match connect_and_join(&spec, joining, &shared, target, source, resume).await {
                 Ok(joined) => joined,
                 Err(Again::At(target)) if followed < MAX_FOLLOWED => {
                     shared.count(|c| c.wrong_node_followed += 1);
@@ -290,21 +309,25 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
     }
 }
 
-/// The node `GET /route` names for `lobby`, or (counted) when to try again.
+/// The lobby and node `--route`'s node names for `ask` (client `name` shows its ticket when
+/// tickets are on), or (counted) when to try again.
 async fn routed(
     shared: &Shared,
     route: &Target,
-    lobby: &str,
+    ask: net::Ask<'_>,
+    name: &str,
     source: Option<std::net::Ipv4Addr>,
-) -> Result<Target, Option<Duration>> {
+) -> Result<(String, Target), Option<Duration>> {
+    let (net::Ask::Route { lobby: shown } | net::Ask::Matchmake { pool: shown, .. }) = ask;
+    let bearer = shared.plan.ticket(name, shown, unix_micros() / 1_000_000);
     let asked = timeout(
         shared.plan.connect_timeout,
-        net::route(route, lobby, source),
+        net::place(route, ask, bearer.as_deref(), source),
     )
     .await
     .unwrap_or(Err(net::ConnectError::Timeout));
-    let url = match asked {
-        Ok(url) => url,
+    let placed = match asked {
+        Ok(placed) => placed,
         Err(err) => {
             shared.count(|c| c.error(format!("route_{}", err.kind())));
             shared.describe_once(&err);
@@ -315,11 +338,14 @@ async fn routed(
         }
     };
     let there = shared
-        .follow(&shared.target, &url, "route")
+        .follow(&shared.target, &placed.url, "route")
         .await
         .ok_or(None)?;
-    shared.count(|c| c.routed += 1);
-    Ok(there)
+    shared.count(|c| match ask {
+        net::Ask::Route { .. } => c.routed += 1,
+        net::Ask::Matchmake { .. } => c.matchmade += 1,
+    });
+    Ok((placed.lobby, there))
 }
 
 /// `wrong_node` answers followed in a row before the client backs off.
@@ -355,6 +381,7 @@ struct Joined {
 /// refuses it); counts and records everything. On failure, says when or where to try again.
 async fn connect_and_join(
     spec: &ClientSpec,
+    lobby: &str,
     shared: &Shared,
     target: &Target,
     source: Option<std::net::Ipv4Addr>,
@@ -390,7 +417,7 @@ async fn connect_and_join(
     loop {
         let join = match seat {
             Some(seat) => ClientMessage::Join {
-                lobby: spec.lobby.clone(),
+                lobby: lobby.to_owned(),
                 name: spec.name.clone(),
                 ticket: None,
                 role: None,
@@ -398,9 +425,9 @@ async fn connect_and_join(
                 offset: Some(seat.offset),
             },
             None => ClientMessage::Join {
-                lobby: spec.lobby.clone(),
+                lobby: lobby.to_owned(),
                 name: spec.name.clone(),
-                ticket: plan.ticket(spec, unix_micros() / 1_000_000),
+                ticket: plan.ticket(&spec.name, lobby, unix_micros() / 1_000_000),
                 role: None,
                 resume: None,
                 offset: None,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fastwebsockets::{Role, WebSocketWrite};
 use http_body_util::Empty;
-use hyper::header::{CONNECTION, HOST, RETRY_AFTER, UPGRADE};
+use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, RETRY_AFTER, UPGRADE};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tickrelay_protocol::Codec;
@@ -148,17 +148,36 @@ pub(crate) async fn connect(
     ))
 }
 
-/// Asks the node `route` (a target whose path is `/route`) where `lobby` runs: the WebSocket
-/// URL of its node. A 503 (the directory unreachable) is `Shed`, with its Retry-After.
-pub(crate) async fn route(
+/// A question to a fleet node's placement endpoints.
+#[derive(Clone, Copy)]
+pub(crate) enum Ask<'a> {
+    /// `GET /route?lobby=NAME`: where the lobby runs.
+    Route { lobby: &'a str },
+    /// `POST /matchmake?pool=NAME&size=N`: a seat in the pool's fullest open lobby.
+    Matchmake { pool: &'a str, size: usize },
+}
+
+/// A node's answer: the lobby to join and the WebSocket URL of the node that runs it.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct Placed {
+    pub(crate) lobby: String,
+    pub(crate) url: String,
+}
+
+/// Asks `route`'s node `ask`, showing `bearer` (a ticket) when the server requires tickets.
+pub(crate) async fn place(
     route: &Target,
-    lobby: &str,
+    ask: Ask<'_>,
+    bearer: Option<&str>,
     source: Option<Ipv4Addr>,
-) -> Result<String, ConnectError> {
+) -> Result<Placed, ConnectError> {
     let tcp = tcp_connect(route.addr, source).await?;
     match &route.tls {
-        None => ask_route(route, lobby, TokioIo::new(tcp)).await,
-        Some(tls) => ask_route(route, lobby, TokioIo::new(tls_connect(tls, tcp).await?)).await,
+        None => ask_node(route, ask, bearer, TokioIo::new(tcp)).await,
+        Some(tls) => {
+            let io = TokioIo::new(tls_connect(tls, tcp).await?);
+            ask_node(route, ask, bearer, io).await
+        }
     }
 }
 
@@ -173,15 +192,39 @@ async fn tls_connect(
         .map_err(ConnectError::Tls)
 }
 
-async fn ask_route<S>(route: &Target, lobby: &str, io: TokioIo<S>) -> Result<String, ConnectError>
+async fn ask_node<S>(
+    route: &Target,
+    ask: Ask<'_>,
+    bearer: Option<&str>,
+    io: TokioIo<S>,
+) -> Result<Placed, ConnectError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let failed = |err: hyper::Error| ConnectError::Handshake(format!("route: {err}"));
-    let request = Request::builder()
-        .method("GET")
-        .uri(format!("{}?lobby={}", route.path, percent_encoded(lobby)))
+    let what = match ask {
+        Ask::Route { .. } => "route",
+        Ask::Matchmake { .. } => "matchmake",
+    };
+    let failed = |err: hyper::Error| ConnectError::Handshake(format!("{what}: {err}"));
+    let (method, uri) = match ask {
+        Ask::Route { lobby } => (
+            "GET",
+            format!("{}?lobby={}", route.path, percent_encoded(lobby)),
+        ),
+        Ask::Matchmake { pool, size } => (
+            "POST",
+            format!("/matchmake?pool={}&size={size}", percent_encoded(pool)),
+        ),
+    };
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
         .header(HOST, &route.host)
+        .header(CONTENT_LENGTH, 0);
+    if let Some(ticket) = bearer {
+        request = request.header(AUTHORIZATION, format!("Bearer {ticket}"));
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
         .map_err(|err| ConnectError::Handshake(err.to_string()))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
@@ -201,17 +244,12 @@ where
         .to_bytes();
     if status != StatusCode::OK {
         return Err(ConnectError::Handshake(format!(
-            "route: HTTP {status}: {}",
+            "{what}: HTTP {status}: {}",
             String::from_utf8_lossy(&body).trim()
         )));
     }
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        url: String,
-    }
-    serde_json::from_slice::<Answer>(&body)
-        .map(|answer| answer.url)
-        .map_err(|err| ConnectError::Handshake(format!("route: unexpected answer: {err}")))
+    serde_json::from_slice::<Placed>(&body)
+        .map_err(|err| ConnectError::Handshake(format!("{what}: unexpected answer: {err}")))
 }
 
 /// `text` for a URL's query: unreserved characters as they are, every other byte `%XX`.

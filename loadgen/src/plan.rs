@@ -49,6 +49,9 @@ pub(crate) struct Plan {
     pub(crate) target: Option<Target>,
     /// `--route`: the node asked where each client's lobby runs (`GET /route`).
     pub(crate) route: Option<Target>,
+    /// `--matchmake`: the pool each client asks the route's node a seat in, instead of
+    /// joining its planned lobby.
+    pub(crate) matchmake: Option<String>,
     pub(crate) self_host: bool,
     pub(crate) tick_hz: u32,
     pub(crate) scenario: Scenario,
@@ -168,6 +171,7 @@ impl Plan {
         let plan = Self {
             target,
             route,
+            matchmake: args.matchmake.clone(),
             self_host: args.self_host,
             tick_hz: args.tick_hz,
             scenario: args.scenario,
@@ -213,12 +217,13 @@ impl Plan {
         Ok(plan)
     }
 
-    /// A freshly signed ticket for `spec`'s join, if tickets are on (`now_secs`: Unix seconds).
-    pub(crate) fn ticket(&self, spec: &ClientSpec, now_secs: u64) -> Option<String> {
+    /// A freshly signed ticket for client `name` in `lobby` (or matchmaking pool), if
+    /// tickets are on (`now_secs`: Unix seconds).
+    pub(crate) fn ticket(&self, name: &str, lobby: &str, now_secs: u64) -> Option<String> {
         let signer = self.tickets.as_ref()?;
         Some(signer.sign(&TicketClaims {
-            sub: spec.name.clone(),
-            lobby: spec.lobby.clone(),
+            sub: name.to_owned(),
+            lobby: lobby.to_owned(),
             exp: now_secs + TICKET_TTL_SECS,
             nbf: None,
             name: None,

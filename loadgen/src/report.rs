@@ -167,6 +167,8 @@ pub(crate) struct Report {
     pub(crate) wrong_node_followed: u64,
     /// `GET /route` answers followed, over the whole run (`--route`).
     pub(crate) routed: u64,
+    /// `POST /matchmake` answers followed, over the whole run (`--matchmake`).
+    pub(crate) matchmade: u64,
     /// Ticks × members in the window, from the tick rate and the clients joined.
     pub(crate) snapshots_nominal: f64,
     pub(crate) snapshots_per_second: f64,
@@ -236,6 +238,7 @@ impl Report {
             errors_whole_run: counters.errors.clone(),
             wrong_node_followed: counters.wrong_node_followed,
             routed: counters.routed,
+            matchmade: counters.matchmade,
             counters,
             snapshots_nominal: 0.0,
             clock_offset: None,
@@ -370,6 +373,15 @@ impl Report {
             "connects / reconnects",
             format!("{} / {}", c.connects, c.reconnects),
         ));
+        if self.matchmade > 0 {
+            rows.push((
+                "matchmade",
+                format!(
+                    "{} (whole run: POST /matchmake answers followed)",
+                    self.matchmade
+                ),
+            ));
+        }
         if self.routed > 0 {
             rows.push((
                 "routed",

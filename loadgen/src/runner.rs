@@ -522,6 +522,7 @@ impl Coordinator {
         report.errors_whole_run = self.cumulative.errors.clone();
         report.wrong_node_followed = self.cumulative.wrong_node_followed;
         report.routed = self.cumulative.routed;
+        report.matchmade = self.cumulative.matchmade;
         report.join_rate =
             self.cumulative
                 .join_rate()

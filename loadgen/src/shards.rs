@@ -442,6 +442,7 @@ impl ShardMerger {
         report.errors_whole_run = whole_run.errors.clone();
         report.wrong_node_followed = whole_run.wrong_node_followed;
         report.routed = whole_run.routed;
+        report.matchmade = whole_run.matchmade;
         report.join_rate = whole_run.join_rate().map(|(clients, seconds)| JoinRate {
             clients,
             seconds,

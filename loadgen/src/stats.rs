@@ -196,6 +196,8 @@ pub(crate) struct Counters {
     pub(crate) wrong_node_followed: u64,
     /// `GET /route` answers followed (`--route`).
     pub(crate) routed: u64,
+    /// `POST /matchmake` answers followed (`--matchmake`).
+    pub(crate) matchmade: u64,
     /// `redirect`s followed: a drain moved the client's lobby to another node (fleet mode).
     pub(crate) redirects: u64,
     /// Snapshots missed across those moves: ticks between the last snapshot before a
@@ -282,6 +284,7 @@ impl Counters {
             (&mut self.resume_lost, other.resume_lost),
             (&mut self.wrong_node_followed, other.wrong_node_followed),
             (&mut self.routed, other.routed),
+            (&mut self.matchmade, other.matchmade),
             (&mut self.redirects, other.redirects),
             (&mut self.redirect_ticks_missed, other.redirect_ticks_missed),
             (&mut self.events_resent, other.events_resent),

@@ -253,3 +253,58 @@ async fn with_route_the_runs_lobbies_spread_over_the_fleet() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("by node"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_matchmake_clients_fill_a_pools_lobbies_showing_their_tickets() {
+    const SECRET: &str = "a ticket secret of at least thirty-two bytes";
+    let redis = RedisServer::start();
+    let node = |id: &str| Config {
+        redis: Some(redis.url()),
+        node_id: Some(id.to_owned()),
+        ticket_secret: tickrelay_server::config::TicketSecret {
+            ticket_secret: Some(SECRET.into()),
+            ticket_secret_file: None,
+        },
+        ..Config::default()
+    };
+    let first = spawn_server_with(node("first")).await;
+    let _second = spawn_server_with(node("second")).await;
+    let route = format!("http://{}", first.addr);
+    let clients = CLIENTS.to_string();
+    let args = [
+        "--route",
+        &route,
+        "--matchmake",
+        "pool",
+        "--ticket-secret",
+        SECRET,
+        "--clients",
+        &clients,
+        "--lobby-size",
+        "8",
+        "--duration",
+        "2s",
+        "--warmup",
+        "0s",
+    ];
+    let (output, report) = loadgen_report(&args).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_clean(&output, &report);
+    assert_eq!(report["matchmade"], CLIENTS, "{}", describe(&output));
+    assert_eq!(
+        report["counters"]["snapshots_received"],
+        report["counters"]["snapshots_expected"]
+    );
+    // Every seat was a pool's: 16 players in lobbies of 8 opened exactly two.
+    let mut redis_connection = redis.connection().unwrap();
+    let opened: u64 = redis::cmd("GET")
+        .arg("tickrelay:pool-next:pool")
+        .query(&mut redis_connection)
+        .unwrap();
+    assert_eq!(opened, (CLIENTS / 8) as u64, "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("matchmade"),
+        "{}",
+        describe(&output)
+    );
+}
