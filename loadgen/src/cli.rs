@@ -1,4 +1,4 @@
-//! The command line: one clap struct for a run plus the `merge` subcommand. Turned into a
+//! The command line: one clap struct for a run plus the `merge` and `watch` subcommands. Turned into a
 //! validated [`Plan`](crate::plan::Plan) before anything starts.
 
 use std::path::PathBuf;
@@ -54,6 +54,10 @@ pub(crate) struct WatchArgs {
     /// How long to wait for the run to start.
     #[arg(long, default_value = "5m", value_parser = duration)]
     pub(crate) wait_shards: Duration,
+    /// Follow the next run of that name, not the one in Redis now (which may be over: by
+    /// default a finished run is reported as it ended).
+    #[arg(long)]
+    pub(crate) next: bool,
     /// Exit non-zero (2) when the merged figures break a bound (see the run's --slo).
     #[arg(long)]
     pub(crate) slo: Option<String>,
@@ -293,11 +297,11 @@ pub(crate) struct RunArgs {
 
     /// Name of the distributed run (its keys in Redis; a run whose shards are all gone is
     /// replaced by the next one of the same name).
-    #[arg(long, default_value = "default")]
+    #[arg(long, default_value = "default", requires = "coordinate")]
     pub(crate) run: String,
 
     /// How long a shard waits for the others: to register, and to be ready to measure.
-    #[arg(long, default_value = "5m", value_parser = duration)]
+    #[arg(long, default_value = "5m", value_parser = duration, requires = "coordinate")]
     pub(crate) wait_shards: Duration,
 
     /// Lobby names are PREFIX-0, PREFIX-1, ...
@@ -336,29 +340,4 @@ pub(crate) struct RunArgs {
     /// No progress line.
     #[arg(long, short = 'q')]
     pub(crate) quiet: bool,
-}
-
-impl RunArgs {
-    /// What every shard of a distributed run must run alike: the load, not where it comes
-    /// from (URL, source addresses, threads, outputs may differ by machine).
-    pub(crate) fn load_parameters(&self) -> String {
-        format!(
-            "clients={} lobby-size={} scenario={:?} duration={:?} warmup={:?} connect-rate={} state-rate={} state-size={} event-rate={} event-size={} codec={:?} lobby-prefix={} churn-rate={} storm-after={:?} resume={}",
-            self.clients,
-            self.lobby_size,
-            self.scenario,
-            self.duration,
-            self.warmup,
-            self.connect_rate,
-            self.state_rate,
-            self.state_size,
-            self.event_rate,
-            self.event_size,
-            self.codec,
-            self.lobby_prefix,
-            self.churn_rate,
-            self.storm_after,
-            !self.no_resume,
-        )
-    }
 }

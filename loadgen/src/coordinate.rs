@@ -15,6 +15,7 @@
 //! A run whose shards are all gone (none alive) is over: the next shard to register under its
 //! name clears it and starts a new one.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
@@ -24,8 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::clock::ClockEstimator;
-use crate::report::Report;
-use crate::shards::{ShardFinal, ShardMessage};
+use crate::shards::ShardMessage;
 
 /// Bound on every Redis command.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -41,19 +41,23 @@ const KEEP_MS: u64 = 3_600_000;
 /// Messages read per request.
 const READ_BATCH: isize = 200;
 
-/// Registers shard ARGV[1] of ARGV[2] with parameters ARGV[3] and description ARGV[4].
-/// A run with no shard alive is over and cleared first. Returns {'ok', ''} or {error,
-/// detail}: 'shards' (the run has another count), 'params' (other parameters), 'started'
-/// (the run began without this shard), 'taken' (a live shard holds this index).
+// Every script takes the run's seven keys (`Keys::all`), so each can keep them all alive:
+// they expire KEEP_MS after the run's last heartbeat or message, together.
+
+/// Registers shard ARGV[1] of ARGV[2] with parameters ARGV[3] and description ARGV[4]. A run
+/// with no shard alive is over: its keys are cleared first and a new run id (Redis's clock
+/// in ms) is set. Returns {'ok', id} or {error, detail}: 'shards' (the run has another
+/// count), 'params' (other parameters), 'started' (the run began without this shard),
+/// 'taken' (a live shard holds this index).
 const REGISTER: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('ZCOUNT', KEYS[3], now, '+inf') == 0 then
+if redis.call('ZCOUNT', KEYS[3], now, '+inf') == 0 then
   redis.call('DEL', unpack(KEYS))
 end
 local n = redis.call('HGET', KEYS[1], 'shards')
 if not n then
-  redis.call('HSET', KEYS[1], 'shards', ARGV[2], 'params', ARGV[3])
+  redis.call('HSET', KEYS[1], 'shards', ARGV[2], 'params', ARGV[3], 'id', tostring(now))
 elseif n ~= ARGV[2] then
   return {'shards', n}
 elseif redis.call('HGET', KEYS[1], 'params') ~= ARGV[3] then
@@ -67,52 +71,80 @@ end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[1])
 for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[6]) end
-return {'ok', ''}
+return {'ok', redis.call('HGET', KEYS[1], 'id')}
 ";
 
-/// Shard ARGV[1] arrives at barrier ARGV[2] (set KEYS[3]; instants in hash KEYS[4]) and
-/// renews its heartbeat. Once every shard has arrived (ARGV[4] = '1': or is gone), sets the
-/// barrier's instant ARGV[3] ms ahead. Returns {1, instant, now} once set, else {0, arrived,
-/// now}.
+/// Shard ARGV[1] arrives at barrier ARGV[2] ('start': set KEYS[4], 'measure': KEYS[5];
+/// instants in hash KEYS[6]) and renews its heartbeat. Once every shard is there and alive
+/// (ARGV[4] = '1': or gone, for a barrier a shard may die before), sets the barrier's
+/// instant ARGV[3] ms ahead. Returns {1, instant, now} once set, else {0, arrived, now}.
 const BARRIER: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('PEXPIRE', KEYS[3], ARGV[6])
-local at = redis.call('HGET', KEYS[4], ARGV[2])
+local arrived = KEYS[4]
+if ARGV[2] == 'measure' then arrived = KEYS[5] end
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[1])
+redis.call('SADD', arrived, ARGV[1])
+for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[6]) end
+local at = redis.call('HGET', KEYS[6], ARGV[2])
 if at then return {1, tonumber(at), now} end
 local n = tonumber(redis.call('HGET', KEYS[1], 'shards'))
 for shard = 0, n - 1 do
-  if redis.call('SISMEMBER', KEYS[3], shard) == 0 then
-    local alive = redis.call('ZSCORE', KEYS[2], shard)
-    if ARGV[4] ~= '1' or (alive and tonumber(alive) >= now) then
-      return {0, redis.call('SCARD', KEYS[3]), now}
-    end
+  local score = redis.call('ZSCORE', KEYS[3], shard)
+  local alive = score and tonumber(score) >= now
+  local here = redis.call('SISMEMBER', arrived, shard) == 1
+  if not (here and alive) and (alive or ARGV[4] ~= '1') then
+    return {0, redis.call('SCARD', arrived), now}
   end
 end
-redis.call('HSET', KEYS[4], ARGV[2], now + tonumber(ARGV[3]))
-redis.call('PEXPIRE', KEYS[4], ARGV[6])
+redis.call('HSET', KEYS[6], ARGV[2], now + tonumber(ARGV[3]))
 return {1, now + tonumber(ARGV[3]), now}
 ";
 
-/// Renews shard ARGV[1]'s heartbeat for ARGV[2] ms, or (ARGV[2] = '0') ends it.
+/// Renews shard ARGV[1]'s heartbeat for ARGV[2] ms, or (ARGV[2] = '0') signs it off: out of
+/// the live shards and of the barriers it waited at.
 const HEARTBEAT: &str = r"
-if ARGV[2] == '0' then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+if ARGV[2] == '0' then
+  redis.call('SREM', KEYS[4], ARGV[1])
+  redis.call('SREM', KEYS[5], ARGV[1])
+  return redis.call('ZREM', KEYS[3], ARGV[1])
+end
 local t = redis.call('TIME')
-return redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[2]), ARGV[1])
+for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[3]) end
+return redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[2]), ARGV[1])
 ";
 
-/// The run's state for a reader: {now, shards or false, start instant or false, live shards...}.
+/// The run's state for a reader: {now, shards, start instant, run id, log length, live
+/// shards...} (false where absent).
 const STATUS: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local reply = {now, redis.call('HGET', KEYS[1], 'shards'), redis.call('HGET', KEYS[3], 'start')}
-for _, shard in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')) do
+local reply = {now, redis.call('HGET', KEYS[1], 'shards'), redis.call('HGET', KEYS[6], 'start'),
+  redis.call('HGET', KEYS[1], 'id'), redis.call('LLEN', KEYS[7])}
+for _, shard in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], now, '+inf')) do
   table.insert(reply, tonumber(shard))
 end
 return reply
 ";
+
+/// The scripts, built once (each `Script` hashes its source).
+struct Scripts {
+    register: Script,
+    barrier: Script,
+    heartbeat: Script,
+    status: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            register: Script::new(REGISTER),
+            barrier: Script::new(BARRIER),
+            heartbeat: Script::new(HEARTBEAT),
+            status: Script::new(STATUS),
+        }
+    }
+}
 
 /// A run's keys.
 #[derive(Clone)]
@@ -140,7 +172,7 @@ impl Keys {
         }
     }
 
-    /// In the order REGISTER expects.
+    /// In the order the scripts expect.
     fn all(&self) -> [&str; 7] {
         [
             &self.meta,
@@ -161,6 +193,7 @@ pub(crate) struct RunStore {
     redis: ConnectionManager,
     run: String,
     keys: Keys,
+    scripts: Arc<Scripts>,
     clock: ClockEstimator,
 }
 
@@ -186,16 +219,21 @@ impl Barrier {
 pub(crate) enum Waiting {
     /// Shards arrived so far.
     Arrived(u64),
-    /// Everybody passes at this instant: `at` here, `redis_ms` on Redis's clock.
-    PassAt { at: Instant, redis_ms: u64 },
+    /// Everybody passes at this instant (here).
+    PassAt(Instant),
 }
 
 /// What a reader sees of the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Status {
     /// The run's shard count, once a shard registered.
     pub(crate) shards: Option<usize>,
     /// The start instant (Redis clock, ms), once set.
     pub(crate) start_ms: Option<u64>,
+    /// Set anew each time a run of this name begins.
+    pub(crate) id: Option<String>,
+    /// Messages in the run's log.
+    pub(crate) messages: usize,
     pub(crate) live: Vec<usize>,
 }
 
@@ -228,6 +266,7 @@ impl RunStore {
             redis,
             run: run.to_owned(),
             keys: Keys::of(run),
+            scripts: Arc::new(Scripts::new()),
             clock: ClockEstimator::default(),
         })
     }
@@ -236,18 +275,15 @@ impl RunStore {
         &self.run
     }
 
-    /// Runs `script` with `keys` and `args`, learning the clock offset from `now` at `at`
-    /// in the answer.
+    /// Runs the script `which` picks, with the run's keys and `args`.
     async fn invoke<T: redis::FromRedisValue>(
-        &mut self,
-        script: &str,
-        keys: &[&str],
+        &self,
+        which: fn(&Scripts) -> &Script,
         args: &[String],
     ) -> anyhow::Result<T> {
-        let script = Script::new(script);
-        let mut invocation = script.prepare_invoke();
-        for key in keys {
-            invocation.key(*key);
+        let mut invocation = which(&self.scripts).prepare_invoke();
+        for key in self.keys.all() {
+            invocation.key(key);
         }
         for arg in args {
             invocation.arg(arg);
@@ -280,8 +316,7 @@ impl RunStore {
         shards: usize,
         params: &str,
         host: &str,
-    ) -> anyhow::Result<()> {
-        let keys = self.keys.clone();
+    ) -> anyhow::Result<String> {
         let args = [
             shard.to_string(),
             shards.to_string(),
@@ -290,15 +325,16 @@ impl RunStore {
             ALIVE_MS.to_string(),
             KEEP_MS.to_string(),
         ];
-        let (status, detail): (String, String) = self.invoke(REGISTER, &keys.all(), &args).await?;
+        let (status, detail): (String, String) = self.invoke(|s| &s.register, &args).await?;
         let run = &self.run;
         match status.as_str() {
-            "ok" => Ok(()),
+            "ok" => Ok(detail),
             "shards" => bail!(
                 "run {run:?} has {detail} shards, this one says {shards}: give every shard the same --shard i/n"
             ),
             "params" => bail!(
-                "run {run:?}'s shards run other parameters: every shard must run the same command but --shard.\n  theirs: {detail}\n  ours:   {params}"
+                "run {run:?}'s shards run other parameters: every shard must run the same command but --shard ({})",
+                differences(&detail, params)
             ),
             "started" => bail!(
                 "run {run:?} has started without shard {shard}: wait until it ends, or name a new run with --run"
@@ -316,11 +352,6 @@ impl RunStore {
         barrier: Barrier,
         shard: usize,
     ) -> anyhow::Result<Waiting> {
-        let keys = self.keys.clone();
-        let arrived = match barrier {
-            Barrier::Start => &keys.arrived_start,
-            Barrier::Measure => &keys.arrived_measure,
-        };
         let args = [
             shard.to_string(),
             barrier.name().to_owned(),
@@ -336,45 +367,27 @@ impl RunStore {
             KEEP_MS.to_string(),
         ];
         let sent = unix_us();
-        let (set, value, now): (u8, u64, u64) = self
-            .invoke(
-                BARRIER,
-                &[&keys.meta, &keys.alive, arrived, &keys.at],
-                &args,
-            )
-            .await?;
+        let (set, value, now): (u8, u64, u64) = self.invoke(|s| &s.barrier, &args).await?;
         self.observe(sent, now);
         Ok(if set == 1 {
-            Waiting::PassAt {
-                at: self.local_instant(value),
-                redis_ms: value,
-            }
+            Waiting::PassAt(self.local_instant(value))
         } else {
             Waiting::Arrived(value)
         })
     }
 
-    /// Renews (or, `alive` false, ends) shard `shard`'s heartbeat.
-    async fn heartbeat(&mut self, shard: usize, alive: bool) -> anyhow::Result<()> {
-        let keys = self.keys.clone();
+    /// Renews (or, `alive` false, signs off) shard `shard`'s heartbeat.
+    async fn heartbeat(&self, shard: usize, alive: bool) -> anyhow::Result<()> {
         let ms = if alive { ALIVE_MS } else { 0 };
-        let _: i64 = self
-            .invoke(
-                HEARTBEAT,
-                &[&keys.alive],
-                &[shard.to_string(), ms.to_string()],
-            )
-            .await?;
+        let args = [shard.to_string(), ms.to_string(), KEEP_MS.to_string()];
+        let _: i64 = self.invoke(|s| &s.heartbeat, &args).await?;
         Ok(())
     }
 
     /// The run as it stands.
     pub(crate) async fn status(&mut self) -> anyhow::Result<Status> {
-        let keys = self.keys.clone();
         let sent = unix_us();
-        let reply: Vec<redis::Value> = self
-            .invoke(STATUS, &[&keys.meta, &keys.alive, &keys.at], &[])
-            .await?;
+        let reply: Vec<redis::Value> = self.invoke(|s| &s.status, &[]).await?;
         let number =
             |value: &redis::Value| -> Option<u64> { redis::from_redis_value(value.clone()).ok() };
         let now_ms = reply
@@ -385,7 +398,11 @@ impl RunStore {
         Ok(Status {
             shards: reply.get(1).and_then(number).map(|n| n as usize),
             start_ms: reply.get(2).and_then(number),
-            live: reply[3.min(reply.len())..]
+            id: reply
+                .get(3)
+                .and_then(|value| redis::from_redis_value(value.clone()).ok()),
+            messages: reply.get(4).and_then(number).unwrap_or(0) as usize,
+            live: reply[5.min(reply.len())..]
                 .iter()
                 .filter_map(number)
                 .map(|shard| shard as usize)
@@ -426,8 +443,10 @@ pub(crate) struct ShardLink {
     host: String,
     /// How long it waits for the others at a barrier.
     patience: Duration,
-    /// The run's common start (Redis clock, ms).
-    start_ms: u64,
+    /// The run's common start, on this machine's monotonic clock.
+    started_at: Instant,
+    /// The sequence number of the next interval published.
+    next_seq: u64,
     outbox: Option<mpsc::UnboundedSender<String>>,
     publisher: Option<JoinHandle<()>>,
     heartbeat: JoinHandle<()>,
@@ -450,9 +469,9 @@ impl ShardLink {
         let heartbeat = tokio::spawn(heartbeat(store.clone(), shard));
         let deadline = Instant::now() + patience;
         let mut said = Instant::now();
-        let (at, start_ms) = loop {
+        let at = loop {
             match store.arrive(Barrier::Start, shard).await {
-                Ok(Waiting::PassAt { at, redis_ms }) => break (at, redis_ms),
+                Ok(Waiting::PassAt(at)) => break at,
                 Ok(Waiting::Arrived(arrived)) => {
                     if !quiet && said.elapsed() >= Duration::from_secs(2) {
                         eprintln!(
@@ -466,6 +485,10 @@ impl ShardLink {
             }
             if Instant::now() >= deadline {
                 heartbeat.abort();
+                // Out of the barrier: the others must not start counting on this shard.
+                if let Err(err) = store.heartbeat(shard, false).await {
+                    tracing::warn!(%err, "coordinating Redis: could not sign off");
+                }
                 bail!(
                     "run {:?}: not every shard came within {patience:?} (--wait-shards)",
                     store.run()
@@ -481,7 +504,8 @@ impl ShardLink {
             shard,
             host,
             patience,
-            start_ms,
+            started_at: at,
+            next_seq: 0,
             outbox: Some(outbox),
             publisher: Some(publisher),
             heartbeat,
@@ -501,14 +525,19 @@ impl ShardLink {
         self.store.arrive(barrier, self.shard).await
     }
 
-    /// Ms since the run's common start, now.
-    pub(crate) fn since_start_ms(&self) -> u64 {
-        self.store.redis_now_ms().saturating_sub(self.start_ms)
+    /// When the run's shards started together, here.
+    pub(crate) fn started_at(&self) -> Instant {
+        self.started_at
     }
 
-    /// Queues `message` for publishing (in order, retried until Redis takes it).
-    pub(crate) fn publish(&self, message: &ShardMessage) {
-        match serde_json::to_string(message) {
+    /// Queues `message` for publishing (in order, retried until Redis takes it); an interval
+    /// gets its sequence number here, so a message pushed twice by a retry counts once.
+    pub(crate) fn publish(&mut self, mut message: ShardMessage) {
+        if let ShardMessage::Interval(interval) = &mut message {
+            interval.seq = self.next_seq;
+            self.next_seq += 1;
+        }
+        match serde_json::to_string(&message) {
             Ok(text) => {
                 if let Some(outbox) = &self.outbox {
                     let _ = outbox.send(text);
@@ -518,15 +547,19 @@ impl ShardLink {
         }
     }
 
-    /// Publishes the final figures of `report` (this shard's own), waits (at most `patience`)
-    /// until everything queued is in Redis, and ends the heartbeat: the shard is done.
+    /// Where this shard runs ("host pid N").
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Publishes `last` (the shard's final figures), waits (at most `patience`) until
+    /// everything queued is in Redis, and signs off: the shard is done.
     pub(crate) async fn finish(
         mut self,
-        report: &Report,
+        last: ShardMessage,
         patience: Duration,
     ) -> anyhow::Result<()> {
-        let last = ShardFinal::of(report, self.shard, self.host.clone());
-        self.publish(&ShardMessage::Final(Box::new(last)));
+        self.publish(last);
         self.outbox = None;
         let flushed = match self.publisher.take() {
             Some(mut publisher) => {
@@ -554,7 +587,7 @@ impl Drop for ShardLink {
     }
 }
 
-async fn heartbeat(mut store: RunStore, shard: usize) {
+async fn heartbeat(store: RunStore, shard: usize) {
     let mut every = tokio::time::interval(HEARTBEAT_EVERY);
     loop {
         every.tick().await;
@@ -576,6 +609,33 @@ async fn publisher(store: RunStore, mut queue: mpsc::UnboundedReceiver<String>) 
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+}
+
+/// Where two parameter sets (JSON objects) differ, as `name: theirs X, ours Y; ...`.
+fn differences(theirs: &str, ours: &str) -> String {
+    let parse = |text: &str| {
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).unwrap_or_default()
+    };
+    let (theirs, ours) = (parse(theirs), parse(ours));
+    let mut names: Vec<&String> = theirs.keys().chain(ours.keys()).collect();
+    names.sort();
+    names.dedup();
+    let null = serde_json::Value::Null;
+    let differing: Vec<String> = names
+        .into_iter()
+        .filter_map(|name| {
+            let (a, b) = (
+                theirs.get(name).unwrap_or(&null),
+                ours.get(name).unwrap_or(&null),
+            );
+            (a != b).then(|| format!("{name}: theirs {a}, ours {b}"))
+        })
+        .collect();
+    if differing.is_empty() {
+        "they are from another version of the load generator".to_owned()
+    } else {
+        differing.join("; ")
     }
 }
 

@@ -59,6 +59,7 @@ pub use crate::cli::Cli;
 use crate::cli::{Command, MergeArgs, RunArgs, Scenario, WatchArgs};
 use crate::coordinate::{RunStore, ShardLink};
 use crate::report::{Report, SloResult};
+use crate::shards::{ShardFinal, ShardMessage};
 
 /// Exit code when a `--slo` bound is broken (1 is any other failure).
 pub const EXIT_SLO_BROKEN: u8 = 2;
@@ -105,16 +106,25 @@ fn slo_bounds(spec: Option<&str>) -> anyhow::Result<Option<Vec<slo::Bound>>> {
 /// share (exit 1: it is not the run's figures).
 fn verdict(report: &mut Report, bounds: Option<Vec<slo::Bound>>, spec: Option<&str>) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
-    if let Some(missing) = report.shards.as_ref().map(|shards| &shards.missing)
-        && !missing.is_empty()
-    {
+    let missing = report
+        .shards
+        .as_ref()
+        .map_or(0, |shards| shards.missing.len());
+    if missing > 0 {
         eprintln!(
-            "tickrelay-loadgen: shards {missing:?} never sent their figures: the merged report lacks their share"
+            "tickrelay-loadgen: {missing} shards never sent their figures: the merged report lacks their share"
         );
         code = ExitCode::FAILURE;
     }
     if let (Some(bounds), Some(spec)) = (bounds, spec) {
-        let violations = slo::check(&bounds, report);
+        let mut violations = slo::check(&bounds, report);
+        if missing > 0 {
+            // Whatever the figures say, they are not the whole run's.
+            violations.push(report::Violation {
+                bound: "shards missing = 0".to_owned(),
+                actual: Some(missing as f64),
+            });
+        }
         if !violations.is_empty() {
             code = ExitCode::from(EXIT_SLO_BROKEN);
         }
@@ -178,7 +188,7 @@ fn measure(args: &RunArgs) -> anyhow::Result<(Report, Option<Report>)> {
             store.clone(),
             plan.shard_index,
             plan.shard_count,
-            &args.load_parameters(),
+            &plan.shared_parameters().to_string(),
             args.wait_shards,
             args.quiet,
         )
@@ -188,14 +198,29 @@ fn measure(args: &RunArgs) -> anyhow::Result<(Report, Option<Report>)> {
             let hlog = if merging { None } else { args.hlog.as_deref() };
             let (report, link) = runner::run(plan, target, args.quiet || merging, hlog, Some(link)).await?;
             if let Some(link) = link {
-                link.finish(&report, FINISH_PATIENCE).await?;
+                let last = ShardFinal::of(&report, link.shard(), link.host().to_owned());
+                link.finish(ShardMessage::Final(Box::new(last)), FINISH_PATIENCE)
+                    .await?;
             }
             anyhow::Ok(report)
         };
         if merging {
-            let merged = watch::follow(store, args.quiet, args.hlog.as_deref(), args.wait_shards);
-            let (own, merged) = tokio::join!(own, merged);
-            Ok((own?, Some(merged?)))
+            let merged = watch::follow(
+                store,
+                watch::Which::Current,
+                args.quiet,
+                args.hlog.as_deref(),
+                args.wait_shards,
+            );
+            match tokio::join!(own, merged) {
+                (Ok(own), merged) => Ok((own, Some(merged?))),
+                // The merged report names this shard missing: it is still the run's report.
+                (Err(err), Ok(merged)) => {
+                    eprintln!("tickrelay-loadgen: this shard failed: {err:#}");
+                    Ok((merged.clone(), Some(merged)))
+                }
+                (Err(err), Err(_)) => Err(err),
+            }
         } else {
             Ok((own.await?, None))
         }
@@ -210,7 +235,19 @@ fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
         .context("starting the runtime")?;
     let mut report = runtime.block_on(async {
         let store = RunStore::connect(&args.redis, &args.run).await?;
-        watch::follow(store, args.quiet, args.hlog.as_deref(), args.wait_shards).await
+        let which = if args.next {
+            watch::Which::Next
+        } else {
+            watch::Which::Current
+        };
+        watch::follow(
+            store,
+            which,
+            args.quiet,
+            args.hlog.as_deref(),
+            args.wait_shards,
+        )
+        .await
     })?;
     let code = verdict(&mut report, bounds, args.slo.as_deref());
     finish(&report, args.json.as_deref(), args.html.as_deref())?;

@@ -217,6 +217,26 @@ impl Plan {
         Ok(plan)
     }
 
+    /// What every shard of a distributed run must run alike: the plan without what may
+    /// differ by machine (where it connects from and to, threads, its own slice).
+    pub(crate) fn shared_parameters(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(fields) = value.as_object_mut() {
+            for local in [
+                "target",
+                "route",
+                "source_ips",
+                "threads",
+                "shard_index",
+                "shard_clients",
+                "clock_correction",
+            ] {
+                fields.remove(local);
+            }
+        }
+        value
+    }
+
     /// A freshly signed ticket for client `name` in `lobby` (or matchmaking pool), if
     /// tickets are on (`now_secs`: Unix seconds).
     pub(crate) fn ticket(&self, name: &str, lobby: &str, now_secs: u64) -> Option<String> {

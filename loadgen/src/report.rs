@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::OffsetEstimate;
 use crate::plan::Plan;
-use crate::shards::Shards;
 use crate::stats::{Counters, Histograms, Metric, Summary};
 
 /// Bumped when a field changes meaning or disappears.
@@ -511,6 +510,68 @@ impl Report {
         }
         out
     }
+}
+
+/// A distributed run in the merged report: which shards, and each one's share.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Shards {
+    /// The run's name (`--run`).
+    pub(crate) run: String,
+    pub(crate) count: usize,
+    /// Shards that never published their final figures (the report lacks their share).
+    pub(crate) missing: Vec<usize>,
+    /// The run's parameters, as the first shard that finished resolved them.
+    pub(crate) parameters: serde_json::Value,
+    pub(crate) by_shard: Vec<ShardFigures>,
+}
+
+impl Shards {
+    /// One line: each shard's share, then who is missing.
+    pub(crate) fn describe(&self) -> String {
+        let mut parts: Vec<String> = self
+            .by_shard
+            .iter()
+            .map(|shard| {
+                let p99 = shard
+                    .broadcast
+                    .map_or_else(|| "-".to_owned(), |s| format!("{:.2} ms", s.p99 as f64 / 1000.0));
+                format!(
+                    "{}/{} on {}: {} of {} clients joined, {} snapshots, broadcast p99 {p99}, {} errors",
+                    shard.shard,
+                    self.count,
+                    shard.host,
+                    shard.clients_joined_at_end,
+                    shard.clients,
+                    shard.snapshots,
+                    shard.errors
+                )
+            })
+            .collect();
+        if !self.missing.is_empty() {
+            parts.push(format!(
+                "MISSING {:?} (never sent their figures: not in this report)",
+                self.missing
+            ));
+        }
+        format!("run {:?}: {}", self.run, parts.join("; "))
+    }
+}
+
+/// One shard's share of a distributed run.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ShardFigures {
+    pub(crate) shard: usize,
+    pub(crate) host: String,
+    pub(crate) clients: usize,
+    pub(crate) clients_joined_at_end: usize,
+    /// Snapshots received in the measured window.
+    pub(crate) snapshots: u64,
+    /// Broadcast latency in the measured window (µs; null: no sample).
+    pub(crate) broadcast: Option<Summary>,
+    /// Errors over the whole run.
+    pub(crate) errors: u64,
+    /// This shard's machine's clock against the server's.
+    pub(crate) clock_offset: Option<OffsetEstimate>,
 }
 
 /// A ratio as a percentage with three decimals, or `absent` when there is none.

@@ -299,7 +299,7 @@ impl Coordinator {
                 return Ok(());
             };
             match link.arrive(Barrier::Measure).await {
-                Ok(Waiting::PassAt { at, .. }) => {
+                Ok(Waiting::PassAt(at)) => {
                     self.idle(at.saturating_duration_since(Instant::now()))
                         .await;
                     return Ok(());
@@ -413,10 +413,14 @@ impl Coordinator {
             }
         }
         let point = self.timeline_point(&histograms, self.last_collect - interval_start);
-        if let Some(link) = &self.link {
-            link.publish(&ShardMessage::Interval(Box::new(ShardInterval {
+        if let Some(link) = &mut self.link {
+            let end = self
+                .last_collect
+                .saturating_duration_since(link.started_at());
+            link.publish(ShardMessage::Interval(Box::new(ShardInterval {
                 shard: link.shard(),
-                end_ms: link.since_start_ms(),
+                seq: 0,
+                end_ms: end.as_millis() as u64,
                 length_ms: (self.last_collect - interval_start).as_millis() as u64,
                 histograms: WireHistograms::of(&histograms),
                 counters: self.cumulative.clone(),

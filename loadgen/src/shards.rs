@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::OffsetEstimate;
 use crate::hlog;
-use crate::report::{JoinRate, Report, StormResult, TimelinePoint};
+use crate::report::{JoinRate, Report, ShardFigures, Shards, StormResult, TimelinePoint};
 use crate::stats::{Counters, Histograms, Metric, NodeSamples, Summary};
 
 /// How long a second waits for a shard that has not reported past it (a stalled or dead
@@ -43,6 +43,9 @@ impl ShardMessage {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ShardInterval {
     pub(crate) shard: usize,
+    /// Counts the shard's intervals from 0: a message pushed twice (a retry whose first
+    /// push went through) is seen once.
+    pub(crate) seq: u64,
     /// End of the interval, ms since the run's common start.
     pub(crate) end_ms: u64,
     pub(crate) length_ms: u64,
@@ -94,7 +97,11 @@ impl ShardFinal {
         Self {
             shard,
             host,
-            parameters: serde_json::to_value(&report.parameters).unwrap_or_default(),
+            parameters: report
+                .parameters
+                .as_ref()
+                .map(crate::plan::Plan::shared_parameters)
+                .unwrap_or_default(),
             measured: WireHistograms::of(&report.histograms),
             window: report.counters.clone(),
             whole_run: report.whole_run.clone(),
@@ -202,7 +209,7 @@ pub(crate) struct Late {
     pub(crate) histograms: Histograms,
 }
 
-/// A shard's newest cumulative figures.
+/// A shard's cumulative figures at the end of one of its intervals.
 #[derive(Clone)]
 struct Latest {
     end_ms: u64,
@@ -212,15 +219,45 @@ struct Latest {
     measuring: bool,
 }
 
+impl Latest {
+    fn of(interval: &ShardInterval) -> Self {
+        Self {
+            end_ms: interval.end_ms,
+            counters: interval.counters.clone(),
+            clients_joined: interval.clients_joined,
+            clients: interval.clients,
+            measuring: interval.measuring,
+        }
+    }
+}
+
+/// A second not closed yet: its samples, and each shard's figures at its last interval in it.
+struct Second {
+    histograms: Histograms,
+    latest: Vec<Option<Latest>>,
+}
+
+/// How long a shard must have been seen gone (not live in any status) before the merge
+/// stops waiting for its final figures: longer than its heartbeat's lifetime, so a shard
+/// whose heartbeats were only delayed (Redis briefly away) is not written off.
+pub(crate) const GONE_AFTER_MS: u64 = 10_000;
+
 /// Merges `shards` shards' messages, by the second of the common clock each interval ends in.
 pub(crate) struct ShardMerger {
     shards: usize,
     /// Seconds not closed yet, by index; every index below `next` is closed.
-    open: BTreeMap<u64, Histograms>,
+    open: BTreeMap<u64, Second>,
     next: u64,
+    /// Each shard's newest figures, whatever second they are in.
     latest: Vec<Option<Latest>>,
+    /// Each shard's figures as of the last closed second (what the timeline shows).
+    closed: Vec<Option<Latest>>,
+    /// Each shard's last interval taken, by sequence number.
+    seen: Vec<Option<u64>>,
     finals: Vec<Option<ShardFinal>>,
-    /// Snapshots received by all shards at the last closed second.
+    /// Since when (ms, the caller's clock) each shard has been seen not live, if it is.
+    gone_since: Vec<Option<u64>>,
+    /// Snapshots received by all shards as of the last closed second.
     snapshots_before: u64,
     timeline: Vec<TimelinePoint>,
 }
@@ -232,13 +269,17 @@ impl ShardMerger {
             open: BTreeMap::new(),
             next: 0,
             latest: vec![None; shards],
+            closed: vec![None; shards],
+            seen: vec![None; shards],
             finals: vec![None; shards],
+            gone_since: vec![None; shards],
             snapshots_before: 0,
             timeline: Vec::new(),
         }
     }
 
-    /// Takes one message; an interval whose second has closed comes back as `Late`.
+    /// Takes one message; an interval whose second has closed comes back as `Late`, one
+    /// seen before (by its sequence number) is dropped.
     pub(crate) fn accept(&mut self, message: ShardMessage) -> anyhow::Result<Option<Late>> {
         let shard = message.shard();
         anyhow::ensure!(
@@ -253,18 +294,15 @@ impl ShardMerger {
             }
             ShardMessage::Interval(interval) => *interval,
         };
+        if self.seen[shard].is_some_and(|seen| interval.seq <= seen) {
+            return Ok(None);
+        }
+        self.seen[shard] = Some(interval.seq);
         let histograms = interval.histograms.decode()?;
-        if self.latest[shard]
-            .as_ref()
-            .is_none_or(|latest| interval.end_ms >= latest.end_ms)
-        {
-            self.latest[shard] = Some(Latest {
-                end_ms: interval.end_ms,
-                counters: interval.counters,
-                clients_joined: interval.clients_joined,
-                clients: interval.clients,
-                measuring: interval.measuring,
-            });
+        let newer =
+            |slot: &Option<Latest>| slot.as_ref().is_none_or(|l| interval.end_ms >= l.end_ms);
+        if newer(&self.latest[shard]) {
+            self.latest[shard] = Some(Latest::of(&interval));
         }
         let second = interval.end_ms.saturating_sub(1) / 1000;
         if second < self.next {
@@ -275,7 +313,15 @@ impl ShardMerger {
                 histograms,
             }));
         }
-        self.open.entry(second).or_default().add(&histograms);
+        let shards = self.shards;
+        let open = self.open.entry(second).or_insert_with(|| Second {
+            histograms: Histograms::default(),
+            latest: vec![None; shards],
+        });
+        open.histograms.add(&histograms);
+        if newer(&open.latest[shard]) {
+            open.latest[shard] = Some(Latest::of(&interval));
+        }
         Ok(None)
     }
 
@@ -317,7 +363,18 @@ impl ShardMerger {
     }
 
     fn close_next(&mut self, missing: Vec<usize>) -> ClosedSecond {
-        let histograms = self.open.remove(&self.next).unwrap_or_default();
+        let second = self.open.remove(&self.next);
+        let histograms = match second {
+            Some(second) => {
+                for (closed, latest) in self.closed.iter_mut().zip(second.latest) {
+                    if latest.is_some() {
+                        *closed = latest;
+                    }
+                }
+                second.histograms
+            }
+            None => Histograms::default(),
+        };
         let point = self.point(&histograms);
         self.timeline.push(point.clone());
         let second = ClosedSecond {
@@ -343,15 +400,15 @@ impl ShardMerger {
                 .is_some_and(|latest| latest.end_ms >= end_ms)
     }
 
-    /// The second just closed as a timeline point; cumulative figures are the shards' newest.
+    /// The second just closed as a timeline point: its samples, and the shards' cumulative
+    /// figures as of its end.
     fn point(&mut self, histograms: &Histograms) -> TimelinePoint {
-        let latest = self.latest.iter().flatten();
-        let snapshots: u64 = latest
+        let at_end = self.closed.iter().flatten();
+        let snapshots: u64 = at_end
             .clone()
             .map(|latest| latest.counters.snapshots_received)
             .sum();
-        let delta = snapshots.saturating_sub(self.snapshots_before);
-        self.snapshots_before = snapshots;
+        let snapshots_before = std::mem::replace(&mut self.snapshots_before, snapshots);
         let quantile = |metric, q| {
             let histogram = histograms.get(metric);
             (!histogram.is_empty()).then(|| histogram.value_at_quantile(q))
@@ -359,18 +416,37 @@ impl ShardMerger {
         TimelinePoint {
             seconds: (self.next + 1) as f64,
             interval_seconds: 1.0,
-            clients_joined: latest.clone().map(|latest| latest.clients_joined).sum(),
-            snapshots_per_second: delta as f64,
+            clients_joined: at_end.clone().map(|latest| latest.clients_joined).sum(),
+            snapshots_per_second: snapshots.saturating_sub(snapshots_before) as f64,
             broadcast_p50_us: quantile(Metric::Broadcast, 0.5),
             broadcast_p99_us: quantile(Metric::Broadcast, 0.99),
             broadcast_p999_us: quantile(Metric::Broadcast, 0.999),
             input_p99_us: quantile(Metric::InputToVisible, 0.99),
-            errors: latest
+            errors: at_end
                 .clone()
                 .map(|latest| latest.counters.total_errors())
                 .sum(),
-            measuring: latest.clone().any(|latest| latest.measuring),
+            measuring: at_end.clone().any(|latest| latest.measuring),
         }
+    }
+
+    /// Takes one status of the run: `live` shards at `now_ms` (the caller's clock).
+    pub(crate) fn observe_live(&mut self, live: &[usize], now_ms: u64) {
+        for (shard, since) in self.gone_since.iter_mut().enumerate() {
+            if live.contains(&shard) {
+                *since = None;
+            } else {
+                since.get_or_insert(now_ms);
+            }
+        }
+    }
+
+    /// Whether the run is over at `now_ms`: every shard has sent its final figures, or has
+    /// been seen gone for `GONE_AFTER_MS` (it never will).
+    pub(crate) fn over(&self, now_ms: u64) -> bool {
+        self.unfinished().iter().all(|&shard| {
+            self.gone_since[shard].is_some_and(|since| now_ms >= since + GONE_AFTER_MS)
+        })
     }
 
     /// Clients of every shard that has reported, and how many of those shards there are.
@@ -484,68 +560,6 @@ fn merge_storms(finals: &[&ShardFinal]) -> Option<StormResult> {
     })
 }
 
-/// A distributed run in the merged report: which shards, and each one's share.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Shards {
-    /// The run's name (`--run`).
-    pub(crate) run: String,
-    pub(crate) count: usize,
-    /// Shards that never published their final figures (the report lacks their share).
-    pub(crate) missing: Vec<usize>,
-    /// The run's parameters, as the first shard that finished resolved them.
-    pub(crate) parameters: serde_json::Value,
-    pub(crate) by_shard: Vec<ShardFigures>,
-}
-
-impl Shards {
-    /// One line: each shard's share, then who is missing.
-    pub(crate) fn describe(&self) -> String {
-        let mut parts: Vec<String> = self
-            .by_shard
-            .iter()
-            .map(|shard| {
-                let p99 = shard
-                    .broadcast
-                    .map_or_else(|| "-".to_owned(), |s| format!("{:.2} ms", s.p99 as f64 / 1000.0));
-                format!(
-                    "{}/{} on {}: {} of {} clients joined, {} snapshots, broadcast p99 {p99}, {} errors",
-                    shard.shard,
-                    self.count,
-                    shard.host,
-                    shard.clients_joined_at_end,
-                    shard.clients,
-                    shard.snapshots,
-                    shard.errors
-                )
-            })
-            .collect();
-        if !self.missing.is_empty() {
-            parts.push(format!(
-                "MISSING {:?} (never sent their figures: not in this report)",
-                self.missing
-            ));
-        }
-        format!("run {:?}: {}", self.run, parts.join("; "))
-    }
-}
-
-/// One shard's share of a distributed run.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct ShardFigures {
-    pub(crate) shard: usize,
-    pub(crate) host: String,
-    pub(crate) clients: usize,
-    pub(crate) clients_joined_at_end: usize,
-    /// Snapshots received in the measured window.
-    pub(crate) snapshots: u64,
-    /// Broadcast latency in the measured window (µs; null: no sample).
-    pub(crate) broadcast: Option<Summary>,
-    /// Errors over the whole run.
-    pub(crate) errors: u64,
-    /// This shard's machine's clock against the server's.
-    pub(crate) clock_offset: Option<OffsetEstimate>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,6 +572,7 @@ mod tests {
         }
         ShardMessage::Interval(Box::new(ShardInterval {
             shard,
+            seq: end_ms,
             end_ms,
             length_ms: 1000,
             histograms: WireHistograms::of(&histograms),
@@ -634,7 +649,8 @@ mod tests {
         assert_eq!(broadcast_count(&closed[0].histograms), 1);
         assert!(closed[0].missing.is_empty());
         assert_eq!(closed[0].point.clients_joined, 10);
-        assert_eq!(closed[0].point.snapshots_per_second, 30.0);
+        // As of second 0's end: shard 0's 10 and shard 1's 15 (its 20 came in second 1).
+        assert_eq!(closed[0].point.snapshots_per_second, 25.0);
         merger.accept(interval(0, 2000, &[400], 30)).unwrap();
         // Shard 1 reports nothing more: second 1 waits for it, then closes without it.
         assert!(merger.close_ready(2005).is_empty());
@@ -691,6 +707,57 @@ mod tests {
         );
         assert_eq!(shards.by_shard[0].host, "host-0");
         assert!(ShardMerger::new(2).report("none").is_err());
+    }
+
+    #[test]
+    fn an_interval_pushed_twice_counts_once() {
+        let mut merger = ShardMerger::new(1);
+        merger.accept(interval(0, 1000, &[100, 200], 2)).unwrap();
+        merger.accept(interval(0, 1000, &[100, 200], 2)).unwrap();
+        merger.accept(interval(0, 2000, &[300], 3)).unwrap();
+        let closed = merger.close_all();
+        assert_eq!(broadcast_count(&closed[0].histograms), 2);
+        assert_eq!(broadcast_count(&closed[1].histograms), 1);
+    }
+
+    #[test]
+    fn each_second_shows_the_figures_as_of_its_end_even_read_all_at_once() {
+        // A `watch` started after the run reads every interval before closing any second.
+        let mut merger = ShardMerger::new(2);
+        for second in 1..=3u64 {
+            for shard in 0..2 {
+                merger
+                    .accept(interval(shard, second * 1000, &[100], second * 30))
+                    .unwrap();
+            }
+        }
+        let closed = merger.close_ready(u64::MAX / 2);
+        let rates: Vec<f64> = closed
+            .iter()
+            .map(|second| second.point.snapshots_per_second)
+            .collect();
+        assert_eq!(rates, [60.0, 60.0, 60.0], "not all in the first second");
+    }
+
+    #[test]
+    fn the_run_is_over_when_every_shard_finished_or_stayed_gone() {
+        let mut merger = ShardMerger::new(2);
+        merger.observe_live(&[0, 1], 0);
+        assert!(!merger.over(0));
+        merger.accept(last(0, &[100])).unwrap();
+        // Shard 1 is not seen live any more: a heartbeat late, or dead.
+        merger.observe_live(&[], 1_000);
+        assert!(!merger.over(1_000 + GONE_AFTER_MS - 1));
+        merger.observe_live(&[1], 2_000);
+        merger.observe_live(&[], 3_000);
+        assert!(
+            !merger.over(1_000 + GONE_AFTER_MS),
+            "seen live again: the wait starts over"
+        );
+        assert!(merger.over(3_000 + GONE_AFTER_MS));
+        merger.accept(last(1, &[100])).unwrap();
+        merger.observe_live(&[0, 1], 4_000);
+        assert!(merger.over(4_000), "both finished");
     }
 
     #[test]

@@ -181,6 +181,60 @@ async fn shards_start_together_and_their_merged_report_is_the_exact_sum() {
     assert!(count(&read_json(&remerged), "broadcast") >= shares);
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("by shard"), "the HTML names the shards");
+
+    // Watched after the run: the same figures, and a timeline spread over the run's seconds
+    // (not every snapshot in the first second read).
+    let late = path("late.json");
+    let after = run_with(
+        [
+            "watch",
+            &redis.url(),
+            "--run",
+            "sum",
+            "--quiet",
+            "--json",
+            &text(&late),
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        &[],
+    )
+    .await;
+    assert!(after.status.success(), "{}", describe(&after));
+    let late = read_json(&late);
+    for key in ["latency", "counters", "clients_joined_at_end"] {
+        assert_eq!(late[key], merged[key], "{key}");
+    }
+    let busy = late["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|point| point["snapshots_per_second"].as_f64() > Some(0.0))
+        .count();
+    assert!(busy >= 3, "{}", late["timeline"]);
+    // `--next` waits for a run that has not started yet, never the one that ended.
+    let next = run_with(
+        [
+            "watch",
+            &redis.url(),
+            "--run",
+            "sum",
+            "--next",
+            "--wait-shards",
+            "2s",
+            "--quiet",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        &[],
+    )
+    .await;
+    assert!(!next.status.success());
+    assert!(
+        String::from_utf8_lossy(&next.stderr).contains("did not start"),
+        "{}",
+        describe(&next)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,7 +269,7 @@ async fn a_shard_with_other_parameters_or_a_taken_index_is_refused_clearly() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("other parameters") && stderr.contains("clients=64"),
+        stderr.contains("other parameters") && stderr.contains("total_clients: theirs 32, ours 64"),
         "{stderr}"
     );
 
