@@ -154,6 +154,8 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
     let unechoed: Rc<RefCell<VecDeque<Payload>>> = Rc::default();
     // The lobby this client plays in: its planned one, or the one matchmaking gave it.
     let mut lobby: Option<String> = plan.matchmake.is_none().then(|| spec.lobby.clone());
+    // A ticket for it the routing node made (tickets on), for the next fresh join.
+    let mut minted: Option<String> = None;
     loop {
         if (attempt > 0 || outage_since.is_some()) && followed == 0 {
             // The server's hint is the floor; the jittered backoff on top spreads a crowd told
@@ -196,11 +198,14 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
                 },
             };
             match routed(&shared, route, ask, &spec.name, source).await {
-                Ok((placed_in, there)) => {
-                    lobby = Some(placed_in);
+                Ok((placed, there)) => {
+                    lobby = Some(placed.lobby);
+                    minted = placed.ticket;
                     sent_to = Some(there);
                 }
-                Err(hint) => {
+                // Refused for good (counted and described): this client cannot play.
+                Err(Asked::Never) => return,
+                Err(Asked::Again(hint)) => {
                     retry_after = hint;
                     attempt += 1;
                     outage_since.get_or_insert_with(Instant::now);
@@ -215,30 +220,39 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
             // (Only --matchmake without --route, which the plan refuses.)
             return;
         };
-        let (reader, writer, joined) =
-            match connect_and_join(&spec, joining, &shared, target, source, resume).await {
-                Ok(joined) => joined,
-                Err(Again::At(target)) if followed < MAX_FOLLOWED => {
-                    shared.count(|c| c.wrong_node_followed += 1);
-                    sent_to = Some(target);
-                    followed += 1;
-                    continue;
-                }
-                Err(again) => {
-                    retry_after = match again {
-                        Again::After(hint) => hint,
-                        Again::At(_) => None,
-                    };
-                    attempt += 1;
-                    followed = 0;
-                    sent_to = None;
-                    // Not joined where the redirect pointed: the ticks from here on are an
-                    // outage, not the move's cost.
-                    moved_from = None;
-                    outage_since.get_or_insert_with(Instant::now);
-                    continue;
-                }
-            };
+        let (reader, writer, joined) = match connect_and_join(
+            &spec,
+            joining,
+            minted.take(),
+            &shared,
+            target,
+            source,
+            resume,
+        )
+        .await
+        {
+            Ok(joined) => joined,
+            Err(Again::At(target)) if followed < MAX_FOLLOWED => {
+                shared.count(|c| c.wrong_node_followed += 1);
+                sent_to = Some(target);
+                followed += 1;
+                continue;
+            }
+            Err(again) => {
+                retry_after = match again {
+                    Again::After(hint) => hint,
+                    Again::At(_) => None,
+                };
+                attempt += 1;
+                followed = 0;
+                sent_to = None;
+                // Not joined where the redirect pointed: the ticks from here on are an
+                // outage, not the move's cost.
+                moved_from = None;
+                outage_since.get_or_insert_with(Instant::now);
+                continue;
+            }
+        };
         followed = 0;
         if ever_joined {
             shared.count(|c| c.reconnects += 1);
@@ -309,15 +323,23 @@ pub(crate) async fn run(spec: ClientSpec, shared: Rc<Shared>, stop: Cancellation
     }
 }
 
-/// The lobby and node `--route`'s node names for `ask` (client `name` shows its ticket when
-/// tickets are on), or (counted) when to try again.
+/// Why a routing question got no usable answer (counted either way).
+enum Asked {
+    /// Ask again after the backoff, at least this long if the node said so.
+    Again(Option<Duration>),
+    /// The node will never answer it as asked (4xx).
+    Never,
+}
+
+/// What `--route`'s node answers `ask` (client `name` shows its ticket when tickets are on)
+/// and the node it names, or why not.
 async fn routed(
     shared: &Shared,
     route: &Target,
     ask: net::Ask<'_>,
     name: &str,
     source: Option<std::net::Ipv4Addr>,
-) -> Result<(String, Target), Option<Duration>> {
+) -> Result<(net::Placed, Target), Asked> {
     let (net::Ask::Route { lobby: shown } | net::Ask::Matchmake { pool: shown, .. }) = ask;
     let bearer = shared.plan.ticket(name, shown, unix_micros() / 1_000_000);
     let asked = timeout(
@@ -329,23 +351,28 @@ async fn routed(
     let placed = match asked {
         Ok(placed) => placed,
         Err(err) => {
-            shared.count(|c| c.error(format!("route_{}", err.kind())));
+            let what = match ask {
+                net::Ask::Route { .. } => "route",
+                net::Ask::Matchmake { .. } => "matchmake",
+            };
+            shared.count(|c| c.error(format!("{what}_{}", err.kind())));
             shared.describe_once(&err);
             return Err(match err {
-                net::ConnectError::Shed(hint) => hint,
-                _ => None,
+                net::ConnectError::Shed(hint) => Asked::Again(hint),
+                net::ConnectError::Answered(_) => Asked::Never,
+                _ => Asked::Again(None),
             });
         }
     };
     let there = shared
         .follow(&shared.target, &placed.url, "route")
         .await
-        .ok_or(None)?;
+        .ok_or(Asked::Again(None))?;
     shared.count(|c| match ask {
         net::Ask::Route { .. } => c.routed += 1,
         net::Ask::Matchmake { .. } => c.matchmade += 1,
     });
-    Ok((placed.lobby, there))
+    Ok((placed, there))
 }
 
 /// `wrong_node` answers followed in a row before the client backs off.
@@ -382,6 +409,7 @@ struct Joined {
 async fn connect_and_join(
     spec: &ClientSpec,
     lobby: &str,
+    minted: Option<String>,
     shared: &Shared,
     target: &Target,
     source: Option<std::net::Ipv4Addr>,
@@ -427,7 +455,9 @@ async fn connect_and_join(
             None => ClientMessage::Join {
                 lobby: lobby.to_owned(),
                 name: spec.name.clone(),
-                ticket: plan.ticket(&spec.name, lobby, unix_micros() / 1_000_000),
+                ticket: minted
+                    .clone()
+                    .or_else(|| plan.ticket(&spec.name, lobby, unix_micros() / 1_000_000)),
                 role: None,
                 resume: None,
                 offset: None,

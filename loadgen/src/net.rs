@@ -51,6 +51,10 @@ pub(crate) enum ConnectError {
     /// HTTP 503: the server shed the attempt, with the `Retry-After` it gave (if any).
     #[error("server busy (503)")]
     Shed(Option<Duration>),
+    /// A routing question the server will never answer as asked (4xx: a size it does not
+    /// allow, a pool of another size, a ticket it refuses): asking again is pointless.
+    #[error("{0}")]
+    Answered(String),
     #[error("{0}")]
     Io(io::Error),
 }
@@ -65,6 +69,7 @@ impl ConnectError {
             Self::Tls(_) => "connect_tls",
             Self::Handshake(_) => "connect_handshake",
             Self::Shed(_) => "connect_shed_503",
+            Self::Answered(_) => "refused",
             Self::Io(_) => "connect_io",
         }
     }
@@ -157,11 +162,13 @@ pub(crate) enum Ask<'a> {
     Matchmake { pool: &'a str, size: usize },
 }
 
-/// A node's answer: the lobby to join and the WebSocket URL of the node that runs it.
+/// A node's answer: the lobby to join, the WebSocket URL of the node that runs it, and
+/// (tickets on, a ticket shown) a ticket for the lobby the node made.
 #[derive(Debug, serde::Deserialize)]
 pub(crate) struct Placed {
     pub(crate) lobby: String,
     pub(crate) url: String,
+    pub(crate) ticket: Option<String>,
 }
 
 /// Asks `route`'s node `ask`, showing `bearer` (a ticket) when the server requires tickets.
@@ -243,10 +250,15 @@ where
         .map_err(failed)?
         .to_bytes();
     if status != StatusCode::OK {
-        return Err(ConnectError::Handshake(format!(
+        let problem = format!(
             "{what}: HTTP {status}: {}",
             String::from_utf8_lossy(&body).trim()
-        )));
+        );
+        return Err(if status.is_client_error() {
+            ConnectError::Answered(problem)
+        } else {
+            ConnectError::Handshake(problem)
+        });
     }
     serde_json::from_slice::<Placed>(&body)
         .map_err(|err| ConnectError::Handshake(format!("{what}: unexpected answer: {err}")))

@@ -136,6 +136,21 @@ impl Admission {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
+    /// Spends one of `ip`'s handshake tokens on a question that is not a connection (`/route`,
+    /// `/matchmake`): refused like a handshake over the rate.
+    pub(crate) fn pace(&self, ip: IpAddr) -> Result<(), Refused> {
+        if self.exempt.iter().any(|net| net.contains(&ip)) {
+            return Ok(());
+        }
+        let Some(limiter) = &self.ip_rate else {
+            return Ok(());
+        };
+        self.retain_now_and_then(limiter);
+        limiter.check_key(&ip).map_err(|not_until| Refused::IpRate {
+            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+        })
+    }
+
     /// Admits a client at `ip` with `origin` (the request's `Origin` header, sent by
     /// browsers): the origin, then the IP's rate, the global rate and the IP's connection
     /// count. An attempt refused by a later check still spends the earlier rates' tokens.

@@ -103,6 +103,7 @@ impl ServerContext {
             max_snapshot_bytes: config.max_snapshot_size,
             max_lobby_event_bytes: config.max_lobby_event_bytes,
             resume,
+            join_window: config.matchmake_promise,
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         };

@@ -66,8 +66,18 @@ pub(crate) async fn route(
     }
     let response = match path {
         "/healthz" => text_response(StatusCode::OK, "ok\n"),
-        "/route" => route_lobby(&ctx, &request).await,
-        "/matchmake" => matchmake(&ctx, &request).await,
+        "/route" | "/matchmake" => {
+            let forwarded = request
+                .headers()
+                .get("x-forwarded-for")
+                .and_then(|value| value.to_str().ok());
+            let client = ctx.admission.client_ip(peer.ip(), forwarded);
+            if path == "/route" {
+                route_lobby(&ctx, &request, client).await
+            } else {
+                matchmake(&ctx, &request, client).await
+            }
+        }
         "/cluster" => cluster(&ctx, request.uri().query()).await,
         "/drain" if surface == Surface::All && !peer.ip().is_loopback() => text_response(
             StatusCode::FORBIDDEN,
@@ -101,7 +111,11 @@ pub(crate) async fn route(
 
 /// `GET /route?lobby=NAME`: the URL of the node that runs the lobby (in fleet mode, placing a
 /// new lobby on the least-loaded live node; on a single node, this node).
-async fn route_lobby(ctx: &ServerContext, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route_lobby(
+    ctx: &ServerContext,
+    request: &Request<Incoming>,
+    client: std::net::IpAddr,
+) -> Response<Full<Bytes>> {
     let params = match params(request.uri().query(), &["lobby"]) {
         Ok(params) => params,
         Err(problem) => return answer(Err(Refused::BadRequest(problem))),
@@ -109,11 +123,15 @@ async fn route_lobby(ctx: &ServerContext, request: &Request<Incoming>) -> Respon
     let Some(lobby) = params.into_iter().next().flatten() else {
         return text_response(StatusCode::BAD_REQUEST, "missing parameter lobby\n");
     };
-    answer(routing::route(ctx, &lobby, bearer(request)).await)
+    answer(routing::paced(ctx, client, routing::route(ctx, &lobby, bearer(request))).await)
 }
 
 /// `POST /matchmake?pool=NAME[&size=N]`: a seat in the fullest lobby of the pool with room.
-async fn matchmake(ctx: &ServerContext, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn matchmake(
+    ctx: &ServerContext,
+    request: &Request<Incoming>,
+    client: std::net::IpAddr,
+) -> Response<Full<Bytes>> {
     let params = match params(request.uri().query(), &["pool", "size"]) {
         Ok(params) => params,
         Err(problem) => return answer(Err(Refused::BadRequest(problem))),
@@ -129,7 +147,8 @@ async fn matchmake(ctx: &ServerContext, request: &Request<Incoming>) -> Response
             return text_response(StatusCode::BAD_REQUEST, "size must be a number\n");
         }
     };
-    answer(routing::matchmake(ctx, &pool, size, bearer(request)).await)
+    let asked = routing::matchmake(ctx, &pool, size, bearer(request));
+    answer(routing::paced(ctx, client, asked).await)
 }
 
 /// The query's values for `names`, in order; an unknown parameter is a problem (a 400).
@@ -142,7 +161,9 @@ fn params(query: Option<&str>, names: &[&str]) -> Result<Vec<Option<String>>, St
                 names.join(", ")
             ));
         };
-        values[index] = Some(value.into_owned());
+        if values[index].replace(value.into_owned()).is_some() {
+            return Err(format!("parameter {key:?} given twice"));
+        }
     }
     Ok(values)
 }
@@ -179,6 +200,9 @@ fn answer(result: Result<routing::Answer, Refused>) -> Response<Full<Bytes>> {
                     .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             response
+        }
+        Err(Refused::Conflict(problem)) => {
+            text_response(StatusCode::CONFLICT, &format!("{problem}\n"))
         }
         Err(Refused::Unavailable { message, retry }) => unavailable(&message, retry),
     }

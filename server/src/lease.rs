@@ -25,9 +25,9 @@ pub(crate) struct Lease {
     until: AtomicU64,
     /// Redis said the lobby is no longer ours: never valid again.
     lost: AtomicBool,
-    /// The lobby's instance, next player id, reliable offset, tick and seats, as it last
-    /// reported.
-    progress: [AtomicU64; 5],
+    /// The lobby's instance, next player id, reliable offset, tick, seats and recent joins,
+    /// as it last reported.
+    progress: [AtomicU64; 6],
 }
 
 impl Lease {
@@ -65,6 +65,7 @@ impl Lease {
             progress.offset,
             progress.tick,
             u64::from(progress.seats),
+            u64::from(progress.recent),
         ];
         for (slot, value) in self.progress.iter().zip(values) {
             slot.store(value, Ordering::Relaxed);
@@ -73,7 +74,7 @@ impl Lease {
 
     /// What the lobby last reported, if it ever did.
     pub(crate) fn progress(&self) -> Option<Progress> {
-        let [instance, next_player_id, offset, tick, seats] = self
+        let [instance, next_player_id, offset, tick, seats, recent] = self
             .progress
             .each_ref()
             .map(|slot| slot.load(Ordering::Relaxed));
@@ -83,6 +84,7 @@ impl Lease {
             offset,
             tick,
             seats: seats as u32,
+            recent: recent as u32,
         })
     }
 
@@ -102,6 +104,9 @@ pub(crate) struct Progress {
     pub(crate) tick: u64,
     /// Player seats taken (away ones included): what matchmaking counts.
     pub(crate) seats: u32,
+    /// Of those, players who joined afresh within the last matchmaking promise's life: each
+    /// most likely used a promise still counted, so matchmaking counts them once.
+    pub(crate) recent: u32,
 }
 
 impl Progress {
@@ -109,16 +114,17 @@ impl Progress {
     /// that its rebuilt self must never give again: a generous bound on joins per second.
     const ID_MARGIN: u32 = 4096;
 
-    /// As stored in Redis: `"{instance} {next_player_id} {offset} {tick} {seats}"` (the
-    /// matchmaking script reads the last field).
+    /// As stored in Redis: `"{instance} {next_player_id} {offset} {tick} {seats} {recent}"`
+    /// (the matchmaking scripts read the last two fields).
     pub(crate) fn encode(&self) -> String {
         format!(
-            "{} {} {} {} {}",
-            self.instance, self.next_player_id, self.offset, self.tick, self.seats
+            "{} {} {} {} {} {}",
+            self.instance, self.next_player_id, self.offset, self.tick, self.seats, self.recent
         )
     }
 
-    /// Reads [`encode`](Self::encode)'s text, or an earlier version's without `seats`.
+    /// Reads [`encode`](Self::encode)'s text, or an earlier version's without `seats` and
+    /// `recent`.
     pub(crate) fn decode(text: &str) -> Option<Self> {
         let mut parts = text.split(' ').map(str::parse::<u64>);
         let mut next = || parts.next()?.ok();
@@ -128,6 +134,7 @@ impl Progress {
             offset: next()?,
             tick: next()?,
             seats: next().map_or(Some(0), |seats| u32::try_from(seats).ok())?,
+            recent: next().map_or(Some(0), |recent| u32::try_from(recent).ok())?,
         };
         Some(progress)
     }
@@ -201,6 +208,7 @@ mod tests {
             offset: 99,
             tick: 4000,
             seats: 7,
+            recent: 2,
         };
         assert_eq!(Progress::decode(&progress.encode()), Some(progress));
         assert_eq!(
@@ -211,6 +219,7 @@ mod tests {
                 offset: 3,
                 tick: 4,
                 seats: 0,
+                recent: 0,
             }),
             "an earlier version's, without seats"
         );

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub(crate) tls_reloads: Family<Labels, Counter>,
     pub(crate) fleet_leases: Family<Labels, Counter>,
     pub(crate) matchmakes: Family<Labels, Counter>,
+    pub(crate) routing_refused: Family<Labels, Counter>,
     pub(crate) fleet_lease_renewals: Counter,
     pub(crate) fleet_redis_errors: Counter,
     pub(crate) fleet_events_dropped_moving: Counter,
@@ -88,6 +89,7 @@ impl Metrics {
             tls_reloads: Family::default(),
             fleet_leases: Family::default(),
             matchmakes: Family::default(),
+            routing_refused: Family::default(),
             fleet_lease_renewals: Counter::default(),
             fleet_redis_errors: Counter::default(),
             fleet_events_dropped_moving: Counter::default(),
@@ -231,6 +233,11 @@ impl Metrics {
             metrics.matchmakes.clone(),
         );
         registry.register(
+            "routing_refused",
+            "/route and /matchmake questions refused, by reason: bad_request (400), ticket (401/403), other_size (409: the pool's lobbies have another size), unavailable (503: the directory, the node's limits, or the address's question rate)",
+            metrics.routing_refused.clone(),
+        );
+        registry.register(
             "fleet_lease_renewals",
             "Fleet lease renewals sent to Redis (one batch per heartbeat)",
             metrics.fleet_lease_renewals.clone(),
@@ -265,6 +272,12 @@ impl Metrics {
 
     pub(crate) fn matchmake(&self, outcome: &'static str) {
         self.matchmakes.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub(crate) fn routing_refused(&self, reason: &'static str) {
+        self.routing_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     pub(crate) fn resume(&self, result: &'static str) {

@@ -2,11 +2,14 @@
 //! `POST /matchmake` (a seat in the fullest open lobby of a pool). No HTTP here: `http.rs`
 //! parses the request and renders the answer or the refusal.
 //!
-//! With tickets on, the caller shows who it is with a ticket for the lobby (for a pool: a
-//! ticket whose `lobby` is the pool's name) as `Authorization: Bearer`, and when this node
-//! can sign (an HS256 secret) the answer carries a ticket for the lobby it names, with the
-//! node it was placed on, valid no longer than the one shown: the relay then only verifies it.
+//! With tickets on, `/matchmake` answers only a caller who shows who it is with a ticket for
+//! the pool (its `lobby` claim is the pool's name) as `Authorization: Bearer`; `/route`
+//! answers anyone, as without tickets, and checks a ticket shown. For a caller who showed
+//! one, a node that can sign (an HS256 secret) adds a ticket for the lobby it names, with the
+//! node it was placed on, valid no longer than the one shown: the relay then only verifies
+//! it. Both questions cost the caller's address a handshake token (`--max-handshakes-per-ip`).
 
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -55,9 +58,44 @@ pub(crate) enum Refused {
     /// 401 (no ticket) or 403 (a ticket that does not admit).
     #[error("{0}")]
     Ticket(TicketRefusal),
+    /// 409: the pool's lobbies have another size.
+    #[error("{0}")]
+    Conflict(String),
     /// 503, with when to retry.
     #[error("{message}")]
     Unavailable { message: String, retry: Duration },
+}
+
+impl Refused {
+    /// The label in `tickrelay_routing_refused_total{reason}`.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Ticket(_) => "ticket",
+            Self::Conflict(_) => "other_size",
+            Self::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
+/// Spends a handshake token of `client`'s (a flood of questions is refused like a flood of
+/// connections), then answers with `answer`; a refusal is counted.
+pub(crate) async fn paced(
+    ctx: &ServerContext,
+    client: IpAddr,
+    answer: impl Future<Output = Result<Answer, Refused>>,
+) -> Result<Answer, Refused> {
+    let result = match ctx.admission.pace(client) {
+        Ok(()) => answer.await,
+        Err(refused) => Err(Refused::Unavailable {
+            message: refused.to_string(),
+            retry: refused.retry_after().unwrap_or(Duration::from_secs(1)),
+        }),
+    };
+    if let Err(refused) = &result {
+        ctx.metrics.routing_refused(refused.reason());
+    }
+    result
 }
 
 /// `GET /route?lobby=NAME`.
@@ -67,7 +105,11 @@ pub(crate) async fn route(
     bearer: Option<&str>,
 ) -> Result<Answer, Refused> {
     check_name("lobby", lobby, Config::MAX_LOBBY_NAME)?;
-    let ticket = authorize(ctx, bearer, lobby)?;
+    // Routing needs no ticket (as ever); one shown must be good, and gets one back.
+    let ticket = match bearer {
+        Some(_) => authorize(ctx, bearer, lobby)?,
+        None => None,
+    };
     let (node, url) = match &ctx.fleet {
         None => (None, ctx.config.public_url()),
         Some(fleet) => {
@@ -95,8 +137,8 @@ pub(crate) async fn route(
     })
 }
 
-/// `POST /matchmake?pool=NAME[&size=N]`: `size` defaults to, and may not exceed,
-/// `--max-lobby-size`.
+/// `POST /matchmake?pool=NAME[&size=N]`: `size` is fixed by the pool's first placement (by
+/// default `--max-lobby-size`, which it may not exceed).
 pub(crate) async fn matchmake(
     ctx: &ServerContext,
     pool: &str,
@@ -105,8 +147,7 @@ pub(crate) async fn matchmake(
 ) -> Result<Answer, Refused> {
     check_name("pool", pool, Config::MAX_LOBBY_NAME - POOL_NAME_MARGIN)?;
     let max = ctx.config.max_lobby_size;
-    let size = size.unwrap_or(max);
-    if !(1..=max).contains(&size) {
+    if size.is_some_and(|size| !(1..=max).contains(&size)) {
         return Err(Refused::BadRequest(format!(
             "size must be 1 to {max} (--max-lobby-size)"
         )));
@@ -128,13 +169,16 @@ pub(crate) async fn matchmake(
         .await
         .map_err(|err| {
             ctx.metrics.matchmake("refused");
-            let retry = err.retry_after();
-            Refused::Unavailable {
-                message: match err {
-                    MatchError::Full(_) => err.to_string(),
-                    MatchError::Unavailable { reason, .. } => reason,
+            match err {
+                MatchError::OtherSize { .. } => Refused::Conflict(err.to_string()),
+                MatchError::Full(_) => Refused::Unavailable {
+                    retry: err.retry_after().unwrap_or(fleet::RETRY_AFTER),
+                    message: err.to_string(),
                 },
-                retry,
+                MatchError::Unavailable { reason, retry } => Refused::Unavailable {
+                    message: reason,
+                    retry,
+                },
             }
         })?;
     let placement = matched.placement;
@@ -150,7 +194,7 @@ pub(crate) async fn matchmake(
         node,
         url,
         seats: Some(placement.seats),
-        size: Some(size),
+        size: Some(placement.size),
         opened: Some(placement.opened),
     })
 }

@@ -1,6 +1,7 @@
 //! Fleet figures: Redis commands per second per node, idle and with `--lobbies` lobbies
-//! running, join latency through `/route` (route, WebSocket upgrade, `join`, `welcome`), and
-//! a drain: how long each lobby is frozen, what its players miss, what is lost.
+//! running, join latency through `/route` and through `POST /matchmake` (the question,
+//! WebSocket upgrade, `join`, `welcome`), and a drain: how long each lobby is frozen, what
+//! its players miss, what is lost.
 //!
 //!     cargo run --release -p tickrelay-benches --bin fleet -- --nodes 3 --lobbies 1000
 //!
@@ -8,6 +9,7 @@
 //! processes sharing it, counts what Redis executes over `--window` with no lobby, then with
 //! the lobbies held by one load generator per node (one player each, states at 10 Hz), then
 //! times `--joins` sequential joins through `/route` of new lobbies spread over the nodes,
+//! and as many through `/matchmake` into one pool of lobbies of 8,
 //! then drains the first node (`POST /drain`) while a load generator plays
 //! `--drain-lobbies` lobbies of 8 players on it (states at 30 Hz, 2 events/s each) and reads
 //! the drain's report, the load generator's (redirects, snapshots missed, resume time, lost)
@@ -133,7 +135,9 @@ fn main() -> anyhow::Result<()> {
     let loaded = redis_rate(&redis, args.window)?;
 
     eprintln!("fleet: {} joins through /route", args.joins);
-    let (route, join) = joins_through_route(&addrs, args.joins)?;
+    let (route, join) = timed_joins(&addrs, args.joins, Ask::Route)?;
+    eprintln!("fleet: {} joins through /matchmake", args.joins);
+    let (matchmake, matched_join) = timed_joins(&addrs, args.joins, Ask::Matchmake)?;
     drop(loadgens);
     let drain = if args.drain_lobbies > 0 && args.nodes > 1 {
         eprintln!(
@@ -153,7 +157,9 @@ fn main() -> anyhow::Result<()> {
          | Redis commands executed/s per node (the scripts' own included) | {:.1} | {:.1} |\n\n\
          | join through `/route` ({} joins of new lobbies, sequential) | p50 | p99 | max |\n|---|---|---|---|\n\
          | `GET /route` (placement included) | {} | {} | {} |\n\
-         | route + upgrade + `join` → `welcome` | {} | {} | {} |\n{drain}",
+         | route + upgrade + `join` → `welcome` | {} | {} | {} |\n\
+         | `POST /matchmake` (pool lobbies of 8) | {} | {} | {} |\n\
+         | matchmake + upgrade + `join` → `welcome` | {} | {} | {} |\n{drain}",
         args.nodes,
         args.lobbies,
         args.window,
@@ -169,6 +175,12 @@ fn main() -> anyhow::Result<()> {
         ms(percentile(&join, 0.50)),
         ms(percentile(&join, 0.99)),
         ms(percentile(&join, 1.0)),
+        ms(percentile(&matchmake, 0.50)),
+        ms(percentile(&matchmake, 0.99)),
+        ms(percentile(&matchmake, 1.0)),
+        ms(percentile(&matched_join, 0.50)),
+        ms(percentile(&matched_join, 0.99)),
+        ms(percentile(&matched_join, 1.0)),
     );
     println!("{table}");
     args.run.record(&root, &table)?;
@@ -237,21 +249,37 @@ fn lobbies_running(node: SocketAddr) -> anyhow::Result<u64> {
         .sum())
 }
 
-/// Times `count` joins of new lobbies through `/route` on the nodes in turn: the route alone,
-/// and route + upgrade + `join` until `welcome` (then the player leaves).
-fn joins_through_route(
+/// How a timed join finds its lobby.
+#[derive(Clone, Copy)]
+enum Ask {
+    /// `GET /route` for a new lobby.
+    Route,
+    /// `POST /matchmake` in one pool of lobbies of 8.
+    Matchmake,
+}
+
+/// Times `count` joins on the nodes in turn: the question alone, and question + upgrade +
+/// `join` until `welcome` (then the player leaves).
+fn timed_joins(
     nodes: &[SocketAddr],
     count: usize,
+    ask: Ask,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
-    let (mut routes, mut joins) = (Vec::new(), Vec::new());
+    let (mut asks, mut joins) = (Vec::new(), Vec::new());
     for i in 0..count {
-        let lobby = format!("routed-{i}");
+        let node = nodes[i % nodes.len()];
         let started = Instant::now();
-        let (status, body) =
-            wire::http_get(nodes[i % nodes.len()], &format!("/route?lobby={lobby}"))?;
-        ensure!(status == 200, "/route answered {status}: {body}");
-        routes.push(started.elapsed());
-        let url = json(&body)["url"].as_str().context("no url")?.to_owned();
+        let (status, body) = match ask {
+            Ask::Route => wire::http_get(node, &format!("/route?lobby=routed-{i}"))?,
+            Ask::Matchmake => {
+                wire::http_post(node, "/matchmake?pool=bench&size=8", Duration::from_secs(5))?
+            }
+        };
+        ensure!(status == 200, "the node answered {status}: {body}");
+        asks.push(started.elapsed());
+        let answer = json(&body);
+        let lobby = answer["lobby"].as_str().context("no lobby")?.to_owned();
+        let url = answer["url"].as_str().context("no url")?.to_owned();
         let addr: SocketAddr = url
             .strip_prefix("ws://")
             .and_then(|rest| rest.strip_suffix("/ws"))
@@ -275,7 +303,7 @@ fn joins_through_route(
         joins.push(started.elapsed());
         socket.write_all(&wire::masked(0x81, br#"{"t":"leave"}"#))?;
     }
-    Ok((routes, joins))
+    Ok((asks, joins))
 }
 
 fn percentile(samples: &[Duration], q: f64) -> Duration {

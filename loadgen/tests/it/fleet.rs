@@ -308,3 +308,46 @@ async fn with_matchmake_clients_fill_a_pools_lobbies_showing_their_tickets() {
         describe(&output)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matchmaking_question_the_node_refuses_is_not_asked_again() {
+    let redis = RedisServer::start();
+    let node = spawn_server_with(Config {
+        redis: Some(redis.url()),
+        node_id: Some("only".to_owned()),
+        max_lobby_size: 4,
+        ..Config::default()
+    })
+    .await;
+    let route = format!("http://{}", node.addr);
+    let args = [
+        "--route",
+        &route,
+        "--matchmake",
+        "big",
+        "--clients",
+        "3",
+        "--lobby-size",
+        "6",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--connect-timeout",
+        "2s",
+    ];
+    let (output, report) = loadgen_report(&args).await;
+    // Each client asked once, was told why not, and stopped: no retry storm.
+    assert_eq!(
+        report["errors_whole_run"],
+        serde_json::json!({"matchmake_refused": 3}),
+        "{}",
+        describe(&output)
+    );
+    assert_eq!(report["clients_joined_at_end"], 0);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("HTTP 400"),
+        "{}",
+        describe(&output)
+    );
+}

@@ -34,7 +34,7 @@ use crate::matchmake::{MatchError, Matched, Placement};
 use crate::metrics::Metrics;
 use crate::sync::lock;
 pub(crate) use store::NodeStatus;
-use store::{Claim, Moved, Store, StoreError};
+use store::{Claim, Moved, Pooled, Store, StoreError};
 
 /// How long a client told Redis is unavailable should wait.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -283,13 +283,14 @@ impl Fleet {
         })
     }
 
-    /// Places a player (`promise` names them) in `pool`, whose lobbies hold `size`: the
-    /// fleet-wide count in Redis decides the lobby, routing decides its node.
+    /// Places `player` in `pool`, whose lobbies hold `size` (or the pool's; `default` for a
+    /// new pool): the fleet-wide count in Redis decides the lobby, routing decides its node.
     pub(crate) async fn matchmake(
         &self,
         pool: &str,
-        size: usize,
-        promise: &str,
+        size: Option<usize>,
+        default: usize,
+        player: &str,
     ) -> Result<Matched, MatchError> {
         let unavailable = |err: RouteError| MatchError::Unavailable {
             retry: match err {
@@ -298,22 +299,41 @@ impl Fleet {
             },
             reason: err.to_string(),
         };
-        // A lobby nobody renewed for this long has no owner and nobody on the way.
-        let forget_after = self.lease + self.handoff_keep + self.promise;
-        let (lobby, seats, opened) = self
+        let pooled = self
             .store
-            .matchmake(pool, size, promise, self.promise, forget_after)
+            .matchmake(pool, size, default, player, self.promise, self.pool_keep())
             .await
             .map_err(|err| unavailable(RouteError::Unavailable(err)))?;
+        let (lobby, seats, size, opened) = match pooled {
+            Pooled::Placed {
+                lobby,
+                count,
+                size,
+                opened,
+            } => (lobby, count, size, opened),
+            Pooled::OtherSize(size) => {
+                return Err(MatchError::OtherSize {
+                    pool: pool.to_owned(),
+                    size,
+                });
+            }
+        };
         let route = self.route(&lobby).await.map_err(unavailable)?;
         Ok(Matched {
             placement: Placement {
                 lobby,
                 seats,
+                size,
                 opened,
             },
             node: route.node.map(|node| (node, route.url)),
         })
+    }
+
+    /// How long a pool's lobby no owner renews stays in it, and a pool nobody uses stays in
+    /// Redis: past a lease, the resume grace (its players may come back) and a promise.
+    fn pool_keep(&self) -> Duration {
+        self.lease + self.handoff_keep + self.promise
     }
 
     /// A page of the live nodes, by load, and how many there are.
@@ -381,7 +401,16 @@ impl Fleet {
     /// stopped, or the join that claimed one was refused).
     async fn renew(&self) -> Result<(), StoreError> {
         let sent = now();
-        let (in_use, unused) = self.sort_held(sent);
+        let in_use = {
+            // Claims wait while unused leases are given up: one that came between a lease
+            // leaving the map and its record leaving Redis would find this node's own record
+            // with no lease behind it, and be told to wait out the lease (a lobby that
+            // emptied and is joined again at once, as a matchmaking pool's are).
+            let _claims_wait = self.claiming.lock().await;
+            let (in_use, unused) = self.sort_held(sent);
+            self.release(&unused).await;
+            in_use
+        };
         let records: Vec<_> = in_use
             .iter()
             .map(|(name, lease)| {
@@ -391,7 +420,12 @@ impl Fleet {
             .collect();
         let renewed = self
             .store
-            .renew(&records, self.lease, self.handoff_keep + self.lease)
+            .renew(
+                &records,
+                self.lease,
+                self.handoff_keep + self.lease,
+                self.pool_keep(),
+            )
             .await?;
         self.metrics
             .fleet_lease_renewals
@@ -407,7 +441,6 @@ impl Fleet {
                 lease.lose();
             }
         }
-        self.release(&unused).await;
         Ok(())
     }
 
@@ -674,8 +707,14 @@ impl Directory for FleetDirectory {
         self.local.list()
     }
 
-    fn matchmake<'a>(&'a self, pool: &'a str, size: usize, promise: &'a str) -> MatchFuture<'a> {
-        Box::pin(self.fleet.matchmake(pool, size, promise))
+    fn matchmake<'a>(
+        &'a self,
+        pool: &'a str,
+        size: Option<usize>,
+        player: &'a str,
+    ) -> MatchFuture<'a> {
+        let default = self.local.max_members();
+        Box::pin(self.fleet.matchmake(pool, size, default, player))
     }
 
     fn drain(&self, timeout: Duration) -> DrainFuture<'_> {

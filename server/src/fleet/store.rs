@@ -16,11 +16,13 @@
 //!   lobby after its owner died rebuilds it (same instance, ids past the old ones, offset,
 //!   tick); deleted with a lobby given up.
 //!
-//! - `tickrelay:pool:{pool}`: a matchmaking pool's lobbies, scored by seats counted (players
-//!   plus live promises); `tickrelay:pool-seen:{pool}` by when their owner last renewed them
-//!   (lobbies unseen for long are forgotten); `tickrelay:pool-next:{pool}` numbers new ones;
-//!   `tickrelay:pooled:{lobby}` names a lobby's pool, and `tickrelay:promises:{lobby}` holds
-//!   the seats promised to players on their way (member → expiry, ms).
+//! - `tickrelay:pool:{pool}`: a matchmaking pool's lobbies, scored by their count (see
+//!   `matchmake::count`); `tickrelay:pool-seen:{pool}` by when their owner last renewed them
+//!   (lobbies unseen for long are forgotten); `tickrelay:pool-next:{pool}` numbers new ones,
+//!   `tickrelay:pool-size:{pool}` is the lobbies' size; `tickrelay:pooled:{lobby}` names a
+//!   lobby's pool, `tickrelay:promises:{lobby}` holds the seats promised to players on their
+//!   way (player → expiry, ms), and `tickrelay:pool-player:{pool}:{player}` the lobby a
+//!   player was promised. All expire once the pool goes unused.
 //!
 //! Scripts make each check-and-set one atomic step. They build node keys from ids, which is
 //! fine on one Redis; Redis Cluster would need the keys passed in (see ARCHITECTURE.md).
@@ -39,6 +41,8 @@ const PROGRESS: &str = "tickrelay:progress:";
 const POOL: &str = "tickrelay:pool:";
 const POOL_SEEN: &str = "tickrelay:pool-seen:";
 const POOL_NEXT: &str = "tickrelay:pool-next:";
+const POOL_SIZE: &str = "tickrelay:pool-size:";
+const POOL_PLAYER: &str = "tickrelay:pool-player:";
 
 /// Renewals sent in one script call.
 const RENEW_BATCH: usize = 500;
@@ -77,6 +81,20 @@ pub(crate) enum Claim {
     NoHandoff,
     /// Another node's, until its lease ends.
     Theirs { node: String, remaining: Duration },
+}
+
+/// What matchmaking in a pool did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Pooled {
+    /// A seat promised in `lobby`, whose count is now `count` of the pool's `size`.
+    Placed {
+        lobby: String,
+        count: usize,
+        size: usize,
+        opened: bool,
+    },
+    /// The pool's lobbies have this size, not the one asked for.
+    OtherSize(usize),
 }
 
 /// A node as its heartbeat last described it.
@@ -143,19 +161,38 @@ redis.call('ZADD', KEYS[3], 'XX', 'INCR', 1, ARGV[1])
 return record
 ";
 
+/// A pooled lobby's count, the rule of `matchmake::count` (players, plus live promises,
+/// less the recent fresh joins that most likely used one), from its progress (`"... seats
+/// recent"`; `size` when the progress is an earlier version's, which has no seats: such a
+/// lobby counts as full rather than be overfilled) and its promises. Shared by the scripts
+/// below (prepended to each).
+const COUNT: &str = r"
+local function pool_count(lobby, now, size)
+  local promises = 'tickrelay:promises:' .. lobby
+  redis.call('ZREMRANGEBYSCORE', promises, '-inf', now)
+  local pending = redis.call('ZCARD', promises)
+  local progress = redis.call('GET', 'tickrelay:progress:' .. lobby)
+  if not progress then return pending end
+  local seats, recent = string.match(progress, '^%d+ %d+ %d+ %d+ (%d+) (%d+)$')
+  if not seats then return size end
+  seats, recent = tonumber(seats), tonumber(recent)
+  return seats + pending - math.min(pending, recent, seats)
+end
+";
+
 /// For each lease i (lobby key KEYS[2i-1], progress key KEYS[2i]): extends the lobby key by
-/// ARGV[2] ms if its record is still ARGV[2i+2], or writes it back where it is missing (a
-/// Redis restarted without its data), and then stores the progress ARGV[2i+3] (if any) for
+/// ARGV[2] ms if its record is still ARGV[2i+3], or writes it back where it is missing (a
+/// Redis restarted without its data), and then stores the progress ARGV[2i+4] (if any) for
 /// ARGV[3] ms: 1 renewed, 0 lost. A record written back raises the fence counter (ARGV[1]
 /// names it) past its fence, so no later grant repeats it. A lobby of a matchmaking pool
-/// gets its count corrected (seats from the progress plus live promises): the owner is the
-/// one who knows who is in it.
+/// gets its count corrected (the owner is the one who knows who is in it), and its pool's
+/// keys another ARGV[4] ms.
 const RENEW: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local renewed = {}
 for i = 1, #KEYS / 2 do
-  local key, record, progress = KEYS[2 * i - 1], ARGV[2 * i + 2], ARGV[2 * i + 3]
+  local key, record, progress = KEYS[2 * i - 1], ARGV[2 * i + 3], ARGV[2 * i + 4]
   local current = redis.call('GET', key)
   if current == record then
     redis.call('PEXPIRE', key, ARGV[2])
@@ -175,11 +212,14 @@ for i = 1, #KEYS / 2 do
     local name = string.sub(key, #'tickrelay:lobby:' + 1)
     local pool = redis.call('GET', 'tickrelay:pooled:' .. name)
     if pool then
-      local promises = 'tickrelay:promises:' .. name
-      redis.call('ZREMRANGEBYSCORE', promises, '-inf', now)
-      local seats = tonumber(string.match(progress, '^%d+ %d+ %d+ %d+ (%d+)$')) or 0
-      redis.call('ZADD', 'tickrelay:pool:' .. pool, seats + redis.call('ZCARD', promises), name)
+      local size = tonumber(redis.call('GET', 'tickrelay:pool-size:' .. pool) or '0')
+      redis.call('ZADD', 'tickrelay:pool:' .. pool, pool_count(name, now, size), name)
       redis.call('ZADD', 'tickrelay:pool-seen:' .. pool, now, name)
+      for _, kept in ipairs({'tickrelay:pool:' .. pool, 'tickrelay:pool-seen:' .. pool,
+          'tickrelay:pool-size:' .. pool, 'tickrelay:pool-next:' .. pool,
+          'tickrelay:pooled:' .. name}) do
+        redis.call('PEXPIRE', kept, ARGV[4])
+      end
     end
   end
 end
@@ -211,21 +251,42 @@ end
 return 0
 ";
 
-/// Matchmaking in pool ARGV[1] (KEYS: its lobbies by count, by last renewal, its counter):
-/// promises player ARGV[4] a seat for ARGV[3] ms in the fullest lobby whose count (seats in
-/// its progress plus live promises, recomputed here) is below ARGV[2], or opens the pool's
-/// next lobby. Lobbies unseen for ARGV[5] ms are forgotten first. Returns {lobby, count,
-/// opened}.
+/// Matchmaking in pool ARGV[1] (KEYS: its lobbies by count, by last renewal, its counter,
+/// its size, and player ARGV[5]'s promised lobby): promises the player a seat for ARGV[4] ms
+/// in the fullest lobby whose count (`pool_count`, recomputed here) is below the pool's size,
+/// or opens the pool's next lobby (skipping names that run already). The size is fixed by
+/// the first placement (ARGV[2], or ARGV[3] when not given); a player asking again while its
+/// promise runs gets the same lobby. Lobbies unseen for ARGV[6] ms are forgotten first, and
+/// the pool's keys live that long after their last use. Returns {'ok' or 'opened', lobby,
+/// count, size}, or {'size', '', 0, size} when ARGV[2] is not the pool's size.
 const MATCHMAKE: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local size, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl, keep = tonumber(ARGV[4]), tonumber(ARGV[6])
+local size = redis.call('GET', KEYS[4])
+if size then
+  if ARGV[2] ~= '' and ARGV[2] ~= size then return {'size', '', 0, tonumber(size)} end
+  size = tonumber(size)
+else
+  if ARGV[2] ~= '' then size = tonumber(ARGV[2]) else size = tonumber(ARGV[3]) end
+  redis.call('SET', KEYS[4], size)
+end
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], keep) end
 local function promise(lobby)
   local promises = 'tickrelay:promises:' .. lobby
-  redis.call('ZADD', promises, now + ttl, ARGV[4])
+  redis.call('ZADD', promises, now + ttl, ARGV[5])
   redis.call('PEXPIRE', promises, ttl)
+  redis.call('SET', KEYS[5], lobby, 'PX', ttl)
 end
-for _, lobby in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[5]), 'LIMIT', 0, 16)) do
+local mine = redis.call('GET', KEYS[5])
+if mine then
+  local until_ = redis.call('ZSCORE', 'tickrelay:promises:' .. mine, ARGV[5])
+  if until_ and tonumber(until_) > now then
+    promise(mine)
+    return {'ok', mine, pool_count(mine, now, size), size}
+  end
+end
+for _, lobby in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - keep, 'LIMIT', 0, 16)) do
   redis.call('ZREM', KEYS[1], lobby)
   redis.call('ZREM', KEYS[2], lobby)
   redis.call('DEL', 'tickrelay:pooled:' .. lobby, 'tickrelay:promises:' .. lobby)
@@ -234,28 +295,27 @@ for _ = 1, 4 do
   local open = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. size, '-inf', 'LIMIT', 0, 16)
   if #open == 0 then break end
   for _, lobby in ipairs(open) do
-    local promises = 'tickrelay:promises:' .. lobby
-    redis.call('ZREMRANGEBYSCORE', promises, '-inf', now)
-    local progress = redis.call('GET', 'tickrelay:progress:' .. lobby)
-    local seats = 0
-    -- (An earlier version's progress has no seats: counted as none.)
-    if progress then seats = tonumber(string.match(progress, '^%d+ %d+ %d+ %d+ (%d+)$')) or 0 end
-    local count = seats + redis.call('ZCARD', promises)
+    local count = pool_count(lobby, now, size)
     if count < size then
       promise(lobby)
-      count = seats + redis.call('ZCARD', promises)
+      count = pool_count(lobby, now, size)
       redis.call('ZADD', KEYS[1], count, lobby)
-      return {lobby, count, 0}
+      return {'ok', lobby, count, size}
     end
     redis.call('ZADD', KEYS[1], count, lobby)
   end
 end
-local lobby = ARGV[1] .. '-' .. redis.call('INCR', KEYS[3])
+local lobby
+for _ = 1, 16 do
+  lobby = ARGV[1] .. '-' .. redis.call('INCR', KEYS[3])
+  if redis.call('EXISTS', 'tickrelay:lobby:' .. lobby) == 0 then break end
+end
+redis.call('PEXPIRE', KEYS[3], keep)
 promise(lobby)
 redis.call('ZADD', KEYS[1], 1, lobby)
 redis.call('ZADD', KEYS[2], now, lobby)
-redis.call('SET', 'tickrelay:pooled:' .. lobby, ARGV[1])
-return {lobby, 1, 1}
+redis.call('SET', 'tickrelay:pooled:' .. lobby, ARGV[1], 'PX', keep)
+return {'opened', lobby, 1, size}
 ";
 
 /// The live node with the lowest score other than ARGV[2] (a draining node asking); dead
@@ -403,12 +463,14 @@ impl Store {
     }
 
     /// Renews `leases` (lobby, record, progress: "" for none) for `lease`, keeping each
-    /// progress for `keep`: whether each is still ours.
+    /// progress for `keep` (and a pooled lobby's pool for `pool_keep`): whether each is
+    /// still ours.
     pub(crate) async fn renew(
         &self,
         leases: &[(String, String, String)],
         lease: Duration,
         keep: Duration,
+        pool_keep: Duration,
     ) -> Result<Vec<bool>, StoreError> {
         let mut renewed = Vec::with_capacity(leases.len());
         for batch in leases.chunks(RENEW_BATCH) {
@@ -417,7 +479,8 @@ impl Store {
             invocation
                 .arg(FENCE)
                 .arg(lease.as_millis() as u64)
-                .arg(keep.as_millis() as u64);
+                .arg(keep.as_millis() as u64)
+                .arg(pool_keep.as_millis() as u64);
             for (lobby, record, progress) in batch {
                 invocation
                     .key(lobby_key(lobby))
@@ -444,31 +507,43 @@ impl Store {
         Ok(())
     }
 
-    /// Promises `player` a seat in `pool` (lobbies of `size`) for `promise`: the lobby, its
-    /// count with this promise, and whether this opened it. Lobbies of the pool that no owner
-    /// renewed for `forget_after` are dropped from it on the way.
+    /// Promises `player` a seat in `pool` (lobbies of `size`, or the pool's; `default` for
+    /// a new pool given none) for `promise`. Lobbies of the pool that no owner renewed for
+    /// `forget_after` are dropped from it on the way, and the pool's keys live that long.
     pub(crate) async fn matchmake(
         &self,
         pool: &str,
-        size: usize,
+        size: Option<usize>,
+        default: usize,
         player: &str,
         promise: Duration,
         forget_after: Duration,
-    ) -> Result<(String, usize, bool), StoreError> {
+    ) -> Result<Pooled, StoreError> {
         let mut redis = self.redis.clone();
         let mut invocation = self.scripts.matchmake.prepare_invoke();
         invocation
             .key(format!("{POOL}{pool}"))
             .key(format!("{POOL_SEEN}{pool}"))
             .key(format!("{POOL_NEXT}{pool}"))
+            .key(format!("{POOL_SIZE}{pool}"))
+            .key(format!("{POOL_PLAYER}{pool}:{player}"))
             .arg(pool)
-            .arg(size)
+            .arg(size.map(|size| size.to_string()).unwrap_or_default())
+            .arg(default)
             .arg(promise.as_millis() as u64)
             .arg(player)
             .arg(forget_after.as_millis() as u64);
-        let (lobby, count, opened): (String, usize, u8) =
+        let (status, lobby, count, size): (String, String, usize, usize) =
             self.bounded(invocation.invoke_async(&mut redis)).await?;
-        Ok((lobby, count, opened == 1))
+        Ok(match status.as_str() {
+            "size" => Pooled::OtherSize(size),
+            opened => Pooled::Placed {
+                lobby,
+                count,
+                size,
+                opened: opened == "opened",
+            },
+        })
     }
 
     /// Publishes this node's status, alive for `ttl` unless renewed; `listed`: among the nodes
@@ -599,9 +674,9 @@ impl Scripts {
             claim: Script::new(CLAIM),
             move_lobby: Script::new(MOVE),
             place: Script::new(PLACE),
-            renew: Script::new(RENEW),
+            renew: Script::new(&format!("{COUNT}{RENEW}")),
             release: Script::new(RELEASE),
-            matchmake: Script::new(MATCHMAKE),
+            matchmake: Script::new(&format!("{COUNT}{MATCHMAKE}")),
             least_loaded: Script::new(LEAST_LOADED),
         }
     }

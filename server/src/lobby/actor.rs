@@ -4,8 +4,9 @@
 //! What a member gets (delta or keyframe) is the state's decision; the actor reports what each
 //! push did. It reaches its directory only through its [`Registration`].
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tickrelay_protocol::{
@@ -177,7 +178,7 @@ pub(crate) trait Registration: Send + Sync + 'static {
     /// true when the actor must stop.
     fn try_retire(&self) -> bool;
     /// Whether the lobby may still tick at `now` (false once a fleet lease has run out).
-    fn may_run(&self, now: std::time::Instant) -> bool;
+    fn may_run(&self, now: Instant) -> bool;
     /// Where the lobby is, after each tick (a fleet keeps it for rebuilding the lobby
     /// elsewhere should this node die).
     fn report(&self, progress: Progress);
@@ -200,6 +201,9 @@ pub(crate) struct LobbySettings {
     pub(crate) max_lobby_event_bytes: usize,
     /// Seat resume, unless `--resume-grace 0` turned it off.
     pub(crate) resume: Option<ResumeSettings>,
+    /// How long a fresh join counts as recent (`Progress::recent`, `LobbyInfo`): the life of
+    /// a matchmaking promise, which such a join most likely used.
+    pub(crate) join_window: Duration,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: CancellationToken,
 }
@@ -256,7 +260,7 @@ impl Connection {
 /// resume token of the lobby's instance, until `until` (the resume grace).
 #[derive(Debug, Clone, Copy)]
 struct Reseat {
-    until: std::time::Instant,
+    until: Instant,
     /// The offset the dead node last reported (later messages are unknown).
     last_known_offset: u64,
 }
@@ -295,6 +299,8 @@ pub(crate) struct Actor {
     reseat: Option<Reseat>,
     /// Traffic since the last tick, added to the lobby's shared counters once per tick.
     traffic: TrafficCounts,
+    /// When players joined afresh within the last `join_window`, oldest first.
+    recent_joins: VecDeque<Instant>,
 }
 
 impl Actor {
@@ -354,6 +360,7 @@ impl Actor {
             reseat,
             settings,
             info,
+            recent_joins: VecDeque::new(),
             registration,
             handle,
             traffic: TrafficCounts::default(),
@@ -458,7 +465,7 @@ impl Actor {
 
     /// Whether the lobby, empty, may leave the directory: not while a rebuilt lobby still
     /// waits for its players (retiring would give up what it was rebuilt from).
-    fn may_retire(&self, now: std::time::Instant) -> bool {
+    fn may_retire(&self, now: Instant) -> bool {
         self.state.is_empty() && self.reseat.is_none_or(|reseat| now >= reseat.until)
     }
 
@@ -536,7 +543,7 @@ impl Actor {
     }
 
     /// Away seats nobody took back in time leave; old history goes.
-    fn expire_away(&mut self, now: std::time::Instant) {
+    fn expire_away(&mut self, now: Instant) {
         for seat in self.state.expired_away(now) {
             self.settings.metrics.seats_expired.inc();
             self.leave(seat);
@@ -545,7 +552,7 @@ impl Actor {
     }
 
     fn on_tick(&mut self, fired: Fired) {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let metrics = &self.settings.metrics;
         metrics.tick_lateness.observe(fired.lateness.as_secs_f64());
         if fired.skipped > 0 {
@@ -571,12 +578,26 @@ impl Actor {
         self.traffic.bytes_out += out.bytes;
         let traffic = std::mem::take(&mut self.traffic);
         self.info.traffic.add(&traffic);
+        let window_start = tokio::time::Instant::now()
+            .into_std()
+            .checked_sub(self.settings.join_window);
+        while self
+            .recent_joins
+            .front()
+            .is_some_and(|&joined| window_start.is_some_and(|start| joined < start))
+        {
+            self.recent_joins.pop_front();
+        }
+        let seats = u32::try_from(self.state.player_count()).unwrap_or(u32::MAX);
+        let recent = u32::try_from(self.recent_joins.len()).unwrap_or(u32::MAX);
+        self.info.set_seats(seats, recent);
         self.registration.report(Progress {
             instance: self.instance,
             next_player_id: self.state.next_player_id(),
             offset: self.history.offset(),
             tick: self.state.tick_number(),
-            seats: u32::try_from(self.state.player_count()).unwrap_or(u32::MAX),
+            seats,
+            recent,
         });
         metrics
             .tick_duration
@@ -730,6 +751,10 @@ impl Actor {
                     .state
                     .join(joiner, connection)
                     .map_err(|refused| self.refusal(refused))?;
+                if role == Role::Player {
+                    self.recent_joins
+                        .push_back(tokio::time::Instant::now().into_std());
+                }
                 // Before the welcome, whose offset then covers it.
                 self.joined(seat, name, role);
                 seat

@@ -26,7 +26,7 @@ use super::actor::{
 };
 use super::info::LobbyInfo;
 use crate::lease::Lease;
-use crate::matchmake::{MatchError, Matched, Placement, Pools};
+use crate::matchmake::{MatchError, Matched, Placement, Pools, Seats};
 use crate::sync::lock;
 
 /// A join's eventual answer.
@@ -43,9 +43,15 @@ pub(crate) trait Directory: Send + Sync {
     /// Every lobby running here, sorted by name.
     fn list(&self) -> Vec<Arc<LobbyInfo>>;
 
-    /// Places a player in matchmaking pool `pool`, whose lobbies hold `size` players
-    /// (`matchmake.rs`); `promise` names the player (a ticket's `sub`, or a random id).
-    fn matchmake<'a>(&'a self, pool: &'a str, size: usize, promise: &'a str) -> MatchFuture<'a>;
+    /// Places a player in matchmaking pool `pool`, whose lobbies hold `size` players (`None`:
+    /// the pool's size, or `--max-lobby-size` for a new pool; see `matchmake.rs`); `player`
+    /// names the player (a ticket's `sub`, or a random id).
+    fn matchmake<'a>(
+        &'a self,
+        pool: &'a str,
+        size: Option<usize>,
+        player: &'a str,
+    ) -> MatchFuture<'a>;
 
     /// Moves every lobby here to other nodes, within `timeout`, and stops taking new ones;
     /// `None` when there is nowhere to move them (a single node).
@@ -124,12 +130,29 @@ impl LocalDirectory {
         }
     }
 
-    /// Places a player in `pool` among the lobbies running here (a fleet places it in
-    /// Redis instead).
-    pub(crate) fn place(&self, pool: &str, size: usize) -> Result<Placement, MatchError> {
+    /// Places `player` in `pool` among the lobbies running here (a fleet places it in Redis
+    /// instead).
+    pub(crate) fn place(
+        &self,
+        pool: &str,
+        size: Option<usize>,
+        player: &str,
+    ) -> Result<Placement, MatchError> {
         let lobbies = lock(&self.shared.lobbies);
-        let players = |name: &str| lobbies.get(name).map(|entry| entry.info.player_count());
-        lock(&self.shared.pools).place(pool, size, Instant::now(), players)
+        let seats = |name: &str| {
+            let (players, recent) = lobbies.get(name)?.info.seats();
+            Some(Seats {
+                players: players as usize,
+                recent: recent as usize,
+            })
+        };
+        let default = self.shared.settings.max_members;
+        lock(&self.shared.pools).place(pool, size, default, player, Instant::now(), seats)
+    }
+
+    /// Players a lobby here holds at most (`--max-lobby-size`).
+    pub(crate) fn max_members(&self) -> usize {
+        self.shared.settings.max_members
     }
 
     /// The names of the lobbies running here.
@@ -260,8 +283,13 @@ impl Directory for LocalDirectory {
         self.join_leased(request, None)
     }
 
-    fn matchmake<'a>(&'a self, pool: &'a str, size: usize, _promise: &'a str) -> MatchFuture<'a> {
-        let placed = self.place(pool, size).map(|placement| Matched {
+    fn matchmake<'a>(
+        &'a self,
+        pool: &'a str,
+        size: Option<usize>,
+        player: &'a str,
+    ) -> MatchFuture<'a> {
+        let placed = self.place(pool, size, player).map(|placement| Matched {
             placement,
             node: None,
         });

@@ -20,6 +20,9 @@ pub(crate) struct LobbyInfo {
     pub(crate) members: Mutex<Vec<Member>>,
     /// Traffic since the lobby was created, added by its actor once per tick.
     pub(crate) traffic: LobbyTraffic,
+    /// Players seated, and of those the ones who joined afresh recently (`Progress`'s
+    /// `seats` and `recent`), as of the last tick.
+    seats: AtomicU64,
 }
 
 impl LobbyInfo {
@@ -31,6 +34,7 @@ impl LobbyInfo {
             created_unix: SystemTime::now(),
             members: Mutex::new(Vec::new()),
             traffic: LobbyTraffic::default(),
+            seats: AtomicU64::new(0),
         }
     }
 
@@ -46,12 +50,18 @@ impl LobbyInfo {
         lock(&self.members).len()
     }
 
-    /// Members in player seats (away ones included: their seats are held).
-    pub(crate) fn player_count(&self) -> usize {
-        lock(&self.members)
-            .iter()
-            .filter(|member| member.role == tickrelay_protocol::Role::Player)
-            .count()
+    /// The actor's once-per-tick count of its players, and of recent fresh joins among them.
+    pub(crate) fn set_seats(&self, seats: u32, recent: u32) {
+        self.seats.store(
+            u64::from(seats) << 32 | u64::from(recent),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Players seated and recent fresh joins, as of the last tick.
+    pub(crate) fn seats(&self) -> (u32, u32) {
+        let both = self.seats.load(Ordering::Relaxed);
+        ((both >> 32) as u32, both as u32)
     }
 }
 

@@ -94,6 +94,7 @@ async fn a_pools_lobbies_fill_up_to_the_size_and_seats_nobody_took_open_up_again
         ("?pool=duel&size=99999", "size must be 1 to"),
         ("?pool=duel&size=x", "size must be a number"),
         ("?pool=duel&colour=red", "unknown parameter"),
+        ("?pool=duel&pool=other", "given twice"),
     ] {
         let (status, answer) = matchmake(addr, query, None).await;
         assert_eq!(status, 400, "{query}");
@@ -200,17 +201,20 @@ async fn with_tickets_only_a_ticket_for_the_lobby_is_answered_with_a_ticket_for_
             .collect();
         http_get_with_headers(addr, "/route?lobby=arena", &headers).await
     };
-    let (status, head, body) = route(None).await;
-    assert_eq!(status, 401, "{body}");
-    assert!(head.contains("www-authenticate: bearer"), "{head}");
-    assert!(body.contains("requires a ticket"), "{body}");
+    // Routing needs no ticket, as without tickets; a ticket shown must be good.
+    let (status, _, body) = route(None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !body.contains("ticket"),
+        "nothing shown, nothing minted: {body}"
+    );
     let (status, _, body) = route(Some(format!("Bearer {}", ticket("ann", "other", None)))).await;
     assert_eq!(status, 403, "a ticket for another lobby: {body}");
     let (status, _, body) = route(Some("Bearer not.a.jwt".into())).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(
         server
-            .metric("tickrelay_tickets_refused_total{reason=\"missing\"}")
+            .metric("tickrelay_tickets_refused_total{reason=\"wrong_lobby\"}")
             .await,
         Some(1.0)
     );
@@ -228,9 +232,20 @@ async fn with_tickets_only_a_ticket_for_the_lobby_is_answered_with_a_ticket_for_
         assert!(claims["exp"].as_u64().unwrap() <= now_secs() + 61);
     }
 
-    // A pool ticket gets a seat and a ticket for the lobby chosen, which admits there.
-    let (status, answer) = matchmake(addr, "?pool=ranked", None).await;
-    assert_eq!(status, 401, "{answer}");
+    // Matchmaking needs a ticket for the pool; it gets a seat and a ticket for the lobby
+    // chosen, which admits there.
+    let bearer_less = http_post_with_headers(addr, "/matchmake?pool=ranked", &[]).await;
+    assert_eq!(bearer_less.0, 401, "{}", bearer_less.2);
+    assert!(
+        bearer_less.1.contains("www-authenticate: bearer"),
+        "{}",
+        bearer_less.1
+    );
+    assert!(
+        bearer_less.2.contains("requires a ticket"),
+        "{}",
+        bearer_less.2
+    );
     let (status, answer) =
         matchmake(addr, "?pool=ranked", Some(&ticket("bob", "ranked", None))).await;
     assert_eq!(status, 200, "{answer}");
@@ -426,4 +441,93 @@ async fn concurrent_matchmaking_across_a_fleet_fills_each_lobby_once_on_one_node
         ("arena-2", Some(6))
     );
     drop(players);
+}
+
+/// The seats a running lobby's owner last reported to Redis (its progress).
+fn reported_seats(redis: &RedisServer, lobby: &str) -> Option<u64> {
+    let progress: Option<String> = redis::cmd("GET")
+        .arg(format!("tickrelay:progress:{lobby}"))
+        .query(&mut redis.connection().unwrap())
+        .unwrap();
+    progress?.split(' ').nth(4)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_arriving_one_by_one_fill_each_lobby_to_the_size() {
+    let redis = RedisServer::start();
+    let node = spawn_server(node_config(&redis, "solo", Duration::from_secs(30))).await;
+    let mut players = Vec::new();
+    let mut lobbies = Vec::new();
+    for i in 0..5 {
+        let sub = format!("one-{i}");
+        let (status, answer) = matchmake(
+            node.addr,
+            "?pool=arena&size=3",
+            Some(&ticket(&sub, "arena", None)),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        let lobby = lobby_of(&answer);
+        let mut client = Client::connect(&node, Codec::Json).await;
+        client
+            .send(&ClientMessage::Join {
+                lobby: lobby.clone(),
+                name: sub.clone(),
+                ticket: Some(answer["ticket"].as_str().unwrap().to_owned()),
+                role: None,
+                resume: None,
+                offset: None,
+            })
+            .await;
+        assert!(
+            matches!(client.recv().await, ServerMessage::Welcome { .. }),
+            "{sub}"
+        );
+        // The owner has counted the player (a renewal) before the next one asks: a joined
+        // player must not count twice (as a player, and by the promise it came with).
+        let seated = players.iter().filter(|(l, _)| *l == lobby).count() as u64 + 1;
+        wait_until(
+            WAIT_TIMEOUT,
+            "the owner reports the new player",
+            async || {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                reported_seats(&redis, &lobby) == Some(seated)
+            },
+        )
+        .await;
+        lobbies.push(lobby.clone());
+        players.push((lobby, client));
+    }
+    assert_eq!(
+        lobbies,
+        ["arena-1", "arena-1", "arena-1", "arena-2", "arena-2"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lobby_that_empties_and_is_joined_again_at_once_is_never_refused() {
+    // Each pass empties the lobby (its lease becomes unused) and joins it again at once:
+    // passes that meet a renewal giving the unused lease up must wait for it, not be told
+    // the lobby is still leased to this node.
+    let redis = RedisServer::start();
+    let node = spawn_server(Config {
+        redis: Some(redis.url()),
+        node_id: Some("again".into()),
+        ..test_config()
+    })
+    .await;
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let mut passes = 0;
+    while std::time::Instant::now() < until {
+        let mut client = Client::connect(&node, Codec::Json).await;
+        client.send_join("again", "p").await;
+        match client.recv().await {
+            ServerMessage::Welcome { .. } => {}
+            other => panic!("pass {passes}: expected welcome, got {other:?}"),
+        }
+        client.send(&ClientMessage::Leave).await;
+        let _ = client.expect_close_code().await;
+        passes += 1;
+    }
+    assert!(passes > 10, "{passes}");
 }
