@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 pub(crate) struct Lease {
     /// The owner record in Redis, which renewals and the release compare.
     pub(crate) record: String,
+    /// The matchmaking pool the lobby belongs to, whose count its renewals correct.
+    pub(crate) pool: Option<String>,
     /// What `until` counts from.
     epoch: Instant,
     /// Nanoseconds after `epoch` until which the lobby may run.
@@ -31,10 +33,17 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    /// A lease Redis granted for `length`, in answer to a request sent at `sent`.
-    pub(crate) fn granted(record: String, sent: Instant, length: Duration) -> Self {
+    /// A lease Redis granted for `length`, in answer to a request sent at `sent`, for a lobby
+    /// of matchmaking pool `pool` if any.
+    pub(crate) fn granted(
+        record: String,
+        pool: Option<String>,
+        sent: Instant,
+        length: Duration,
+    ) -> Self {
         let lease = Self {
             record,
+            pool,
             epoch: sent,
             until: AtomicU64::new(0),
             lost: AtomicBool::new(false),
@@ -171,7 +180,7 @@ mod tests {
     #[test]
     fn a_lease_ends_before_redis_could_expire_it() {
         let sent = Instant::now();
-        let lease = Lease::granted("a 1".into(), sent, LENGTH);
+        let lease = Lease::granted("a 1".into(), None, sent, LENGTH);
         assert!(lease.valid(sent));
         assert!(lease.valid(sent + Duration::from_secs(3)));
         // Redis expires it at `received + LENGTH` at the earliest, `received` >= `sent`.
@@ -182,7 +191,7 @@ mod tests {
     #[test]
     fn renewals_extend_from_when_they_were_sent_and_never_shorten() {
         let sent = Instant::now();
-        let lease = Lease::granted("a 1".into(), sent, LENGTH);
+        let lease = Lease::granted("a 1".into(), None, sent, LENGTH);
         let later = sent + Duration::from_secs(2);
         lease.renewed(later, LENGTH);
         assert!(lease.valid(later + Duration::from_secs(3)));
@@ -196,7 +205,7 @@ mod tests {
     fn a_paused_node_finds_its_lease_gone_when_it_wakes() {
         // SIGSTOP after a renewal, SIGCONT long after: the first look at the clock says stop.
         let sent = Instant::now();
-        let lease = Lease::granted("a 1".into(), sent, LENGTH);
+        let lease = Lease::granted("a 1".into(), None, sent, LENGTH);
         assert!(!lease.valid(sent + Duration::from_secs(60)));
     }
 
@@ -225,7 +234,7 @@ mod tests {
         );
         assert_eq!(Progress::decode("1 2 3"), None);
         assert_eq!(Progress::decode("1 99999999999 3 4"), None);
-        let lease = Lease::granted("a 1".into(), Instant::now(), LENGTH);
+        let lease = Lease::granted("a 1".into(), None, Instant::now(), LENGTH);
         assert_eq!(lease.progress(), None, "nothing reported yet");
         lease.report(progress);
         assert_eq!(lease.progress(), Some(progress));
@@ -238,7 +247,7 @@ mod tests {
     #[test]
     fn a_lost_lease_is_never_valid_again() {
         let sent = Instant::now();
-        let lease = Lease::granted("a 1".into(), sent, LENGTH);
+        let lease = Lease::granted("a 1".into(), None, sent, LENGTH);
         lease.lose();
         assert!(!lease.valid(sent));
         lease.renewed(sent + Duration::from_secs(1), LENGTH);

@@ -34,7 +34,7 @@ use crate::matchmake::{MatchError, Matched, Placement};
 use crate::metrics::Metrics;
 use crate::sync::lock;
 pub(crate) use store::NodeStatus;
-use store::{Claim, Moved, Pooled, Store, StoreError};
+use store::{Claim, Moved, Pooled, Renewal, Store, StoreError};
 
 /// How long a client told Redis is unavailable should wait.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -157,9 +157,10 @@ impl Fleet {
                     record,
                     handoff,
                     progress,
+                    pool,
                 }) => {
                     self.metrics.fleet_lease("acquired");
-                    let lease = Arc::new(Lease::granted(record, sent, self.lease));
+                    let lease = Arc::new(Lease::granted(record, pool, sent, self.lease));
                     if let Some(handoff) = self.handoff_of(lobby, handoff, progress) {
                         adopt(handoff, lease.clone());
                     }
@@ -413,9 +414,11 @@ impl Fleet {
         };
         let records: Vec<_> = in_use
             .iter()
-            .map(|(name, lease)| {
-                let progress = lease.progress().map(|p| p.encode()).unwrap_or_default();
-                (name.clone(), lease.record.clone(), progress)
+            .map(|(name, lease)| Renewal {
+                lobby: name.clone(),
+                record: lease.record.clone(),
+                progress: lease.progress().map(|p| p.encode()).unwrap_or_default(),
+                pool: lease.pool.clone(),
             })
             .collect();
         let renewed = self

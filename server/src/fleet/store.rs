@@ -43,6 +43,7 @@ const POOL_SEEN: &str = "tickrelay:pool-seen:";
 const POOL_NEXT: &str = "tickrelay:pool-next:";
 const POOL_SIZE: &str = "tickrelay:pool-size:";
 const POOL_PLAYER: &str = "tickrelay:pool-player:";
+const POOLED: &str = "tickrelay:pooled:";
 
 /// Renewals sent in one script call.
 const RENEW_BATCH: usize = 500;
@@ -71,16 +72,26 @@ pub(crate) enum Moved {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Claim {
     /// Granted to this node, under this record; with the lobby's handoff if it was moved
-    /// here, else its last progress if its owner died.
+    /// here, else its last progress if its owner died; and its matchmaking pool, if any.
     Ours {
         record: String,
         handoff: Option<Vec<u8>>,
         progress: Option<String>,
+        pool: Option<String>,
     },
     /// Asked only for a moved or orphaned lobby, and there was none.
     NoHandoff,
     /// Another node's, until its lease ends.
     Theirs { node: String, remaining: Duration },
+}
+
+/// One lease to renew.
+pub(crate) struct Renewal {
+    pub(crate) lobby: String,
+    pub(crate) record: String,
+    /// `Progress` encoded, or "" when the lobby has not reported yet.
+    pub(crate) progress: String,
+    pub(crate) pool: Option<String>,
 }
 
 /// What matchmaking in a pool did.
@@ -113,25 +124,26 @@ pub(crate) struct Store {
     timeout: Duration,
 }
 
-/// Grants the lobby to ARGV[1] unless it is held: returns {1, record, 0, handoff, progress}
-/// when granted (taking the handoff KEYS[3] a drain left, if any, and reading the progress
-/// KEYS[4] a dead owner left), {0, record, pttl, false, false} when not, and {2, '', 0,
-/// false, false} when ARGV[3] is '1' (a resume: only a lobby moved or orphaned may be
-/// claimed) and there is neither. A placement for ARGV[1] (`"{node} p{fence}"`, by a route or
+/// Grants the lobby to ARGV[1] unless it is held: returns {1, record, 0, handoff, progress,
+/// pool} when granted (taking the handoff KEYS[3] a drain left, if any, reading the progress
+/// KEYS[4] a dead owner left, and the matchmaking pool KEYS[5] the lobby belongs to), {0,
+/// record, pttl, false, false, false} when not, and {2, '', 0, false, false, false} when
+/// ARGV[3] is '1' (a resume: only a lobby moved or orphaned may be claimed) and there is
+/// neither. A placement for ARGV[1] (`"{node} p{fence}"`, by a route or
 /// a drain) is taken over with a new fence; a running lease never is, not even one of an
 /// earlier process with the same node id.
 const CLAIM: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, #ARGV[1] + 2) ~= ARGV[1] .. ' p' then
-  return {0, current, redis.call('PTTL', KEYS[1]), false, false}
+  return {0, current, redis.call('PTTL', KEYS[1]), false, false, false}
 end
 local handoff = redis.call('GET', KEYS[3])
 local progress = redis.call('GET', KEYS[4])
-if ARGV[3] == '1' and not handoff and not progress then return {2, '', 0, false, false} end
+if ARGV[3] == '1' and not handoff and not progress then return {2, '', 0, false, false, false} end
 local record = ARGV[1] .. ' ' .. redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], record, 'PX', ARGV[2])
 if handoff then redis.call('DEL', KEYS[3]) end
-return {1, record, 0, handoff, progress}
+return {1, record, 0, handoff, progress, redis.call('GET', KEYS[5])}
 ";
 
 /// A drain's move: if KEYS[1] is still ARGV[1] (the old owner's lease) and node ARGV[2] is
@@ -181,18 +193,18 @@ end
 ";
 
 /// For each lease i (lobby key KEYS[2i-1], progress key KEYS[2i]): extends the lobby key by
-/// ARGV[2] ms if its record is still ARGV[2i+3], or writes it back where it is missing (a
-/// Redis restarted without its data), and then stores the progress ARGV[2i+4] (if any) for
+/// ARGV[2] ms if its record is still ARGV[3i+2], or writes it back where it is missing (a
+/// Redis restarted without its data), and then stores the progress ARGV[3i+3] (if any) for
 /// ARGV[3] ms: 1 renewed, 0 lost. A record written back raises the fence counter (ARGV[1]
-/// names it) past its fence, so no later grant repeats it. A lobby of a matchmaking pool
-/// gets its count corrected (the owner is the one who knows who is in it), and its pool's
-/// keys another ARGV[4] ms.
+/// names it) past its fence, so no later grant repeats it. A lobby of matchmaking pool
+/// ARGV[3i+4] ('' for none) gets its count corrected (the owner is the one who knows who is
+/// in it), and its pool's keys another ARGV[4] ms.
 const RENEW: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local renewed = {}
 for i = 1, #KEYS / 2 do
-  local key, record, progress = KEYS[2 * i - 1], ARGV[2 * i + 3], ARGV[2 * i + 4]
+  local key, record, progress, pool = KEYS[2 * i - 1], ARGV[3 * i + 2], ARGV[3 * i + 3], ARGV[3 * i + 4]
   local current = redis.call('GET', key)
   if current == record then
     redis.call('PEXPIRE', key, ARGV[2])
@@ -209,9 +221,8 @@ for i = 1, #KEYS / 2 do
   end
   if renewed[i] == 1 and progress ~= '' then
     redis.call('SET', KEYS[2 * i], progress, 'PX', ARGV[3])
-    local name = string.sub(key, #'tickrelay:lobby:' + 1)
-    local pool = redis.call('GET', 'tickrelay:pooled:' .. name)
-    if pool then
+    if pool ~= '' then
+      local name = string.sub(key, #'tickrelay:lobby:' + 1)
       local size = tonumber(redis.call('GET', 'tickrelay:pool-size:' .. pool) or '0')
       redis.call('ZADD', 'tickrelay:pool:' .. pool, pool_count(name, now, size), name)
       redis.call('ZADD', 'tickrelay:pool-seen:' .. pool, now, name)
@@ -381,16 +392,25 @@ impl Store {
             .key(FENCE)
             .key(handoff_key(lobby))
             .key(progress_key(lobby))
+            .key(format!("{POOLED}{lobby}"))
             .arg(node)
             .arg(lease.as_millis() as u64)
             .arg(if moved_only { "1" } else { "0" });
-        type Reply = (u8, String, Option<i64>, Option<Vec<u8>>, Option<String>);
+        type Reply = (
+            u8,
+            String,
+            Option<i64>,
+            Option<Vec<u8>>,
+            Option<String>,
+            Option<String>,
+        );
         let reply: Reply = self.bounded(invocation.invoke_async(&mut redis)).await?;
         Ok(match reply {
-            (1, record, _, handoff, progress) => Claim::Ours {
+            (1, record, _, handoff, progress, pool) => Claim::Ours {
                 record,
                 handoff,
                 progress,
+                pool,
             },
             (2, ..) => Claim::NoHandoff,
             (_, record, pttl, ..) => Claim::Theirs {
@@ -462,12 +482,11 @@ impl Store {
         Ok(record.map(|record| node_of(&record).to_owned()))
     }
 
-    /// Renews `leases` (lobby, record, progress: "" for none) for `lease`, keeping each
-    /// progress for `keep` (and a pooled lobby's pool for `pool_keep`): whether each is
-    /// still ours.
+    /// Renews `leases` for `lease`, keeping each progress for `keep` (and a pooled lobby's
+    /// pool for `pool_keep`): whether each is still ours.
     pub(crate) async fn renew(
         &self,
-        leases: &[(String, String, String)],
+        leases: &[Renewal],
         lease: Duration,
         keep: Duration,
         pool_keep: Duration,
@@ -481,12 +500,13 @@ impl Store {
                 .arg(lease.as_millis() as u64)
                 .arg(keep.as_millis() as u64)
                 .arg(pool_keep.as_millis() as u64);
-            for (lobby, record, progress) in batch {
+            for renewal in batch {
                 invocation
-                    .key(lobby_key(lobby))
-                    .key(progress_key(lobby))
-                    .arg(record)
-                    .arg(progress);
+                    .key(lobby_key(&renewal.lobby))
+                    .key(progress_key(&renewal.lobby))
+                    .arg(&renewal.record)
+                    .arg(&renewal.progress)
+                    .arg(renewal.pool.as_deref().unwrap_or_default());
             }
             let reply: Vec<u8> = self.bounded(invocation.invoke_async(&mut redis)).await?;
             renewed.extend(reply.into_iter().map(|r| r == 1));
