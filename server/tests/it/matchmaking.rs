@@ -6,7 +6,6 @@
 //! holder where it points.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tickrelay_protocol::ticket::{TicketClaims, TicketSigner};
@@ -17,7 +16,7 @@ use tickrelay_testkit::RedisServer;
 
 use crate::support::{
     Client, TestServer, WAIT_TIMEOUT, http_get_with_headers, http_post_with_headers, spawn_server,
-    test_config, wait_until,
+    test_config, wait_until, with_pyjwt,
 };
 
 const SECRET: &str = "tickrelay-test-secret-0123456789abcdef";
@@ -170,24 +169,28 @@ fn pyjwt_claims(token: &str) -> Option<serde_json::Value> {
 import json, sys, jwt
 print(json.dumps(jwt.decode(sys.argv[1], sys.argv[2], algorithms=["HS256"])))
 "#;
-    let output = Command::new("python3")
-        .args(["-c", script, token, SECRET])
-        .output();
-    match output {
-        Ok(out) if out.status.success() => Some(serde_json::from_slice(&out.stdout).unwrap()),
-        other => {
-            let why = match other {
-                Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
-                Err(err) => err.to_string(),
-            };
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "PyJWT is needed under CI (pip install 'PyJWT[crypto]'): {why}"
-            );
-            eprintln!("skipped the PyJWT check: {why}");
-            None
-        }
-    }
+    with_pyjwt(script, &[token, SECRET]).map(|text| serde_json::from_str(&text).unwrap())
+}
+
+/// Connects to `node` and joins where `answer` (a `/matchmake` answer) says, with the ticket
+/// it carries, as `sub`: welcomed.
+async fn join_placed(node: &TestServer, answer: &serde_json::Value, sub: &str) -> Client {
+    let mut client = Client::connect(node, Codec::Json).await;
+    client
+        .send(&ClientMessage::Join {
+            lobby: lobby_of(answer),
+            name: sub.to_owned(),
+            ticket: Some(answer["ticket"].as_str().unwrap().to_owned()),
+            role: None,
+            resume: None,
+            offset: None,
+        })
+        .await;
+    assert!(
+        matches!(client.recv().await, ServerMessage::Welcome { .. }),
+        "{sub}"
+    );
+    client
 }
 
 #[tokio::test]
@@ -375,21 +378,7 @@ async fn concurrent_matchmaking_across_a_fleet_fills_each_lobby_once_on_one_node
             .iter()
             .find(|n| n.ws_url() == url)
             .expect("a node's URL");
-        let mut client = Client::connect(node, Codec::Json).await;
-        client
-            .send(&ClientMessage::Join {
-                lobby: lobby_of(answer),
-                name: sub.clone(),
-                ticket: Some(answer["ticket"].as_str().unwrap().to_owned()),
-                role: None,
-                resume: None,
-                offset: None,
-            })
-            .await;
-        assert!(
-            matches!(client.recv().await, ServerMessage::Welcome { .. }),
-            "{sub}"
-        );
+        let client = join_placed(node, answer, sub).await;
         players.push((lobby_of(answer), client));
     }
 
@@ -468,21 +457,7 @@ async fn players_arriving_one_by_one_fill_each_lobby_to_the_size() {
         .await;
         assert_eq!(status, 200, "{answer}");
         let lobby = lobby_of(&answer);
-        let mut client = Client::connect(&node, Codec::Json).await;
-        client
-            .send(&ClientMessage::Join {
-                lobby: lobby.clone(),
-                name: sub.clone(),
-                ticket: Some(answer["ticket"].as_str().unwrap().to_owned()),
-                role: None,
-                resume: None,
-                offset: None,
-            })
-            .await;
-        assert!(
-            matches!(client.recv().await, ServerMessage::Welcome { .. }),
-            "{sub}"
-        );
+        let client = join_placed(&node, &answer, &sub).await;
         // The owner has counted the player (a renewal) before the next one asks: a joined
         // player must not count twice (as a player, and by the promise it came with).
         let seated = players.iter().filter(|(l, _)| *l == lobby).count() as u64 + 1;

@@ -436,3 +436,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 }
+
+/// Runs a Python `script` with `args` that uses PyJWT (the independent JWT library the ticket
+/// tests check against) and returns what it printed; `None` without PyJWT, except under CI
+/// (`.ci/run` installs it, `CI` is set), where that fails the test.
+pub(crate) fn with_pyjwt(script: &str, args: &[&str]) -> Option<String> {
+    let output = std::process::Command::new("python3")
+        .args(["-c", script])
+        .args(args)
+        .output();
+    match output {
+        Ok(out) if out.status.success() => {
+            Some(String::from_utf8(out.stdout).unwrap().trim().to_owned())
+        }
+        other => {
+            let why = match other {
+                Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+                Err(err) => err.to_string(),
+            };
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "PyJWT is needed under CI (pip install 'PyJWT[crypto]'): {why}"
+            );
+            eprintln!("skipped: no PyJWT ({why})");
+            None
+        }
+    }
+}

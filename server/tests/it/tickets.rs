@@ -2,7 +2,6 @@
 //! the offender, is counted, and leaves a witness lobby ticking.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tickrelay_protocol::ticket::{TicketClaims, TicketSigner};
@@ -12,7 +11,7 @@ use tickrelay_protocol::{
 use tickrelay_server::Config;
 use tickrelay_server::config::TicketSecret;
 
-use crate::support::{Client, TestServer, payload, spawn_server, test_config};
+use crate::support::{Client, TestServer, payload, spawn_server, test_config, with_pyjwt};
 
 const SECRET: &str = "tickrelay-test-secret-0123456789abcdef";
 
@@ -549,28 +548,7 @@ if algorithm == "HS256":
 claims = {"sub": sub, "lobby": lobby, "exp": int(time.time()) + 60, "name": "py-" + sub}
 print(jwt.encode(claims, key, algorithm=algorithm))
 "#;
-    let output = Command::new("python3")
-        .args(["-c", script, algorithm])
-        .arg(key)
-        .args([lobby, sub])
-        .output();
-    match output {
-        Ok(out) if out.status.success() => {
-            Some(String::from_utf8(out.stdout).unwrap().trim().to_owned())
-        }
-        other => {
-            let why = match other {
-                Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
-                Err(err) => err.to_string(),
-            };
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "PyJWT is needed under CI (pip install 'PyJWT[crypto]'): {why}"
-            );
-            eprintln!("skipped: no PyJWT ({why})");
-            None
-        }
-    }
+    with_pyjwt(script, &[algorithm, key.to_str().unwrap(), lobby, sub])
 }
 
 #[tokio::test]
