@@ -58,21 +58,9 @@ pub(crate) struct WatchArgs {
     /// default a finished run is reported as it ended).
     #[arg(long)]
     pub(crate) next: bool,
-    /// Exit non-zero (2) when the merged figures break a bound (see the run's --slo).
-    #[arg(long)]
-    pub(crate) slo: Option<String>,
-    /// Write the merged report as JSON.
-    #[arg(long)]
-    pub(crate) json: Option<PathBuf>,
-    /// Write the merged report as a self-contained HTML page.
-    #[arg(long)]
-    pub(crate) html: Option<PathBuf>,
-    /// Write the merged interval log (one tagged histogram per metric per second).
-    #[arg(long)]
-    pub(crate) hlog: Option<PathBuf>,
-    /// No progress line.
-    #[arg(long, short = 'q')]
-    pub(crate) quiet: bool,
+    /// The merged report's outputs and bounds.
+    #[command(flatten)]
+    pub(crate) report: ReportArgs,
 }
 
 #[derive(Debug, Args)]
@@ -316,6 +304,14 @@ pub(crate) struct RunArgs {
     #[arg(long, value_enum, default_value_t = ClockCorrection::Auto)]
     pub(crate) clock_correction: ClockCorrection,
 
+    #[command(flatten)]
+    pub(crate) report: ReportArgs,
+}
+
+/// What becomes of a report and what it must meet: a run's own, or (shard 0 of a distributed
+/// run, and `watch`) the merged one.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ReportArgs {
     /// Exit non-zero (2) when a bound is broken, e.g. 'broadcast.p99<20ms,errors=0'.
     /// Metrics: broadcast input rtt connect join event reconnect resume, with .p50 .p90 .p99 .p99.9
     /// .max .mean; counters: errors missed delivery late reconnects. `errors` counts the whole

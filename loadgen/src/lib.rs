@@ -56,7 +56,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 pub use crate::cli::Cli;
-use crate::cli::{Command, MergeArgs, RunArgs, Scenario, WatchArgs};
+use crate::cli::{Command, MergeArgs, ReportArgs, RunArgs, Scenario, WatchArgs};
 use crate::coordinate::{RunStore, ShardLink};
 use crate::report::{Report, SloResult};
 use crate::shards::{ShardFinal, ShardMessage};
@@ -77,13 +77,14 @@ pub fn main_with(cli: Cli) -> anyhow::Result<ExitCode> {
 const FINISH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let bounds = slo_bounds(args.slo.as_deref())?;
+    let out = &args.report;
+    let bounds = slo_bounds(out.slo.as_deref())?;
     let (own, merged) = measure(args)?;
-    let mut report = match merged {
+    let report = match merged {
         Some(merged) => merged,
         None if args.coordinate.is_some() => {
-            finish(&own, args.json.as_deref(), args.html.as_deref())?;
-            if args.slo.is_some() {
+            finish(&own, out.json.as_deref(), out.html.as_deref())?;
+            if out.slo.is_some() {
                 eprintln!(
                     "tickrelay-loadgen: this is shard {}'s share; --slo is judged on the merged figures (shard 0, or `watch`)",
                     args.shard
@@ -93,8 +94,17 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => own,
     };
-    let code = verdict(&mut report, bounds, args.slo.as_deref());
-    finish(&report, args.json.as_deref(), args.html.as_deref())?;
+    deliver(report, bounds, out)
+}
+
+/// Judges `report` against `bounds` and writes it where `out` says: the run's exit code.
+fn deliver(
+    mut report: Report,
+    bounds: Option<Vec<slo::Bound>>,
+    out: &ReportArgs,
+) -> anyhow::Result<ExitCode> {
+    let code = verdict(&mut report, bounds, out.slo.as_deref());
+    finish(&report, out.json.as_deref(), out.html.as_deref())?;
     Ok(code)
 }
 
@@ -172,14 +182,14 @@ fn measure(args: &RunArgs) -> anyhow::Result<(Report, Option<Report>)> {
             None => None,
         };
         let plan = plan::Plan::new(args, Some(target.clone()), route)?;
-        if !args.quiet {
+        if !args.report.quiet {
             eprintln!(
                 "tickrelay-loadgen: {} clients ({} in this shard {}/{}) in lobbies of {} against {url}, scenario {:?}, {} worker threads",
                 plan.total_clients, plan.shard_clients, plan.shard_index, plan.shard_count, plan.lobby_size, plan.scenario, plan.threads
             );
         }
         let Some(coordinate) = &args.coordinate else {
-            let (report, _) = runner::run(plan, target, args.quiet, args.hlog.as_deref(), None).await?;
+            let (report, _) = runner::run(plan, target, args.report.quiet, args.report.hlog.as_deref(), None).await?;
             return Ok((report, None));
         };
         let store = RunStore::connect(coordinate, &args.run).await?;
@@ -190,13 +200,13 @@ fn measure(args: &RunArgs) -> anyhow::Result<(Report, Option<Report>)> {
             plan.shard_count,
             &plan.shared_parameters().to_string(),
             args.wait_shards,
-            args.quiet,
+            args.report.quiet,
         )
         .await?;
         // Shard 0 shows the merged progress and writes the merged interval log instead of its own.
         let own = async {
-            let hlog = if merging { None } else { args.hlog.as_deref() };
-            let (report, link) = runner::run(plan, target, args.quiet || merging, hlog, Some(link)).await?;
+            let hlog = if merging { None } else { args.report.hlog.as_deref() };
+            let (report, link) = runner::run(plan, target, args.report.quiet || merging, hlog, Some(link)).await?;
             if let Some(link) = link {
                 let last = ShardFinal::of(&report, link.shard(), link.host().to_owned());
                 link.finish(ShardMessage::Final(Box::new(last)), FINISH_PATIENCE)
@@ -208,8 +218,8 @@ fn measure(args: &RunArgs) -> anyhow::Result<(Report, Option<Report>)> {
             let merged = watch::follow(
                 store,
                 watch::Which::Current,
-                args.quiet,
-                args.hlog.as_deref(),
+                args.report.quiet,
+                args.report.hlog.as_deref(),
                 args.wait_shards,
             );
             match tokio::join!(own, merged) {
@@ -228,12 +238,13 @@ fn measure(args: &RunArgs) -> anyhow::Result<(Report, Option<Report>)> {
 }
 
 fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
-    let bounds = slo_bounds(args.slo.as_deref())?;
+    let out = &args.report;
+    let bounds = slo_bounds(out.slo.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let mut report = runtime.block_on(async {
+    let report = runtime.block_on(async {
         let store = RunStore::connect(&args.redis, &args.run).await?;
         let which = if args.next {
             watch::Which::Next
@@ -243,15 +254,13 @@ fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
         watch::follow(
             store,
             which,
-            args.quiet,
-            args.hlog.as_deref(),
+            out.quiet,
+            out.hlog.as_deref(),
             args.wait_shards,
         )
         .await
     })?;
-    let code = verdict(&mut report, bounds, args.slo.as_deref());
-    finish(&report, args.json.as_deref(), args.html.as_deref())?;
-    Ok(code)
+    deliver(report, bounds, out)
 }
 
 fn merge(args: &MergeArgs) -> anyhow::Result<ExitCode> {
