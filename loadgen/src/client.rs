@@ -9,7 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, Payload as WsPayload, WebSocketError};
@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::ClockEstimator;
+use crate::clock::{ClockEstimator, unix_micros};
 use crate::net::{self, Reader, Writer};
 use crate::plan::{ClientSpec, Plan, Target, backoff_delay};
 use crate::stats::{Counters, Histograms, Metric};
@@ -110,12 +110,6 @@ impl Shared {
     fn count(&self, update: impl FnOnce(&mut Counters)) {
         update(&mut self.recorder.borrow_mut().counters);
     }
-}
-
-fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// How a session ended.

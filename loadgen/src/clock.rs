@@ -5,7 +5,16 @@
 //! server stamped its time somewhere inside the round trip. The sample with the smallest round
 //! trip bounds the offset most tightly, so that is the one kept.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use serde::{Deserialize, Serialize};
+
+/// This machine's wall clock, Unix microseconds (what probes against another clock use).
+pub(crate) fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(crate) struct OffsetEstimate {

@@ -16,7 +16,7 @@
 //! name clears it and starts a new one.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use redis::Script;
@@ -24,7 +24,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::clock::ClockEstimator;
+use crate::clock::{ClockEstimator, unix_micros};
 use crate::shards::ShardMessage;
 
 /// Bound on every Redis command.
@@ -238,9 +238,7 @@ pub(crate) struct Status {
 }
 
 fn unix_us() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    unix_micros() as f64
 }
 
 async fn bounded<T>(request: impl Future<Output = redis::RedisResult<T>>) -> anyhow::Result<T> {

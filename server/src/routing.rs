@@ -10,7 +10,7 @@
 //! it. Both questions cost the caller's address a handshake token (`--max-handshakes-per-ip`).
 
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use tickrelay_protocol::Role;
@@ -237,8 +237,7 @@ fn mint(ctx: &ServerContext, shown: &Ticket, lobby: &str, node: Option<&str>) ->
     Some(signer.sign(&claims))
 }
 
+/// Unix seconds, the unit of tickets' times.
 fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::clock::unix_micros() / 1_000_000
 }
